@@ -26,6 +26,9 @@ const (
 	// ReasonMaxRetries: the message was attempted X-Max-Retries+1 times, or
 	// was requeued with X-Retries already above X-Max-Retries.
 	ReasonMaxRetries = "max-retries"
+	// ReasonMalformed: the stored bytes could not be decoded; the raw bytes
+	// are kept as the dead letter's body.
+	ReasonMalformed = "malformed"
 )
 
 // Envelope is one message waiting for delivery or kept as a dead letter.

@@ -1,0 +1,362 @@
+// Package api is the mailbox's requeue HTTP API: a function that cannot
+// finish its work now POSTs the message to /deadletter/<function> and the
+// mailbox stores it durably for a later retry, or as a dead letter once its
+// retries are spent. The same handler is served by the OpenFaaS function and
+// by the standalone binary.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/openfaas/mailbox/internal/delivery"
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// retryAfterSeconds is sent with 503 answers: long enough for a broker
+// reconnect, short enough that a caller's message is not held up for long.
+const retryAfterSeconds = "5"
+
+// Options configures the handler returned by New.
+type Options struct {
+	// Queue stores accepted messages. Required.
+	Queue queue.Queue
+
+	// DefaultMaxRetries is used when a request has no X-Max-Retries.
+	// Must be >= 0 and <= MaxRetriesLimit.
+	DefaultMaxRetries int
+	// MaxRetriesLimit is the largest X-Max-Retries accepted; above it the
+	// request is rejected rather than capped, so a caller learns its value
+	// was not honoured.
+	MaxRetriesLimit int
+
+	// DefaultDelay is used when a request has no X-Delay-Duration. Must be
+	// >= 0 and <= MaxDelay.
+	DefaultDelay time.Duration
+	// MaxDelay is the largest X-Delay-Duration accepted.
+	MaxDelay time.Duration
+
+	// MaxBodyBytes is the largest request body accepted. It is lowered to
+	// Queue.MaxPayload() whenever that is smaller, checked per request as
+	// the broker's limit is only known once connected. Defaults to
+	// Queue.MaxPayload() when 0; negative is an error.
+	MaxBodyBytes int64
+
+	// KeepCredentials keeps the Authorization and Cookie headers in the
+	// stored message. Defaults to false: credentials would otherwise sit
+	// at rest on the broker and be replayed long after they were sent.
+	KeepCredentials bool
+
+	// Registerer receives the API's metrics. Required.
+	Registerer prometheus.Registerer
+	// Gatherer is served on /metrics and /_metrics. Required.
+	Gatherer prometheus.Gatherer
+
+	// Logger receives operational logs; request bodies are never logged.
+	// Defaults to discarding logs.
+	Logger *slog.Logger
+	// Now is the clock. Defaults to time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if o.Queue == nil {
+		errs = append(errs, errors.New("Queue is required"))
+	}
+	if o.DefaultMaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("DefaultMaxRetries is %d, must be >= 0", o.DefaultMaxRetries))
+	}
+	if o.MaxRetriesLimit < o.DefaultMaxRetries {
+		errs = append(errs, fmt.Errorf("MaxRetriesLimit is %d, must be >= DefaultMaxRetries (%d)", o.MaxRetriesLimit, o.DefaultMaxRetries))
+	}
+	if o.DefaultDelay < 0 {
+		errs = append(errs, fmt.Errorf("DefaultDelay is %s, must be >= 0", o.DefaultDelay))
+	}
+	if o.MaxDelay < o.DefaultDelay {
+		errs = append(errs, fmt.Errorf("MaxDelay is %s, must be >= DefaultDelay (%s)", o.MaxDelay, o.DefaultDelay))
+	}
+	if o.MaxBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxBodyBytes is %d, must be >= 0", o.MaxBodyBytes))
+	}
+	if o.Registerer == nil {
+		errs = append(errs, errors.New("Registerer is required"))
+	}
+	if o.Gatherer == nil {
+		errs = append(errs, errors.New("Gatherer is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("api: invalid options: %w", err)
+	}
+	return nil
+}
+
+type handler struct {
+	queue           queue.Queue
+	limits          limits
+	maxBodyBytes    int64
+	keepCredentials bool
+	log             *slog.Logger
+	now             func() time.Time
+	metrics         *metrics
+	metricsHandler  http.Handler
+}
+
+// New returns the requeue API handler. It fails when o is invalid or its
+// metrics cannot be registered on o.Registerer (for example, registered
+// twice on the same registry).
+func New(o Options) (http.Handler, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	h := &handler{
+		queue: o.Queue,
+		limits: limits{
+			defaultMaxRetries: o.DefaultMaxRetries,
+			maxRetriesLimit:   o.MaxRetriesLimit,
+			defaultDelay:      o.DefaultDelay,
+			maxDelay:          o.MaxDelay,
+		},
+		maxBodyBytes:    o.MaxBodyBytes,
+		keepCredentials: o.KeepCredentials,
+		log:             o.Logger,
+		now:             o.Now,
+		metrics:         m,
+		metricsHandler:  promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}),
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	return h, nil
+}
+
+// ServeHTTP routes on the escaped path so that percent-encoded characters
+// reach the validation below as written, not decoded.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.EscapedPath()
+	switch {
+	case path == "/deadletter" || strings.HasPrefix(path, deadletterPrefix):
+		code := h.requeue(w, r, path)
+		h.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	case path == "/healthz":
+		if !allowRead(w, r) {
+			return
+		}
+		if !h.queue.Connected() {
+			writeError(w, http.StatusServiceUnavailable, "", "queue broker is not connected")
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	case path == "/metrics" || path == "/_metrics":
+		// /_metrics is the original mailbox's path, kept for existing
+		// scrape configs.
+		if !allowRead(w, r) {
+			return
+		}
+		h.metricsHandler.ServeHTTP(w, r)
+	default:
+		writeError(w, http.StatusNotFound, "", "not found")
+	}
+}
+
+// allowRead answers 405 unless r is a GET or HEAD.
+func allowRead(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", "GET, HEAD")
+	writeError(w, http.StatusMethodNotAllowed, "", "method "+r.Method+" not allowed")
+	return false
+}
+
+// scheduledResponse is the 202 answer.
+type scheduledResponse struct {
+	Status     string `json:"status"`
+	ID         string `json:"id"`
+	Function   string `json:"function"`
+	Retries    int    `json:"retries"`
+	MaxRetries int    `json:"max_retries"`
+	DueAt      string `json:"due_at"`
+}
+
+// deadLetteredResponse is the 200 answer for a message whose retries are
+// spent.
+type deadLetteredResponse struct {
+	Status     string `json:"status"`
+	Reason     string `json:"reason"`
+	ID         string `json:"id"`
+	Function   string `json:"function"`
+	Retries    int    `json:"retries"`
+	MaxRetries int    `json:"max_retries"`
+}
+
+// requeue handles /deadletter/... and returns the status code it wrote,
+// for the requests counter.
+func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) int {
+	if r.Method != http.MethodPost && r.Method != http.MethodPut {
+		w.Header().Set("Allow", "POST, PUT")
+		return writeError(w, http.StatusMethodNotAllowed, "", "method "+r.Method+" not allowed: use POST or PUT")
+	}
+	function, err := messageType(path)
+	if err != nil {
+		return writeFieldError(w, http.StatusBadRequest, err)
+	}
+	// Headers before the body: a bad request is refused without reading
+	// up to MaxBodyBytes first.
+	p, err := parseParams(r.Header, h.limits)
+	if err != nil {
+		return writeFieldError(w, http.StatusBadRequest, err)
+	}
+	if p.id == "" {
+		if p.id, err = newMessageID(); err != nil {
+			h.log.Error("requeue: cannot generate message id", "function", function, "error", err)
+			return writeError(w, http.StatusInternalServerError, "", "cannot generate message id")
+		}
+	}
+
+	limit := h.bodyLimit()
+	if limit <= 0 {
+		// No configured limit and the broker's is not known yet (not
+		// connected): a write could not succeed now anyway.
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later")
+	}
+	if r.ContentLength > limit {
+		return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body of %d bytes is larger than the limit of %d bytes", r.ContentLength, limit))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body is larger than the limit of %d bytes", limit))
+		}
+		h.log.Debug("requeue: reading body", "function", function, "id", p.id, "error", err)
+		return writeError(w, http.StatusBadRequest, "", "cannot read request body")
+	}
+
+	now := h.now().UTC()
+	e := &envelope.Envelope{
+		ID:         p.id,
+		Function:   function,
+		Header:     keptHeaders(r.Header, h.keepCredentials),
+		Body:       body,
+		Retries:    p.retries,
+		MaxRetries: p.maxRetries,
+		Delay:      p.delay,
+		AcceptedAt: now,
+		DueAt:      now.Add(p.delay),
+	}
+
+	// The delivery package owns the rule for when a message's retries
+	// are spent; the API only acts on its decision.
+	d := delivery.Admit(e, now)
+	var dead bool
+	switch {
+	case d.Action == delivery.Retry && d.Next != nil:
+		e = d.Next
+		err = h.queue.Schedule(r.Context(), e)
+	case d.Action == delivery.DeadLetter && d.Next != nil:
+		e, dead = d.Next, true
+		err = h.queue.DeadLetter(r.Context(), e)
+	default:
+		// Admit only retries or dead-letters; anything else is a bug
+		// there, answered without storing rather than guessed at.
+		h.log.Error("requeue: unexpected admission decision", "function", function, "id", e.ID, "action", d.Action.String())
+		return writeError(w, http.StatusInternalServerError, "", "internal error")
+	}
+	if err != nil {
+		return h.queueError(w, e, dead, err)
+	}
+
+	h.metrics.bodyBytes.Observe(float64(len(body)))
+	w.Header().Set(HeaderMessageID, e.ID)
+	if dead {
+		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", e.MaxRetries)
+		return writeJSON(w, http.StatusOK, deadLetteredResponse{
+			Status:     "dead-lettered",
+			Reason:     e.Reason,
+			ID:         e.ID,
+			Function:   e.Function,
+			Retries:    e.Retries,
+			MaxRetries: e.MaxRetries,
+		})
+	}
+	h.log.Debug("requeue: scheduled", "function", function, "id", e.ID, "retries", e.Retries, "due_at", e.DueAt)
+	return writeJSON(w, http.StatusAccepted, scheduledResponse{
+		Status:     "scheduled",
+		ID:         e.ID,
+		Function:   e.Function,
+		Retries:    e.Retries,
+		MaxRetries: e.MaxRetries,
+		DueAt:      e.DueAt.Format(time.RFC3339Nano),
+	})
+}
+
+// queueError answers a failed queue write. Only a message the broker can
+// never take is the caller's fault (413); anything else may succeed later,
+// so the caller is told to retry rather than to give up.
+func (h *handler) queueError(w http.ResponseWriter, e *envelope.Envelope, dead bool, err error) int {
+	if errors.Is(err, queue.ErrTooLarge) {
+		return writeError(w, http.StatusRequestEntityTooLarge, "", "message is larger than the broker accepts")
+	}
+	h.log.Error("requeue: queue write failed",
+		"function", e.Function, "id", e.ID, "dead_letter", dead,
+		"body_bytes", len(e.Body), "error", err)
+	w.Header().Set("Retry-After", retryAfterSeconds)
+	return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later")
+}
+
+// bodyLimit is MaxBodyBytes lowered to the broker's max payload, read per
+// request because a reconnect may land on a server with another limit.
+func (h *handler) bodyLimit() int64 {
+	limit := h.maxBodyBytes
+	if mp := int64(h.queue.MaxPayload()); mp > 0 && (limit == 0 || mp < limit) {
+		limit = mp
+	}
+	return limit
+}
+
+// errorResponse is the body of every error answer.
+type errorResponse struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeFieldError(w http.ResponseWriter, code int, err error) int {
+	if fe, ok := errors.AsType[*fieldError](err); ok {
+		return writeError(w, code, fe.field, fe.Error())
+	}
+	return writeError(w, code, "", err.Error())
+}
+
+func writeError(w http.ResponseWriter, code int, field, msg string) int {
+	return writeJSON(w, code, errorResponse{Error: msg, Field: field})
+}
+
+// writeJSON writes v with code and returns code. The values written are
+// plain structs and maps of strings and ints, so encoding cannot fail
+// except on a broken connection, which no answer can reach.
+func writeJSON(w http.ResponseWriter, code int, v any) int {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+	return code
+}

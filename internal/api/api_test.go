@@ -1,0 +1,841 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// memQueue is an in-memory queue.Queue that records what it was asked to
+// store and fails on demand. A failing call stores nothing, like a broker
+// that did not acknowledge the write.
+type memQueue struct {
+	mu          sync.Mutex
+	scheduled   []*envelope.Envelope
+	dead        []*envelope.Envelope
+	scheduleErr error
+	deadErr     error
+	maxPayload  int
+	connected   bool
+}
+
+var _ queue.Queue = (*memQueue)(nil)
+
+func (q *memQueue) Schedule(_ context.Context, e *envelope.Envelope) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.scheduleErr != nil {
+		return q.scheduleErr
+	}
+	q.scheduled = append(q.scheduled, clone(e))
+	return nil
+}
+
+func (q *memQueue) DeadLetter(_ context.Context, e *envelope.Envelope) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.deadErr != nil {
+		return q.deadErr
+	}
+	q.dead = append(q.dead, clone(e))
+	return nil
+}
+
+func (q *memQueue) Consume(ctx context.Context, _ queue.Handler) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (q *memQueue) MaxPayload() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.maxPayload
+}
+
+func (q *memQueue) Connected() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.connected
+}
+
+func (q *memQueue) Close() error { return nil }
+
+// stored returns copies of what was scheduled and dead-lettered.
+func (q *memQueue) stored() (scheduled, dead []*envelope.Envelope) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]*envelope.Envelope(nil), q.scheduled...), append([]*envelope.Envelope(nil), q.dead...)
+}
+
+// clone copies e so that later changes by the handler cannot alter what
+// the test sees as stored.
+func clone(e *envelope.Envelope) *envelope.Envelope {
+	c := *e
+	c.Header = e.Header.Clone()
+	if e.Body != nil {
+		c.Body = append([]byte{}, e.Body...)
+	}
+	return &c
+}
+
+// testNow is in a non-UTC zone with sub-second digits, so the tests see
+// whether times are converted to UTC and kept at full precision.
+var testNow = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.FixedZone("CET", 3600))
+
+type bundle struct {
+	handler http.Handler
+	queue   *memQueue
+	reg     *prometheus.Registry
+	logs    *syncBuffer
+}
+
+// setup builds the handler on a fresh registry and memQueue; adjust may
+// change the options before New.
+func setup(t *testing.T, adjust func(*Options)) *bundle {
+	t.Helper()
+	b := &bundle{
+		queue: &memQueue{maxPayload: 1 << 20, connected: true},
+		reg:   prometheus.NewRegistry(),
+		logs:  &syncBuffer{},
+	}
+	o := Options{
+		Queue:             b.queue,
+		DefaultMaxRetries: 10,
+		MaxRetriesLimit:   100,
+		DefaultDelay:      time.Minute,
+		MaxDelay:          time.Hour,
+		MaxBodyBytes:      1 << 16,
+		Registerer:        b.reg,
+		Gatherer:          b.reg,
+		Logger:            slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:               func() time.Time { return testNow },
+	}
+	if adjust != nil {
+		adjust(&o)
+	}
+	h, err := New(o)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	b.handler = h
+	return b
+}
+
+func (b *bundle) do(method, target string, body []byte, header http.Header) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, target, bytes.NewReader(body))
+	for k, vs := range header {
+		r.Header[k] = vs
+	}
+	w := httptest.NewRecorder()
+	b.handler.ServeHTTP(w, r)
+	return w
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// decodeJSON checks the answer is JSON and decodes it into a map.
+func decodeJSON(t *testing.T, w *httptest.ResponseRecorder) map[string]any {
+	t.Helper()
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type = %q, want application/json (body %q)", ct, w.Body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
+		t.Fatalf("body %q is not a JSON object: %v", w.Body, err)
+	}
+	return m
+}
+
+// wantError checks an error answer: code, JSON with a non-empty "error",
+// and "field" equal to field (absent when field is "").
+func wantError(t *testing.T, w *httptest.ResponseRecorder, code int, field string) map[string]any {
+	t.Helper()
+	if w.Code != code {
+		t.Fatalf("status = %d, want %d (body %q)", w.Code, code, w.Body)
+	}
+	m := decodeJSON(t, w)
+	if msg, _ := m["error"].(string); msg == "" {
+		t.Fatalf("error answer %q has no error message", w.Body)
+	}
+	got, has := m["field"]
+	if field == "" && has {
+		t.Fatalf("error answer %q names field %v, want none", w.Body, got)
+	}
+	if field != "" && got != field {
+		t.Fatalf("error answer %q names field %v, want %q", w.Body, got, field)
+	}
+	return m
+}
+
+func wantNothingStored(t *testing.T, q *memQueue) {
+	t.Helper()
+	if s, d := q.stored(); len(s) != 0 || len(d) != 0 {
+		t.Fatalf("stored %d scheduled and %d dead letters, want none", len(s), len(d))
+	}
+}
+
+func TestPathValidation(t *testing.T) {
+	t.Parallel()
+	label63 := strings.Repeat("a", 63)
+	tests := []struct {
+		target string
+		want   string // the function stored; "" means 400
+	}{
+		{"/deadletter/a", "a"},
+		{"/deadletter/fn-1", "fn-1"},
+		{"/deadletter/fn.openfaas-fn", "fn.openfaas-fn"},
+		{"/deadletter/" + label63, label63},
+		{"/deadletter/fn?ignored=query", "fn"},
+
+		{"/deadletter", ""},
+		{"/deadletter/", ""},
+		{"/deadletter/a/b", ""},
+		{"/deadletter/a/", ""},
+		{"/deadletter/%2F", ""},
+		{"/deadletter/a%2Fb", ""},
+		{"/deadletter/a%2fb", ""},
+		{"/deadletter/..", ""},
+		{"/deadletter/a/../b", ""},
+		{"/deadletter/%2E%2E", ""},
+		{"/deadletter/%25", ""},
+		{"/deadletter/%61", ""},
+		{"/deadletter/%C3%A4", ""},
+		{"/deadletter/Fn", ""},
+		{"/deadletter/-a", ""},
+		{"/deadletter/a-", ""},
+		{"/deadletter/" + strings.Repeat("a", 64), ""},
+		{"/deadletter/a..b", ""},
+		{"/deadletter/a.b.c", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			w := b.do(http.MethodPost, tt.target, []byte("x"), nil)
+			if tt.want == "" {
+				wantError(t, w, http.StatusBadRequest, "")
+				wantNothingStored(t, b.queue)
+				return
+			}
+			if w.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+			}
+			s, _ := b.queue.stored()
+			if len(s) != 1 || s[0].Function != tt.want {
+				t.Fatalf("stored %+v, want one message for %q", s, tt.want)
+			}
+		})
+	}
+}
+
+// TestPathValidationOverTheWire sends raw request targets through a real
+// server, so the escaped path is what a client actually sent.
+func TestPathValidationOverTheWire(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	srv := httptest.NewServer(b.handler)
+	t.Cleanup(srv.Close)
+
+	tests := []struct {
+		target string
+		want   int
+	}{
+		{"/deadletter/fn", http.StatusAccepted},
+		{"/deadletter/%25", http.StatusBadRequest},
+		{"/deadletter/a%2Fb", http.StatusBadRequest},
+		{"/deadletter/../healthz", http.StatusBadRequest},
+		{"/deadletter/%2e%2e", http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Opaque makes the client send the target exactly as written.
+		req.URL.Opaque = tt.target
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.target, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: status %d, want %d (body %q)", tt.target, resp.StatusCode, tt.want, body)
+		}
+	}
+	if s, _ := b.queue.stored(); len(s) != 1 || s[0].Function != "fn" {
+		t.Fatalf("stored %+v, want only the message for fn", s)
+	}
+}
+
+func TestRequeueScheduled(t *testing.T) {
+	t.Parallel()
+	binary := make([]byte, 256)
+	for i := range binary {
+		binary[i] = byte(i)
+	}
+	tests := []struct {
+		name           string
+		header         http.Header
+		body           []byte
+		wantRetries    int
+		wantMaxRetries int
+		wantDelay      time.Duration
+	}{
+		{
+			name:           "defaults",
+			body:           []byte("hello"),
+			wantMaxRetries: 10,
+			wantDelay:      time.Minute,
+		},
+		{
+			name:           "empty body",
+			body:           []byte{},
+			wantMaxRetries: 10,
+			wantDelay:      time.Minute,
+		},
+		{
+			name:           "binary body",
+			body:           binary,
+			wantMaxRetries: 10,
+			wantDelay:      time.Minute,
+		},
+		{
+			name:           "seconds",
+			header:         http.Header{"X-Retries": {"2"}, "X-Max-Retries": {"5"}, "X-Delay-Duration": {"30"}},
+			body:           []byte("{}"),
+			wantRetries:    2,
+			wantMaxRetries: 5,
+			wantDelay:      30 * time.Second,
+		},
+		{
+			name:           "go duration",
+			header:         http.Header{"X-Delay-Duration": {"1500ms"}},
+			body:           []byte("{}"),
+			wantMaxRetries: 10,
+			wantDelay:      1500 * time.Millisecond,
+		},
+		{
+			// Retries == MaxRetries is still delivered once more.
+			name:           "last retry",
+			header:         http.Header{"X-Retries": {"3"}, "X-Max-Retries": {"3"}, "X-Delay-Duration": {"0"}},
+			body:           []byte("last"),
+			wantRetries:    3,
+			wantMaxRetries: 3,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			w := b.do(http.MethodPost, "/deadletter/fn.openfaas-fn", tt.body, tt.header)
+			if w.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+			}
+			m := decodeJSON(t, w)
+			id, _ := m["id"].(string)
+			if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(id) {
+				t.Fatalf("id %q is not a generated 128-bit lowercase hex id", id)
+			}
+			if got := w.Header().Get(HeaderMessageID); got != id {
+				t.Fatalf("%s header = %q, want the body's id %q", HeaderMessageID, got, id)
+			}
+			wantDue := testNow.Add(tt.wantDelay).UTC()
+			want := map[string]any{
+				"status":      "scheduled",
+				"id":          id,
+				"function":    "fn.openfaas-fn",
+				"retries":     float64(tt.wantRetries),
+				"max_retries": float64(tt.wantMaxRetries),
+				"due_at":      wantDue.Format(time.RFC3339Nano),
+			}
+			if !reflect.DeepEqual(m, want) {
+				t.Fatalf("body = %v, want %v", m, want)
+			}
+
+			s, d := b.queue.stored()
+			if len(s) != 1 || len(d) != 0 {
+				t.Fatalf("stored %d scheduled and %d dead letters, want 1 and 0", len(s), len(d))
+			}
+			e := s[0]
+			if e.ID != id || e.Function != "fn.openfaas-fn" {
+				t.Errorf("stored ID %q function %q, want %q and fn.openfaas-fn", e.ID, e.Function, id)
+			}
+			if !bytes.Equal(e.Body, tt.body) {
+				t.Errorf("stored body %q, want %q", e.Body, tt.body)
+			}
+			if e.Retries != tt.wantRetries || e.MaxRetries != tt.wantMaxRetries || e.Delay != tt.wantDelay {
+				t.Errorf("stored retries %d/%d delay %s, want %d/%d %s",
+					e.Retries, e.MaxRetries, e.Delay, tt.wantRetries, tt.wantMaxRetries, tt.wantDelay)
+			}
+			if !e.AcceptedAt.Equal(testNow) || e.AcceptedAt.Location() != time.UTC {
+				t.Errorf("AcceptedAt = %v, want %v in UTC", e.AcceptedAt, testNow)
+			}
+			if !e.DueAt.Equal(wantDue) {
+				t.Errorf("DueAt = %v, want %v", e.DueAt, wantDue)
+			}
+			if e.Reason != "" || !e.DeadAt.IsZero() {
+				t.Errorf("scheduled message has Reason %q DeadAt %v", e.Reason, e.DeadAt)
+			}
+		})
+	}
+}
+
+func TestRequeueHeaders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		keepCredentials bool
+		want            http.Header
+	}{
+		{false, http.Header{
+			"Content-Type": {"text/plain"},
+			"X-Custom":     {"a", "b"},
+		}},
+		{true, http.Header{
+			"Content-Type":  {"text/plain"},
+			"X-Custom":      {"a", "b"},
+			"Authorization": {"Bearer t"},
+			"Cookie":        {"c=1"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint("keep credentials ", tt.keepCredentials), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(o *Options) { o.KeepCredentials = tt.keepCredentials })
+			w := b.do(http.MethodPut, "/deadletter/fn", []byte("x"), http.Header{
+				"Content-Type":         {"text/plain"},
+				"X-Custom":             {"a", "b"},
+				"Authorization":        {"Bearer t"},
+				"Cookie":               {"c=1"},
+				"Connection":           {"X-Hop"},
+				"X-Hop":                {"1"},
+				"Upgrade":              {"h2c"},
+				"Proxy-Authorization":  {"Basic x"},
+				"Content-Length":       {"1"},
+				"X-Retries":            {"1"},
+				"X-Max-Retries":        {"2"},
+				"X-Delay-Duration":     {"3"},
+				"X-Mailbox-Message-Id": {"m1"},
+			})
+			if w.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+			}
+			s, _ := b.queue.stored()
+			if len(s) != 1 {
+				t.Fatalf("stored %d messages, want 1", len(s))
+			}
+			if !reflect.DeepEqual(s[0].Header, tt.want) {
+				t.Fatalf("stored header %v, want %v", s[0].Header, tt.want)
+			}
+		})
+	}
+}
+
+func TestRequeueCarriesMessageID(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{HeaderMessageID: {"msg_ABC-123"}})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+	}
+	if got := decodeJSON(t, w)["id"]; got != "msg_ABC-123" {
+		t.Errorf("body id = %v, want msg_ABC-123", got)
+	}
+	if got := w.Header().Get(HeaderMessageID); got != "msg_ABC-123" {
+		t.Errorf("%s header = %q, want msg_ABC-123", HeaderMessageID, got)
+	}
+	if s, _ := b.queue.stored(); len(s) != 1 || s[0].ID != "msg_ABC-123" {
+		t.Fatalf("stored %+v, want one message with id msg_ABC-123", s)
+	}
+}
+
+func TestRequeueGeneratesDistinctIDs(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	first := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(HeaderMessageID)
+	second := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(HeaderMessageID)
+	if first == "" || first == second {
+		t.Fatalf("ids %q and %q, want two distinct ids", first, second)
+	}
+}
+
+func TestRequeueDeadLetter(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	body := []byte("spent")
+	w := b.do(http.MethodPost, "/deadletter/fn", body, http.Header{
+		"X-Retries": {"4"}, "X-Max-Retries": {"3"}, HeaderMessageID: {"m-1"},
+	})
+	if w.Code != http.StatusOK {
+		t.Fatalf("status = %d, want 200 (body %q)", w.Code, w.Body)
+	}
+	want := map[string]any{
+		"status":      "dead-lettered",
+		"reason":      "max-retries",
+		"id":          "m-1",
+		"function":    "fn",
+		"retries":     float64(4),
+		"max_retries": float64(3),
+	}
+	if m := decodeJSON(t, w); !reflect.DeepEqual(m, want) {
+		t.Fatalf("body = %v, want %v", m, want)
+	}
+	if got := w.Header().Get(HeaderMessageID); got != "m-1" {
+		t.Errorf("%s header = %q, want m-1", HeaderMessageID, got)
+	}
+	s, d := b.queue.stored()
+	if len(s) != 0 {
+		t.Fatalf("scheduled %d messages, want none", len(s))
+	}
+	if len(d) != 1 {
+		t.Fatalf("dead-lettered %d messages, want 1", len(d))
+	}
+	e := d[0]
+	if e.ID != "m-1" || e.Function != "fn" || !bytes.Equal(e.Body, body) || e.Retries != 4 || e.MaxRetries != 3 {
+		t.Errorf("dead letter = %+v", e)
+	}
+	if e.Reason != envelope.ReasonMaxRetries || !e.DeadAt.Equal(testNow) {
+		t.Errorf("dead letter Reason %q DeadAt %v, want %q and %v", e.Reason, e.DeadAt, envelope.ReasonMaxRetries, testNow)
+	}
+}
+
+func TestRequeueBadHeaderAnswer(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{"X-Retries": {"abc"}})
+	wantError(t, w, http.StatusBadRequest, "X-Retries")
+	want := `{"error":"X-Retries: \"abc\" is not a non-negative integer","field":"X-Retries"}` + "\n"
+	if w.Body.String() != want {
+		t.Fatalf("body = %q, want %q", w.Body, want)
+	}
+	wantNothingStored(t, b.queue)
+}
+
+func TestRequeueBadHeaders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		header http.Header
+		field  string
+	}{
+		{http.Header{"X-Retries": {"-1"}}, "X-Retries"},
+		{http.Header{"X-Max-Retries": {"101"}}, "X-Max-Retries"},
+		{http.Header{"X-Delay-Duration": {"2h"}}, "X-Delay-Duration"},
+		{http.Header{"X-Delay-Duration": {"-5"}}, "X-Delay-Duration"},
+		{http.Header{HeaderMessageID: {"not/valid"}}, HeaderMessageID},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.header), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			wantError(t, b.do(http.MethodPost, "/deadletter/fn", []byte("x"), tt.header), http.StatusBadRequest, tt.field)
+			wantNothingStored(t, b.queue)
+		})
+	}
+}
+
+func TestRequeueBodyLimit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		maxBodyBytes  int64
+		maxPayload    int
+		size          int
+		unknownLength bool // chunked: only MaxBytesReader can catch it
+		want          int
+	}{
+		{name: "at limit", maxBodyBytes: 10, maxPayload: 1000, size: 10, want: http.StatusAccepted},
+		{name: "above limit", maxBodyBytes: 10, maxPayload: 1000, size: 11, want: http.StatusRequestEntityTooLarge},
+		{name: "above limit unknown length", maxBodyBytes: 10, maxPayload: 1000, size: 11, unknownLength: true, want: http.StatusRequestEntityTooLarge},
+		{name: "at limit unknown length", maxBodyBytes: 10, maxPayload: 1000, size: 10, unknownLength: true, want: http.StatusAccepted},
+		{name: "clamped to max payload", maxBodyBytes: 1000, maxPayload: 10, size: 11, unknownLength: true, want: http.StatusRequestEntityTooLarge},
+		{name: "at max payload", maxBodyBytes: 1000, maxPayload: 10, size: 10, want: http.StatusAccepted},
+		{name: "default is max payload", maxBodyBytes: 0, maxPayload: 10, size: 11, unknownLength: true, want: http.StatusRequestEntityTooLarge},
+		{name: "no limit known", maxBodyBytes: 0, maxPayload: 0, size: 1, want: http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(o *Options) { o.MaxBodyBytes = tt.maxBodyBytes })
+			b.queue.maxPayload = tt.maxPayload
+			r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", bytes.NewReader(bytes.Repeat([]byte("x"), tt.size)))
+			if tt.unknownLength {
+				r.ContentLength = -1
+			}
+			w := httptest.NewRecorder()
+			b.handler.ServeHTTP(w, r)
+			if tt.want == http.StatusAccepted {
+				if w.Code != tt.want {
+					t.Fatalf("status = %d, want %d (body %q)", w.Code, tt.want, w.Body)
+				}
+				if s, _ := b.queue.stored(); len(s) != 1 || len(s[0].Body) != tt.size {
+					t.Fatalf("stored %+v, want one %d-byte body", s, tt.size)
+				}
+				return
+			}
+			wantError(t, w, tt.want, "")
+			wantNothingStored(t, b.queue)
+		})
+	}
+}
+
+func TestRequeueQueueErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name           string
+		header         http.Header
+		scheduleErr    error
+		deadErr        error
+		want           int
+		wantRetryAfter string
+	}{
+		{name: "too large", scheduleErr: fmt.Errorf("publish: %w", queue.ErrTooLarge), want: http.StatusRequestEntityTooLarge},
+		{name: "unavailable", scheduleErr: fmt.Errorf("publish: %w", queue.ErrUnavailable), want: http.StatusServiceUnavailable, wantRetryAfter: "5"},
+		{name: "timeout", scheduleErr: context.DeadlineExceeded, want: http.StatusServiceUnavailable, wantRetryAfter: "5"},
+		{
+			name:           "dead letter unavailable",
+			header:         http.Header{"X-Retries": {"2"}, "X-Max-Retries": {"1"}},
+			deadErr:        queue.ErrUnavailable,
+			want:           http.StatusServiceUnavailable,
+			wantRetryAfter: "5",
+		},
+		{
+			name:    "dead letter too large",
+			header:  http.Header{"X-Retries": {"2"}, "X-Max-Retries": {"1"}},
+			deadErr: queue.ErrTooLarge,
+			want:    http.StatusRequestEntityTooLarge,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			b.queue.scheduleErr, b.queue.deadErr = tt.scheduleErr, tt.deadErr
+			secret := "body-must-not-be-logged"
+			w := b.do(http.MethodPost, "/deadletter/fn", []byte(secret), tt.header)
+			wantError(t, w, tt.want, "")
+			if got := w.Header().Get("Retry-After"); got != tt.wantRetryAfter {
+				t.Errorf("Retry-After = %q, want %q", got, tt.wantRetryAfter)
+			}
+			if got := w.Header().Get(HeaderMessageID); got != "" {
+				t.Errorf("%s = %q on a failed requeue, want none", HeaderMessageID, got)
+			}
+			wantNothingStored(t, b.queue)
+			logs := b.logs.String()
+			if strings.Contains(logs, secret) {
+				t.Errorf("logs contain the request body: %s", logs)
+			}
+			if tt.want == http.StatusServiceUnavailable && !strings.Contains(logs, "queue write failed") {
+				t.Errorf("logs do not report the queue failure: %s", logs)
+			}
+		})
+	}
+}
+
+func TestMethodNotAllowed(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		method, target, allow string
+	}{
+		{http.MethodGet, "/deadletter/fn", "POST, PUT"},
+		{http.MethodDelete, "/deadletter/fn", "POST, PUT"},
+		{http.MethodPatch, "/deadletter/fn", "POST, PUT"},
+		{http.MethodPost, "/healthz", "GET, HEAD"},
+		{http.MethodPost, "/metrics", "GET, HEAD"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.target, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			w := b.do(tt.method, tt.target, []byte("x"), nil)
+			wantError(t, w, http.StatusMethodNotAllowed, "")
+			if got := w.Header().Get("Allow"); got != tt.allow {
+				t.Errorf("Allow = %q, want %q", got, tt.allow)
+			}
+			wantNothingStored(t, b.queue)
+		})
+	}
+}
+
+func TestNotFound(t *testing.T) {
+	t.Parallel()
+	for _, target := range []string{"/", "/foo", "/deadletterfn", "/healthz/", "/metrics/x", "/function/fn"} {
+		t.Run(target, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			wantError(t, b.do(http.MethodPost, target, nil, nil), http.StatusNotFound, "")
+			wantError(t, b.do(http.MethodGet, target, nil, nil), http.StatusNotFound, "")
+			wantNothingStored(t, b.queue)
+		})
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		method    string
+		connected bool
+		want      int
+	}{
+		{http.MethodGet, true, http.StatusOK},
+		{http.MethodHead, true, http.StatusOK},
+		{http.MethodGet, false, http.StatusServiceUnavailable},
+		{http.MethodHead, false, http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.method, " connected ", tt.connected), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			b.queue.connected = tt.connected
+			w := b.do(tt.method, "/healthz", nil, nil)
+			if tt.want != http.StatusOK {
+				wantError(t, w, tt.want, "")
+				return
+			}
+			if w.Code != tt.want {
+				t.Fatalf("status = %d, want %d", w.Code, tt.want)
+			}
+			if m := decodeJSON(t, w); !reflect.DeepEqual(m, map[string]any{"status": "ok"}) {
+				t.Fatalf("body = %v, want {status: ok}", m)
+			}
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"/metrics", "/_metrics"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			if w := b.do(http.MethodPost, "/deadletter/fn", []byte("12345"), nil); w.Code != http.StatusAccepted {
+				t.Fatalf("requeue status = %d", w.Code)
+			}
+			b.do(http.MethodPost, "/deadletter/Fn", nil, nil)
+			b.do(http.MethodPost, "/deadletter/fn", nil, http.Header{"X-Retries": {"x"}})
+
+			w := b.do(http.MethodGet, path, nil, nil)
+			if w.Code != http.StatusOK {
+				t.Fatalf("status = %d, want 200", w.Code)
+			}
+			text := w.Body.String()
+			for _, want := range []string{
+				`mailbox_requeue_requests_total{code="202"} 1`,
+				`mailbox_requeue_requests_total{code="400"} 2`,
+				`mailbox_requeue_requests_total{code="503"} 0`,
+				`mailbox_requeue_body_bytes_count 1`,
+				`mailbox_requeue_body_bytes_sum 5`,
+			} {
+				if !strings.Contains(text, want+"\n") {
+					t.Errorf("%s lacks %q:\n%s", path, want, text)
+				}
+			}
+			if strings.Contains(text, `function=`) {
+				t.Errorf("metrics carry a function label:\n%s", text)
+			}
+		})
+	}
+}
+
+func TestNewInvalidOptions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		adjust func(*Options)
+		want   string // part of the error
+	}{
+		{"nil queue", func(o *Options) { o.Queue = nil }, "Queue"},
+		{"negative default max retries", func(o *Options) { o.DefaultMaxRetries = -1 }, "DefaultMaxRetries"},
+		{"limit below default", func(o *Options) { o.MaxRetriesLimit = 5 }, "MaxRetriesLimit"},
+		{"negative default delay", func(o *Options) { o.DefaultDelay = -time.Second }, "DefaultDelay"},
+		{"max delay below default", func(o *Options) { o.MaxDelay = time.Second }, "MaxDelay"},
+		{"negative max body", func(o *Options) { o.MaxBodyBytes = -1 }, "MaxBodyBytes"},
+		{"nil registerer", func(o *Options) { o.Registerer = nil }, "Registerer"},
+		{"nil gatherer", func(o *Options) { o.Gatherer = nil }, "Gatherer"},
+	}
+	// valid returns working options on a fresh registry, so that only the
+	// option under test is wrong.
+	valid := func() Options {
+		reg := prometheus.NewRegistry()
+		return Options{
+			Queue:             &memQueue{},
+			DefaultMaxRetries: 10,
+			MaxRetriesLimit:   100,
+			DefaultDelay:      time.Minute,
+			MaxDelay:          time.Hour,
+			Registerer:        reg,
+			Gatherer:          reg,
+		}
+	}
+	if _, err := New(valid()); err != nil {
+		t.Fatalf("New with valid options: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			o := valid()
+			tt.adjust(&o)
+			h, err := New(o)
+			if err == nil {
+				t.Fatalf("New = %v, want an error naming %s", h, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not name %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewRegistrationConflict(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mailbox_requeue_body_bytes", Help: "taken"}))
+	_, err := New(Options{
+		Queue:      &memQueue{},
+		Registerer: reg,
+		Gatherer:   reg,
+	})
+	if err == nil {
+		t.Fatal("New succeeded although mailbox_requeue_body_bytes is already registered")
+	}
+	if !strings.Contains(err.Error(), "mailbox_requeue_body_bytes") {
+		t.Fatalf("error %q does not name the conflicting metric", err)
+	}
+	// The counter registered before the conflict must have been removed:
+	// Unregister reports whether it found it.
+	if reg.Unregister(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailbox_requeue_requests_total", Help: "x",
+	}, []string{"code"})) {
+		t.Fatal("mailbox_requeue_requests_total is still registered after New failed")
+	}
+}

@@ -1,0 +1,180 @@
+// Package config turns the environment (and, for the standalone binary,
+// command-line flags) into a validated Config.
+//
+// Every setting is one row of a single table (see Settings): its name, its
+// built-in default, a usage line and a parser. Environment parsing, flags
+// and the documentation are all driven by that table, so they cannot drift
+// apart.
+//
+// Settings are named in lower_snake_case, the OpenFaaS convention
+// (gateway_url, basic_auth, ...). Names are matched exactly; other variables
+// in the environment are ignored.
+//
+// The empty-value rule: a value that is empty (or only white space) counts
+// as unset and the default applies, so `max_inflight=` in a deployment does
+// not fail or become zero. The one exception is nats_url, whose empty value
+// is meaningful: it asks for an embedded NATS server. Every other value is
+// parsed strictly: a typo is an error naming the setting, never a silent
+// fallback to the default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Config is the validated configuration of the mailbox service.
+type Config struct {
+	// Backend is the queue backend. Only "stan" (NATS Streaming) is
+	// supported for now. Defaults to stan.
+	Backend string
+	// NATSURL is the NATS server, a nats:// or tls:// URL. Empty means the
+	// caller embeds a server (the standalone binary does); a binary that
+	// cannot embed one must reject it. Defaults to nats://nats.openfaas:4222.
+	NATSURL string
+	// NATSClusterID is the NATS Streaming cluster id ([A-Za-z0-9_-]+).
+	// Defaults to faas-cluster.
+	NATSClusterID string
+	// ChannelPrefix is the prefix of the channel names ([a-z0-9_-]+, no
+	// dots: they separate subject tokens). Defaults to mailbox.
+	ChannelPrefix string
+	// GatewayURL is the OpenFaaS gateway, an http or https URL without a
+	// trailing slash. Defaults to http://gateway.openfaas:8080.
+	GatewayURL string
+	// BasicAuth makes the service read gateway credentials from
+	// SecretMountPath. Defaults to false.
+	BasicAuth bool
+	// SecretMountPath is the directory holding basic-auth-user and
+	// basic-auth-password. Defaults to /var/openfaas/secrets.
+	SecretMountPath string
+	// MaxInflight is the number of concurrent function invocations per
+	// connector, 1..10000. Defaults to 16.
+	MaxInflight int
+	// UpstreamTimeout bounds one function invocation; it is greater than
+	// zero. Defaults to 30s.
+	UpstreamTimeout time.Duration
+	// DefaultMaxRetries is used when a request has no X-Max-Retries header;
+	// it is at most MaxRetriesLimit. Defaults to 10.
+	DefaultMaxRetries int
+	// DefaultDelay is used when a request has no X-Delay-Duration header; it
+	// is at most MaxDelay. Defaults to 60s.
+	DefaultDelay time.Duration
+	// MaxRetriesLimit is the largest X-Max-Retries accepted. Defaults to
+	// 10000.
+	MaxRetriesLimit int
+	// MaxDelay is the largest X-Delay-Duration accepted, greater than zero
+	// and at most 2^21 seconds (about 24 days). Defaults to 168h.
+	MaxDelay time.Duration
+	// MaxBodyBytes is the largest requeued body, 1..67108864 bytes.
+	// Defaults to 1048576 (1 MiB).
+	MaxBodyBytes int64
+	// KeepCredentials keeps the Authorization and Cookie headers on stored
+	// messages. Defaults to false.
+	KeepCredentials bool
+	// Listen is the host:port the standalone server, or the connector's
+	// metrics, listens on. Defaults to 127.0.0.1:8090.
+	Listen string
+	// DataDir is where the standalone binary's embedded NATS server stores
+	// its data. Defaults to ./mailbox-data.
+	DataDir string
+	// LogLevel is the minimum level logged: debug, info, warn or error.
+	// Defaults to info.
+	LogLevel slog.Level
+	// LogFormat is the log output format, text or json. Defaults to json.
+	LogFormat string
+}
+
+// Load reads every setting through lookup, falling back to defaults and
+// then to the built-in defaults of Settings, and validates the result.
+//
+// lookup is usually Environ(os.Environ()) or the result of Flags; nil reads
+// nothing. defaults overrides built-in defaults, keyed by setting name, e.g.
+// the standalone binary passes
+// {"gateway_url": "http://127.0.0.1:8080", "nats_url": ""}; an unknown key
+// is an error. A value that is empty counts as unset, except for nats_url
+// (see the package documentation).
+//
+// The error joins every problem found (errors.Join), each naming the
+// setting and its value, e.g.
+//
+//	config: max_inflight: "abc" is not an integer
+func Load(lookup func(name string) (string, bool), defaults map[string]string) (Config, error) {
+	settings := settings()
+	var errs []error
+
+	known := make(map[string]bool, len(settings))
+	for _, s := range settings {
+		known[s.Name] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(defaults)) {
+		if !known[name] {
+			errs = append(errs, fmt.Errorf("config: defaults: unknown setting %q", name))
+		}
+	}
+
+	var c Config
+	failed := make(map[string]bool)
+	for _, s := range settings {
+		value := s.Default
+		if v, ok := defaults[s.Name]; ok {
+			value = strings.TrimSpace(v)
+		}
+		if v, ok := s.lookup(lookup); ok {
+			value = v
+		}
+		if err := s.apply(&c, value); err != nil {
+			failed[s.Name] = true
+			errs = append(errs, fmt.Errorf("config: %s: %w", s.Name, err))
+		}
+	}
+
+	// Consistency between settings, checked only when both parsed.
+	if !failed["default_max_retries"] && !failed["max_retries_limit"] &&
+		c.DefaultMaxRetries > c.MaxRetriesLimit {
+		errs = append(errs, fmt.Errorf("config: default_max_retries: %d is greater than max_retries_limit %d",
+			c.DefaultMaxRetries, c.MaxRetriesLimit))
+	}
+	if !failed["default_delay"] && !failed["max_delay"] && c.DefaultDelay > c.MaxDelay {
+		errs = append(errs, fmt.Errorf("config: default_delay: %s is greater than max_delay %s",
+			c.DefaultDelay, c.MaxDelay))
+	}
+
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Environ turns os.Environ()-style KEY=value pairs into a lookup. Entries
+// without "=" are ignored; when a key repeats, the last value wins (as in
+// os/exec). The pairs are copied, so later changes to environ are not seen.
+func Environ(environ []string) func(string) (string, bool) {
+	env := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			continue
+		}
+		env[k] = v
+	}
+	return func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	}
+}
+
+// Logger builds a logger writing to w at LogLevel, as JSON unless LogFormat
+// is "text".
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

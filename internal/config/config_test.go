@@ -1,0 +1,681 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// env returns a lookup over literal pairs.
+func env(pairs ...string) func(string) (string, bool) {
+	m := make(map[string]string)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		m[pairs[i]] = pairs[i+1]
+	}
+	return func(name string) (string, bool) {
+		v, ok := m[name]
+		return v, ok
+	}
+}
+
+// builtin is the Config the built-in defaults produce.
+func builtin() Config {
+	return Config{
+		Backend:           "stan",
+		NATSURL:           "nats://nats.openfaas:4222",
+		NATSClusterID:     "faas-cluster",
+		ChannelPrefix:     "mailbox",
+		GatewayURL:        "http://gateway.openfaas:8080",
+		BasicAuth:         false,
+		SecretMountPath:   "/var/openfaas/secrets",
+		MaxInflight:       16,
+		UpstreamTimeout:   30 * time.Second,
+		DefaultMaxRetries: 10,
+		DefaultDelay:      60 * time.Second,
+		MaxRetriesLimit:   10000,
+		MaxDelay:          168 * time.Hour,
+		MaxBodyBytes:      1 << 20,
+		KeepCredentials:   false,
+		Listen:            "127.0.0.1:8090",
+		DataDir:           "./mailbox-data",
+		LogLevel:          slog.LevelInfo,
+		LogFormat:         "json",
+	}
+}
+
+// joined returns the individual errors of an errors.Join result.
+func joined(t *testing.T, err error) []error {
+	t.Helper()
+	if err == nil {
+		t.Fatal("want an error, got nil")
+	}
+	u, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	return u.Unwrap()
+}
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name   string
+		lookup func(string) (string, bool)
+	}{
+		{"nil lookup", nil},
+		{"empty environment", Environ(nil)},
+		{"unrelated variables", Environ([]string{"PATH=/bin", "HOME=/root", "GATEWAY_URL=not checked", "fprocess=cat"})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := Load(tc.lookup, nil)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if want := builtin(); got != want {
+				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadCallerDefaults(t *testing.T) {
+	t.Parallel()
+
+	standalone := map[string]string{"gateway_url": "http://127.0.0.1:8080/", "nats_url": ""}
+
+	got, err := Load(nil, standalone)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := builtin()
+	want.GatewayURL = "http://127.0.0.1:8080"
+	want.NATSURL = ""
+	if got != want {
+		t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
+	}
+
+	// The environment still beats the caller's defaults.
+	got, err = Load(env("gateway_url", "https://gw.example.com", "nats_url", "nats://127.0.0.1:4222"), standalone)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got.GatewayURL != "https://gw.example.com" || got.NATSURL != "nats://127.0.0.1:4222" {
+		t.Errorf("GatewayURL, NATSURL = %q, %q; want the environment's", got.GatewayURL, got.NATSURL)
+	}
+
+	// A bad or unknown caller default is an error, not ignored.
+	_, err = Load(nil, map[string]string{"gatway_url": "http://x", "max_inflight": "0"})
+	msg := errString(err)
+	for _, want := range []string{`config: defaults: unknown setting "gatway_url"`, `config: max_inflight: "0" is less than 1`} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not contain %q", msg, want)
+		}
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+func TestLoadEmptyValue(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name  string
+		key   string
+		value string
+		want  func(*Config)
+	}{
+		{"empty is unset", "max_inflight", "", func(*Config) {}},
+		{"blank is unset", "gateway_url", "   ", func(*Config) {}},
+		{"empty bool is unset", "basic_auth", "", func(*Config) {}},
+		{"empty nats_url embeds", "nats_url", "", func(c *Config) { c.NATSURL = "" }},
+		{"blank nats_url embeds", "nats_url", " ", func(c *Config) { c.NATSURL = "" }},
+		{"values are trimmed", "max_inflight", " 4\n", func(c *Config) { c.MaxInflight = 4 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := Load(env(tc.key, tc.value), nil)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			want := builtin()
+			tc.want(&want)
+			if got != want {
+				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadValid(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		key, value string
+		want       func(*Config)
+	}{
+		{"backend", "stan", func(c *Config) { c.Backend = "stan" }},
+		{"backend", "STAN", func(c *Config) { c.Backend = "stan" }},
+		{"nats_url", "nats://127.0.0.1:4222", func(c *Config) { c.NATSURL = "nats://127.0.0.1:4222" }},
+		{"nats_url", "tls://nats.example.com:4443", func(c *Config) { c.NATSURL = "tls://nats.example.com:4443" }},
+		{"nats_cluster_id", "my_Cluster-2", func(c *Config) { c.NATSClusterID = "my_Cluster-2" }},
+		{"channel_prefix", "mb_2-x", func(c *Config) { c.ChannelPrefix = "mb_2-x" }},
+		{"gateway_url", "https://gw.example.com/", func(c *Config) { c.GatewayURL = "https://gw.example.com" }},
+		{"gateway_url", "http://gw:8080/prefix//", func(c *Config) { c.GatewayURL = "http://gw:8080/prefix" }},
+		{"basic_auth", "true", func(c *Config) { c.BasicAuth = true }},
+		{"basic_auth", "1", func(c *Config) { c.BasicAuth = true }},
+		{"basic_auth", "0", func(c *Config) { c.BasicAuth = false }},
+		{"secret_mount_path", "/run/secrets", func(c *Config) { c.SecretMountPath = "/run/secrets" }},
+		{"max_inflight", "1", func(c *Config) { c.MaxInflight = 1 }},
+		{"max_inflight", "10000", func(c *Config) { c.MaxInflight = 10000 }},
+		{"upstream_timeout", "1500ms", func(c *Config) { c.UpstreamTimeout = 1500 * time.Millisecond }},
+		{"upstream_timeout", "45", func(c *Config) { c.UpstreamTimeout = 45 * time.Second }},
+		{"default_max_retries", "0", func(c *Config) { c.DefaultMaxRetries = 0 }},
+		{"default_delay", "2m", func(c *Config) { c.DefaultDelay = 2 * time.Minute }},
+		{"default_delay", "90", func(c *Config) { c.DefaultDelay = 90 * time.Second }},
+		{"default_delay", "0", func(c *Config) { c.DefaultDelay = 0 }},
+		{"max_retries_limit", "10", func(c *Config) { c.MaxRetriesLimit = 10 }},
+		{"max_delay", "2097152", func(c *Config) { c.MaxDelay = 2097152 * time.Second }},
+		{"max_delay", "1h", func(c *Config) { c.MaxDelay = time.Hour }},
+		{"max_body_bytes", "1", func(c *Config) { c.MaxBodyBytes = 1 }},
+		{"max_body_bytes", "67108864", func(c *Config) { c.MaxBodyBytes = 64 << 20 }},
+		{"keep_credentials", "TRUE", func(c *Config) { c.KeepCredentials = true }},
+		{"listen", ":8090", func(c *Config) { c.Listen = ":8090" }},
+		{"listen", "[::1]:0", func(c *Config) { c.Listen = "[::1]:0" }},
+		{"data_dir", "/var/lib/mailbox", func(c *Config) { c.DataDir = "/var/lib/mailbox" }},
+		{"log_level", "debug", func(c *Config) { c.LogLevel = slog.LevelDebug }},
+		{"log_level", "WARN", func(c *Config) { c.LogLevel = slog.LevelWarn }},
+		{"log_level", "error", func(c *Config) { c.LogLevel = slog.LevelError }},
+		{"log_format", "text", func(c *Config) { c.LogFormat = "text" }},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			t.Parallel()
+			got, err := Load(env(tc.key, tc.value), nil)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			want := builtin()
+			tc.want(&want)
+			if got != want {
+				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadInvalid(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		key, value string
+		want       string // the whole error
+	}{
+		{"backend", "jetstream", `config: backend: "jetstream" is not one of stan`},
+		{"nats_url", "http://nats:4222", `config: nats_url: "http://nats:4222" is not a nats:// or tls:// URL`},
+		{"nats_url", "nats://", `config: nats_url: "nats://" has no host`},
+		{"nats_url", "nats.openfaas:4222", `config: nats_url: "nats.openfaas:4222" is not a nats:// or tls:// URL`},
+		{"nats_cluster_id", "faas cluster", `config: nats_cluster_id: "faas cluster" has characters outside [A-Za-z0-9_-]`},
+		{"channel_prefix", "mail.box", `config: channel_prefix: "mail.box" has characters outside [a-z0-9_-]`},
+		{"channel_prefix", "Mailbox", `config: channel_prefix: "Mailbox" has characters outside [a-z0-9_-]`},
+		{"gateway_url", "gateway:8080", `config: gateway_url: "gateway:8080" is not a http:// or https:// URL`},
+		{"gateway_url", "ftp://gw", `config: gateway_url: "ftp://gw" is not a http:// or https:// URL`},
+		{"gateway_url", "http://:8080", `config: gateway_url: "http://:8080" has no host`},
+		{"gateway_url", "http://gw?x=1", `config: gateway_url: "http://gw?x=1" has a query or fragment`},
+		{"gateway_url", "http://gw\x7f", `config: gateway_url: "http://gw\x7f" is not a URL`},
+		{"basic_auth", "yes", `config: basic_auth: "yes" is not a boolean (true, false, 1 or 0)`},
+		{"keep_credentials", "ture", `config: keep_credentials: "ture" is not a boolean (true, false, 1 or 0)`},
+		{"max_inflight", "abc", `config: max_inflight: "abc" is not an integer`},
+		{"max_inflight", "0", `config: max_inflight: "0" is less than 1`},
+		{"max_inflight", "10001", `config: max_inflight: "10001" is greater than 10000`},
+		{"max_inflight", "1.5", `config: max_inflight: "1.5" is not an integer`},
+		{"upstream_timeout", "0", `config: upstream_timeout: "0" is not greater than zero`},
+		{"upstream_timeout", "-1s", `config: upstream_timeout: "-1s" is negative`},
+		{"upstream_timeout", "10 s", `config: upstream_timeout: "10 s" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"default_max_retries", "-1", `config: default_max_retries: "-1" is less than 0`},
+		{"default_max_retries", "many", `config: default_max_retries: "many" is not an integer`},
+		{"default_delay", "-60", `config: default_delay: "-60" is negative`},
+		{"default_delay", "1d", `config: default_delay: "1d" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"max_retries_limit", "-5", `config: max_retries_limit: "-5" is less than 0`},
+		{"max_retries_limit", "99999999999999999999", `config: max_retries_limit: "99999999999999999999" is greater than 2147483647`},
+		{"max_delay", "0s", `config: max_delay: "0s" is not greater than zero`},
+		{"max_delay", "2097153", `config: max_delay: "2097153" is greater than 582h32m32s`},
+		{"max_body_bytes", "0", `config: max_body_bytes: "0" is less than 1`},
+		{"max_body_bytes", "67108865", `config: max_body_bytes: "67108865" is greater than 67108864`},
+		{"max_body_bytes", "1MiB", `config: max_body_bytes: "1MiB" is not an integer`},
+		{"listen", "8090", `config: listen: "8090" is not host:port`},
+		{"listen", "localhost:", `config: listen: "localhost:" has no port number 0..65535`},
+		{"listen", ":70000", `config: listen: ":70000" has no port number 0..65535`},
+		{"log_level", "verbose", `config: log_level: "verbose" is not one of debug, info, warn, error`},
+		{"log_format", "logfmt", `config: log_format: "logfmt" is not one of text, json`},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			t.Parallel()
+			got, err := Load(env(tc.key, tc.value), nil)
+			if errString(err) != tc.want {
+				t.Errorf("Load error = %s\nwant          %s", errString(err), tc.want)
+			}
+			if got != (Config{}) {
+				t.Errorf("Load returned %+v with an error, want the zero Config", got)
+			}
+		})
+	}
+}
+
+func TestLoadEmptyDefaultIsInvalid(t *testing.T) {
+	t.Parallel()
+
+	// A caller default of "" is taken at its word: only nats_url accepts it.
+	for _, tc := range []struct{ key, want string }{
+		{"data_dir", `config: data_dir: "" is empty`},
+		{"secret_mount_path", `config: secret_mount_path: "" is empty`},
+		{"channel_prefix", `config: channel_prefix: "" is empty`},
+		{"max_inflight", `config: max_inflight: "" is not an integer`},
+		{"default_delay", `config: default_delay: "" is not a duration`},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			t.Parallel()
+			_, err := Load(nil, map[string]string{tc.key: ""})
+			if errString(err) != tc.want {
+				t.Errorf("Load error = %s, want %s", errString(err), tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadCaps(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string // "" for success
+	}{
+		{"default_delay above max_delay", []string{"default_delay", "2h", "max_delay", "1h"},
+			"config: default_delay: 2h0m0s is greater than max_delay 1h0m0s"},
+		{"default_delay equal to max_delay", []string{"default_delay", "3600", "max_delay", "1h"}, ""},
+		{"built-in default_delay above max_delay", []string{"max_delay", "30s"},
+			"config: default_delay: 1m0s is greater than max_delay 30s"},
+		{"default_max_retries above max_retries_limit", []string{"default_max_retries", "11", "max_retries_limit", "10"},
+			"config: default_max_retries: 11 is greater than max_retries_limit 10"},
+		{"default_max_retries equal to max_retries_limit", []string{"default_max_retries", "5", "max_retries_limit", "5"}, ""},
+		{"no cap check when the cap is invalid", []string{"default_delay", "2h", "max_delay", "nope"},
+			`config: max_delay: "nope" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"no cap check when the default is invalid", []string{"default_max_retries", "x", "max_retries_limit", "1"},
+			`config: default_max_retries: "x" is not an integer`},
+		{"both caps", []string{"default_delay", "2h", "max_delay", "1h", "default_max_retries", "3", "max_retries_limit", "2"},
+			"config: default_max_retries: 3 is greater than max_retries_limit 2\n" +
+				"config: default_delay: 2h0m0s is greater than max_delay 1h0m0s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Load(env(tc.env...), nil)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				return
+			}
+			if errString(err) != tc.want {
+				t.Errorf("Load error =\n%s\nwant\n%s", errString(err), tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadJoinsErrors(t *testing.T) {
+	t.Parallel()
+
+	_, err := Load(Environ([]string{
+		"max_inflight=abc",
+		"gateway_url=ftp://gw",
+		"basic_auth=maybe",
+		"log_level=loud",
+		"listen=8090",
+		"max_delay=-1s",
+	}), nil)
+	errs := joined(t, err)
+	want := []string{
+		`config: gateway_url: "ftp://gw" is not a http:// or https:// URL`,
+		`config: basic_auth: "maybe" is not a boolean (true, false, 1 or 0)`,
+		`config: max_inflight: "abc" is not an integer`,
+		`config: max_delay: "-1s" is negative`,
+		`config: listen: "8090" is not host:port`,
+		`config: log_level: "loud" is not one of debug, info, warn, error`,
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(want), err)
+	}
+	for i := range want {
+		if errs[i].Error() != want[i] {
+			t.Errorf("error %d = %s\nwant      %s", i, errs[i], want[i])
+		}
+	}
+}
+
+func TestEnviron(t *testing.T) {
+	t.Parallel()
+
+	lookup := Environ([]string{
+		"gateway_url=http://a:8080",
+		"gateway_url=http://b:8080", // last wins
+		"channel_prefix=x=y",        // the value keeps later "="
+		"nats_url=",                 // set, empty
+		"novalue",                   // ignored
+		"=orphan",                   // ignored
+	})
+	for _, tc := range []struct {
+		name   string
+		want   string
+		wantOK bool
+	}{
+		{"gateway_url", "http://b:8080", true},
+		{"channel_prefix", "x=y", true},
+		{"nats_url", "", true},
+		{"novalue", "", false},
+		{"", "", false},
+		{"GATEWAY_URL", "", false},
+	} {
+		got, ok := lookup(tc.name)
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("lookup(%q) = %q, %v; want %q, %v", tc.name, got, ok, tc.want, tc.wantOK)
+		}
+	}
+
+	// The environment is copied when Environ is called.
+	environ := []string{"max_inflight=3"}
+	lookup = Environ(environ)
+	environ[0] = "max_inflight=4"
+	if got, _ := lookup("max_inflight"); got != "3" {
+		t.Errorf("lookup(max_inflight) = %q after the slice changed, want 3", got)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	t.Parallel()
+
+	environ := env(
+		"gateway_url", "http://env:8080",
+		"max_inflight", "8",
+		"log_level", "warn",
+		"default_delay", "10",
+	)
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  func(string) (string, bool)
+		want func(*Config)
+	}{
+		{"default when neither is set", nil, nil, func(*Config) {}},
+		{"env beats default", nil, environ, func(c *Config) {
+			c.GatewayURL = "http://env:8080"
+			c.MaxInflight = 8
+			c.LogLevel = slog.LevelWarn
+			c.DefaultDelay = 10 * time.Second
+		}},
+		{"flag beats env", []string{"--gateway-url=http://flag:8080", "-max-inflight", "2", "--default-delay=1m"}, environ, func(c *Config) {
+			c.GatewayURL = "http://flag:8080"
+			c.MaxInflight = 2
+			c.LogLevel = slog.LevelWarn // from env
+			c.DefaultDelay = time.Minute
+		}},
+		{"bare bool flag is true", []string{"--basic-auth", "--keep-credentials"}, nil, func(c *Config) {
+			c.BasicAuth = true
+			c.KeepCredentials = true
+		}},
+		{"bool flag with value", []string{"--basic-auth=false"}, env("basic_auth", "true"), func(c *Config) {
+			c.BasicAuth = false
+		}},
+		{"empty flag does not hide env", []string{"--gateway-url="}, environ, func(c *Config) {
+			c.GatewayURL = "http://env:8080"
+			c.MaxInflight = 8
+			c.LogLevel = slog.LevelWarn
+			c.DefaultDelay = 10 * time.Second
+		}},
+		{"empty nats-url flag embeds", []string{"--nats-url="}, env("nats_url", "nats://env:4222"), func(c *Config) {
+			c.NATSURL = ""
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fs := flag.NewFlagSet("mailbox", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			lookup := Flags(fs, tc.env)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			got, err := Load(lookup, nil)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			want := builtin()
+			tc.want(&want)
+			if got != want {
+				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestFlagsInvalidValueNamesSetting(t *testing.T) {
+	t.Parallel()
+
+	fs := flag.NewFlagSet("mailbox", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	lookup := Flags(fs, env("max_inflight", "4"))
+	if err := fs.Parse([]string{"--max-inflight=lots", "--basic-auth=maybe"}); err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	_, err := Load(lookup, nil)
+	want := `config: basic_auth: "maybe" is not a boolean (true, false, 1 or 0)` + "\n" +
+		`config: max_inflight: "lots" is not an integer`
+	if errString(err) != want {
+		t.Errorf("Load error =\n%s\nwant\n%s", errString(err), want)
+	}
+}
+
+func TestFlagsRegistration(t *testing.T) {
+	t.Parallel()
+
+	fs := flag.NewFlagSet("mailbox", flag.ContinueOnError)
+	Flags(fs, nil)
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if want := len(Settings()); n != want {
+		t.Errorf("registered %d flags, want %d", n, want)
+	}
+	for _, tc := range []struct{ flag, usage string }{
+		{"gateway-url", "OpenFaaS gateway URL (env gateway_url)"},
+		{"max-inflight", "concurrent function invocations per connector, 1..10000 (env max_inflight)"},
+		{"nats-cluster-id", "NATS Streaming cluster id (env nats_cluster_id)"},
+	} {
+		f := fs.Lookup(tc.flag)
+		if f == nil {
+			t.Errorf("flag %q not registered", tc.flag)
+			continue
+		}
+		if f.Usage != tc.usage {
+			t.Errorf("flag %q usage = %q, want %q", tc.flag, f.Usage, tc.usage)
+		}
+		if f.DefValue != "" {
+			t.Errorf("flag %q DefValue = %q, want empty", tc.flag, f.DefValue)
+		}
+	}
+	if fs.Lookup("gateway_url") != nil {
+		t.Error("flag gateway_url registered with underscores")
+	}
+}
+
+func TestSettings(t *testing.T) {
+	t.Parallel()
+
+	wantNames := []string{
+		"backend", "nats_url", "nats_cluster_id", "channel_prefix", "gateway_url",
+		"basic_auth", "secret_mount_path", "max_inflight", "upstream_timeout",
+		"default_max_retries", "default_delay", "max_retries_limit", "max_delay",
+		"max_body_bytes", "keep_credentials", "listen", "data_dir", "log_level", "log_format",
+	}
+	settings := Settings()
+	if len(settings) != len(wantNames) {
+		t.Fatalf("Settings has %d rows, want %d", len(settings), len(wantNames))
+	}
+	for i, s := range settings {
+		if s.Name != wantNames[i] {
+			t.Errorf("Settings()[%d].Name = %q, want %q", i, s.Name, wantNames[i])
+		}
+		if s.Usage == "" {
+			t.Errorf("setting %q has no usage", s.Name)
+		}
+		if s.Default == "" {
+			t.Errorf("setting %q has no default", s.Name)
+		}
+		if want := strings.ReplaceAll(s.Name, "_", "-"); s.FlagName() != want {
+			t.Errorf("FlagName() = %q, want %q", s.FlagName(), want)
+		}
+	}
+
+	// Every setting reaches the Config: a valid non-default value changes it.
+	nonDefault := map[string]string{
+		"backend": "STAN", "nats_url": "tls://n:1", "nats_cluster_id": "c", "channel_prefix": "p",
+		"gateway_url": "http://g", "basic_auth": "true", "secret_mount_path": "/s", "max_inflight": "1",
+		"upstream_timeout": "1", "default_max_retries": "1", "default_delay": "1", "max_retries_limit": "20",
+		"max_delay": "1h", "max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
+		"data_dir": "/d", "log_level": "debug", "log_format": "text",
+	}
+	for _, s := range settings {
+		v, ok := nonDefault[s.Name]
+		if !ok {
+			t.Errorf("setting %q has no non-default value in this test", s.Name)
+			continue
+		}
+		got, err := Load(env(s.Name, v), nil)
+		if err != nil {
+			t.Errorf("Load(%s=%s): %v", s.Name, v, err)
+			continue
+		}
+		if got == builtin() && s.Name != "backend" { // backend has one value today
+			t.Errorf("Load(%s=%s) did not change the Config", s.Name, v)
+		}
+	}
+
+	// The slice is a copy.
+	settings[0].Default = "changed"
+	if Settings()[0].Default != "stan" {
+		t.Error("changing the result of Settings changed the table")
+	}
+}
+
+func TestParseSeconds(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		in      string
+		want    time.Duration
+		wantErr string
+	}{
+		{in: "60", want: 60 * time.Second},
+		{in: "0", want: 0},
+		{in: "+5", want: 5 * time.Second},
+		{in: " 30 ", want: 30 * time.Second},
+		{in: "1500ms", want: 1500 * time.Millisecond},
+		{in: "2m", want: 2 * time.Minute},
+		{in: "1h30m", want: 90 * time.Minute},
+		{in: "0s", want: 0},
+		{in: "9223372036", want: 9223372036 * time.Second},
+		{in: "-1", wantErr: `"-1" is negative`},
+		{in: "-1s", wantErr: `"-1s" is negative`},
+		{in: "-0", want: 0},
+		{in: "9223372037", wantErr: `"9223372037" is out of range`},
+		{in: "99999999999999999999", wantErr: `"99999999999999999999" is out of range`},
+		{in: "", wantErr: `"" is not a duration`},
+		{in: "1.5", wantErr: `"1.5" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{in: "abc", wantErr: `"abc" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{in: "+", wantErr: `"+" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{in: "10 s", wantErr: `"10 s" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			t.Parallel()
+			got, err := ParseSeconds(tc.in)
+			if tc.wantErr != "" {
+				if errString(err) != tc.wantErr {
+					t.Errorf("ParseSeconds(%q) error = %s, want %s", tc.in, errString(err), tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseSeconds(%q): %v", tc.in, err)
+			}
+			if got != tc.want {
+				t.Errorf("ParseSeconds(%q) = %v, want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestLogger(t *testing.T) {
+	t.Parallel()
+
+	t.Run("json at info", func(t *testing.T) {
+		t.Parallel()
+		var buf bytes.Buffer
+		builtin().Logger(&buf).Debug("hidden")
+		builtin().Logger(&buf).Info("shown", "k", 1)
+		var line map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+			t.Fatalf("output %q is not one JSON line: %v", buf.String(), err)
+		}
+		if line["msg"] != "shown" || line["level"] != "INFO" || line["k"] != float64(1) {
+			t.Errorf("logged %v", line)
+		}
+	})
+
+	t.Run("text at debug", func(t *testing.T) {
+		t.Parallel()
+		c := builtin()
+		c.LogFormat = "text"
+		c.LogLevel = slog.LevelDebug
+		var buf bytes.Buffer
+		c.Logger(&buf).Debug("visible", "k", "v")
+		out := buf.String()
+		if !strings.Contains(out, "level=DEBUG") || !strings.Contains(out, "msg=visible") || !strings.Contains(out, "k=v") {
+			t.Errorf("logged %q", out)
+		}
+	})
+
+	t.Run("error level hides warn", func(t *testing.T) {
+		t.Parallel()
+		c := builtin()
+		c.LogLevel = slog.LevelError
+		var buf bytes.Buffer
+		c.Logger(&buf).Warn("hidden")
+		if buf.Len() != 0 {
+			t.Errorf("logged %q at error level", buf.String())
+		}
+	})
+}
+
+func TestLoadErrorIsJoin(t *testing.T) {
+	t.Parallel()
+
+	// A single problem still comes back through errors.Join, so callers can
+	// always unwrap a list.
+	_, err := Load(env("max_inflight", "x"), nil)
+	if errs := joined(t, err); len(errs) != 1 {
+		t.Errorf("got %d errors, want 1", len(errs))
+	}
+	var target interface{ Unwrap() []error }
+	if !errors.As(err, &target) {
+		t.Errorf("error %T is not a joined error", err)
+	}
+}

@@ -1,0 +1,357 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// backends are the accepted values of the backend setting.
+func backends() []string { return []string{"stan"} }
+
+// maxDelayLimit is the largest max_delay accepted: 2^21 seconds.
+const maxDelayLimit = (1 << 21) * time.Second
+
+// Setting is one configuration setting: one row of the table that drives
+// environment parsing, flags and documentation.
+type Setting struct {
+	// Name is the environment variable, in lower_snake_case, e.g.
+	// "gateway_url".
+	Name string
+	// Default is the built-in default, written as it would be in the
+	// environment.
+	Default string
+	// Usage is a one-line description.
+	Usage string
+
+	emptyIsValue bool // an explicitly empty value is kept, not "unset"
+	isBool       bool // a flag without a value means true
+	apply        func(c *Config, value string) error
+}
+
+// FlagName is the command-line flag of the setting: its name with dashes,
+// e.g. "gateway-url".
+func (s Setting) FlagName() string { return strings.ReplaceAll(s.Name, "_", "-") }
+
+// lookup reads the setting through lookup, applying the empty-value rule:
+// white space is trimmed and an empty value counts as unset unless the
+// setting gives it a meaning.
+func (s Setting) lookup(lookup func(string) (string, bool)) (string, bool) {
+	if lookup == nil {
+		return "", false
+	}
+	v, ok := lookup(s.Name)
+	if !ok {
+		return "", false
+	}
+	v = strings.TrimSpace(v)
+	if v == "" && !s.emptyIsValue {
+		return "", false
+	}
+	return v, true
+}
+
+// Settings returns every setting, in documentation order. The slice is a
+// copy; changing it changes nothing else.
+func Settings() []Setting { return settings() }
+
+// settings builds the table. It is a function, not a package variable, so
+// there is no shared mutable state.
+func settings() []Setting {
+	return []Setting{
+		{
+			Name: "backend", Default: "stan",
+			Usage: "queue backend: " + strings.Join(backends(), ", "),
+			apply: func(c *Config, v string) (err error) {
+				c.Backend, err = oneOf(v, backends()...)
+				return err
+			},
+		},
+		{
+			Name: "nats_url", Default: "nats://nats.openfaas:4222",
+			Usage:        "NATS server, a nats:// or tls:// URL; empty embeds a server where supported",
+			emptyIsValue: true,
+			apply: func(c *Config, v string) error {
+				if v == "" {
+					c.NATSURL = ""
+					return nil
+				}
+				if err := checkURL(v, "nats", "tls"); err != nil {
+					return err
+				}
+				c.NATSURL = v
+				return nil
+			},
+		},
+		{
+			Name: "nats_cluster_id", Default: "faas-cluster",
+			Usage: "NATS Streaming cluster id",
+			apply: func(c *Config, v string) error {
+				if err := checkChars(v, "A-Za-z0-9_-", func(r rune) bool {
+					return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+				}); err != nil {
+					return err
+				}
+				c.NATSClusterID = v
+				return nil
+			},
+		},
+		{
+			Name: "channel_prefix", Default: "mailbox",
+			Usage: "prefix of the queue channel names",
+			apply: func(c *Config, v string) error {
+				if err := checkChars(v, "a-z0-9_-", func(r rune) bool {
+					return r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+				}); err != nil {
+					return err
+				}
+				c.ChannelPrefix = v
+				return nil
+			},
+		},
+		{
+			Name: "gateway_url", Default: "http://gateway.openfaas:8080",
+			Usage: "OpenFaaS gateway URL",
+			apply: func(c *Config, v string) error {
+				if err := checkURL(v, "http", "https"); err != nil {
+					return err
+				}
+				c.GatewayURL = strings.TrimRight(v, "/")
+				return nil
+			},
+		},
+		{
+			Name: "basic_auth", Default: "false", isBool: true,
+			Usage: "read gateway credentials from secret_mount_path",
+			apply: func(c *Config, v string) (err error) {
+				c.BasicAuth, err = parseBool(v)
+				return err
+			},
+		},
+		{
+			Name: "secret_mount_path", Default: "/var/openfaas/secrets",
+			Usage: "directory holding basic-auth-user and basic-auth-password",
+			apply: func(c *Config, v string) (err error) {
+				c.SecretMountPath, err = nonEmpty(v)
+				return err
+			},
+		},
+		{
+			Name: "max_inflight", Default: "16",
+			Usage: "concurrent function invocations per connector, 1..10000",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 10000)
+				c.MaxInflight = int(n)
+				return err
+			},
+		},
+		{
+			Name: "upstream_timeout", Default: "30s",
+			Usage: "timeout of one function invocation (e.g. 30s, or 30 for seconds)",
+			apply: func(c *Config, v string) (err error) {
+				c.UpstreamTimeout, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
+			Name: "default_max_retries", Default: "10",
+			Usage: "X-Max-Retries when the header is absent; at most max_retries_limit",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 0, math.MaxInt32)
+				c.DefaultMaxRetries = int(n)
+				return err
+			},
+		},
+		{
+			Name: "default_delay", Default: "60s",
+			Usage: "X-Delay-Duration when the header is absent; at most max_delay",
+			apply: func(c *Config, v string) (err error) {
+				c.DefaultDelay, err = parseDuration(v, false, 0)
+				return err
+			},
+		},
+		{
+			Name: "max_retries_limit", Default: "10000",
+			Usage: "largest X-Max-Retries accepted",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 0, math.MaxInt32)
+				c.MaxRetriesLimit = int(n)
+				return err
+			},
+		},
+		{
+			Name: "max_delay", Default: "168h",
+			Usage: "largest X-Delay-Duration accepted, at most 2^21 seconds (about 24 days)",
+			apply: func(c *Config, v string) (err error) {
+				c.MaxDelay, err = parseDuration(v, true, maxDelayLimit)
+				return err
+			},
+		},
+		{
+			Name: "max_body_bytes", Default: "1048576",
+			Usage: "largest requeued body in bytes, 1..67108864",
+			apply: func(c *Config, v string) (err error) {
+				c.MaxBodyBytes, err = parseInt(v, 1, 64<<20)
+				return err
+			},
+		},
+		{
+			Name: "keep_credentials", Default: "false", isBool: true,
+			Usage: "keep Authorization and Cookie headers on stored messages",
+			apply: func(c *Config, v string) (err error) {
+				c.KeepCredentials, err = parseBool(v)
+				return err
+			},
+		},
+		{
+			Name: "listen", Default: "127.0.0.1:8090",
+			Usage: "host:port of the standalone server or the connector's metrics",
+			apply: func(c *Config, v string) error {
+				if err := checkHostPort(v); err != nil {
+					return err
+				}
+				c.Listen = v
+				return nil
+			},
+		},
+		{
+			Name: "data_dir", Default: "./mailbox-data",
+			Usage: "data directory of the standalone binary's embedded NATS server",
+			apply: func(c *Config, v string) (err error) {
+				c.DataDir, err = nonEmpty(v)
+				return err
+			},
+		},
+		{
+			Name: "log_level", Default: "info",
+			Usage: "minimum log level: debug, info, warn or error",
+			apply: func(c *Config, v string) error {
+				level, err := oneOf(v, "debug", "info", "warn", "error")
+				if err != nil {
+					return err
+				}
+				return c.LogLevel.UnmarshalText([]byte(level))
+			},
+		},
+		{
+			Name: "log_format", Default: "json",
+			Usage: "log format: text or json",
+			apply: func(c *Config, v string) (err error) {
+				c.LogFormat, err = oneOf(v, "text", "json")
+				return err
+			},
+		},
+	}
+}
+
+// The parsers below return errors that quote the value; Load prefixes them
+// with "config: <name>: ".
+
+func oneOf(v string, options ...string) (string, error) {
+	lower := strings.ToLower(v)
+	for _, o := range options {
+		if lower == o {
+			return o, nil
+		}
+	}
+	return "", fmt.Errorf("%q is not one of %s", v, strings.Join(options, ", "))
+}
+
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%q is not a boolean (true, false, 1 or 0)", v)
+	}
+	return b, nil
+}
+
+func parseInt(v string, lo, hi int64) (int64, error) {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		if errors.Is(err, strconv.ErrRange) {
+			return 0, fmt.Errorf("%q is greater than %d", v, hi)
+		}
+		return 0, fmt.Errorf("%q is not an integer", v)
+	}
+	if n < lo {
+		return 0, fmt.Errorf("%q is less than %d", v, lo)
+	}
+	if n > hi {
+		return 0, fmt.Errorf("%q is greater than %d", v, hi)
+	}
+	return n, nil
+}
+
+// parseDuration parses v with ParseSeconds. positive rejects zero; hi, if
+// not zero, is the largest value accepted.
+func parseDuration(v string, positive bool, hi time.Duration) (time.Duration, error) {
+	d, err := ParseSeconds(v)
+	if err != nil {
+		return 0, err
+	}
+	if positive && d == 0 {
+		return 0, fmt.Errorf("%q is not greater than zero", v)
+	}
+	if hi != 0 && d > hi {
+		return 0, fmt.Errorf("%q is greater than %s", v, hi)
+	}
+	return d, nil
+}
+
+func nonEmpty(v string) (string, error) {
+	if v == "" {
+		return "", errors.New(`"" is empty`)
+	}
+	return v, nil
+}
+
+func checkChars(v, class string, ok func(rune) bool) error {
+	if v == "" {
+		return errors.New(`"" is empty`)
+	}
+	for _, r := range v {
+		if !ok(r) {
+			return fmt.Errorf("%q has characters outside [%s]", v, class)
+		}
+	}
+	return nil
+}
+
+func checkURL(v string, schemes ...string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL", v)
+	}
+	schemeOK := false
+	for _, s := range schemes {
+		if u.Scheme == s {
+			schemeOK = true
+		}
+	}
+	if !schemeOK {
+		return fmt.Errorf("%q is not a %s:// URL", v, strings.Join(schemes, ":// or "))
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("%q has no host", v)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return fmt.Errorf("%q has a query or fragment", v)
+	}
+	return nil
+}
+
+func checkHostPort(v string) error {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", v)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q has no port number 0..65535", v)
+	}
+	return nil
+}

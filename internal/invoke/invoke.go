@@ -1,0 +1,216 @@
+// Package invoke calls functions through the OpenFaaS gateway
+// (POST <gateway>/function/<name>) using connector-sdk's types.Invoker, and
+// reports each call as a delivery.Result for delivery.Decide.
+//
+// connector-sdk v0.7.1's Invoker is used as it is, with its flaws worked
+// around here rather than patched:
+//
+//   - NewInvoker drops its userAgent argument, so the Invoker is built as a
+//     struct literal.
+//   - With an empty body, InvokeWithContext sends a "no message to send" error
+//     on Responses and then invokes anyway. Empty bodies are legitimate, so
+//     each call gets a buffered channel with room for both responses and
+//     keeps the last one, the real call.
+//   - Responses is shared by all calls on one Invoker, so each call gets its
+//     own Invoker (a few words of memory) instead of correlating responses.
+//   - It reads the whole response body with io.ReadAll, and it sets
+//     User-Agent, X-Connector and X-Topic itself and appends the caller's
+//     headers after them, duplicating any the stored request already had.
+//     A per-call RoundTripper in front of the client's transport sends
+//     exactly the caller's headers (plus User-Agent) and bounds what the SDK
+//     can read of the response.
+//   - types.MakeClient keeps idle connections for 120ms, so nothing is
+//     reused between deliveries; NewClient keeps them for 90s.
+//
+// The SDK also logs "[connector] Invoke: <function>" with the standard
+// logger on every call; that cannot be turned off without changing the
+// process-wide logger, which a library must not do.
+package invoke
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/openfaas/connector-sdk/types"
+
+	"github.com/openfaas/mailbox/internal/delivery"
+)
+
+const (
+	// readLimit is the most of a response body held in memory. Decide keeps
+	// delivery.ResponseLimit bytes; the one extra byte lets it see whether
+	// the cut falls inside a character.
+	readLimit = delivery.ResponseLimit + 1
+	// drainLimit is how much of a longer response is read and discarded so
+	// the connection can be reused. Past it, closing the connection is
+	// cheaper than reading on.
+	drainLimit = 64 << 10
+	// maxDialTimeout bounds connecting to the gateway even when the request
+	// timeout is long: a gateway that does not accept within this is down.
+	maxDialTimeout = 10 * time.Second
+)
+
+// Invoker calls functions through one gateway. It is safe for concurrent
+// use.
+type Invoker struct {
+	functionURL string
+	client      *http.Client
+	userAgent   string
+}
+
+// New returns an Invoker that POSTs to <gatewayURL>/function/<function>
+// with client, which should come from NewClient. A nil client means Go's
+// default transport and no timeout beyond the context's. userAgent replaces
+// any User-Agent among the headers passed to Invoke; if it is empty, those
+// headers decide.
+func New(gatewayURL string, client *http.Client, userAgent string) *Invoker {
+	if client == nil {
+		client = &http.Client{}
+	}
+	return &Invoker{
+		functionURL: strings.TrimRight(gatewayURL, "/") + "/function",
+		client:      client,
+		userAgent:   userAgent,
+	}
+}
+
+// NewClient returns a client for Invoker. timeout bounds each call: dialing,
+// waiting for the function and reading its response; zero means no bound,
+// leaving it to the context. Idle connections are kept for 90s, up to
+// maxConnsPerHost of them, so set it to the number of concurrent calls;
+// values below 1 keep Go's default of 2. It does not limit how many calls
+// run at once.
+func NewClient(timeout time.Duration, maxConnsPerHost int) *http.Client {
+	dialTimeout := maxDialTimeout
+	if timeout > 0 && timeout < dialTimeout {
+		dialTimeout = timeout
+	}
+	maxIdle := maxConnsPerHost
+	if maxIdle < 1 {
+		maxIdle = http.DefaultMaxIdleConnsPerHost
+	}
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{
+				Timeout:   dialTimeout,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			MaxIdleConns:          maxIdle,
+			MaxIdleConnsPerHost:   maxIdle,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   dialTimeout,
+			ExpectContinueTimeout: time.Second,
+		},
+		Timeout: timeout,
+	}
+}
+
+// Invoke POSTs body to function with exactly header (plus the Invoker's
+// User-Agent) and returns the status and the start of the response body. A
+// call that gets no response (network error, timeout, cancelled ctx)
+// returns Result.Err. A redirect from the gateway is returned as it is, not
+// followed: the stored body must not be posted anywhere else.
+func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, header http.Header) delivery.Result {
+	if function == "" {
+		return delivery.Result{Err: errors.New("invoke: no function name")}
+	}
+	// PathEscape keeps a stored name with "/" or "?" from reaching another
+	// gateway route; valid names ("fn", "fn.namespace") are unchanged.
+	name := url.PathEscape(function)
+
+	sent := header.Clone()
+	if sent == nil {
+		sent = http.Header{}
+	}
+	if i.userAgent != "" {
+		sent.Set("User-Agent", i.userAgent)
+	}
+
+	client := *i.client
+	base := client.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	client.Transport = &callTransport{base: base, header: sent}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}
+
+	// One response for the call, plus one for the SDK's spurious empty-body
+	// error, so InvokeWithContext never blocks and returns only when done.
+	responses := make(chan types.InvokerResponse, 2)
+	sdk := &types.Invoker{
+		Client:     &client,
+		GatewayURL: i.functionURL,
+		Responses:  responses,
+		UserAgent:  i.userAgent,
+	}
+	// The SDK routes by topic; a topic named after the function maps to it.
+	topics := types.NewTopicMap()
+	topics.Sync(&map[string][]string{name: {name}})
+
+	sdk.InvokeWithContext(ctx, &topics, name, &body, nil)
+	close(responses)
+
+	// The spurious error, when sent, comes first; the call's own response is
+	// always last.
+	var res types.InvokerResponse
+	n := 0
+	for r := range responses {
+		res = r
+		n++
+	}
+	if n == 0 {
+		return delivery.Result{Err: errors.New("invoke: connector-sdk returned no response")}
+	}
+	if res.Error != nil {
+		return delivery.Result{Err: res.Error}
+	}
+	out := delivery.Result{Status: res.Status}
+	if res.Body != nil {
+		out.Body = *res.Body
+	}
+	return out
+}
+
+// callTransport sends one call's request with exactly the headers chosen
+// by Invoke, and bounds the response body the SDK reads.
+type callTransport struct {
+	base   http.RoundTripper
+	header http.Header
+}
+
+func (t *callTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	out := req.Clone(req.Context())
+	out.Header = t.header
+	res, err := t.base.RoundTrip(out)
+	if err != nil {
+		return nil, err
+	}
+	res.Body = &boundedBody{
+		r:    io.LimitReader(res.Body, readLimit),
+		body: res.Body,
+	}
+	return res, nil
+}
+
+// boundedBody ends after readLimit bytes. Close drains a little more so a
+// modestly longer response does not cost the connection.
+type boundedBody struct {
+	r    io.Reader
+	body io.ReadCloser
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *boundedBody) Close() error {
+	_, _ = io.Copy(io.Discard, io.LimitReader(b.body, drainLimit))
+	return b.body.Close()
+}

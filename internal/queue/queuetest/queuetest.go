@@ -1,0 +1,384 @@
+// Package queuetest is the conformance suite every queue backend passes.
+// A backend's test calls Exercise with a constructor for a fresh embedded
+// server; the suite never branches on which backend it runs.
+package queuetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// Options are the client settings the suite varies.
+type Options struct {
+	MaxInflight    int
+	HandlerTimeout time.Duration
+	// Window bounds the messages a consumer holds per internal stream
+	// (the backend's equivalent of a tier window).
+	Window int
+}
+
+// Server is one embedded broker with its data, started for one test.
+type Server interface {
+	// Open returns a new client; the suite closes it.
+	Open(t *testing.T, o Options) queue.Queue
+	// Restart stops the broker and starts it again on the same address
+	// and data, as after a crash of the broker process.
+	Restart(t *testing.T)
+	// Stop stops the broker for good.
+	Stop(t *testing.T)
+	// DeadLetters returns every dead letter stored so far.
+	DeadLetters(t *testing.T) []*envelope.Envelope
+}
+
+// Exercise runs the suite. newServer starts a fresh broker for each test.
+func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, s Server)
+	}{
+		{"PublishConsume", testPublishConsume},
+		{"DelayHonoured", testDelayHonoured},
+		{"DueOrder", testDueOrder},
+		{"ShortNotBehindLong", testShortNotBehindLong},
+		{"HandlerErrorRedelivers", testHandlerErrorRedelivers},
+		{"ConsumerCrash", testConsumerCrash},
+		{"ServerRestart", testServerRestart},
+		{"DeadLetter", testDeadLetter},
+		{"TooLarge", testTooLarge},
+		{"Unavailable", testUnavailable},
+		{"BoundedBacklog", testBoundedBacklog},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.run(t, newServer(t))
+		})
+	}
+}
+
+var defaults = Options{MaxInflight: 16, HandlerTimeout: time.Second, Window: 64}
+
+// open returns a connected client that is closed when the test ends.
+func open(t *testing.T, s Server, o Options) queue.Queue {
+	t.Helper()
+	q := s.Open(t, o)
+	t.Cleanup(func() { _ = q.Close() })
+	poll.Until(t, 10*time.Second, "client connects", q.Connected)
+	return q
+}
+
+func message(id string, due time.Time) *envelope.Envelope {
+	return &envelope.Envelope{
+		ID:         id,
+		Function:   "fn",
+		Header:     http.Header{"Content-Type": {"text/plain"}, "X-Custom": {"a", "b"}},
+		Body:       []byte("body of " + id),
+		MaxRetries: 3,
+		Delay:      time.Second,
+		AcceptedAt: time.Now().UTC(),
+		DueAt:      due,
+	}
+}
+
+func schedule(t *testing.T, q queue.Queue, es ...*envelope.Envelope) {
+	t.Helper()
+	for _, e := range es {
+		if err := q.Schedule(context.Background(), e); err != nil {
+			t.Fatalf("Schedule(%s): %v", e.ID, err)
+		}
+	}
+}
+
+// recorder is a handler that remembers what it received and when.
+type recorder struct {
+	mu   sync.Mutex
+	got  []*envelope.Envelope
+	at   map[string]time.Time
+	fail func(e *envelope.Envelope) error // nil: accept everything
+}
+
+func newRecorder() *recorder { return &recorder{at: map[string]time.Time{}} }
+
+func (r *recorder) handle(_ context.Context, e *envelope.Envelope) error {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		if err := r.fail(e); err != nil {
+			return err
+		}
+	}
+	// Copy: the body may alias the broker's buffer.
+	c := *e
+	c.Body = bytes.Clone(e.Body)
+	r.got = append(r.got, &c)
+	if _, ok := r.at[e.ID]; !ok {
+		r.at[e.ID] = now
+	}
+	return nil
+}
+
+func (r *recorder) ids() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]string, len(r.got))
+	for i, e := range r.got {
+		ids[i] = e.ID
+	}
+	return ids
+}
+
+// distinct is the number of different messages received.
+func (r *recorder) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.at)
+}
+
+func (r *recorder) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.at[id]
+	return ok
+}
+
+// consume runs q.Consume with h until the test ends; stop ends it early.
+func consume(t *testing.T, q queue.Queue, h queue.Handler) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Consume(ctx, h) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Consume: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func testPublishConsume(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, q, r.handle)
+	want := map[string]*envelope.Envelope{}
+	for i := range 20 {
+		e := message(fmt.Sprintf("m%02d", i), time.Now())
+		want[e.ID] = e
+		schedule(t, q, e)
+	}
+	empty := message("empty", time.Now())
+	empty.Body = nil
+	want[empty.ID] = empty
+	schedule(t, q, empty)
+
+	poll.Until(t, 15*time.Second, "all messages delivered", func() bool { return r.distinct() == len(want) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, got := range r.got {
+		w := want[got.ID]
+		if !bytes.Equal(got.Body, w.Body) || got.Function != w.Function || got.MaxRetries != w.MaxRetries ||
+			got.Header.Get("Content-Type") != "text/plain" || len(got.Header["X-Custom"]) != 2 || !got.DueAt.Equal(w.DueAt) {
+			t.Errorf("delivered %+v, want %+v", got, w)
+		}
+	}
+}
+
+func testDelayHonoured(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, q, r.handle)
+	due := time.Now().Add(2500 * time.Millisecond)
+	schedule(t, q, message("late", due))
+	poll.Until(t, 15*time.Second, "delayed message delivered", func() bool { return r.has("late") })
+	if at := r.at["late"]; at.Before(due) {
+		t.Fatalf("delivered at %v, %v before it was due", at, due.Sub(at))
+	}
+}
+
+func testDueOrder(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, q, r.handle)
+	now := time.Now()
+	// Published in an order unlike their due order, through several tiers.
+	schedule(t, q,
+		message("third", now.Add(4500*time.Millisecond)),
+		message("first", now.Add(1500*time.Millisecond)),
+		message("second", now.Add(3*time.Second)),
+		message("zeroth", now.Add(100*time.Millisecond)),
+	)
+	poll.Until(t, 20*time.Second, "all delivered", func() bool { return r.distinct() == 4 })
+	got := r.ids()
+	want := []string{"zeroth", "first", "second", "third"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("delivery order %v, want %v", got, want)
+	}
+}
+
+func testShortNotBehindLong(t *testing.T, s Server) {
+	q := open(t, s, Options{MaxInflight: 4, HandlerTimeout: time.Second, Window: 8})
+	r := newRecorder()
+	consume(t, q, r.handle)
+	now := time.Now()
+	for i := range 200 {
+		schedule(t, q, message(fmt.Sprintf("hour%03d", i), now.Add(time.Hour)))
+	}
+	for i := range 200 {
+		schedule(t, q, message(fmt.Sprintf("minute%03d", i), now.Add(time.Minute+time.Duration(i)*time.Millisecond)))
+	}
+	for i := range 5 {
+		schedule(t, q, message(fmt.Sprintf("second%d", i), time.Now().Add(time.Second)))
+	}
+	poll.Until(t, 20*time.Second, "1 s messages delivered while 1 h and 1 min ones wait", func() bool { return r.distinct() == 5 })
+	for _, id := range r.ids() {
+		if id[:6] != "second" {
+			t.Fatalf("delivered %s early", id)
+		}
+	}
+}
+
+func testHandlerErrorRedelivers(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	failed := 0
+	r.fail = func(e *envelope.Envelope) error {
+		if failed < 2 {
+			failed++
+			return errors.New("not yet")
+		}
+		return nil
+	}
+	consume(t, q, r.handle)
+	schedule(t, q, message("retry", time.Now()))
+	poll.Until(t, 30*time.Second, "message delivered again after handler errors", func() bool { return r.has("retry") })
+	if failed != 2 {
+		t.Fatalf("handler failed %d times, want 2", failed)
+	}
+}
+
+func testConsumerCrash(t *testing.T, s Server) {
+	producer := open(t, s, defaults)
+	first := open(t, s, defaults)
+	held := make(chan struct{}, 100)
+	// The first consumer takes messages and never finishes them.
+	stopFirst := consume(t, first, func(ctx context.Context, e *envelope.Envelope) error {
+		held <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	for i := range 10 {
+		schedule(t, producer, message(fmt.Sprintf("crash%d", i), time.Now()))
+	}
+	poll.Until(t, 10*time.Second, "first consumer holds messages", func() bool { return len(held) > 0 })
+	stopFirst()
+	_ = first.Close()
+
+	second := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, second, r.handle)
+	poll.Until(t, 30*time.Second, "second consumer gets every message", func() bool { return r.distinct() == 10 })
+}
+
+func testServerRestart(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, q, r.handle)
+	now := time.Now()
+	for i := range 10 {
+		schedule(t, q, message(fmt.Sprintf("restart%d", i), now.Add(2*time.Second+time.Duration(i)*100*time.Millisecond)))
+	}
+	s.Restart(t)
+	poll.Until(t, 30*time.Second, "every message delivered after a broker restart", func() bool { return r.distinct() == 10 })
+	// Still accepting new work afterwards.
+	poll.Until(t, 10*time.Second, "client reconnects", q.Connected)
+	poll.Until(t, 10*time.Second, "schedule after restart", func() bool {
+		return q.Schedule(context.Background(), message("after", time.Now())) == nil
+	})
+	poll.Until(t, 15*time.Second, "message scheduled after restart delivered", func() bool { return r.has("after") })
+}
+
+func testDeadLetter(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	e := message("dead", time.Now())
+	e.Retries, e.Reason, e.DeadAt, e.LastStatus, e.LastError = 4, envelope.ReasonMaxRetries, time.Now().UTC(), 500, "boom"
+	if err := q.DeadLetter(context.Background(), e); err != nil {
+		t.Fatalf("DeadLetter: %v", err)
+	}
+	var got []*envelope.Envelope
+	poll.Until(t, 10*time.Second, "dead letter stored", func() bool {
+		got = s.DeadLetters(t)
+		return len(got) == 1
+	})
+	d := got[0]
+	if d.ID != "dead" || d.Reason != envelope.ReasonMaxRetries || d.LastStatus != 500 || d.LastError != "boom" ||
+		string(d.Body) != "body of dead" || d.Retries != 4 {
+		t.Fatalf("dead letter %+v", d)
+	}
+}
+
+func testTooLarge(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	e := message("big", time.Now())
+	e.Body = make([]byte, q.MaxPayload()+1)
+	if err := q.Schedule(context.Background(), e); !errors.Is(err, queue.ErrTooLarge) {
+		t.Fatalf("Schedule of %d bytes: %v, want ErrTooLarge", len(e.Body), err)
+	}
+	e.Body = make([]byte, q.MaxPayload()-1024)
+	if err := q.Schedule(context.Background(), e); err != nil {
+		t.Fatalf("Schedule just under the limit: %v", err)
+	}
+}
+
+func testUnavailable(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	s.Stop(t)
+	poll.Until(t, 15*time.Second, "client notices the broker is gone", func() bool { return !q.Connected() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := q.Schedule(ctx, message("nowhere", time.Now())); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("Schedule without a broker: %v, want ErrUnavailable", err)
+	}
+}
+
+func testBoundedBacklog(t *testing.T, s Server) {
+	const backlog = 5000
+	producer := open(t, s, defaults)
+	due := time.Now().Add(time.Hour)
+	for i := range backlog {
+		schedule(t, producer, message(fmt.Sprintf("wait%05d", i), due))
+	}
+	o := Options{MaxInflight: 4, HandlerTimeout: time.Second, Window: 16}
+	q := open(t, s, o)
+	before := runtime.NumGoroutine()
+	r := newRecorder()
+	consume(t, q, r.handle)
+	// The consumer holds at most a window per internal stream; give it
+	// time to take everything it is going to take.
+	var peak int
+	for range 20 {
+		peak = max(peak, runtime.NumGoroutine()-before)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if limit := 100 + 22*o.Window; peak > limit {
+		t.Fatalf("%d goroutines for a backlog of %d, want at most %d", peak, backlog, limit)
+	}
+	if n := r.distinct(); n != 0 {
+		t.Fatalf("%d messages delivered an hour early", n)
+	}
+}

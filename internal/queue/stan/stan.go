@@ -1,0 +1,314 @@
+// Package stan implements queue.Queue on NATS Streaming.
+//
+// NATS Streaming has no per-message delay, and holding waiting messages
+// unacknowledged in the connector would keep them all in memory and let a
+// message due in one hour block one due in one second. Instead a message
+// waits in delay tiers: channels <prefix>.delay.<2^k> (seconds, k = 0..20).
+// A message with remaining delay d is published to the largest tier <= d
+// (or to <prefix>.ready once d < 1 s). Every message in a tier waits exactly
+// the tier's time after it was published, so each tier is FIFO in wake-up
+// order and a small window of unacknowledged messages per tier suffices.
+// When a message wakes, its remainder goes to the next tier down, and the
+// original is acknowledged only after that forward was acknowledged. A
+// message's remaining delay shrinks by at least half on every hop, so it
+// takes at most 21 hops.
+//
+// The ready channel's consumer holds a sub-second remainder on a local
+// timer, then calls the handler.
+package stan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	stango "github.com/nats-io/stan.go"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// MaxTier is the largest delay tier exponent: 2^20 s, about 12 days.
+const MaxTier = 20
+
+// protocolOverhead is room left in a NATS message for NATS Streaming's
+// own framing around the envelope (client id, guid, subject).
+const protocolOverhead = 512
+
+// Options configure the backend.
+type Options struct {
+	// URL of the NATS server. Required.
+	URL string
+	// ClusterID of NATS Streaming. Defaults to faas-cluster.
+	ClusterID string
+	// ClientID must be unique per process. Defaults to <Prefix>-<random>.
+	ClientID string
+	// Prefix of every channel name. Defaults to mailbox.
+	Prefix string
+	// MaxInflight bounds concurrent handler calls per consumer. Defaults
+	// to 16.
+	MaxInflight int
+	// HandlerTimeout is the longest a handler call may take; a message not
+	// acknowledged by then plus a margin is delivered again. Defaults to 30s.
+	HandlerTimeout time.Duration
+	// TierWindow is how many messages each tier worker holds at once.
+	// Defaults to 256.
+	TierWindow int
+	// PublishTimeout bounds the wait for the server's acknowledgement.
+	// Defaults to 5s.
+	PublishTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Queue is a NATS Streaming backend. It connects in the background and
+// reconnects by itself for as long as it is open.
+type Queue struct {
+	o   Options
+	log *slog.Logger
+
+	mu      sync.Mutex
+	cur     *generation   // nil while disconnected
+	changed chan struct{} // closed and replaced when cur changes
+
+	maxPayload atomic.Int64
+	closed     chan struct{}
+	closeOnce  sync.Once
+	done       chan struct{}
+}
+
+// generation is one NATS Streaming connection; lost is closed when the
+// server no longer answers, after which a new generation is made.
+type generation struct {
+	sc       stango.Conn
+	lost     chan struct{}
+	lostOnce sync.Once
+}
+
+func (g *generation) markLost() { g.lostOnce.Do(func() { close(g.lost) }) }
+
+// Open validates o and starts connecting in the background; it does not
+// wait for the server, so a process can start while NATS is down.
+func Open(o Options) (*Queue, error) {
+	if o.URL == "" {
+		return nil, errors.New("stan: URL is required")
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "faas-cluster"
+	}
+	if o.Prefix == "" {
+		o.Prefix = "mailbox"
+	}
+	if o.ClientID == "" {
+		o.ClientID = o.Prefix + "-" + nuid.Next()
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 16
+	}
+	if o.HandlerTimeout <= 0 {
+		o.HandlerTimeout = 30 * time.Second
+	}
+	if o.TierWindow <= 0 {
+		o.TierWindow = 256
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	q := &Queue{
+		o:       o,
+		log:     o.Logger.With("component", "stan", "client_id", o.ClientID),
+		changed: make(chan struct{}),
+		closed:  make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	q.maxPayload.Store(1 << 20) // NATS default until the server says otherwise
+	go q.run()
+	return q, nil
+}
+
+// Channel names.
+func (q *Queue) readyChannel() string      { return q.o.Prefix + ".ready" }
+func (q *Queue) deadLetterChannel() string { return q.o.Prefix + ".deadletter" }
+func (q *Queue) tierChannel(k int) string {
+	return q.o.Prefix + ".delay." + strconv.Itoa(1<<k)
+}
+
+// channelFor is the channel a message with remaining delay d waits in.
+func (q *Queue) channelFor(d time.Duration) string {
+	secs := uint64(d / time.Second)
+	if secs == 0 {
+		return q.readyChannel()
+	}
+	return q.tierChannel(min(bits.Len64(secs)-1, MaxTier))
+}
+
+// run keeps one connection open until Close.
+func (q *Queue) run() {
+	defer close(q.done)
+	backoff := 100 * time.Millisecond
+	for {
+		g, err := q.connect()
+		if err != nil {
+			q.log.Warn("cannot connect to NATS Streaming, retrying", "url", q.o.URL, "error", err, "retry_in", backoff)
+			select {
+			case <-q.closed:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		q.maxPayload.Store(g.sc.NatsConn().MaxPayload())
+		q.set(g)
+		q.log.Info("connected to NATS Streaming", "url", q.o.URL, "cluster_id", q.o.ClusterID)
+		select {
+		case <-g.lost:
+			q.set(nil)
+			q.log.Warn("lost connection to NATS Streaming, reconnecting")
+			_ = g.sc.Close()
+		case <-q.closed:
+			q.set(nil)
+			if err := g.sc.Close(); err != nil {
+				q.log.Warn("closing NATS Streaming connection", "error", err)
+			}
+			return
+		}
+	}
+}
+
+func (q *Queue) connect() (*generation, error) {
+	g := &generation{lost: make(chan struct{})}
+	sc, err := stango.Connect(q.o.ClusterID, q.o.ClientID,
+		stango.NatsURL(q.o.URL),
+		stango.NatsOptions(
+			nats.Name(q.o.ClientID),
+			nats.MaxReconnects(-1),
+			nats.ReconnectWait(250*time.Millisecond),
+			// Fail publishes at once while disconnected instead of
+			// buffering them: the API answers 503 and stores nothing.
+			nats.ReconnectBufSize(-1),
+		),
+		stango.ConnectWait(5*time.Second),
+		stango.PubAckWait(q.o.PublishTimeout),
+		stango.Pings(1, 3),
+		stango.SetConnectionLostHandler(func(_ stango.Conn, err error) {
+			q.log.Warn("NATS Streaming connection lost", "error", err)
+			g.markLost()
+		}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	g.sc = sc
+	return g, nil
+}
+
+func (q *Queue) set(g *generation) {
+	q.mu.Lock()
+	q.cur = g
+	close(q.changed)
+	q.changed = make(chan struct{})
+	q.mu.Unlock()
+}
+
+func (q *Queue) current() *generation {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.cur
+}
+
+// wait returns the current connection, waiting for one if needed.
+func (q *Queue) wait(ctx context.Context) (*generation, error) {
+	for {
+		q.mu.Lock()
+		g, changed := q.cur, q.changed
+		q.mu.Unlock()
+		if g != nil {
+			return g, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-q.closed:
+			return nil, queue.ErrUnavailable
+		case <-changed:
+		}
+	}
+}
+
+// Connected reports whether the server is reachable now.
+func (q *Queue) Connected() bool {
+	g := q.current()
+	return g != nil && g.sc.NatsConn().IsConnected()
+}
+
+// MaxPayload is the largest encoded envelope the server accepts.
+func (q *Queue) MaxPayload() int { return int(q.maxPayload.Load()) - protocolOverhead }
+
+// Schedule stores e in the channel matching its remaining delay.
+func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
+	return q.store(ctx, e, func() string { return q.channelFor(time.Until(e.DueAt)) })
+}
+
+// DeadLetter stores e in the dead-letter channel.
+func (q *Queue) DeadLetter(ctx context.Context, e *envelope.Envelope) error {
+	return q.store(ctx, e, q.deadLetterChannel)
+}
+
+func (q *Queue) store(ctx context.Context, e *envelope.Envelope, channel func() string) error {
+	data, err := envelope.Encode(e)
+	if err != nil {
+		return err
+	}
+	if len(data) > q.MaxPayload() {
+		return fmt.Errorf("%w: %d bytes encoded, at most %d", queue.ErrTooLarge, len(data), q.MaxPayload())
+	}
+	g := q.current()
+	if g == nil {
+		return queue.ErrUnavailable
+	}
+	// The channel is chosen last so that time spent encoding counts.
+	return q.publish(ctx, g, channel(), data)
+}
+
+// publish returns once the server has acknowledged data on channel.
+func (q *Queue) publish(ctx context.Context, g *generation, channel string, data []byte) error {
+	acked := make(chan error, 1)
+	_, err := g.sc.PublishAsync(channel, data, func(_ string, err error) { acked <- err })
+	if err == nil {
+		select {
+		case err = <-acked:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-g.lost:
+			err = errors.New("connection lost")
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
+	default:
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, channel, err)
+	}
+}
+
+// Close stops the connection loop. Consumers return once they have drained.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() { close(q.closed) })
+	<-q.done
+	return nil
+}

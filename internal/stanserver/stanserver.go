@@ -1,0 +1,97 @@
+// Package stanserver runs an embedded NATS Streaming server on a file store,
+// for the standalone mailbox and for tests.
+package stanserver
+
+import (
+	"fmt"
+	"time"
+
+	stand "github.com/nats-io/nats-streaming-server/server"
+	"github.com/nats-io/nats-streaming-server/stores"
+)
+
+// Options configure the embedded server.
+type Options struct {
+	// Dir holds the file store. Required.
+	Dir string
+	// Host to listen on. Defaults to 127.0.0.1.
+	Host string
+	// Port to listen on; -1 picks a free port. Defaults to -1.
+	Port int
+	// ClusterID of the streaming server. Defaults to faas-cluster.
+	ClusterID string
+	// MaxPayload is the largest NATS message. Defaults to 8 MiB so that a
+	// 1 MiB body plus envelope and protocol overhead always fits.
+	MaxPayload int32
+	// Retention is how long any message is kept, acknowledged or not. It
+	// must exceed the longest delay plus the longest connector outage to
+	// be tolerated, because NATS Streaming discards by age even unacked
+	// messages. Defaults to 30 days.
+	Retention time.Duration
+}
+
+// Server is a running embedded NATS Streaming server.
+type Server struct {
+	stan *stand.StanServer
+}
+
+// Start runs the server and returns once it accepts clients.
+func Start(o Options) (*Server, error) {
+	if o.Dir == "" {
+		return nil, fmt.Errorf("stanserver: Dir is required")
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	if o.ClusterID == "" {
+		o.ClusterID = "faas-cluster"
+	}
+	if o.MaxPayload == 0 {
+		o.MaxPayload = 8 << 20
+	}
+	if o.Retention == 0 {
+		o.Retention = 30 * 24 * time.Hour
+	}
+
+	sopts := stand.GetDefaultOptions()
+	sopts.ID = o.ClusterID
+	sopts.StoreType = stores.TypeFile
+	sopts.FilestoreDir = o.Dir
+	// Limits by count or size would let the server discard messages that
+	// are still waiting; only age bounds the store.
+	sopts.MaxChannels = 0
+	sopts.MaxMsgs = 0
+	sopts.MaxBytes = 0
+	sopts.MaxAge = o.Retention
+	sopts.MaxSubscriptions = 0
+	// Detect a dead client within seconds rather than the default five
+	// minutes, so its unacknowledged messages go to a live replica.
+	sopts.ClientHBInterval = 2 * time.Second
+	sopts.ClientHBTimeout = 2 * time.Second
+	sopts.ClientHBFailCount = 3
+
+	nopts := stand.NewNATSOptions()
+	nopts.Host = o.Host
+	nopts.Port = o.Port
+	nopts.MaxPayload = o.MaxPayload
+	nopts.NoLog = true
+	nopts.NoSigs = true
+
+	s, err := stand.RunServerWithOpts(sopts, nopts)
+	if err != nil {
+		return nil, fmt.Errorf("stanserver: start: %w", err)
+	}
+	return &Server{stan: s}, nil
+}
+
+// URL is the nats:// address clients connect to.
+func (s *Server) URL() string { return s.stan.ClientURL() }
+
+// ClusterID is the streaming cluster id.
+func (s *Server) ClusterID() string { return s.stan.ClusterID() }
+
+// Shutdown stops the server; the file store keeps every message.
+func (s *Server) Shutdown() { s.stan.Shutdown() }
