@@ -110,7 +110,7 @@ type handler struct {
 	log             *slog.Logger
 	now             func() time.Time
 	metrics         *metrics
-	metricsHandler  http.Handler
+	ops             http.Handler
 }
 
 // New returns the requeue API handler. It fails when o is invalid or its
@@ -137,7 +137,7 @@ func New(o Options) (http.Handler, error) {
 		log:             o.Logger,
 		now:             o.Now,
 		metrics:         m,
-		metricsHandler:  promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}),
+		ops:             Ops(o.Queue, o.Gatherer),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -156,25 +156,37 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/deadletter" || strings.HasPrefix(path, deadletterPrefix):
 		code := h.requeue(w, r, path)
 		h.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
-	case path == "/healthz":
+	case path == "/healthz" || path == "/metrics" || path == "/_metrics":
+		h.ops.ServeHTTP(w, r)
+	default:
+		writeError(w, http.StatusNotFound, "", "not found")
+	}
+}
+
+// Ops serves what every mailbox process answers, the connector included:
+// GET /healthz (200 only while the broker is connected) and the Prometheus
+// metrics at /metrics and, as the original mailbox did, /_metrics.
+func Ops(q queue.Queue, g prometheus.Gatherer) http.Handler {
+	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path := r.URL.EscapedPath()
+		if path != "/healthz" && path != "/metrics" && path != "/_metrics" {
+			writeError(w, http.StatusNotFound, "", "not found")
+			return
+		}
 		if !allowRead(w, r) {
 			return
 		}
-		if !h.queue.Connected() {
+		if path != "/healthz" {
+			metrics.ServeHTTP(w, r)
+			return
+		}
+		if !q.Connected() {
 			writeError(w, http.StatusServiceUnavailable, "", "queue broker is not connected")
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	case path == "/metrics" || path == "/_metrics":
-		// /_metrics is the original mailbox's path, kept for existing
-		// scrape configs.
-		if !allowRead(w, r) {
-			return
-		}
-		h.metricsHandler.ServeHTTP(w, r)
-	default:
-		writeError(w, http.StatusNotFound, "", "not found")
-	}
+	})
 }
 
 // allowRead answers 405 unless r is a GET or HEAD.
@@ -286,7 +298,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	}
 
 	h.metrics.bodyBytes.Observe(float64(len(body)))
-	w.Header().Set(HeaderMessageID, e.ID)
+	w.Header().Set(envelope.HeaderMessageID, e.ID)
 	if dead {
 		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", e.MaxRetries)
 		return writeJSON(w, http.StatusOK, deadLetteredResponse{

@@ -368,8 +368,8 @@ func TestRequeueScheduled(t *testing.T) {
 			if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(id) {
 				t.Fatalf("id %q is not a generated 128-bit lowercase hex id", id)
 			}
-			if got := w.Header().Get(HeaderMessageID); got != id {
-				t.Fatalf("%s header = %q, want the body's id %q", HeaderMessageID, got, id)
+			if got := w.Header().Get(envelope.HeaderMessageID); got != id {
+				t.Fatalf("%s header = %q, want the body's id %q", envelope.HeaderMessageID, got, id)
 			}
 			wantDue := testNow.Add(tt.wantDelay).UTC()
 			want := map[string]any{
@@ -465,15 +465,15 @@ func TestRequeueHeaders(t *testing.T) {
 func TestRequeueCarriesMessageID(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{HeaderMessageID: {"msg_ABC-123"}})
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderMessageID: {"msg_ABC-123"}})
 	if w.Code != http.StatusAccepted {
 		t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
 	}
 	if got := decodeJSON(t, w)["id"]; got != "msg_ABC-123" {
 		t.Errorf("body id = %v, want msg_ABC-123", got)
 	}
-	if got := w.Header().Get(HeaderMessageID); got != "msg_ABC-123" {
-		t.Errorf("%s header = %q, want msg_ABC-123", HeaderMessageID, got)
+	if got := w.Header().Get(envelope.HeaderMessageID); got != "msg_ABC-123" {
+		t.Errorf("%s header = %q, want msg_ABC-123", envelope.HeaderMessageID, got)
 	}
 	if s, _ := b.queue.stored(); len(s) != 1 || s[0].ID != "msg_ABC-123" {
 		t.Fatalf("stored %+v, want one message with id msg_ABC-123", s)
@@ -483,8 +483,8 @@ func TestRequeueCarriesMessageID(t *testing.T) {
 func TestRequeueGeneratesDistinctIDs(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	first := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(HeaderMessageID)
-	second := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(HeaderMessageID)
+	first := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(envelope.HeaderMessageID)
+	second := b.do(http.MethodPost, "/deadletter/fn", nil, nil).Header().Get(envelope.HeaderMessageID)
 	if first == "" || first == second {
 		t.Fatalf("ids %q and %q, want two distinct ids", first, second)
 	}
@@ -495,7 +495,7 @@ func TestRequeueDeadLetter(t *testing.T) {
 	b := setup(t, nil)
 	body := []byte("spent")
 	w := b.do(http.MethodPost, "/deadletter/fn", body, http.Header{
-		"X-Retries": {"4"}, "X-Max-Retries": {"3"}, HeaderMessageID: {"m-1"},
+		"X-Retries": {"4"}, "X-Max-Retries": {"3"}, envelope.HeaderMessageID: {"m-1"},
 	})
 	if w.Code != http.StatusOK {
 		t.Fatalf("status = %d, want 200 (body %q)", w.Code, w.Body)
@@ -511,8 +511,8 @@ func TestRequeueDeadLetter(t *testing.T) {
 	if m := decodeJSON(t, w); !reflect.DeepEqual(m, want) {
 		t.Fatalf("body = %v, want %v", m, want)
 	}
-	if got := w.Header().Get(HeaderMessageID); got != "m-1" {
-		t.Errorf("%s header = %q, want m-1", HeaderMessageID, got)
+	if got := w.Header().Get(envelope.HeaderMessageID); got != "m-1" {
+		t.Errorf("%s header = %q, want m-1", envelope.HeaderMessageID, got)
 	}
 	s, d := b.queue.stored()
 	if len(s) != 0 {
@@ -552,7 +552,7 @@ func TestRequeueBadHeaders(t *testing.T) {
 		{http.Header{"X-Max-Retries": {"101"}}, "X-Max-Retries"},
 		{http.Header{"X-Delay-Duration": {"2h"}}, "X-Delay-Duration"},
 		{http.Header{"X-Delay-Duration": {"-5"}}, "X-Delay-Duration"},
-		{http.Header{HeaderMessageID: {"not/valid"}}, HeaderMessageID},
+		{http.Header{envelope.HeaderMessageID: {"not/valid"}}, envelope.HeaderMessageID},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.header), func(t *testing.T) {
@@ -647,8 +647,8 @@ func TestRequeueQueueErrors(t *testing.T) {
 			if got := w.Header().Get("Retry-After"); got != tt.wantRetryAfter {
 				t.Errorf("Retry-After = %q, want %q", got, tt.wantRetryAfter)
 			}
-			if got := w.Header().Get(HeaderMessageID); got != "" {
-				t.Errorf("%s = %q on a failed requeue, want none", HeaderMessageID, got)
+			if got := w.Header().Get(envelope.HeaderMessageID); got != "" {
+				t.Errorf("%s = %q on a failed requeue, want none", envelope.HeaderMessageID, got)
 			}
 			wantNothingStored(t, b.queue)
 			logs := b.logs.String()

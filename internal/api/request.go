@@ -9,17 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/openfaas/mailbox/internal/config"
-)
+	"github.com/openfaas/mailbox/internal/envelope"
 
-// The mailbox's own control headers. They become envelope fields and are
-// written back by the connector at delivery, so they are never kept among
-// the stored request headers.
-const (
-	HeaderRetries    = "X-Retries"
-	HeaderMaxRetries = "X-Max-Retries"
-	HeaderDelay      = "X-Delay-Duration"
-	HeaderMessageID  = "X-Mailbox-Message-Id"
+	"github.com/openfaas/mailbox/internal/config"
 )
 
 const (
@@ -107,47 +99,47 @@ type limits struct {
 func parseParams(h http.Header, l limits) (requeueParams, error) {
 	p := requeueParams{maxRetries: l.defaultMaxRetries, delay: l.defaultDelay}
 
-	if v, ok, err := single(h, HeaderRetries); err != nil {
+	if v, ok, err := single(h, envelope.HeaderRetries); err != nil {
 		return p, err
 	} else if ok {
-		n, err := parseCount(HeaderRetries, v)
+		n, err := parseCount(envelope.HeaderRetries, v)
 		if err != nil {
 			return p, err
 		}
 		p.retries = n
 	}
 
-	if v, ok, err := single(h, HeaderMaxRetries); err != nil {
+	if v, ok, err := single(h, envelope.HeaderMaxRetries); err != nil {
 		return p, err
 	} else if ok {
-		n, err := parseCount(HeaderMaxRetries, v)
+		n, err := parseCount(envelope.HeaderMaxRetries, v)
 		if err != nil {
 			return p, err
 		}
 		if n > l.maxRetriesLimit {
-			return p, &fieldError{field: HeaderMaxRetries, msg: fmt.Sprintf("%d is above the limit of %d", n, l.maxRetriesLimit)}
+			return p, &fieldError{field: envelope.HeaderMaxRetries, msg: fmt.Sprintf("%d is above the limit of %d", n, l.maxRetriesLimit)}
 		}
 		p.maxRetries = n
 	}
 
-	if v, ok, err := single(h, HeaderDelay); err != nil {
+	if v, ok, err := single(h, envelope.HeaderDelay); err != nil {
 		return p, err
 	} else if ok {
 		d, err := config.ParseSeconds(v)
 		if err != nil {
-			return p, &fieldError{field: HeaderDelay, msg: fmt.Sprintf("%s is not a non-negative number of seconds or a duration like 1500ms or 2m", echo(v))}
+			return p, &fieldError{field: envelope.HeaderDelay, msg: fmt.Sprintf("%s is not a non-negative number of seconds or a duration like 1500ms or 2m", echo(v))}
 		}
 		if d > l.maxDelay {
-			return p, &fieldError{field: HeaderDelay, msg: fmt.Sprintf("%s is above the limit of %s", d, l.maxDelay)}
+			return p, &fieldError{field: envelope.HeaderDelay, msg: fmt.Sprintf("%s is above the limit of %s", d, l.maxDelay)}
 		}
 		p.delay = d
 	}
 
-	if v, ok, err := single(h, HeaderMessageID); err != nil {
+	if v, ok, err := single(h, envelope.HeaderMessageID); err != nil {
 		return p, err
 	} else if ok {
 		if !isMessageID(v) {
-			return p, &fieldError{field: HeaderMessageID, msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-'", echo(v), maxMessageIDLen)}
+			return p, &fieldError{field: envelope.HeaderMessageID, msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-'", echo(v), maxMessageIDLen)}
 		}
 		p.id = v
 	}
@@ -238,7 +230,7 @@ func keptHeaders(h http.Header, keepCredentials bool) http.Header {
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		// Set by the transport for this request, not part of the message.
 		"Host", "Content-Length",
-		HeaderRetries, HeaderMaxRetries, HeaderDelay, HeaderMessageID,
+		envelope.HeaderRetries, envelope.HeaderMaxRetries, envelope.HeaderDelay, envelope.HeaderMessageID,
 	}
 	for _, name := range drop {
 		out.Del(name)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
 )
 
 func TestMessageType(t *testing.T) {
@@ -85,46 +87,46 @@ func TestParseParams(t *testing.T) {
 	}{
 		{name: "defaults", header: http.Header{}, want: defaults},
 
-		{name: "retries", header: http.Header{HeaderRetries: {"3"}}, want: with(func(p *requeueParams) { p.retries = 3 })},
-		{name: "retries zero", header: http.Header{HeaderRetries: {"0"}}, want: defaults},
-		{name: "retries not a number", header: http.Header{HeaderRetries: {"abc"}}, wantField: HeaderRetries},
-		{name: "retries negative", header: http.Header{HeaderRetries: {"-1"}}, wantField: HeaderRetries},
-		{name: "retries signed", header: http.Header{HeaderRetries: {"+1"}}, wantField: HeaderRetries},
-		{name: "retries empty", header: http.Header{HeaderRetries: {""}}, wantField: HeaderRetries},
-		{name: "retries fraction", header: http.Header{HeaderRetries: {"1.5"}}, wantField: HeaderRetries},
-		{name: "retries overflow", header: http.Header{HeaderRetries: {"99999999999999999999999"}}, wantField: HeaderRetries},
-		{name: "retries twice", header: http.Header{HeaderRetries: {"1", "2"}}, wantField: HeaderRetries},
+		{name: "retries", header: http.Header{envelope.HeaderRetries: {"3"}}, want: with(func(p *requeueParams) { p.retries = 3 })},
+		{name: "retries zero", header: http.Header{envelope.HeaderRetries: {"0"}}, want: defaults},
+		{name: "retries not a number", header: http.Header{envelope.HeaderRetries: {"abc"}}, wantField: envelope.HeaderRetries},
+		{name: "retries negative", header: http.Header{envelope.HeaderRetries: {"-1"}}, wantField: envelope.HeaderRetries},
+		{name: "retries signed", header: http.Header{envelope.HeaderRetries: {"+1"}}, wantField: envelope.HeaderRetries},
+		{name: "retries empty", header: http.Header{envelope.HeaderRetries: {""}}, wantField: envelope.HeaderRetries},
+		{name: "retries fraction", header: http.Header{envelope.HeaderRetries: {"1.5"}}, wantField: envelope.HeaderRetries},
+		{name: "retries overflow", header: http.Header{envelope.HeaderRetries: {"99999999999999999999999"}}, wantField: envelope.HeaderRetries},
+		{name: "retries twice", header: http.Header{envelope.HeaderRetries: {"1", "2"}}, wantField: envelope.HeaderRetries},
 
-		{name: "max retries", header: http.Header{HeaderMaxRetries: {"5"}}, want: with(func(p *requeueParams) { p.maxRetries = 5 })},
-		{name: "max retries zero", header: http.Header{HeaderMaxRetries: {"0"}}, want: with(func(p *requeueParams) { p.maxRetries = 0 })},
-		{name: "max retries at cap", header: http.Header{HeaderMaxRetries: {"100"}}, want: with(func(p *requeueParams) { p.maxRetries = 100 })},
-		{name: "max retries above cap", header: http.Header{HeaderMaxRetries: {"101"}}, wantField: HeaderMaxRetries},
-		{name: "max retries negative", header: http.Header{HeaderMaxRetries: {"-1"}}, wantField: HeaderMaxRetries},
-		{name: "max retries not a number", header: http.Header{HeaderMaxRetries: {"many"}}, wantField: HeaderMaxRetries},
+		{name: "max retries", header: http.Header{envelope.HeaderMaxRetries: {"5"}}, want: with(func(p *requeueParams) { p.maxRetries = 5 })},
+		{name: "max retries zero", header: http.Header{envelope.HeaderMaxRetries: {"0"}}, want: with(func(p *requeueParams) { p.maxRetries = 0 })},
+		{name: "max retries at cap", header: http.Header{envelope.HeaderMaxRetries: {"100"}}, want: with(func(p *requeueParams) { p.maxRetries = 100 })},
+		{name: "max retries above cap", header: http.Header{envelope.HeaderMaxRetries: {"101"}}, wantField: envelope.HeaderMaxRetries},
+		{name: "max retries negative", header: http.Header{envelope.HeaderMaxRetries: {"-1"}}, wantField: envelope.HeaderMaxRetries},
+		{name: "max retries not a number", header: http.Header{envelope.HeaderMaxRetries: {"many"}}, wantField: envelope.HeaderMaxRetries},
 
-		{name: "delay seconds", header: http.Header{HeaderDelay: {"5"}}, want: with(func(p *requeueParams) { p.delay = 5 * time.Second })},
-		{name: "delay zero", header: http.Header{HeaderDelay: {"0"}}, want: with(func(p *requeueParams) { p.delay = 0 })},
-		{name: "delay milliseconds", header: http.Header{HeaderDelay: {"1500ms"}}, want: with(func(p *requeueParams) { p.delay = 1500 * time.Millisecond })},
-		{name: "delay minutes", header: http.Header{HeaderDelay: {"2m"}}, want: with(func(p *requeueParams) { p.delay = 2 * time.Minute })},
-		{name: "delay at cap", header: http.Header{HeaderDelay: {"3600"}}, want: with(func(p *requeueParams) { p.delay = time.Hour })},
-		{name: "delay above cap seconds", header: http.Header{HeaderDelay: {"3601"}}, wantField: HeaderDelay},
-		{name: "delay above cap duration", header: http.Header{HeaderDelay: {"2h"}}, wantField: HeaderDelay},
-		{name: "delay negative seconds", header: http.Header{HeaderDelay: {"-5"}}, wantField: HeaderDelay},
-		{name: "delay negative duration", header: http.Header{HeaderDelay: {"-1s"}}, wantField: HeaderDelay},
-		{name: "delay not a duration", header: http.Header{HeaderDelay: {"soon"}}, wantField: HeaderDelay},
-		{name: "delay empty", header: http.Header{HeaderDelay: {""}}, wantField: HeaderDelay},
+		{name: "delay seconds", header: http.Header{envelope.HeaderDelay: {"5"}}, want: with(func(p *requeueParams) { p.delay = 5 * time.Second })},
+		{name: "delay zero", header: http.Header{envelope.HeaderDelay: {"0"}}, want: with(func(p *requeueParams) { p.delay = 0 })},
+		{name: "delay milliseconds", header: http.Header{envelope.HeaderDelay: {"1500ms"}}, want: with(func(p *requeueParams) { p.delay = 1500 * time.Millisecond })},
+		{name: "delay minutes", header: http.Header{envelope.HeaderDelay: {"2m"}}, want: with(func(p *requeueParams) { p.delay = 2 * time.Minute })},
+		{name: "delay at cap", header: http.Header{envelope.HeaderDelay: {"3600"}}, want: with(func(p *requeueParams) { p.delay = time.Hour })},
+		{name: "delay above cap seconds", header: http.Header{envelope.HeaderDelay: {"3601"}}, wantField: envelope.HeaderDelay},
+		{name: "delay above cap duration", header: http.Header{envelope.HeaderDelay: {"2h"}}, wantField: envelope.HeaderDelay},
+		{name: "delay negative seconds", header: http.Header{envelope.HeaderDelay: {"-5"}}, wantField: envelope.HeaderDelay},
+		{name: "delay negative duration", header: http.Header{envelope.HeaderDelay: {"-1s"}}, wantField: envelope.HeaderDelay},
+		{name: "delay not a duration", header: http.Header{envelope.HeaderDelay: {"soon"}}, wantField: envelope.HeaderDelay},
+		{name: "delay empty", header: http.Header{envelope.HeaderDelay: {""}}, wantField: envelope.HeaderDelay},
 
-		{name: "message id", header: http.Header{HeaderMessageID: {"abc_DEF-123"}}, want: with(func(p *requeueParams) { p.id = "abc_DEF-123" })},
-		{name: "message id 64", header: http.Header{HeaderMessageID: {id64}}, want: with(func(p *requeueParams) { p.id = id64 })},
-		{name: "message id 65", header: http.Header{HeaderMessageID: {id64 + "Z"}}, wantField: HeaderMessageID},
-		{name: "message id empty", header: http.Header{HeaderMessageID: {""}}, wantField: HeaderMessageID},
-		{name: "message id dot", header: http.Header{HeaderMessageID: {"a.b"}}, wantField: HeaderMessageID},
-		{name: "message id slash", header: http.Header{HeaderMessageID: {"a/b"}}, wantField: HeaderMessageID},
+		{name: "message id", header: http.Header{envelope.HeaderMessageID: {"abc_DEF-123"}}, want: with(func(p *requeueParams) { p.id = "abc_DEF-123" })},
+		{name: "message id 64", header: http.Header{envelope.HeaderMessageID: {id64}}, want: with(func(p *requeueParams) { p.id = id64 })},
+		{name: "message id 65", header: http.Header{envelope.HeaderMessageID: {id64 + "Z"}}, wantField: envelope.HeaderMessageID},
+		{name: "message id empty", header: http.Header{envelope.HeaderMessageID: {""}}, wantField: envelope.HeaderMessageID},
+		{name: "message id dot", header: http.Header{envelope.HeaderMessageID: {"a.b"}}, wantField: envelope.HeaderMessageID},
+		{name: "message id slash", header: http.Header{envelope.HeaderMessageID: {"a/b"}}, wantField: envelope.HeaderMessageID},
 
 		{
 			name: "all set",
 			header: http.Header{
-				HeaderRetries: {"7"}, HeaderMaxRetries: {"9"}, HeaderDelay: {"90s"}, HeaderMessageID: {"x"},
+				envelope.HeaderRetries: {"7"}, envelope.HeaderMaxRetries: {"9"}, envelope.HeaderDelay: {"90s"}, envelope.HeaderMessageID: {"x"},
 			},
 			want: requeueParams{retries: 7, maxRetries: 9, delay: 90 * time.Second, id: "x"},
 		},

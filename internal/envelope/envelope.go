@@ -18,6 +18,18 @@ import (
 	"time"
 )
 
+// The mailbox's control headers. A requeue sets them; the connector writes
+// them back on every delivery from the envelope's fields, so they are never
+// kept among the stored request headers.
+const (
+	HeaderRetries    = "X-Retries"
+	HeaderMaxRetries = "X-Max-Retries"
+	HeaderDelay      = "X-Delay-Duration"
+	// HeaderMessageID is stable across retries so functions can
+	// de-duplicate, and a function requeuing a message carries it over.
+	HeaderMessageID = "X-Mailbox-Message-Id"
+)
+
 // Version is the wire format written by Encode.
 const Version = 1
 

@@ -1,0 +1,142 @@
+// Command mailbox runs the whole mailbox in one process:
+//
+//	mailbox serve [flags]
+//
+// serves the requeue API and runs the connector, on an embedded NATS
+// Streaming server with a file store (or on an external one given
+// --nats-url). It suits single-node OpenFaaS (faasd) and local use. Every
+// flag falls back to the environment variable of the same name in
+// lower_snake_case (--gateway-url: gateway_url).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/service"
+	"github.com/openfaas/mailbox/internal/stanserver"
+)
+
+// standaloneDefaults differ from the in-cluster defaults: everything runs
+// on this machine, and an empty nats_url embeds the server.
+var standaloneDefaults = map[string]string{
+	"gateway_url": "http://127.0.0.1:8080",
+	"nats_url":    "",
+}
+
+// deadLetterRetention is how long the embedded server keeps messages
+// beyond the longest delay: the time a connector may be down without loss.
+const deadLetterRetention = 14 * 24 * time.Hour
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Environ(), os.Stderr, nil); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "mailbox:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+const usage = `usage: mailbox serve [flags]
+
+Serves the requeue API (POST /deadletter/<function>) and delivers messages
+through the OpenFaaS gateway, on an embedded NATS Streaming server unless
+--nats-url is given.
+
+Flags (each falls back to the environment variable named after it):
+`
+
+// run is main without the process: tests call it with their own
+// arguments, environment and signal context. ready, if not nil, gets the
+// API's address once it listens.
+func run(ctx context.Context, args, environ []string, stderr io.Writer, ready func(addr string)) error {
+	if len(args) == 0 || args[0] != "serve" {
+		fmt.Fprint(stderr, usage)
+		return errors.New("unknown or missing command: want serve")
+	}
+	fs := flag.NewFlagSet("mailbox serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	lookup := config.Flags(fs, config.Environ(environ))
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg, err := config.Load(lookup, standaloneDefaults)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, cfg.Logger(stderr), ready)
+}
+
+func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(string)) error {
+	slog.SetDefault(logger)
+	// connector-sdk logs every invocation through the standard logger;
+	// with slog as the default that becomes debug output.
+	slog.SetLogLoggerLevel(slog.LevelDebug)
+	if cfg.NATSURL == "" {
+		dir := filepath.Join(cfg.DataDir, "nats")
+		srv, err := stanserver.Start(stanserver.Options{
+			Dir:       dir,
+			ClusterID: cfg.NATSClusterID,
+			Retention: cfg.MaxDelay + deadLetterRetention,
+		})
+		if err != nil {
+			return fmt.Errorf("data_dir: %w", err)
+		}
+		defer srv.Shutdown()
+		cfg.NATSURL = srv.URL()
+		logger.Info("embedded NATS Streaming started", "url", cfg.NATSURL, "store", dir)
+	}
+
+	reg, err := service.Registry()
+	if err != nil {
+		return err
+	}
+	q, err := service.OpenQueue(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	h, err := service.API(cfg, q, reg, logger)
+	if err != nil {
+		return err
+	}
+	d, err := service.Dispatcher(cfg, q, reg, logger)
+	if err != nil {
+		return err
+	}
+
+	// The first part to fail stops the other; a signal stops both. On
+	// SIGTERM the API stops accepting, then deliveries in flight finish.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return service.Serve(ctx, cfg.Listen, h, 10*time.Second, func(addr string) {
+			logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL)
+			if ready != nil {
+				ready(addr)
+			}
+		})
+	})
+	g.Go(func() error { return d.Run(ctx) })
+	return g.Wait()
+}

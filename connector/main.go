@@ -1,0 +1,68 @@
+// Command connector delivers the mailbox's waiting messages: it consumes
+// them from NATS when due, invokes each function through the OpenFaaS
+// gateway, and stores retries and dead letters. Configuration comes from
+// the environment (see the README); it serves /healthz and /metrics on
+// listen.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/openfaas/mailbox/internal/api"
+	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/service"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "connector:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg, err := config.Load(config.Environ(os.Environ()), nil)
+	if err != nil {
+		return err
+	}
+	logger := cfg.Logger(os.Stderr)
+	slog.SetDefault(logger)
+	// connector-sdk logs every invocation through the standard logger;
+	// with slog as the default that becomes debug output.
+	slog.SetLogLoggerLevel(slog.LevelDebug)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+
+	reg, err := service.Registry()
+	if err != nil {
+		return err
+	}
+	q, err := service.OpenQueue(cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	d, err := service.Dispatcher(cfg, q, reg, logger)
+	if err != nil {
+		return err
+	}
+
+	// The first part to fail stops the other; a signal stops both.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return service.Serve(ctx, cfg.Listen, api.Ops(q, reg), 5*time.Second, func(addr string) {
+			logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "nats_url", cfg.NATSURL)
+		})
+	})
+	g.Go(func() error { return d.Run(ctx) })
+	return g.Wait()
+}

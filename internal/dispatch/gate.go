@@ -1,0 +1,85 @@
+package dispatch
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// gate pauses deliveries while the gateway cannot be reached. A failed
+// connection trips it; run then probes the gateway with back-off and opens
+// it again once the gateway answers.
+type gate struct {
+	probe func(context.Context) error
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	open    chan struct{} // closed while deliveries may proceed
+	tripped chan struct{} // wakes run; one slot, so trips coalesce
+}
+
+func newGate(probe func(context.Context) error, log *slog.Logger) *gate {
+	g := &gate{probe: probe, log: log, open: make(chan struct{}), tripped: make(chan struct{}, 1)}
+	close(g.open)
+	return g
+}
+
+// wait returns once deliveries may proceed, or ctx's error.
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	select {
+	case <-open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// trip pauses deliveries until run sees the gateway answer again.
+func (g *gate) trip() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.open:
+		g.open = make(chan struct{})
+		g.log.Warn("cannot connect to the gateway, pausing deliveries")
+	default:
+		return // already paused
+	}
+	select {
+	case g.tripped <- struct{}{}:
+	default:
+	}
+}
+
+// run probes while the gate is tripped, until ctx ends.
+func (g *gate) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.tripped:
+		}
+		backoff := 100 * time.Millisecond
+		for {
+			err := g.probe(ctx)
+			if err == nil {
+				break
+			}
+			g.log.Warn("gateway still unreachable", "error", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		g.mu.Lock()
+		close(g.open)
+		g.mu.Unlock()
+		g.log.Info("gateway reachable again, resuming deliveries")
+	}
+}

@@ -1,0 +1,51 @@
+package dispatch
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+)
+
+type metrics struct {
+	delivered   prometheus.Counter
+	retried     prometheus.Counter
+	deadLetters *prometheus.CounterVec
+	duration    prometheus.Histogram
+	lateness    prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailbox_delivered_total",
+			Help: "Messages the function accepted (2xx).",
+		}),
+		retried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailbox_retries_scheduled_total",
+			Help: "Failed deliveries scheduled again after their delay.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailbox_dead_letters_total",
+			Help: "Messages the connector stored as dead letters, by reason.",
+		}, []string{"reason"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailbox_invocation_duration_seconds",
+			Help:    "Time from calling the gateway to its answer.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 8),
+		}),
+		lateness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mailbox_delivery_lateness_seconds",
+			Help:    "Time from a message's due time to its delivery starting.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30},
+		}),
+	}
+	// Known reasons start at zero so alerts can use rate() from the start.
+	m.deadLetters.WithLabelValues(envelope.ReasonMaxRetries)
+	var errs []error
+	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deadLetters, m.duration, m.lateness} {
+		errs = append(errs, reg.Register(c))
+	}
+	return m, errors.Join(errs...)
+}

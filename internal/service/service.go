@@ -1,0 +1,150 @@
+// Package service assembles the mailbox's parts from a validated config, so
+// that the function, the connector and the standalone server are thin
+// mains that wire the same pieces the same way.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/openfaas/connector-sdk/types"
+	"github.com/openfaas/faas-provider/auth"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/openfaas/mailbox/internal/api"
+	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/dispatch"
+	"github.com/openfaas/mailbox/internal/invoke"
+	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/stan"
+)
+
+// UserAgent identifies the mailbox to functions.
+const UserAgent = "openfaas-mailbox"
+
+// Registry returns a metrics registry with the Go runtime and process
+// collectors, the one every process serves at /metrics.
+func Registry() (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	err := errors.Join(
+		reg.Register(collectors.NewGoCollector()),
+		reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})),
+	)
+	return reg, err
+}
+
+// OpenQueue opens the configured backend. It does not wait for the broker:
+// the queue connects, and reconnects, in the background.
+func OpenQueue(cfg config.Config, logger *slog.Logger) (queue.Queue, error) {
+	if cfg.NATSURL == "" {
+		return nil, errors.New("config: nats_url: required")
+	}
+	switch cfg.Backend {
+	case "stan":
+		return stan.Open(stan.Options{
+			URL:            cfg.NATSURL,
+			ClusterID:      cfg.NATSClusterID,
+			Prefix:         cfg.ChannelPrefix,
+			MaxInflight:    cfg.MaxInflight,
+			HandlerTimeout: cfg.UpstreamTimeout,
+			Logger:         logger,
+		})
+	default:
+		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)
+	}
+}
+
+// API returns the requeue API served by mailbox-fn and the standalone
+// server.
+func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, logger *slog.Logger) (http.Handler, error) {
+	return api.New(api.Options{
+		Queue:             q,
+		DefaultMaxRetries: cfg.DefaultMaxRetries,
+		MaxRetriesLimit:   cfg.MaxRetriesLimit,
+		DefaultDelay:      cfg.DefaultDelay,
+		MaxDelay:          cfg.MaxDelay,
+		MaxBodyBytes:      cfg.MaxBodyBytes,
+		KeepCredentials:   cfg.KeepCredentials,
+		Registerer:        reg,
+		Gatherer:          reg,
+		Logger:            logger,
+	})
+}
+
+// Dispatcher returns the connector's delivery loop: it invokes functions
+// through the gateway and, while the gateway cannot be reached, probes it
+// with connector-sdk's function lookup using the gateway's credentials.
+func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, logger *slog.Logger) (*dispatch.Dispatcher, error) {
+	creds, err := Credentials(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client := invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight)
+	lookup := types.NewFunctionLookupBuilder(cfg.GatewayURL, "", invoke.NewClient(5*time.Second, 1), creds)
+	probe := func(context.Context) error {
+		_, err := lookup.Build()
+		var urlErr *url.Error
+		if err != nil && !errors.As(err, &urlErr) {
+			// The gateway answered, if not as hoped (say, credentials
+			// refused): it is reachable, so deliveries may go on.
+			logger.Warn("gateway function lookup failed", "error", err)
+			return nil
+		}
+		return err
+	}
+	return dispatch.New(dispatch.Options{
+		Queue:      q,
+		Invoker:    invoke.New(cfg.GatewayURL, client, UserAgent),
+		Probe:      probe,
+		Registerer: reg,
+		Logger:     logger,
+	})
+}
+
+// Credentials reads the gateway's basic-auth credentials from
+// secret_mount_path when basic_auth is set, and nil otherwise.
+func Credentials(cfg config.Config) (*auth.BasicAuthCredentials, error) {
+	if !cfg.BasicAuth {
+		return nil, nil
+	}
+	reader := auth.ReadBasicAuthFromDisk{SecretMountPath: cfg.SecretMountPath}
+	creds, err := reader.Read()
+	if err != nil {
+		return nil, fmt.Errorf("config: secret_mount_path: basic_auth is set but the credentials cannot be read: %w", err)
+	}
+	return creds, nil
+}
+
+// Serve serves h on addr until ctx ends, then stops accepting requests and
+// waits up to grace for those in flight. ready, if not nil, receives the
+// bound address once the listener is open.
+func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration, ready func(addr string)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("http shutdown: %w", err)
+	}
+	return nil
+}
