@@ -61,7 +61,7 @@ func New(o Options) (*Dispatcher, error) {
 	return &Dispatcher{
 		q:       o.Queue,
 		invoker: o.Invoker,
-		gate:    newGate(o.Probe, log),
+		gate:    newGate(o.Probe, m.gatewayUp, log),
 		m:       m,
 		log:     log,
 	}, nil

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // gate pauses deliveries while the gateway cannot be reached. A failed
@@ -13,15 +15,17 @@ import (
 type gate struct {
 	probe func(context.Context) error
 	log   *slog.Logger
+	up    prometheus.Gauge // 1 while open
 
 	mu      sync.Mutex
 	open    chan struct{} // closed while deliveries may proceed
 	tripped chan struct{} // wakes run; one slot, so trips coalesce
 }
 
-func newGate(probe func(context.Context) error, log *slog.Logger) *gate {
-	g := &gate{probe: probe, log: log, open: make(chan struct{}), tripped: make(chan struct{}, 1)}
+func newGate(probe func(context.Context) error, up prometheus.Gauge, log *slog.Logger) *gate {
+	g := &gate{probe: probe, log: log, up: up, open: make(chan struct{}), tripped: make(chan struct{}, 1)}
 	close(g.open)
+	up.Set(1)
 	return g
 }
 
@@ -45,6 +49,7 @@ func (g *gate) trip() {
 	select {
 	case <-g.open:
 		g.open = make(chan struct{})
+		g.up.Set(0)
 		g.log.Warn("cannot connect to the gateway, pausing deliveries")
 	default:
 		return // already paused
@@ -79,6 +84,7 @@ func (g *gate) run(ctx context.Context) {
 		}
 		g.mu.Lock()
 		close(g.open)
+		g.up.Set(1)
 		g.mu.Unlock()
 		g.log.Info("gateway reachable again, resuming deliveries")
 	}

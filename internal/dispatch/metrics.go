@@ -14,6 +14,7 @@ type metrics struct {
 	deadLetters *prometheus.CounterVec
 	duration    prometheus.Histogram
 	lateness    prometheus.Histogram
+	gatewayUp   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -40,11 +41,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from a message's due time to its delivery starting.",
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30},
 		}),
+		gatewayUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mailbox_gateway_up",
+			Help: "1 while deliveries proceed, 0 while they are paused because the gateway cannot be reached.",
+		}),
 	}
 	// Known reasons start at zero so alerts can use rate() from the start.
 	m.deadLetters.WithLabelValues(envelope.ReasonMaxRetries)
 	var errs []error
-	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deadLetters, m.duration, m.lateness} {
+	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deadLetters, m.duration, m.lateness, m.gatewayUp} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

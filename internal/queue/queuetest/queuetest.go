@@ -34,9 +34,9 @@ type Server interface {
 	Open(t *testing.T, o Options) queue.Queue
 	// Restart stops the broker and starts it again on the same address
 	// and data, as after a crash of the broker process.
-	Restart(t *testing.T)
+	Restart(t testing.TB)
 	// Stop stops the broker for good.
-	Stop(t *testing.T)
+	Stop()
 	// DeadLetters returns every dead letter stored so far.
 	DeadLetters(t *testing.T) []*envelope.Envelope
 }
@@ -347,7 +347,7 @@ func testTooLarge(t *testing.T, s Server) {
 
 func testUnavailable(t *testing.T, s Server) {
 	q := open(t, s, defaults)
-	s.Stop(t)
+	s.Stop()
 	poll.Until(t, 15*time.Second, "client notices the broker is gone", func() bool { return !q.Connected() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
