@@ -50,13 +50,14 @@ type gateway struct {
 	mu       sync.Mutex
 	calls    map[string][]call
 	behave   map[string]func(n int) int // n counts calls from 1; returns the status
+	observe  func(call)                 // if set, sees every call
 	lookups  atomic.Int64
 	denied   atomic.Int64
 	user     string
 	password string
 }
 
-func startGateway(t *testing.T) *gateway {
+func startGateway(t testing.TB) *gateway {
 	t.Helper()
 	g := &gateway{calls: map[string][]call{}, behave: map[string]func(int) int{}, user: "admin", password: "secret"}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -108,10 +109,14 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body, _ := io.ReadAll(r.Body)
 	g.mu.Lock()
-	g.calls[name] = append(g.calls[name], call{body: body, header: r.Header.Clone(), at: time.Now()})
+	c := call{body: body, header: r.Header.Clone(), at: time.Now()}
+	g.calls[name] = append(g.calls[name], c)
 	n := len(g.calls[name])
-	behave := g.behave[name]
+	behave, observe := g.behave[name], g.observe
 	g.mu.Unlock()
+	if observe != nil {
+		observe(c)
+	}
 	status := http.StatusOK
 	if behave != nil {
 		status = behave(n)
@@ -150,7 +155,7 @@ type bundle struct {
 	reg  *prometheus.Registry // the connector's
 }
 
-func setup(t *testing.T) *bundle {
+func setup(t testing.TB) *bundle {
 	t.Helper()
 	b := &bundle{nats: stanservertest.Start(t), gw: startGateway(t)}
 	secrets := t.TempDir()
@@ -190,7 +195,7 @@ func setup(t *testing.T) *bundle {
 var quiet = slog.New(slog.DiscardHandler)
 
 // startConnector runs a connector until stop or the end of the test.
-func (b *bundle) startConnector(t *testing.T) (stop func()) {
+func (b *bundle) startConnector(t testing.TB) (stop func()) {
 	t.Helper()
 	q, err := service.OpenQueue(b.cfg, quiet)
 	if err != nil {

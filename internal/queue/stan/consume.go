@@ -17,6 +17,17 @@ import (
 // again to another member.
 const ackMargin = 2 * time.Second
 
+// readyLead is how long before its due time a message is moved to the
+// ready channel: enough for the publish, its fsync and the delivery to the
+// consumer, which holds the last milliseconds on a timer.
+const readyLead = 50 * time.Millisecond
+
+// readyPrefetch is how many ready messages a consumer holds beyond the
+// MaxInflight being delivered: those moved early by readyLead and those
+// waiting for a delivery slot. At 64 it covers over a thousand messages a
+// second falling due.
+const readyPrefetch = 64
+
 // Consume runs the tier workers and the ready consumer as members of one
 // durable queue group, so connector replicas share the work and a message
 // held by a replica that dies goes to another. It returns nil once ctx
@@ -67,12 +78,19 @@ func (q *Queue) consumeGeneration(ctx context.Context, g *generation, h queue.Ha
 		return err
 	}
 
-	err := subscribe(q.readyChannel(), q.o.MaxInflight, q.o.HandlerTimeout, func(m *stango.Msg) {
-		w.spawn(func() { q.deliver(w, g, m, h) })
+	// The ready window is larger than MaxInflight so that messages moved
+	// early wait here, not on the server; slots bounds the calls. A message
+	// may wait for a slot behind the whole window.
+	slots := make(chan struct{}, q.o.MaxInflight)
+	readyHold := readyLead + time.Duration(1+readyPrefetch/q.o.MaxInflight)*q.o.HandlerTimeout
+	err := subscribe(q.readyChannel(), q.o.MaxInflight+readyPrefetch, readyHold, func(m *stango.Msg) {
+		w.spawn(func() { q.deliver(w, g, m, slots, h) })
 	})
 	for k := 0; k <= MaxTier && err == nil; k++ {
 		tier := time.Duration(1<<k) * time.Second
-		err = subscribe(q.tierChannel(k), q.o.TierWindow, tier, func(m *stango.Msg) {
+		// A tier message is held for the tier, plus under a second when
+		// its remainder goes to the ready channel.
+		err = subscribe(q.tierChannel(k), q.o.TierWindow, tier+time.Second, func(m *stango.Msg) {
 			w.spawn(func() { q.forward(w, g, m, tier) })
 		})
 	}
@@ -99,7 +117,10 @@ func (q *Queue) consumeGeneration(ctx context.Context, g *generation, h queue.Ha
 	}
 }
 
-// forward moves a tier message on once it has waited the tier's time.
+// forward moves a tier message on once it has waited the tier's time. A
+// remainder under a second is held here, not in the ready channel, until
+// just before it is due: the ready channel's window is then taken only by
+// messages being delivered.
 func (q *Queue) forward(w *workers, g *generation, m *stango.Msg, tier time.Duration) {
 	if !w.sleepUntil(time.Unix(0, m.Timestamp).Add(tier)) {
 		return
@@ -109,22 +130,32 @@ func (q *Queue) forward(w *workers, g *generation, m *stango.Msg, tier time.Dura
 		q.buryMalformed(w, g, m, err)
 		return
 	}
+	channel := q.channelFor(time.Until(e.DueAt))
+	if channel == q.readyChannel() && !w.sleepUntil(e.DueAt.Add(-readyLead)) {
+		return
+	}
 	// The stored bytes are forwarded as they are: nothing to re-encode.
-	if err := q.publish(w.ctx, g, q.channelFor(time.Until(e.DueAt)), m.Data); err != nil {
+	if err := q.publish(w.ctx, g, channel, m.Data); err != nil {
 		q.log.Warn("cannot forward waiting message, the server will deliver it again", "id", e.ID, "error", err)
 		return
 	}
 	q.ack(m, e.ID)
 }
 
-// deliver calls h for a ready message once it is due.
-func (q *Queue) deliver(w *workers, g *generation, m *stango.Msg, h queue.Handler) {
+// deliver calls h for a ready message once it is due and a slot is free.
+func (q *Queue) deliver(w *workers, g *generation, m *stango.Msg, slots chan struct{}, h queue.Handler) {
 	e, err := envelope.Decode(m.Data)
 	if err != nil {
 		q.buryMalformed(w, g, m, err)
 		return
 	}
 	if !w.sleepUntil(e.DueAt) {
+		return
+	}
+	select {
+	case slots <- struct{}{}:
+		defer func() { <-slots }()
+	case <-w.stopping:
 		return
 	}
 	if err := h(w.ctx, e); err != nil {
