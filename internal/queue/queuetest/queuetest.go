@@ -49,6 +49,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 	}{
 		{"PublishConsume", testPublishConsume},
 		{"DelayHonoured", testDelayHonoured},
+		{"Overdue", testOverdue},
 		{"DueOrder", testDueOrder},
 		{"ShortNotBehindLong", testShortNotBehindLong},
 		{"HandlerErrorRedelivers", testHandlerErrorRedelivers},
@@ -209,6 +210,15 @@ func testDelayHonoured(t *testing.T, s Server) {
 	if at := r.at["late"]; at.Before(due) {
 		t.Fatalf("delivered at %v, %v before it was due", at, due.Sub(at))
 	}
+}
+
+func testOverdue(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	r := newRecorder()
+	consume(t, q, r.handle)
+	// Due long ago, as after a long outage or a requeue with a clock ahead.
+	schedule(t, q, message("overdue", time.Now().Add(-time.Hour)), message("just", time.Now().Add(-time.Millisecond)))
+	poll.Until(t, 10*time.Second, "overdue messages delivered at once", func() bool { return r.distinct() == 2 })
 }
 
 func testDueOrder(t *testing.T, s Server) {

@@ -144,13 +144,13 @@ func (q *Queue) tierChannel(k int) string {
 	return q.o.Prefix + ".delay." + strconv.Itoa(1<<k)
 }
 
-// channelFor is the channel a message with remaining delay d waits in.
+// channelFor is the channel a message with remaining delay d waits in; a
+// message already overdue (d < 0) is ready.
 func (q *Queue) channelFor(d time.Duration) string {
-	secs := uint64(d / time.Second)
-	if secs == 0 {
+	if d < time.Second {
 		return q.readyChannel()
 	}
-	return q.tierChannel(min(bits.Len64(secs)-1, MaxTier))
+	return q.tierChannel(min(bits.Len64(uint64(d/time.Second))-1, MaxTier))
 }
 
 // run keeps one connection open until Close.
