@@ -7,6 +7,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,7 +32,12 @@ type Options struct {
 	Invoker Invoker
 	// Probe reports whether the gateway answers. It is called only while
 	// deliveries are paused after a connection to the gateway failed.
-	Probe      func(ctx context.Context) error
+	Probe func(ctx context.Context) error
+	// CallBudget is what a delivery needs once it may proceed: the
+	// invocation's timeout plus storing its outcome. While the gateway is
+	// unreachable a message waits for it until only CallBudget is left
+	// before the handler's deadline, then is left for redelivery.
+	CallBudget time.Duration
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -41,6 +47,7 @@ type Dispatcher struct {
 	q       queue.Queue
 	invoker Invoker
 	gate    *gate
+	budget  time.Duration
 	m       *metrics
 	log     *slog.Logger
 }
@@ -62,6 +69,7 @@ func New(o Options) (*Dispatcher, error) {
 		q:       o.Queue,
 		invoker: o.Invoker,
 		gate:    newGate(o.Probe, m.gatewayUp, log),
+		budget:  o.CallBudget,
 		m:       m,
 		log:     log,
 	}, nil
@@ -82,8 +90,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 	// While the gateway is unreachable every call would fail the same way:
 	// wait for it instead of spending the message's retries.
-	if err := d.gate.wait(ctx); err != nil {
-		return err
+	waitCtx := ctx
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithDeadline(ctx, deadline.Add(-d.budget))
+		defer cancel()
+	}
+	if err := d.gate.wait(waitCtx); err != nil {
+		return fmt.Errorf("gateway unreachable, delivery postponed: %w", err)
 	}
 	start := time.Now()
 	d.m.lateness.Observe(start.Sub(e.DueAt).Seconds())

@@ -30,7 +30,9 @@ type Queue interface {
 	Close() error
 }
 
-// Handler processes one due message.
+// Handler processes one due message. ctx carries the backend's deadline
+// for the call: past it the broker may hand the message to another
+// consumer, so a handler that waits must give up by then.
 type Handler func(ctx context.Context, e *envelope.Envelope) error
 
 var (

@@ -29,6 +29,14 @@ import (
 // UserAgent identifies the mailbox to functions.
 const UserAgent = "openfaas-mailbox"
 
+// publishTimeout bounds the wait for the broker to acknowledge a write.
+const publishTimeout = 5 * time.Second
+
+// A delivery may wait for an unreachable gateway for up to the
+// invocation's timeout, then needs that timeout again for the call and
+// publishTimeout to store the outcome: handlerTimeout bounds the whole.
+func handlerTimeout(cfg config.Config) time.Duration { return 2*cfg.UpstreamTimeout + publishTimeout }
+
 // Registry returns a metrics registry with the Go runtime and process
 // collectors, the one every process serves at /metrics.
 func Registry() (*prometheus.Registry, error) {
@@ -53,7 +61,8 @@ func OpenQueue(cfg config.Config, logger *slog.Logger) (queue.Queue, error) {
 			ClusterID:      cfg.NATSClusterID,
 			Prefix:         cfg.ChannelPrefix,
 			MaxInflight:    cfg.MaxInflight,
-			HandlerTimeout: cfg.UpstreamTimeout,
+			HandlerTimeout: handlerTimeout(cfg),
+			PublishTimeout: publishTimeout,
 			Logger:         logger,
 		})
 	default:
@@ -103,6 +112,7 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		Queue:      q,
 		Invoker:    invoke.New(cfg.GatewayURL, client, UserAgent),
 		Probe:      probe,
+		CallBudget: cfg.UpstreamTimeout + publishTimeout,
 		Registerer: reg,
 		Logger:     logger,
 	})

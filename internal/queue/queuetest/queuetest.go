@@ -53,6 +53,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"DueOrder", testDueOrder},
 		{"ShortNotBehindLong", testShortNotBehindLong},
 		{"HandlerErrorRedelivers", testHandlerErrorRedelivers},
+		{"HandlerDeadline", testHandlerDeadline},
 		{"ConsumerCrash", testConsumerCrash},
 		{"ServerRestart", testServerRestart},
 		{"DeadLetter", testDeadLetter},
@@ -279,6 +280,27 @@ func testHandlerErrorRedelivers(t *testing.T, s Server) {
 	poll.Until(t, 30*time.Second, "message delivered again after handler errors", func() bool { return r.has("retry") })
 	if failed != 2 {
 		t.Fatalf("handler failed %d times, want 2", failed)
+	}
+}
+
+func testHandlerDeadline(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	deadlines := make(chan time.Duration, 10)
+	consume(t, q, func(ctx context.Context, e *envelope.Envelope) error {
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			deadlines <- -1
+			return nil
+		}
+		deadlines <- time.Until(deadline)
+		return nil
+	})
+	schedule(t, q, message("deadline", time.Now()))
+	poll.Until(t, 10*time.Second, "handler called", func() bool { return len(deadlines) > 0 })
+	// The handler must learn when the broker will give its message to
+	// someone else, so that it can give up first.
+	if d := <-deadlines; d <= 0 || d > defaults.HandlerTimeout {
+		t.Fatalf("handler deadline in %v, want within HandlerTimeout %v", d, defaults.HandlerTimeout)
 	}
 }
 

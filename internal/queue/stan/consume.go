@@ -28,6 +28,14 @@ const readyLead = 50 * time.Millisecond
 // second falling due.
 const readyPrefetch = 64
 
+// startBudget is how long after it reaches the consumer a ready message
+// must have started its handler call: at most a second early (a sub-second
+// delay from the API goes straight to ready) plus one handler call's time
+// waiting for a delivery slot. A message that cannot start by then is left
+// unacknowledged for the server to deliver again, so no message is ever
+// held past its ack wait, which would deliver it twice.
+func (q *Queue) startBudget() time.Duration { return time.Second + q.o.HandlerTimeout }
+
 // Consume runs the tier workers and the ready consumer as members of one
 // durable queue group, so connector replicas share the work and a message
 // held by a replica that dies goes to another. It returns nil once ctx
@@ -79,12 +87,11 @@ func (q *Queue) consumeGeneration(ctx context.Context, g *generation, h queue.Ha
 	}
 
 	// The ready window is larger than MaxInflight so that messages moved
-	// early wait here, not on the server; slots bounds the calls. A message
-	// may wait for a slot behind the whole window.
+	// early wait here, not on the server; slots bounds the calls.
 	slots := make(chan struct{}, q.o.MaxInflight)
-	readyHold := readyLead + time.Duration(1+readyPrefetch/q.o.MaxInflight)*q.o.HandlerTimeout
-	err := subscribe(q.readyChannel(), q.o.MaxInflight+readyPrefetch, readyHold, func(m *stango.Msg) {
-		w.spawn(func() { q.deliver(w, g, m, slots, h) })
+	err := subscribe(q.readyChannel(), q.o.MaxInflight+readyPrefetch, q.startBudget()+q.o.HandlerTimeout, func(m *stango.Msg) {
+		startBy := time.Now().Add(q.startBudget())
+		w.spawn(func() { q.deliver(w, g, m, startBy, slots, h) })
 	})
 	for k := 0; k <= MaxTier && err == nil; k++ {
 		tier := time.Duration(1<<k) * time.Second
@@ -142,8 +149,9 @@ func (q *Queue) forward(w *workers, g *generation, m *stango.Msg, tier time.Dura
 	q.ack(m, e.ID)
 }
 
-// deliver calls h for a ready message once it is due and a slot is free.
-func (q *Queue) deliver(w *workers, g *generation, m *stango.Msg, slots chan struct{}, h queue.Handler) {
+// deliver calls h for a ready message once it is due and a slot is free,
+// unless that is not before startBy.
+func (q *Queue) deliver(w *workers, g *generation, m *stango.Msg, startBy time.Time, slots chan struct{}, h queue.Handler) {
 	e, err := envelope.Decode(m.Data)
 	if err != nil {
 		q.buryMalformed(w, g, m, err)
@@ -152,13 +160,20 @@ func (q *Queue) deliver(w *workers, g *generation, m *stango.Msg, slots chan str
 	if !w.sleepUntil(e.DueAt) {
 		return
 	}
+	late := time.NewTimer(time.Until(startBy))
+	defer late.Stop()
 	select {
 	case slots <- struct{}{}:
 		defer func() { <-slots }()
+	case <-late.C:
+		q.log.Debug("no delivery slot in time, the server will deliver the message again", "id", e.ID)
+		return
 	case <-w.stopping:
 		return
 	}
-	if err := h(w.ctx, e); err != nil {
+	ctx, cancel := context.WithTimeout(w.ctx, q.o.HandlerTimeout)
+	defer cancel()
+	if err := h(ctx, e); err != nil {
 		q.log.Warn("handler failed, the server will deliver the message again", "id", e.ID, "error", err)
 		return
 	}

@@ -56,8 +56,9 @@ type Options struct {
 	// MaxInflight bounds concurrent handler calls per consumer. Defaults
 	// to 16.
 	MaxInflight int
-	// HandlerTimeout is the longest a handler call may take; a message not
-	// acknowledged by then plus a margin is delivered again. Defaults to 30s.
+	// HandlerTimeout bounds a handler call: its context ends then, and the
+	// server delivers an unacknowledged message again only after it, plus
+	// a margin. Defaults to 30s.
 	HandlerTimeout time.Duration
 	// TierWindow is how many messages each tier worker holds at once.
 	// Defaults to 256.
