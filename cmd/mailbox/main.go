@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/service"
 	"github.com/openfaas/mailbox/internal/stanserver"
 )
@@ -36,9 +37,9 @@ var standaloneDefaults = map[string]string{
 	"nats_url":    "",
 }
 
-// deadLetterRetention is how long the embedded server keeps messages
-// beyond the longest delay: the time a connector may be down without loss.
-const deadLetterRetention = 14 * 24 * time.Hour
+// outageTolerance is how long the embedded server keeps messages beyond
+// the longest delay: how long deliveries may stop without losing any.
+const outageTolerance = 14 * 24 * time.Hour
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -98,7 +99,9 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		srv, err := stanserver.Start(stanserver.Options{
 			Dir:       dir,
 			ClusterID: cfg.NATSClusterID,
-			Retention: cfg.MaxDelay + deadLetterRetention,
+			Retention: cfg.MaxDelay + outageTolerance,
+			// Dead letters are kept until they are dealt with.
+			DeadLetterChannel: stan.DeadLetterChannel(cfg.ChannelPrefix),
 		})
 		if err != nil {
 			return fmt.Errorf("data_dir: %w", err)

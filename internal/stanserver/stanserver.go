@@ -28,6 +28,9 @@ type Options struct {
 	// be tolerated, because NATS Streaming discards by age even unacked
 	// messages. Defaults to 30 days.
 	Retention time.Duration
+	// DeadLetterChannel is kept without an age limit: dead letters are
+	// never dropped silently. Defaults to mailbox.deadletter.
+	DeadLetterChannel string
 }
 
 // Server is a running embedded NATS Streaming server.
@@ -55,6 +58,9 @@ func Start(o Options) (*Server, error) {
 	if o.Retention == 0 {
 		o.Retention = 30 * 24 * time.Hour
 	}
+	if o.DeadLetterChannel == "" {
+		o.DeadLetterChannel = "mailbox.deadletter"
+	}
 
 	sopts := stand.GetDefaultOptions()
 	sopts.ID = o.ClusterID
@@ -67,6 +73,10 @@ func Start(o Options) (*Server, error) {
 	sopts.MaxBytes = 0
 	sopts.MaxAge = o.Retention
 	sopts.MaxSubscriptions = 0
+	// A negative per-channel limit means none at all.
+	sopts.PerChannel = map[string]*stores.ChannelLimits{
+		o.DeadLetterChannel: {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: -1}},
+	}
 	// Detect a dead client within seconds rather than the default five
 	// minutes, so its unacknowledged messages go to a live replica.
 	sopts.ClientHBInterval = 2 * time.Second

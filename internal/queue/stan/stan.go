@@ -140,7 +140,10 @@ func Open(o Options) (*Queue, error) {
 
 // Channel names.
 func (q *Queue) readyChannel() string      { return q.o.Prefix + ".ready" }
-func (q *Queue) deadLetterChannel() string { return q.o.Prefix + ".deadletter" }
+func (q *Queue) deadLetterChannel() string { return DeadLetterChannel(q.o.Prefix) }
+
+// DeadLetterChannel is the channel dead letters are kept in.
+func DeadLetterChannel(prefix string) string { return prefix + ".deadletter" }
 func (q *Queue) tierChannel(k int) string {
 	return q.o.Prefix + ".delay." + strconv.Itoa(1<<k)
 }

@@ -14,6 +14,7 @@ import (
 	stango "github.com/nats-io/stan.go"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/stanserver"
 )
 
@@ -73,7 +74,7 @@ func (s *Server) Stop() {
 	}
 }
 
-// DeadLetters reads <prefix>.deadletter from the start until it has been
+// DeadLetters reads the dead-letter channel from the start until it has been
 // quiet for a moment.
 func (s *Server) DeadLetters(t testing.TB, prefix string) []*envelope.Envelope {
 	t.Helper()
@@ -87,7 +88,7 @@ func (s *Server) DeadLetters(t testing.TB, prefix string) []*envelope.Envelope {
 		got  []*envelope.Envelope
 		last = time.Now()
 	)
-	sub, err := sc.Subscribe(prefix+".deadletter", func(m *stango.Msg) {
+	sub, err := sc.Subscribe(stan.DeadLetterChannel(prefix), func(m *stango.Msg) {
 		e, err := envelope.Decode(m.Data)
 		if err != nil {
 			t.Errorf("dead letter %d: %v", m.Sequence, err)
