@@ -21,6 +21,11 @@ import (
 	"github.com/openfaas/mailbox/internal/service"
 )
 
+// connectorDefaults: in a container, probes and Prometheus reach the
+// connector from outside, so it listens on every interface. It serves
+// only /healthz and /metrics.
+var connectorDefaults = map[string]string{"listen": ":8081"}
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "connector:", err)
@@ -29,7 +34,7 @@ func main() {
 }
 
 func run() error {
-	cfg, err := config.Load(config.Environ(os.Environ()), nil)
+	cfg, err := config.Load(config.Environ(os.Environ()), connectorDefaults)
 	if err != nil {
 		return err
 	}
@@ -46,7 +51,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	q, err := service.OpenQueue(cfg, logger)
+	q, err := service.OpenQueue(cfg, reg, logger)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ func New(environ []string, logs io.Writer) (h http.Handler, close func() error, 
 	if err != nil {
 		return nil, nil, err
 	}
-	q, err := service.OpenQueue(cfg, logger)
+	q, err := service.OpenQueue(cfg, reg, logger)
 	if err != nil {
 		return nil, nil, err
 	}

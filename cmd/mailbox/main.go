@@ -44,10 +44,11 @@ const outageTolerance = 14 * 24 * time.Hour
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Environ(), os.Stderr, nil); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "mailbox:", err)
-		}
+	err := run(ctx, os.Args[1:], os.Environ(), os.Stderr, nil)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+	default:
+		fmt.Fprintln(os.Stderr, "mailbox:", err)
 		os.Exit(2)
 	}
 }
@@ -115,7 +116,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 	if err != nil {
 		return err
 	}
-	q, err := service.OpenQueue(cfg, logger)
+	q, err := service.OpenQueue(cfg, reg, logger)
 	if err != nil {
 		return err
 	}

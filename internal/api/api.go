@@ -300,6 +300,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	h.metrics.bodyBytes.Observe(float64(len(body)))
 	w.Header().Set(envelope.HeaderMessageID, e.ID)
 	if dead {
+		h.metrics.deadLetters.WithLabelValues(e.Reason).Inc()
 		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", e.MaxRetries)
 		return writeJSON(w, http.StatusOK, deadLetteredResponse{
 			Status:     "dead-lettered",

@@ -6,14 +6,17 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/queue"
 )
 
 // metrics are deliberately few and carry no function label: the function
 // name comes from callers, so a label on it would have unbounded
 // cardinality.
 type metrics struct {
-	requests  *prometheus.CounterVec
-	bodyBytes prometheus.Histogram
+	requests    *prometheus.CounterVec
+	bodyBytes   prometheus.Histogram
+	deadLetters *prometheus.CounterVec // shared with the connector
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,6 +44,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 		registered = append(registered, c)
 	}
+	dead, err := queue.DeadLetterCounter(reg)
+	if err != nil {
+		for _, done := range registered {
+			reg.Unregister(done)
+		}
+		return nil, fmt.Errorf("api: registering metrics: %w", err)
+	}
+	m.deadLetters = dead
 	// Start the common outcomes at zero, so rate() and alerts see a
 	// series before the first error happens.
 	for _, code := range []int{http.StatusOK, http.StatusAccepted, http.StatusBadRequest,

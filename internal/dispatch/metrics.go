@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
 )
 
 type metrics struct {
@@ -27,10 +27,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mailbox_retries_scheduled_total",
 			Help: "Failed deliveries scheduled again after their delay.",
 		}),
-		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mailbox_dead_letters_total",
-			Help: "Messages the connector stored as dead letters, by reason.",
-		}, []string{"reason"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "mailbox_invocation_duration_seconds",
 			Help:    "Time from calling the gateway to its answer.",
@@ -46,10 +42,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 while deliveries proceed, 0 while they are paused because the gateway cannot be reached.",
 		}),
 	}
-	// Known reasons start at zero so alerts can use rate() from the start.
-	m.deadLetters.WithLabelValues(envelope.ReasonMaxRetries)
-	var errs []error
-	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deadLetters, m.duration, m.lateness, m.gatewayUp} {
+	dead, err := queue.DeadLetterCounter(reg)
+	m.deadLetters = dead
+	errs := []error{err}
+	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.duration, m.lateness, m.gatewayUp} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

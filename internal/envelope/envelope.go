@@ -4,9 +4,8 @@
 //
 // The wire format is versioned and binary-safe: a version byte, the
 // length-prefixed JSON metadata, then the raw body. Keeping the body out of
-// the JSON avoids base64's 33% growth, so a 1 MiB body still fits NATS's
-// default 1 MiB max payload with the broker's headroom taken into account
-// only once.
+// the JSON avoids base64's 33% growth: a body costs its own size, so the
+// largest body a broker takes is its max payload less the metadata.
 package envelope
 
 import (

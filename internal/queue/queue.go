@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/openfaas/mailbox/internal/envelope"
 )
 
@@ -41,3 +43,29 @@ var (
 	// ErrTooLarge means the encoded envelope exceeds MaxPayload.
 	ErrTooLarge = errors.New("queue: message too large")
 )
+
+// DeadLetterCounter returns mailbox_dead_letters_total{reason} on reg,
+// registering it on first use. The API, the connector and a backend that
+// buries malformed messages each store dead letters; asking for the
+// counter here makes them count into the same series when they share a
+// registry, as in the standalone server.
+func DeadLetterCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mailbox_dead_letters_total",
+		Help: "Messages stored as dead letters, by reason.",
+	}, []string{"reason"})
+	if err := reg.Register(c); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			return nil, err
+		}
+		existing, ok := already.ExistingCollector.(*prometheus.CounterVec)
+		if !ok {
+			return nil, err
+		}
+		return existing, nil
+	}
+	// Known reasons start at zero so alerts can use rate() from the start.
+	c.WithLabelValues(envelope.ReasonMaxRetries)
+	return c, nil
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/service"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkLateness schedules b.N messages due at random times 1-10 s
@@ -42,7 +43,7 @@ func benchLateness(b *testing.B, perSecond int) {
 		late = append(late, c.at.Sub(due))
 		mu.Unlock()
 	}
-	q, err := service.OpenQueue(bb.cfg, quiet)
+	q, err := service.OpenQueue(bb.cfg, prometheus.NewRegistry(), quiet)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -177,12 +177,13 @@ func setup(t testing.TB) *bundle {
 	}
 	b.cfg = cfg
 
-	q, err := service.OpenQueue(cfg, quiet)
+	apiReg := prometheus.NewRegistry()
+	q, err := service.OpenQueue(cfg, apiReg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	h, err := service.API(cfg, q, prometheus.NewRegistry(), quiet)
+	h, err := service.API(cfg, q, apiReg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,11 +198,11 @@ var quiet = slog.New(slog.DiscardHandler)
 // startConnector runs a connector until stop or the end of the test.
 func (b *bundle) startConnector(t testing.TB) (stop func()) {
 	t.Helper()
-	q, err := service.OpenQueue(b.cfg, quiet)
+	b.reg = prometheus.NewRegistry()
+	q, err := service.OpenQueue(b.cfg, b.reg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.reg = prometheus.NewRegistry()
 	d, err := service.Dispatcher(b.cfg, q, b.reg, quiet)
 	if err != nil {
 		t.Fatal(err)

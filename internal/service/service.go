@@ -50,7 +50,7 @@ func Registry() (*prometheus.Registry, error) {
 
 // OpenQueue opens the configured backend. It does not wait for the broker:
 // the queue connects, and reconnects, in the background.
-func OpenQueue(cfg config.Config, logger *slog.Logger) (queue.Queue, error) {
+func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger) (queue.Queue, error) {
 	if cfg.NATSURL == "" {
 		return nil, errors.New("config: nats_url: required")
 	}
@@ -64,6 +64,7 @@ func OpenQueue(cfg config.Config, logger *slog.Logger) (queue.Queue, error) {
 			HandlerTimeout: handlerTimeout(cfg),
 			PublishTimeout: publishTimeout,
 			Logger:         logger,
+			Registerer:     reg,
 		})
 	default:
 		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)

@@ -200,6 +200,9 @@ func (q *Queue) buryMalformed(w *workers, g *generation, m *stango.Msg, cause er
 		q.log.Warn("cannot store malformed message as a dead letter", "channel", m.Subject, "sequence", m.Sequence, "error", err)
 		return
 	}
+	if q.deadLetters != nil {
+		q.deadLetters.WithLabelValues(envelope.ReasonMalformed).Inc()
+	}
 	q.log.Error("malformed message stored as a dead letter", "channel", m.Subject, "sequence", m.Sequence, "dead_letter_id", dead.ID, "error", cause)
 	q.ack(m, dead.ID)
 }

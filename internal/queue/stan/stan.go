@@ -31,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	stango "github.com/nats-io/stan.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
@@ -68,6 +69,9 @@ type Options struct {
 	PublishTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Registerer, if set, counts malformed messages buried as dead letters
+	// in mailbox_dead_letters_total.
+	Registerer prometheus.Registerer
 }
 
 // Queue is a NATS Streaming backend. It connects in the background and
@@ -80,10 +84,11 @@ type Queue struct {
 	cur     *generation   // nil while disconnected
 	changed chan struct{} // closed and replaced when cur changes
 
-	maxPayload atomic.Int64
-	closed     chan struct{}
-	closeOnce  sync.Once
-	done       chan struct{}
+	deadLetters *prometheus.CounterVec // nil without a Registerer
+	maxPayload  atomic.Int64
+	closed      chan struct{}
+	closeOnce   sync.Once
+	done        chan struct{}
 }
 
 // generation is one NATS Streaming connection; lost is closed when the
@@ -132,6 +137,13 @@ func Open(o Options) (*Queue, error) {
 		changed: make(chan struct{}),
 		closed:  make(chan struct{}),
 		done:    make(chan struct{}),
+	}
+	if o.Registerer != nil {
+		c, err := queue.DeadLetterCounter(o.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		q.deadLetters = c
 	}
 	q.maxPayload.Store(1 << 20) // NATS default until the server says otherwise
 	go q.run()
