@@ -1,0 +1,201 @@
+// Package consume holds what every backend's consumer does the same way
+// once the broker has handed it a message: track the goroutines so they
+// can be drained, wait until a message is due, bound concurrent handler
+// calls, give each call a deadline inside the broker's ack wait, and keep
+// bytes that are not an envelope as a dead letter.
+package consume
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// AckMargin is added to the time a message is expected to be held (its
+// wait, handler call and publish timeout) to make the broker's ack wait.
+const AckMargin = 2 * time.Second
+
+// Message is a broker message as the consumer sees it.
+type Message interface {
+	Data() []byte
+	// Ack removes the message; a message not acknowledged is delivered
+	// again by the broker.
+	Ack() error
+}
+
+// Pool tracks the goroutines of one consumer so they can be drained.
+type Pool struct {
+	ctx    context.Context // for handler calls and forwards
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	stopped  bool
+	stopping chan struct{} // closed when no new work starts; sleepers give up
+	wg       sync.WaitGroup
+}
+
+// NewPool returns a running pool.
+func NewPool() *Pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{ctx: ctx, cancel: cancel, stopping: make(chan struct{})}
+}
+
+// Context is cancelled when the pool has stopped waiting for its work.
+func (p *Pool) Context() context.Context { return p.ctx }
+
+// Spawn runs f unless the pool is stopping. The broker sends no more than
+// a subscription's window, so the number of goroutines is bounded by the
+// sum of the windows.
+func (p *Pool) Spawn(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return // not acknowledged: the broker delivers it again
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+}
+
+// SleepUntil waits until t; it reports false if the pool stops first.
+func (p *Pool) SleepUntil(t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-p.stopping:
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+// Stop refuses new work, waits up to grace for running work, then cancels
+// what is left and waits for it to return.
+func (p *Pool) Stop(grace time.Duration) {
+	defer p.cancel()
+	p.mu.Lock()
+	if !p.stopped {
+		p.stopped = true
+		close(p.stopping)
+	}
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(done)
+	}()
+	if grace > 0 {
+		timer := time.NewTimer(grace)
+		defer timer.Stop()
+		select {
+		case <-done:
+			return
+		case <-timer.C:
+		}
+	}
+	p.cancel()
+	<-done
+}
+
+// Deliverer calls the handler for messages that are due.
+type Deliverer struct {
+	Pool *Pool
+	// HandlerTimeout bounds each handler call.
+	HandlerTimeout time.Duration
+	// DeadLetter stores a dead letter; used for malformed messages.
+	DeadLetter func(ctx context.Context, e *envelope.Envelope) error
+	// DeadLetters counts malformed messages; nil counts nothing.
+	DeadLetters *prometheus.CounterVec
+	Log         *slog.Logger
+
+	slots chan struct{}
+}
+
+// NewDeliverer returns a Deliverer making at most maxInflight handler
+// calls at once.
+func NewDeliverer(d Deliverer, maxInflight int) *Deliverer {
+	d.slots = make(chan struct{}, maxInflight)
+	return &d
+}
+
+// StartBudget is how long after it reaches the consumer a message may
+// take to start its handler call: up to early before it is due, plus one
+// handler call's time waiting for a delivery slot. A message that cannot
+// start by then is left unacknowledged for the broker to deliver again, so
+// no message is held past its ack wait, which would deliver it twice.
+func (d *Deliverer) StartBudget(early time.Duration) time.Duration {
+	return early + d.HandlerTimeout
+}
+
+// Deliver calls h for m once it is due and a delivery slot is free, unless
+// that is not before startBy, and acknowledges m when h succeeds.
+func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
+	e, ok := d.Decode(m)
+	if !ok || !d.Pool.SleepUntil(e.DueAt) {
+		return
+	}
+	late := time.NewTimer(time.Until(startBy))
+	defer late.Stop()
+	select {
+	case d.slots <- struct{}{}:
+		defer func() { <-d.slots }()
+	case <-late.C:
+		d.Log.Debug("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
+		return
+	case <-d.Pool.stopping:
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.Pool.ctx, d.HandlerTimeout)
+	defer cancel()
+	if err := h(ctx, e); err != nil {
+		d.Log.Warn("handler failed, the broker will deliver the message again", "id", e.ID, "error", err)
+		return
+	}
+	Ack(d.Log, m, e.ID)
+}
+
+// Decode returns m's envelope. Bytes that are not an envelope are stored
+// as a dead letter with reason malformed and acknowledged, never dropped;
+// ok is false then.
+func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
+	e, err := envelope.Decode(m.Data())
+	if err == nil {
+		return e, true
+	}
+	now := time.Now().UTC()
+	dead := &envelope.Envelope{
+		ID:         nuid.Next(),
+		Body:       m.Data(),
+		AcceptedAt: now,
+		LastError:  err.Error(),
+		Reason:     envelope.ReasonMalformed,
+		DeadAt:     now,
+	}
+	if err := d.DeadLetter(d.Pool.ctx, dead); err != nil {
+		d.Log.Warn("cannot store malformed message as a dead letter", "error", err)
+		return nil, false
+	}
+	if d.DeadLetters != nil {
+		d.DeadLetters.WithLabelValues(envelope.ReasonMalformed).Inc()
+	}
+	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", err)
+	Ack(d.Log, m, dead.ID)
+	return nil, false
+}
+
+// Ack acknowledges m, logging a failure: the message will be delivered
+// again, a duplicate, never a loss.
+func Ack(log *slog.Logger, m Message, id string) {
+	if err := m.Ack(); err != nil {
+		log.Warn("cannot acknowledge message", "id", id, "error", err)
+	}
+}
