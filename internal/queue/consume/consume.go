@@ -7,6 +7,8 @@ package consume
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -25,9 +27,11 @@ const AckMargin = 2 * time.Second
 // Message is a broker message as the consumer sees it.
 type Message interface {
 	Data() []byte
-	// Ack removes the message; a message not acknowledged is delivered
-	// again by the broker.
+	// Ack removes the message.
 	Ack() error
+	// Release gives the message back to be delivered again, at once where
+	// the broker can (JetStream), else after its ack wait.
+	Release()
 }
 
 // Pool tracks the goroutines of one consumer so they can be drained.
@@ -50,21 +54,25 @@ func NewPool() *Pool {
 // Context is cancelled when the pool has stopped waiting for its work.
 func (p *Pool) Context() context.Context { return p.ctx }
 
-// Spawn runs f unless the pool is stopping. The broker sends no more than
-// a subscription's window, so the number of goroutines is bounded by the
-// sum of the windows.
-func (p *Pool) Spawn(f func()) {
+// Spawn runs f unless the pool is stopping, and reports whether it does.
+// The broker sends no more than a subscription's window, so the number of
+// goroutines is bounded by the sum of the windows.
+func (p *Pool) Spawn(f func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
-		return // not acknowledged: the broker delivers it again
+		return false
 	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		f()
 	}()
+	return true
 }
+
+// Stopping is closed once the pool starts no new work.
+func (p *Pool) Stopping() <-chan struct{} { return p.stopping }
 
 // SleepUntil waits until t; it reports false if the pool stops first.
 func (p *Pool) SleepUntil(t time.Time) bool {
@@ -140,7 +148,11 @@ func (d *Deliverer) StartBudget(early time.Duration) time.Duration {
 // that is not before startBy, and acknowledges m when h succeeds.
 func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 	e, ok := d.Decode(m)
-	if !ok || !d.Pool.SleepUntil(e.DueAt) {
+	if !ok {
+		return
+	}
+	if !d.Pool.SleepUntil(e.DueAt) {
+		m.Release()
 		return
 	}
 	late := time.NewTimer(time.Until(startBy))
@@ -150,14 +162,17 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 		defer func() { <-d.slots }()
 	case <-late.C:
 		d.Log.Debug("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
+		m.Release()
 		return
 	case <-d.Pool.stopping:
+		m.Release()
 		return
 	}
 	ctx, cancel := context.WithTimeout(d.Pool.ctx, d.HandlerTimeout)
 	defer cancel()
 	if err := h(ctx, e); err != nil {
 		d.Log.Warn("handler failed, the broker will deliver the message again", "id", e.ID, "error", err)
+		m.Release()
 		return
 	}
 	Ack(d.Log, m, e.ID)
@@ -180,8 +195,17 @@ func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
 		Reason:     envelope.ReasonMalformed,
 		DeadAt:     now,
 	}
-	if err := d.DeadLetter(d.Pool.ctx, dead); err != nil {
+	err = d.DeadLetter(d.Pool.ctx, dead)
+	// Wrapped in an envelope, bytes near the size limit no longer fit: keep
+	// what fits rather than never acknowledging them.
+	for errors.Is(err, queue.ErrTooLarge) && len(dead.Body) > 0 {
+		dead.Body = dead.Body[:len(dead.Body)/2]
+		dead.LastError = fmt.Sprintf("%s (body cut to its first %d bytes to fit)", err, len(dead.Body))
+		err = d.DeadLetter(d.Pool.ctx, dead)
+	}
+	if err != nil {
 		d.Log.Warn("cannot store malformed message as a dead letter", "error", err)
+		m.Release()
 		return nil, false
 	}
 	if d.DeadLetters != nil {

@@ -147,3 +147,7 @@ type msg struct{ m *stango.Msg }
 
 func (m msg) Data() []byte { return m.m.Data }
 func (m msg) Ack() error   { return m.m.Ack() }
+
+// Release does nothing: NATS Streaming cannot give a message back, it
+// delivers it again after its ack wait.
+func (m msg) Release() {}

@@ -13,8 +13,9 @@
 // message's remaining delay shrinks by at least half on every hop, so it
 // takes at most 21 hops.
 //
-// The ready channel's consumer holds a sub-second remainder on a local
-// timer, then calls the handler.
+// A sub-second remainder is held by the tier worker until just before it
+// is due, then moved to the ready channel, whose consumer calls the
+// handler on time.
 package stan
 
 import (

@@ -1,0 +1,113 @@
+// Package jsservertest runs an embedded JetStream server for tests, on a
+// store in the test's temporary directory, and can restart it on the same
+// address and data as after a crash.
+package jsservertest
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/jsserver"
+)
+
+// Server is an embedded server owned by one test.
+type Server struct {
+	mu   sync.Mutex
+	dir  string
+	port int
+	srv  *jsserver.Server
+}
+
+// Start runs a server that stops when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{dir: t.TempDir(), port: -1}
+	s.start(t)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	srv, err := jsserver.Start(jsserver.Options{Dir: s.dir, Port: s.port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.port, _ = strconv.Atoi(u.Port())
+	s.srv = srv
+}
+
+// URL is the server's address; it stays the same across restarts.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return "nats://127.0.0.1:" + strconv.Itoa(s.port)
+}
+
+// Restart stops the server and starts it again with its stored data.
+func (s *Server) Restart(t testing.TB) {
+	s.Stop()
+	s.start(t)
+}
+
+// Stop stops the server; it may be called more than once.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		s.srv.Shutdown()
+		s.srv = nil
+	}
+}
+
+// DeadLetters reads every message of the dead-letter stream.
+func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil // not created yet: no dead letters
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*envelope.Envelope
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		e, err := envelope.Decode(m.Data)
+		if err != nil {
+			t.Errorf("dead letter %d: %v", seq, err)
+			continue
+		}
+		got = append(got, e)
+	}
+	return got
+}

@@ -1,0 +1,327 @@
+// Package jetstream implements queue.Queue on NATS JetStream, using what
+// the server offers instead of rebuilding it:
+//
+//   - A work stream (file storage, work-queue retention, AllowMsgSchedules)
+//     holds waiting messages as per-message schedules on
+//     <prefix>.schedule.<id>. The server fires each one, once, onto
+//     <prefix>.due in the same stream and purges the schedule.
+//   - A durable pull consumer on <prefix>.due, shared by connector
+//     replicas, with explicit acks.
+//   - A dead-letter stream on <prefix>.deadletter with a configurable age.
+//   - Message ids (with the retry count) are the de-duplication ids
+//     (Nats-Msg-Id): a requeue repeated after a timeout is stored once.
+//
+// The server's scheduler fires up to about 250 ms late, so a message is
+// scheduled scheduleLead early and the consumer holds the last stretch on
+// a local timer.
+package jetstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// scheduleLead is how early a message is scheduled before it is due: more
+// than the server scheduler's lateness, so that the consumer, not the
+// scheduler, decides the delivery time.
+const scheduleLead = 400 * time.Millisecond
+
+// headerRoom is left in a NATS message for the headers around the
+// envelope.
+const headerRoom = 512
+
+// prefetch is how many messages a consumer holds beyond the MaxInflight
+// being delivered: those fired early and waiting for their due time.
+const prefetch = 512
+
+// Options configure the backend.
+type Options struct {
+	// URL of the NATS server(s), comma-separated. Required.
+	URL string
+	// CredentialsFile is a NATS .creds file; empty for none.
+	CredentialsFile string
+	// Prefix of every subject. Defaults to mailbox.
+	Prefix string
+	// Stream holding waiting messages. Defaults to mailbox.
+	Stream string
+	// DeadLetterStream holds dead letters. Defaults to <Stream>-deadletter.
+	DeadLetterStream string
+	// Consumer is the durable consumer shared by connectors. Defaults to
+	// connector.
+	Consumer string
+	// Replicas of each stream: 1, or 3 or 5 on a cluster. Defaults to 1.
+	Replicas int
+	// DeadLetterMaxAge bounds how long dead letters are kept; zero keeps
+	// them until they are removed.
+	DeadLetterMaxAge time.Duration
+	// MaxInflight bounds concurrent handler calls per consumer. Defaults
+	// to 16.
+	MaxInflight int
+	// HandlerTimeout bounds a handler call. Defaults to 30s.
+	HandlerTimeout time.Duration
+	// PublishTimeout bounds the wait for the server's acknowledgement.
+	// Defaults to 5s.
+	PublishTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, counts malformed messages buried as dead letters.
+	Registerer prometheus.Registerer
+}
+
+// Queue is a JetStream backend. The NATS connection reconnects by itself;
+// streams and the consumer are created or updated once connected.
+type Queue struct {
+	o           Options
+	log         *slog.Logger
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	ready       atomic.Bool   // streams and consumer exist
+	readyCh     chan struct{} // closed once ready
+	deadLetters *prometheus.CounterVec
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+// Open validates o, connects in the background and returns at once, so a
+// process can start while NATS is down.
+func Open(o Options) (*Queue, error) {
+	if o.URL == "" {
+		return nil, errors.New("jetstream: URL is required")
+	}
+	if o.Prefix == "" {
+		o.Prefix = "mailbox"
+	}
+	if o.Stream == "" {
+		o.Stream = "mailbox"
+	}
+	if o.DeadLetterStream == "" {
+		o.DeadLetterStream = o.Stream + "-deadletter"
+	}
+	if o.Consumer == "" {
+		o.Consumer = "connector"
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 16
+	}
+	if o.HandlerTimeout <= 0 {
+		o.HandlerTimeout = 30 * time.Second
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	q := &Queue{
+		o:       o,
+		log:     o.Logger.With("component", "jetstream"),
+		readyCh: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if o.Registerer != nil {
+		c, err := queue.DeadLetterCounter(o.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		q.deadLetters = c
+	}
+	opts := []nats.Option{
+		nats.Name("mailbox"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		// Keep trying when the server is not up yet at start.
+		nats.RetryOnFailedConnect(true),
+		// Fail publishes at once while disconnected instead of buffering
+		// them: the API answers 503 and stores nothing.
+		nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			q.log.Warn("disconnected from NATS", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			q.log.Info("reconnected to NATS", "url", nc.ConnectedUrl())
+		}),
+	}
+	if o.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: connect: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	q.nc, q.js = nc, js
+	ctx, cancel := context.WithCancel(context.Background())
+	q.cancel = cancel
+	go q.setUp(ctx)
+	return q, nil
+}
+
+// Subjects.
+func (q *Queue) dueSubject() string               { return q.o.Prefix + ".due" }
+func (q *Queue) scheduleSubject(id string) string { return q.o.Prefix + ".schedule." + id }
+func (q *Queue) deadLetterSubject() string        { return q.o.Prefix + ".deadletter" }
+
+// setUp creates or updates the streams and the consumer, retrying until
+// it succeeds or the queue closes.
+func (q *Queue) setUp(ctx context.Context) {
+	defer close(q.done)
+	backoff := 100 * time.Millisecond
+	for {
+		err := q.ensure(ctx)
+		if err == nil {
+			q.ready.Store(true)
+			close(q.readyCh)
+			q.log.Info("JetStream streams ready", "stream", q.o.Stream, "dead_letter_stream", q.o.DeadLetterStream, "replicas", q.o.Replicas)
+			return
+		}
+		q.log.Warn("cannot set up JetStream streams, retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (q *Queue) ensure(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:     q.o.Stream,
+		Subjects: []string{q.scheduleSubject("*"), q.dueSubject()},
+		Storage:  jetstream.FileStorage,
+		// A message is removed once the connector acknowledges it; a
+		// schedule once it has fired.
+		Retention:         jetstream.WorkQueuePolicy,
+		Replicas:          q.o.Replicas,
+		AllowMsgSchedules: true,
+		AllowRollup:       true, // required by schedules
+		Duplicates:        2 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", q.o.Stream, err)
+	}
+	_, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       q.o.DeadLetterStream,
+		Subjects:   []string{q.deadLetterSubject()},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		Replicas:   q.o.Replicas,
+		MaxAge:     q.o.DeadLetterMaxAge,
+		Duplicates: 2 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", q.o.DeadLetterStream, err)
+	}
+	_, err = q.js.CreateOrUpdateConsumer(ctx, q.o.Stream, jetstream.ConsumerConfig{
+		Durable:       q.o.Consumer,
+		FilterSubject: q.dueSubject(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       q.ackWait(),
+		MaxAckPending: -1, // each connector bounds what it holds itself
+		MaxDeliver:    -1, // a message is never dropped after N tries
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", q.o.Consumer, err)
+	}
+	return nil
+}
+
+// Connected reports whether the server is reachable and the streams exist.
+func (q *Queue) Connected() bool { return q.ready.Load() && q.nc.IsConnected() }
+
+// MaxPayload is the largest encoded envelope the server accepts.
+func (q *Queue) MaxPayload() int {
+	if mp := q.nc.MaxPayload(); mp > 0 {
+		return int(mp) - headerRoom
+	}
+	return 1<<20 - headerRoom // NATS default until the server says otherwise
+}
+
+// Schedule stores e: as a schedule firing scheduleLead before it is due,
+// or straight onto the due subject when it is nearly due.
+func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
+	data, err := q.encode(e)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(q.dueSubject())
+	m.Data = data
+	if fire := e.DueAt.Add(-scheduleLead); time.Until(fire) > 0 {
+		m.Subject = q.scheduleSubject(e.ID)
+		// Written by hand: nats.go's WithScheduleAt drops the fraction of
+		// the second.
+		m.Header.Set(jetstream.ScheduleHeader, "@at "+fire.UTC().Format(time.RFC3339Nano))
+		m.Header.Set(jetstream.ScheduleTargetHeader, q.dueSubject())
+	}
+	return q.publish(ctx, m, e.ID+"."+strconv.Itoa(e.Retries))
+}
+
+// DeadLetter stores e in the dead-letter stream.
+func (q *Queue) DeadLetter(ctx context.Context, e *envelope.Envelope) error {
+	data, err := q.encode(e)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(q.deadLetterSubject())
+	m.Data = data
+	return q.publish(ctx, m, e.ID+".dead")
+}
+
+func (q *Queue) encode(e *envelope.Envelope) ([]byte, error) {
+	data, err := envelope.Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > q.MaxPayload() {
+		return nil, fmt.Errorf("%w: %d bytes encoded, at most %d", queue.ErrTooLarge, len(data), q.MaxPayload())
+	}
+	return data, nil
+}
+
+// publish returns once the stream has stored m (on a quorum of replicas).
+func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string) error {
+	if !q.Connected() {
+		return queue.ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
+	defer cancel()
+	_, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
+	default:
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, m.Subject, err)
+	}
+}
+
+// Close closes the connection. It is safe to call more than once.
+func (q *Queue) Close() error {
+	q.cancel()
+	<-q.done
+	q.nc.Close()
+	return nil
+}
