@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/jsserver"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/service"
 	"github.com/openfaas/mailbox/internal/stanserver"
@@ -90,26 +91,43 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 	return serve(ctx, cfg, cfg.Logger(stderr), ready)
 }
 
-func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(string)) error {
-	slog.SetDefault(logger)
-	// connector-sdk logs every invocation through the standard logger;
-	// with slog as the default that becomes debug output.
-	slog.SetLogLoggerLevel(slog.LevelDebug)
-	if cfg.NATSURL == "" {
-		dir := filepath.Join(cfg.DataDir, "nats")
+// embed starts the server the backend needs, storing in data_dir.
+func embed(cfg config.Config) (url string, shutdown func(), err error) {
+	switch cfg.Backend {
+	case "jetstream":
+		srv, err := jsserver.Start(jsserver.Options{Dir: filepath.Join(cfg.DataDir, "jetstream")})
+		if err != nil {
+			return "", nil, err
+		}
+		return srv.URL(), srv.Shutdown, nil
+	default:
 		srv, err := stanserver.Start(stanserver.Options{
-			Dir:       dir,
+			Dir:       filepath.Join(cfg.DataDir, "nats"),
 			ClusterID: cfg.NATSClusterID,
 			Retention: cfg.MaxDelay + outageTolerance,
 			// Dead letters are kept until they are dealt with.
 			DeadLetterChannel: stan.DeadLetterChannel(cfg.ChannelPrefix),
 		})
 		if err != nil {
+			return "", nil, err
+		}
+		return srv.URL(), srv.Shutdown, nil
+	}
+}
+
+func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(string)) error {
+	slog.SetDefault(logger)
+	// connector-sdk logs every invocation through the standard logger;
+	// with slog as the default that becomes debug output.
+	slog.SetLogLoggerLevel(slog.LevelDebug)
+	if cfg.NATSURL == "" {
+		url, shutdown, err := embed(cfg)
+		if err != nil {
 			return fmt.Errorf("data_dir: %w", err)
 		}
-		defer srv.Shutdown()
-		cfg.NATSURL = srv.URL()
-		logger.Info("embedded NATS Streaming started", "url", cfg.NATSURL, "store", dir)
+		defer shutdown()
+		cfg.NATSURL = url
+		logger.Info("embedded NATS server started", "backend", cfg.Backend, "url", url, "data_dir", cfg.DataDir)
 	}
 
 	reg, err := service.Registry()

@@ -31,13 +31,26 @@ import (
 
 // Config is the validated configuration of the mailbox service.
 type Config struct {
-	// Backend is the queue backend. Only "stan" (NATS Streaming) is
-	// supported for now. Defaults to stan.
+	// Backend is the queue backend: "stan" (NATS Streaming) or
+	// "jetstream". Defaults to stan.
 	Backend string
 	// NATSURL is the NATS server, a nats:// or tls:// URL. Empty means the
 	// caller embeds a server (the standalone binary does); a binary that
 	// cannot embed one must reject it. Defaults to nats://nats.openfaas:4222.
 	NATSURL string
+	// NATSCredentialsFile is a NATS .creds file; empty for none.
+	NATSCredentialsFile string
+	// JetStreamStream holds waiting messages; dead letters go to
+	// <JetStreamStream>-deadletter. Defaults to mailbox.
+	JetStreamStream string
+	// JetStreamConsumer is the durable consumer connectors share.
+	// Defaults to connector.
+	JetStreamConsumer string
+	// JetStreamReplicas of each stream, 1..5. Defaults to 1.
+	JetStreamReplicas int
+	// DeadLetterMaxAge bounds how long JetStream keeps dead letters; zero
+	// keeps them until removed. Defaults to 0.
+	DeadLetterMaxAge time.Duration
 	// NATSClusterID is the NATS Streaming cluster id ([A-Za-z0-9_-]+).
 	// Defaults to faas-cluster.
 	NATSClusterID string

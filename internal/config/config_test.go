@@ -29,6 +29,9 @@ func builtin() Config {
 	return Config{
 		Backend:           "stan",
 		NATSURL:           "nats://nats.openfaas:4222",
+		JetStreamStream:   "mailbox",
+		JetStreamConsumer: "connector",
+		JetStreamReplicas: 1,
 		NATSClusterID:     "faas-cluster",
 		ChannelPrefix:     "mailbox",
 		GatewayURL:        "http://gateway.openfaas:8080",
@@ -168,6 +171,14 @@ func TestLoadValid(t *testing.T) {
 	}{
 		{"backend", "stan", func(c *Config) { c.Backend = "stan" }},
 		{"backend", "STAN", func(c *Config) { c.Backend = "stan" }},
+		{"backend", "jetstream", func(c *Config) { c.Backend = "jetstream" }},
+		{"nats_url", "nats://a:4222,nats://b:4222", func(c *Config) { c.NATSURL = "nats://a:4222,nats://b:4222" }},
+		{"nats_credentials_file", "/secrets/nats.creds", func(c *Config) { c.NATSCredentialsFile = "/secrets/nats.creds" }},
+		{"jetstream_stream", "MB_2-x", func(c *Config) { c.JetStreamStream = "MB_2-x" }},
+		{"jetstream_consumer", "worker", func(c *Config) { c.JetStreamConsumer = "worker" }},
+		{"jetstream_replicas", "3", func(c *Config) { c.JetStreamReplicas = 3 }},
+		{"dead_letter_max_age", "336h", func(c *Config) { c.DeadLetterMaxAge = 336 * time.Hour }},
+		{"dead_letter_max_age", "60", func(c *Config) { c.DeadLetterMaxAge = time.Minute }},
 		{"nats_url", "nats://127.0.0.1:4222", func(c *Config) { c.NATSURL = "nats://127.0.0.1:4222" }},
 		{"nats_url", "tls://nats.example.com:4443", func(c *Config) { c.NATSURL = "tls://nats.example.com:4443" }},
 		{"nats_cluster_id", "my_Cluster-2", func(c *Config) { c.NATSClusterID = "my_Cluster-2" }},
@@ -222,7 +233,13 @@ func TestLoadInvalid(t *testing.T) {
 		key, value string
 		want       string // the whole error
 	}{
-		{"backend", "jetstream", `config: backend: "jetstream" is not one of stan`},
+		{"backend", "kafka", `config: backend: "kafka" is not one of stan, jetstream`},
+		{"nats_url", "nats://a:4222,http://b", `config: nats_url: "http://b" is not a nats:// or tls:// URL`},
+		{"jetstream_stream", "mail.box", `config: jetstream_stream: "mail.box" has characters outside [A-Za-z0-9_-]`},
+		{"jetstream_consumer", "a b", `config: jetstream_consumer: "a b" has characters outside [A-Za-z0-9_-]`},
+		{"jetstream_replicas", "6", `config: jetstream_replicas: "6" is greater than 5`},
+		{"jetstream_replicas", "0", `config: jetstream_replicas: "0" is less than 1`},
+		{"dead_letter_max_age", "-1h", `config: dead_letter_max_age: "-1h" is negative`},
 		{"nats_url", "http://nats:4222", `config: nats_url: "http://nats:4222" is not a nats:// or tls:// URL`},
 		{"nats_url", "nats://", `config: nats_url: "nats://" has no host`},
 		{"nats_url", "nats.openfaas:4222", `config: nats_url: "nats.openfaas:4222" is not a nats:// or tls:// URL`},
@@ -521,7 +538,9 @@ func TestSettings(t *testing.T) {
 	t.Parallel()
 
 	wantNames := []string{
-		"backend", "nats_url", "nats_cluster_id", "channel_prefix", "gateway_url",
+		"backend", "nats_url", "nats_credentials_file", "nats_cluster_id",
+		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
+		"channel_prefix", "gateway_url",
 		"basic_auth", "secret_mount_path", "max_inflight", "upstream_timeout",
 		"default_max_retries", "default_delay", "max_retries_limit", "max_delay",
 		"max_body_bytes", "keep_credentials", "listen", "data_dir", "log_level", "log_format",
@@ -537,7 +556,7 @@ func TestSettings(t *testing.T) {
 		if s.Usage == "" {
 			t.Errorf("setting %q has no usage", s.Name)
 		}
-		if s.Default == "" {
+		if s.Default == "" && !s.emptyIsValue {
 			t.Errorf("setting %q has no default", s.Name)
 		}
 		if want := strings.ReplaceAll(s.Name, "_", "-"); s.FlagName() != want {
@@ -547,8 +566,10 @@ func TestSettings(t *testing.T) {
 
 	// Every setting reaches the Config: a valid non-default value changes it.
 	nonDefault := map[string]string{
-		"backend": "STAN", "nats_url": "tls://n:1", "nats_cluster_id": "c", "channel_prefix": "p",
-		"gateway_url": "http://g", "basic_auth": "true", "secret_mount_path": "/s", "max_inflight": "1",
+		"backend": "jetstream", "nats_url": "tls://n:1", "nats_credentials_file": "/c", "nats_cluster_id": "c",
+		"jetstream_stream": "s", "jetstream_consumer": "k", "jetstream_replicas": "3", "dead_letter_max_age": "1h",
+		"channel_prefix": "p",
+		"gateway_url":    "http://g", "basic_auth": "true", "secret_mount_path": "/s", "max_inflight": "1",
 		"upstream_timeout": "1", "default_max_retries": "1", "default_delay": "1", "max_retries_limit": "20",
 		"max_delay": "1h", "max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
 		"data_dir": "/d", "log_level": "debug", "log_format": "text",

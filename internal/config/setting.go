@@ -12,7 +12,7 @@ import (
 )
 
 // backends are the accepted values of the backend setting.
-func backends() []string { return []string{"stan"} }
+func backends() []string { return []string{"stan", "jetstream"} }
 
 // maxDelayLimit is the largest max_delay accepted: 2^21 seconds.
 const maxDelayLimit = (1 << 21) * time.Second
@@ -74,17 +74,27 @@ func settings() []Setting {
 		},
 		{
 			Name: "nats_url", Default: "nats://nats.openfaas:4222",
-			Usage:        "NATS server, a nats:// or tls:// URL; empty embeds a server where supported",
+			Usage:        "NATS server, a nats:// or tls:// URL (JetStream: a comma-separated list of cluster members); empty embeds a server where supported",
 			emptyIsValue: true,
 			apply: func(c *Config, v string) error {
-				if v == "" {
-					c.NATSURL = ""
-					return nil
-				}
-				if err := checkURL(v, "nats", "tls"); err != nil {
-					return err
+				for u := range strings.SplitSeq(v, ",") {
+					if v == "" {
+						break
+					}
+					if err := checkURL(strings.TrimSpace(u), "nats", "tls"); err != nil {
+						return err
+					}
 				}
 				c.NATSURL = v
+				return nil
+			},
+		},
+		{
+			Name: "nats_credentials_file", Default: "",
+			Usage:        "NATS credentials (.creds) file; empty for none",
+			emptyIsValue: true,
+			apply: func(c *Config, v string) error {
+				c.NATSCredentialsFile = v
 				return nil
 			},
 		},
@@ -99,6 +109,39 @@ func settings() []Setting {
 				}
 				c.NATSClusterID = v
 				return nil
+			},
+		},
+		{
+			Name: "jetstream_stream", Default: "mailbox",
+			Usage: "JetStream stream of waiting messages; dead letters go to <it>-deadletter",
+			apply: func(c *Config, v string) (err error) {
+				c.JetStreamStream, err = name(v)
+				return err
+			},
+		},
+		{
+			Name: "jetstream_consumer", Default: "connector",
+			Usage: "durable JetStream consumer shared by connectors",
+			apply: func(c *Config, v string) (err error) {
+				c.JetStreamConsumer, err = name(v)
+				return err
+			},
+		},
+		{
+			Name: "jetstream_replicas", Default: "1",
+			Usage: "replicas of each JetStream stream: 1, or 3 or 5 on a cluster",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 5)
+				c.JetStreamReplicas = int(n)
+				return err
+			},
+		},
+		{
+			Name: "dead_letter_max_age", Default: "0",
+			Usage: "JetStream: how long dead letters are kept; 0 keeps them until removed",
+			apply: func(c *Config, v string) (err error) {
+				c.DeadLetterMaxAge, err = parseDuration(v, false, 0)
+				return err
 			},
 		},
 		{
@@ -301,6 +344,13 @@ func parseDuration(v string, positive bool, hi time.Duration) (time.Duration, er
 		return 0, fmt.Errorf("%q is greater than %s", v, hi)
 	}
 	return d, nil
+}
+
+// name checks a stream or consumer name: letters, digits, '_' and '-'.
+func name(v string) (string, error) {
+	return v, checkChars(v, "A-Za-z0-9_-", func(r rune) bool {
+		return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+	})
 }
 
 func nonEmpty(v string) (string, error) {

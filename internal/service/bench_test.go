@@ -24,12 +24,14 @@ import (
 func BenchmarkLateness(b *testing.B) {
 	// burst: callers requeue as fast as the broker acknowledges, which
 	// saturates a two-core machine; steady: 200 requeues a second.
-	b.Run("burst", func(b *testing.B) { benchLateness(b, 0) })
-	b.Run("steady", func(b *testing.B) { benchLateness(b, 200) })
+	for _, backend := range backends {
+		b.Run(backend+"/burst", func(b *testing.B) { benchLateness(b, backend, 0) })
+		b.Run(backend+"/steady", func(b *testing.B) { benchLateness(b, backend, 200) })
+	}
 }
 
-func benchLateness(b *testing.B, perSecond int) {
-	bb := setup(b)
+func benchLateness(b *testing.B, backend string, perSecond int) {
+	bb := setup(b, backend)
 	var (
 		mu   sync.Mutex
 		late []time.Duration

@@ -28,6 +28,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/service"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
@@ -148,16 +149,54 @@ func (g *gateway) distinctIDs(name string) int {
 
 // bundle is one mailbox under test.
 type bundle struct {
-	nats *stanservertest.Server
+	nats broker
 	gw   *gateway
 	cfg  config.Config
 	api  *httptest.Server
 	reg  *prometheus.Registry // the connector's
 }
 
-func setup(t testing.TB) *bundle {
+// broker is an embedded NATS server for one backend.
+type broker interface {
+	URL() string
+	Restart(t testing.TB)
+	Stop()
+	DeadLetters(t testing.TB) []*envelope.Envelope
+}
+
+type stanBroker struct{ *stanservertest.Server }
+
+func (s stanBroker) DeadLetters(t testing.TB) []*envelope.Envelope {
+	return s.Server.DeadLetters(t, "mailbox")
+}
+
+type jetStreamBroker struct{ *jsservertest.Server }
+
+func (s jetStreamBroker) DeadLetters(t testing.TB) []*envelope.Envelope {
+	return jsservertest.DeadLetters(t, s.URL(), "mailbox-deadletter")
+}
+
+var backends = []string{"stan", "jetstream"}
+
+// forEachBackend runs test against a fresh mailbox on each backend.
+func forEachBackend(t *testing.T, test func(t *testing.T, b *bundle)) {
+	t.Parallel()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			test(t, setup(t, backend))
+		})
+	}
+}
+
+func setup(t testing.TB, backend string) *bundle {
 	t.Helper()
-	b := &bundle{nats: stanservertest.Start(t), gw: startGateway(t)}
+	b := &bundle{gw: startGateway(t)}
+	if backend == "jetstream" {
+		b.nats = jetStreamBroker{jsservertest.Start(t)}
+	} else {
+		b.nats = stanBroker{stanservertest.Start(t)}
+	}
 	secrets := t.TempDir()
 	for name, v := range map[string]string{"basic-auth-user": b.gw.user, "basic-auth-password": b.gw.password} {
 		if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
@@ -165,6 +204,7 @@ func setup(t testing.TB) *bundle {
 		}
 	}
 	env := map[string]string{
+		"backend":           backend,
 		"nats_url":          b.nats.URL(),
 		"gateway_url":       b.gw.url(),
 		"basic_auth":        "true",
@@ -276,213 +316,213 @@ func (b *bundle) mustSchedule(t *testing.T, fn string, body []byte, headers ...s
 }
 
 func TestDelayBodyAndHeadersArrive(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.startConnector(t)
-	body := []byte{0, 1, 2, 0xff, 'h', 'i'}
-	code, a, h := b.requeue(t, "echo", body,
-		"X-Delay-Duration", "1500ms", "X-Max-Retries", "4", "X-Retries", "1",
-		"Content-Type", "application/octet-stream", "X-Custom", "kept",
-		"Authorization", "Bearer secret", "Cookie", "session=1")
-	if code != http.StatusAccepted || h.Get(envelope.HeaderMessageID) != a.ID || a.ID == "" {
-		t.Fatalf("answer %d %+v", code, a)
-	}
-	due, err := time.Parse(time.RFC3339Nano, a.DueAt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll.Until(t, 15*time.Second, "function called", func() bool { return len(b.gw.callsTo("echo")) == 1 })
-	c := b.gw.callsTo("echo")[0]
-	if c.at.Before(due) {
-		t.Errorf("delivered %v before it was due", due.Sub(c.at))
-	}
-	if !bytes.Equal(c.body, body) {
-		t.Errorf("body %q, want %q", c.body, body)
-	}
-	want := map[string]string{
-		"Content-Type":            "application/octet-stream",
-		"X-Custom":                "kept",
-		"Authorization":           "",
-		"Cookie":                  "",
-		envelope.HeaderRetries:    "1",
-		envelope.HeaderMaxRetries: "4",
-		envelope.HeaderDelay:      "1.5s",
-		envelope.HeaderMessageID:  a.ID,
-		"User-Agent":              service.UserAgent,
-	}
-	for k, v := range want {
-		if got := c.header.Get(k); got != v {
-			t.Errorf("header %s = %q, want %q", k, got, v)
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		body := []byte{0, 1, 2, 0xff, 'h', 'i'}
+		code, a, h := b.requeue(t, "echo", body,
+			"X-Delay-Duration", "1500ms", "X-Max-Retries", "4", "X-Retries", "1",
+			"Content-Type", "application/octet-stream", "X-Custom", "kept",
+			"Authorization", "Bearer secret", "Cookie", "session=1")
+		if code != http.StatusAccepted || h.Get(envelope.HeaderMessageID) != a.ID || a.ID == "" {
+			t.Fatalf("answer %d %+v", code, a)
 		}
-	}
+		due, err := time.Parse(time.RFC3339Nano, a.DueAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 15*time.Second, "function called", func() bool { return len(b.gw.callsTo("echo")) == 1 })
+		c := b.gw.callsTo("echo")[0]
+		if c.at.Before(due) {
+			t.Errorf("delivered %v before it was due", due.Sub(c.at))
+		}
+		if !bytes.Equal(c.body, body) {
+			t.Errorf("body %q, want %q", c.body, body)
+		}
+		want := map[string]string{
+			"Content-Type":            "application/octet-stream",
+			"X-Custom":                "kept",
+			"Authorization":           "",
+			"Cookie":                  "",
+			envelope.HeaderRetries:    "1",
+			envelope.HeaderMaxRetries: "4",
+			envelope.HeaderDelay:      "1.5s",
+			envelope.HeaderMessageID:  a.ID,
+			"User-Agent":              service.UserAgent,
+		}
+		for k, v := range want {
+			if got := c.header.Get(k); got != v {
+				t.Errorf("header %s = %q, want %q", k, got, v)
+			}
+		}
+	})
 }
 
 func TestFailingFunctionIsDeadLetteredAfterMaxRetries(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.gw.on("broken", func(int) int { return http.StatusInternalServerError })
-	b.startConnector(t)
-	a := b.mustSchedule(t, "broken", []byte("payload"), "X-Max-Retries", "2", "X-Delay-Duration", "200ms")
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.gw.on("broken", func(int) int { return http.StatusInternalServerError })
+		b.startConnector(t)
+		a := b.mustSchedule(t, "broken", []byte("payload"), "X-Max-Retries", "2", "X-Delay-Duration", "200ms")
 
-	var dead []*envelope.Envelope
-	poll.Until(t, 20*time.Second, "dead letter stored", func() bool {
-		dead = b.nats.DeadLetters(t, "mailbox")
-		return len(dead) == 1
-	})
-	calls := b.gw.callsTo("broken")
-	if len(calls) != 3 {
-		t.Fatalf("function called %d times, want 3 (X-Retries 0, 1, 2)", len(calls))
-	}
-	for i, c := range calls {
-		if got := c.header.Get(envelope.HeaderRetries); got != strconv.Itoa(i) {
-			t.Errorf("call %d had X-Retries %q", i, got)
+		var dead []*envelope.Envelope
+		poll.Until(t, 20*time.Second, "dead letter stored", func() bool {
+			dead = b.nats.DeadLetters(t)
+			return len(dead) == 1
+		})
+		calls := b.gw.callsTo("broken")
+		if len(calls) != 3 {
+			t.Fatalf("function called %d times, want 3 (X-Retries 0, 1, 2)", len(calls))
 		}
-	}
-	d := dead[0]
-	if d.ID != a.ID || d.Reason != envelope.ReasonMaxRetries || d.Function != "broken" || d.LastStatus != 500 ||
-		d.LastResponse != "answer 3 of broken" || string(d.Body) != "payload" || d.Retries != 2 ||
-		d.FirstAttemptAt.IsZero() || !d.LastAttemptAt.After(d.FirstAttemptAt) {
-		t.Fatalf("dead letter %+v", d)
-	}
-	if got := counter(t, b.reg, "mailbox_dead_letters_total"); got != 1 {
-		t.Fatalf("mailbox_dead_letters_total = %v, want 1", got)
-	}
+		for i, c := range calls {
+			if got := c.header.Get(envelope.HeaderRetries); got != strconv.Itoa(i) {
+				t.Errorf("call %d had X-Retries %q", i, got)
+			}
+		}
+		d := dead[0]
+		if d.ID != a.ID || d.Reason != envelope.ReasonMaxRetries || d.Function != "broken" || d.LastStatus != 500 ||
+			d.LastResponse != "answer 3 of broken" || string(d.Body) != "payload" || d.Retries != 2 ||
+			d.FirstAttemptAt.IsZero() || !d.LastAttemptAt.After(d.FirstAttemptAt) {
+			t.Fatalf("dead letter %+v", d)
+		}
+		if got := counter(t, b.reg, "mailbox_dead_letters_total"); got != 1 {
+			t.Fatalf("mailbox_dead_letters_total = %v, want 1", got)
+		}
+	})
 }
 
 func TestFunctionSucceedingOnThirdCallIsCalledThreeTimes(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.gw.on("flaky", func(n int) int {
-		if n < 3 {
-			return http.StatusTooManyRequests
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.gw.on("flaky", func(n int) int {
+			if n < 3 {
+				return http.StatusTooManyRequests
+			}
+			return http.StatusOK
+		})
+		b.startConnector(t)
+		b.mustSchedule(t, "flaky", []byte("x"), "X-Max-Retries", "5", "X-Delay-Duration", "100ms")
+		poll.Until(t, 15*time.Second, "third call", func() bool { return len(b.gw.callsTo("flaky")) >= 3 })
+		// A fourth call would follow within the 100 ms delay if the third
+		// success were not acknowledged; the delivered counter settles first.
+		poll.Until(t, 5*time.Second, "delivery counted", func() bool {
+			return counter(t, b.reg, "mailbox_delivered_total") == 1
+		})
+		if n := len(b.gw.callsTo("flaky")); n != 3 {
+			t.Fatalf("function called %d times, want 3", n)
 		}
-		return http.StatusOK
+		if dead := b.nats.DeadLetters(t); len(dead) != 0 {
+			t.Fatalf("%d dead letters, want none", len(dead))
+		}
 	})
-	b.startConnector(t)
-	b.mustSchedule(t, "flaky", []byte("x"), "X-Max-Retries", "5", "X-Delay-Duration", "100ms")
-	poll.Until(t, 15*time.Second, "third call", func() bool { return len(b.gw.callsTo("flaky")) >= 3 })
-	// A fourth call would follow within the 100 ms delay if the third
-	// success were not acknowledged; the delivered counter settles first.
-	poll.Until(t, 5*time.Second, "delivery counted", func() bool {
-		return counter(t, b.reg, "mailbox_delivered_total") == 1
-	})
-	if n := len(b.gw.callsTo("flaky")); n != 3 {
-		t.Fatalf("function called %d times, want 3", n)
-	}
-	if dead := b.nats.DeadLetters(t, "mailbox"); len(dead) != 0 {
-		t.Fatalf("%d dead letters, want none", len(dead))
-	}
 }
 
 func TestRequeueAboveMaxRetriesIsDeadLetter(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.startConnector(t)
-	code, a, _ := b.requeue(t, "done", []byte("late"), "X-Retries", "4", "X-Max-Retries", "3")
-	if code != http.StatusOK || a.Status != "dead-lettered" || a.Reason != envelope.ReasonMaxRetries {
-		t.Fatalf("answer %d %+v, want 200 dead-lettered", code, a)
-	}
-	var dead []*envelope.Envelope
-	poll.Until(t, 10*time.Second, "dead letter stored", func() bool {
-		dead = b.nats.DeadLetters(t, "mailbox")
-		return len(dead) == 1
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		code, a, _ := b.requeue(t, "done", []byte("late"), "X-Retries", "4", "X-Max-Retries", "3")
+		if code != http.StatusOK || a.Status != "dead-lettered" || a.Reason != envelope.ReasonMaxRetries {
+			t.Fatalf("answer %d %+v, want 200 dead-lettered", code, a)
+		}
+		var dead []*envelope.Envelope
+		poll.Until(t, 10*time.Second, "dead letter stored", func() bool {
+			dead = b.nats.DeadLetters(t)
+			return len(dead) == 1
+		})
+		if dead[0].ID != a.ID || string(dead[0].Body) != "late" {
+			t.Fatalf("dead letter %+v", dead[0])
+		}
+		if n := len(b.gw.callsTo("done")); n != 0 {
+			t.Fatalf("function called %d times, want 0", n)
+		}
 	})
-	if dead[0].ID != a.ID || string(dead[0].Body) != "late" {
-		t.Fatalf("dead letter %+v", dead[0])
-	}
-	if n := len(b.gw.callsTo("done")); n != 0 {
-		t.Fatalf("function called %d times, want 0", n)
-	}
 }
 
 func TestConnectorAndNATSRestartsLoseNothing(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	stop := b.startConnector(t)
-	const n = 30
-	for i := range n {
-		b.mustSchedule(t, "steady", []byte(strconv.Itoa(i)), "X-Delay-Duration", strconv.Itoa(1+i%3))
-	}
-	// Stop the connector before anything is due, then restart NATS while
-	// every message waits, then start a new connector.
-	stop()
-	b.nats.Restart(t)
-	poll.Until(t, 15*time.Second, "API reconnects", func() bool { return b.health() == http.StatusOK })
-	b.startConnector(t)
-	poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		stop := b.startConnector(t)
+		const n = 30
+		for i := range n {
+			b.mustSchedule(t, "steady", []byte(strconv.Itoa(i)), "X-Delay-Duration", strconv.Itoa(1+i%3))
+		}
+		// Stop the connector before anything is due, then restart NATS while
+		// every message waits, then start a new connector.
+		stop()
+		b.nats.Restart(t)
+		poll.Until(t, 15*time.Second, "API reconnects", func() bool { return b.health() == http.StatusOK })
+		b.startConnector(t)
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+	})
 }
 
 func TestNATSRestartDuringDeliveryLosesNothing(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.startConnector(t)
-	const n = 30
-	for i := range n {
-		b.mustSchedule(t, "steady", []byte(strconv.Itoa(i)), "X-Delay-Duration", strconv.Itoa(i%4))
-	}
-	poll.Until(t, 15*time.Second, "some delivered", func() bool { return b.gw.distinctIDs("steady") > 0 })
-	b.nats.Restart(t)
-	poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		const n = 30
+		for i := range n {
+			b.mustSchedule(t, "steady", []byte(strconv.Itoa(i)), "X-Delay-Duration", strconv.Itoa(i%4))
+		}
+		poll.Until(t, 15*time.Second, "some delivered", func() bool { return b.gw.distinctIDs("steady") > 0 })
+		b.nats.Restart(t)
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+	})
 }
 
 func TestShortDelayNotBehindLongOnes(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.startConnector(t)
-	for i := range 200 {
-		b.mustSchedule(t, "slow", []byte(strconv.Itoa(i)), "X-Delay-Duration", "3600")
-	}
-	for i := range 5 {
-		b.mustSchedule(t, "fast", []byte(strconv.Itoa(i)), "X-Delay-Duration", "1")
-	}
-	poll.Until(t, 15*time.Second, "1 s messages delivered", func() bool { return b.gw.distinctIDs("fast") == 5 })
-	if n := len(b.gw.callsTo("slow")); n != 0 {
-		t.Fatalf("%d one-hour messages delivered early", n)
-	}
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		for i := range 200 {
+			b.mustSchedule(t, "slow", []byte(strconv.Itoa(i)), "X-Delay-Duration", "3600")
+		}
+		for i := range 5 {
+			b.mustSchedule(t, "fast", []byte(strconv.Itoa(i)), "X-Delay-Duration", "1")
+		}
+		poll.Until(t, 15*time.Second, "1 s messages delivered", func() bool { return b.gw.distinctIDs("fast") == 5 })
+		if n := len(b.gw.callsTo("slow")); n != 0 {
+			t.Fatalf("%d one-hour messages delivered early", n)
+		}
+	})
 }
 
 func TestGatewayOutagePausesDeliveries(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.startConnector(t)
-	b.gw.stop()
-	const n = 10
-	for i := range n {
-		b.mustSchedule(t, "patient", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "1")
-	}
-	// The first calls fail and are scheduled again; then the connector
-	// pauses and probes the gateway with the function lookup until it
-	// answers, instead of spending every retry.
-	poll.Until(t, 10*time.Second, "failed calls scheduled again and deliveries paused", func() bool {
-		return counter(t, b.reg, "mailbox_retries_scheduled_total") > 0 && gauge(t, b.reg, "mailbox_gateway_up") == 0
-	})
-	b.gw.restart(t)
-	poll.Until(t, 30*time.Second, "every message delivered after the outage", func() bool { return b.gw.distinctIDs("patient") == n })
-	if dead := b.nats.DeadLetters(t, "mailbox"); len(dead) != 0 {
-		t.Fatalf("%d dead letters after a gateway outage, want none", len(dead))
-	}
-	for _, c := range b.gw.callsTo("patient") {
-		if r := c.header.Get(envelope.HeaderRetries); r != "0" && r != "1" {
-			t.Errorf("delivered with X-Retries %s, want 0 or 1: calls waiting at the paused gate do not count", r)
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		b.gw.stop()
+		const n = 10
+		for i := range n {
+			b.mustSchedule(t, "patient", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "1")
 		}
-	}
-	if gauge(t, b.reg, "mailbox_gateway_up") != 1 {
-		t.Errorf("mailbox_gateway_up is not 1 after the gateway is back")
-	}
-	if b.gw.lookups.Load() == 0 || b.gw.denied.Load() != 0 {
-		t.Fatalf("lookups %d, denied %d: want authenticated lookups", b.gw.lookups.Load(), b.gw.denied.Load())
-	}
+		// The first calls fail and are scheduled again; then the connector
+		// pauses and probes the gateway with the function lookup until it
+		// answers, instead of spending every retry.
+		poll.Until(t, 10*time.Second, "failed calls scheduled again and deliveries paused", func() bool {
+			return counter(t, b.reg, "mailbox_retries_scheduled_total") > 0 && gauge(t, b.reg, "mailbox_gateway_up") == 0
+		})
+		b.gw.restart(t)
+		poll.Until(t, 30*time.Second, "every message delivered after the outage", func() bool { return b.gw.distinctIDs("patient") == n })
+		if dead := b.nats.DeadLetters(t); len(dead) != 0 {
+			t.Fatalf("%d dead letters after a gateway outage, want none", len(dead))
+		}
+		for _, c := range b.gw.callsTo("patient") {
+			if r := c.header.Get(envelope.HeaderRetries); r != "0" && r != "1" {
+				t.Errorf("delivered with X-Retries %s, want 0 or 1: calls waiting at the paused gate do not count", r)
+			}
+		}
+		if gauge(t, b.reg, "mailbox_gateway_up") != 1 {
+			t.Errorf("mailbox_gateway_up is not 1 after the gateway is back")
+		}
+		if b.gw.lookups.Load() == 0 || b.gw.denied.Load() != 0 {
+			t.Fatalf("lookups %d, denied %d: want authenticated lookups", b.gw.lookups.Load(), b.gw.denied.Load())
+		}
+	})
 }
 
 func TestRequeueWhileNATSDownIs503(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	b.nats.Stop()
-	poll.Until(t, 15*time.Second, "health fails", func() bool { return b.health() == http.StatusServiceUnavailable })
-	code, a, h := b.requeue(t, "fn", []byte("x"))
-	if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || a.Error == "" {
-		t.Fatalf("answer %d %+v Retry-After %q, want 503 with Retry-After", code, a, h.Get("Retry-After"))
-	}
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.nats.Stop()
+		poll.Until(t, 15*time.Second, "health fails", func() bool { return b.health() == http.StatusServiceUnavailable })
+		code, a, h := b.requeue(t, "fn", []byte("x"))
+		if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || a.Error == "" {
+			t.Fatalf("answer %d %+v Retry-After %q, want 503 with Retry-After", code, a, h.Get("Retry-After"))
+		}
+	})
 }
 
 // counter sums every series of the counter family name in reg.

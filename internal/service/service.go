@@ -23,6 +23,7 @@ import (
 	"github.com/openfaas/mailbox/internal/dispatch"
 	"github.com/openfaas/mailbox/internal/invoke"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/jetstream"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 )
 
@@ -57,14 +58,30 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	switch cfg.Backend {
 	case "stan":
 		return stan.Open(stan.Options{
-			URL:            cfg.NATSURL,
-			ClusterID:      cfg.NATSClusterID,
-			Prefix:         cfg.ChannelPrefix,
-			MaxInflight:    cfg.MaxInflight,
-			HandlerTimeout: handlerTimeout(cfg),
-			PublishTimeout: publishTimeout,
-			Logger:         logger,
-			Registerer:     reg,
+			URL:             cfg.NATSURL,
+			ClusterID:       cfg.NATSClusterID,
+			Prefix:          cfg.ChannelPrefix,
+			MaxInflight:     cfg.MaxInflight,
+			HandlerTimeout:  handlerTimeout(cfg),
+			PublishTimeout:  publishTimeout,
+			Logger:          logger,
+			Registerer:      reg,
+			CredentialsFile: cfg.NATSCredentialsFile,
+		})
+	case "jetstream":
+		return jetstream.Open(jetstream.Options{
+			URL:              cfg.NATSURL,
+			CredentialsFile:  cfg.NATSCredentialsFile,
+			Prefix:           cfg.ChannelPrefix,
+			Stream:           cfg.JetStreamStream,
+			Consumer:         cfg.JetStreamConsumer,
+			Replicas:         cfg.JetStreamReplicas,
+			DeadLetterMaxAge: cfg.DeadLetterMaxAge,
+			MaxInflight:      cfg.MaxInflight,
+			HandlerTimeout:   handlerTimeout(cfg),
+			PublishTimeout:   publishTimeout,
+			Logger:           logger,
+			Registerer:       reg,
 		})
 	default:
 		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)

@@ -49,6 +49,8 @@ const protocolOverhead = 512
 type Options struct {
 	// URL of the NATS server. Required.
 	URL string
+	// CredentialsFile is a NATS .creds file; empty for none.
+	CredentialsFile string
 	// ClusterID of NATS Streaming. Defaults to faas-cluster.
 	ClusterID string
 	// ClientID must be unique per process. Defaults to <Prefix>-<random>.
@@ -207,16 +209,20 @@ func (q *Queue) run() {
 
 func (q *Queue) connect() (*generation, error) {
 	g := &generation{lost: make(chan struct{})}
+	natsOpts := []nats.Option{
+		nats.Name(q.o.ClientID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		// Fail publishes at once while disconnected instead of buffering
+		// them: the API answers 503 and stores nothing.
+		nats.ReconnectBufSize(-1),
+	}
+	if q.o.CredentialsFile != "" {
+		natsOpts = append(natsOpts, nats.UserCredentials(q.o.CredentialsFile))
+	}
 	sc, err := stango.Connect(q.o.ClusterID, q.o.ClientID,
 		stango.NatsURL(q.o.URL),
-		stango.NatsOptions(
-			nats.Name(q.o.ClientID),
-			nats.MaxReconnects(-1),
-			nats.ReconnectWait(250*time.Millisecond),
-			// Fail publishes at once while disconnected instead of
-			// buffering them: the API answers 503 and stores nothing.
-			nats.ReconnectBufSize(-1),
-		),
+		stango.NatsOptions(natsOpts...),
 		stango.ConnectWait(5*time.Second),
 		stango.PubAckWait(q.o.PublishTimeout),
 		stango.Pings(1, 3),
