@@ -5,8 +5,10 @@ package jsservertest
 
 import (
 	"context"
+	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,4 +112,94 @@ func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
 		got = append(got, e)
 	}
 	return got
+}
+
+// Cluster is an embedded JetStream cluster on 127.0.0.1 owned by one test.
+type Cluster struct {
+	t       testing.TB
+	dirs    []string
+	ports   []int // client ports
+	routes  []int // cluster ports
+	servers []*jsserver.Server
+}
+
+// StartCluster runs n servers that route to each other and stop when the
+// test ends.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, servers: make([]*jsserver.Server, n)}
+	for range n {
+		c.dirs = append(c.dirs, t.TempDir())
+		c.ports = append(c.ports, freePort(t))
+		c.routes = append(c.routes, freePort(t))
+	}
+	t.Cleanup(func() {
+		for i := range c.servers {
+			c.Stop(i)
+		}
+	})
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { errs[i] = c.start(i) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func (c *Cluster) start(i int) error {
+	var routes []string
+	for j, p := range c.routes {
+		if j != i {
+			routes = append(routes, "nats://127.0.0.1:"+strconv.Itoa(p))
+		}
+	}
+	srv, err := jsserver.Start(jsserver.Options{
+		Dir:     c.dirs[i],
+		Port:    c.ports[i],
+		Name:    "mailbox-" + strconv.Itoa(i),
+		Cluster: jsserver.Cluster{Name: "mailbox", Port: c.routes[i], Routes: routes},
+	})
+	c.servers[i] = srv
+	return err
+}
+
+// URL lists every member, comma-separated, as a client's server list.
+func (c *Cluster) URL() string {
+	var urls []string
+	for _, p := range c.ports {
+		urls = append(urls, "nats://127.0.0.1:"+strconv.Itoa(p))
+	}
+	return strings.Join(urls, ",")
+}
+
+// Stop stops member i; it may be called more than once.
+func (c *Cluster) Stop(i int) {
+	if c.servers[i] != nil {
+		c.servers[i].Shutdown()
+		c.servers[i] = nil
+	}
+}
+
+// Start starts member i again with its stored data.
+func (c *Cluster) Start(i int) {
+	c.t.Helper()
+	if err := c.start(i); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -1,0 +1,92 @@
+package jetstream_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
+	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue/jetstream"
+)
+
+// With streams at three replicas, stopping any one server of three loses
+// no accepted message, and delivery goes on.
+func TestClusterSurvivesLosingAnyOneServer(t *testing.T) {
+	t.Parallel()
+	c := jsservertest.StartCluster(t, 3)
+	open := func() *jetstream.Queue {
+		q, err := jetstream.Open(jetstream.Options{
+			URL:            c.URL(),
+			Replicas:       3,
+			HandlerTimeout: 2 * time.Second,
+			PublishTimeout: 2 * time.Second,
+			Logger:         slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = q.Close() })
+		poll.Until(t, 30*time.Second, "streams created on the cluster", q.Connected)
+		return q
+	}
+	producer, consumer := open(), open()
+
+	var (
+		mu        sync.Mutex
+		delivered = map[string]bool{}
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = consumer.Consume(ctx, func(_ context.Context, e *envelope.Envelope) error {
+			mu.Lock()
+			delivered[e.ID] = true
+			mu.Unlock()
+			return nil
+		})
+	}()
+
+	var accepted []string
+	// accept stores a message, retrying while the cluster elects leaders;
+	// only a stored message counts as accepted.
+	accept := func(id string, delay time.Duration) {
+		e := &envelope.Envelope{ID: id, Function: "fn", Header: http.Header{}, Body: []byte(id), MaxRetries: 1, DueAt: time.Now().Add(delay)}
+		poll.Until(t, 30*time.Second, "message "+id+" accepted", func() bool {
+			return producer.Schedule(context.Background(), e) == nil
+		})
+		accepted = append(accepted, id)
+	}
+	all := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range accepted {
+			if !delivered[id] {
+				return false
+			}
+		}
+		return true
+	}
+
+	for down := range 3 {
+		// Waiting messages stored before the server stops: some due
+		// while it is down, some after it is back.
+		for i := range 10 {
+			accept(fmt.Sprintf("before-%d-%d", down, i), time.Duration(i%5)*time.Second)
+		}
+		c.Stop(down)
+		for i := range 10 {
+			accept(fmt.Sprintf("during-%d-%d", down, i), time.Duration(i%3)*time.Second)
+		}
+		poll.Until(t, 60*time.Second, fmt.Sprintf("every message delivered with server %d down", down), all)
+		c.Start(down)
+	}
+	if len(accepted) != 60 {
+		t.Fatalf("accepted %d messages, want 60", len(accepted))
+	}
+}
