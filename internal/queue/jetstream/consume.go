@@ -10,6 +10,9 @@ import (
 	"github.com/openfaas/mailbox/internal/queue/consume"
 )
 
+// ackTimeout bounds the wait for the server to confirm an ack.
+const ackTimeout = 5 * time.Second
+
 // releaseDelay is how long a message given back waits before the server
 // delivers it again, so a failing handler does not spin.
 const releaseDelay = time.Second
@@ -110,5 +113,12 @@ func (q *Queue) subscribe(ctx context.Context, handle jetstream.MessageHandler, 
 type msg struct{ m jetstream.Msg }
 
 func (m msg) Data() []byte { return m.m.Data() }
-func (m msg) Ack() error   { return m.m.Ack() }
 func (m msg) Release()     { _ = m.m.NakWithDelay(releaseDelay) }
+
+// Ack waits for the server to confirm, so that a message delivered just
+// before a shutdown is not delivered again after it.
+func (m msg) Ack() error {
+	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	defer cancel()
+	return m.m.DoubleAck(ctx)
+}
