@@ -8,13 +8,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/api"
 	"github.com/openfaas/mailbox/internal/config"
@@ -39,10 +35,7 @@ func run() error {
 		return err
 	}
 	logger := cfg.Logger(os.Stderr)
-	slog.SetDefault(logger)
-	// connector-sdk logs every invocation through the standard logger;
-	// with slog as the default that becomes debug output.
-	slog.SetLogLoggerLevel(slog.LevelDebug)
+	service.SetDefaultLogger(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -61,13 +54,7 @@ func run() error {
 		return err
 	}
 
-	// The first part to fail stops the other; a signal stops both.
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return service.Serve(ctx, cfg.Listen, api.Ops(q, reg), 5*time.Second, func(addr string) {
-			logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "nats_url", cfg.NATSURL)
-		})
+	return service.Run(ctx, cfg.Listen, api.Ops(q, reg), d, func(addr string) {
+		logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 	})
-	g.Go(func() error { return d.Run(ctx) })
-	return g.Wait()
 }

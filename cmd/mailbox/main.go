@@ -22,8 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/jsserver"
 	"github.com/openfaas/mailbox/internal/queue/stan"
@@ -121,10 +119,7 @@ func embed(cfg config.Config) (url string, shutdown func(), err error) {
 }
 
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready func(string)) error {
-	slog.SetDefault(logger)
-	// connector-sdk logs every invocation through the standard logger;
-	// with slog as the default that becomes debug output.
-	slog.SetLogLoggerLevel(slog.LevelDebug)
+	service.SetDefaultLogger(logger)
 	if cfg.NATSURL == "" {
 		url, shutdown, err := embed(cfg)
 		if err != nil {
@@ -153,17 +148,10 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return err
 	}
 
-	// The first part to fail stops the other; a signal stops both. On
-	// SIGTERM the API stops accepting, then deliveries in flight finish.
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return service.Serve(ctx, cfg.Listen, h, 10*time.Second, func(addr string) {
-			logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL)
-			if ready != nil {
-				ready(addr)
-			}
-		})
+	return service.Run(ctx, cfg.Listen, h, d, func(addr string) {
+		logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
+		if ready != nil {
+			ready(addr)
+		}
 	})
-	g.Go(func() error { return d.Run(ctx) })
-	return g.Wait()
 }

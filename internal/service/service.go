@@ -17,6 +17,7 @@ import (
 	"github.com/openfaas/faas-provider/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/api"
 	"github.com/openfaas/mailbox/internal/config"
@@ -175,4 +176,23 @@ func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration
 		return fmt.Errorf("http shutdown: %w", err)
 	}
 	return nil
+}
+
+// Run serves h on listen and delivers messages with d until ctx ends or
+// either fails: the first to fail stops the other. On shutdown the server
+// stops accepting first, then deliveries in flight finish. ready, if not
+// nil, gets the bound address.
+func Run(ctx context.Context, listen string, h http.Handler, d *dispatch.Dispatcher, ready func(addr string)) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return Serve(ctx, listen, h, 10*time.Second, ready) })
+	g.Go(func() error { return d.Run(ctx) })
+	return g.Wait()
+}
+
+// SetDefaultLogger makes logger the process's default. connector-sdk logs
+// every invocation through the standard logger; with slog as the default
+// that becomes debug output.
+func SetDefaultLogger(logger *slog.Logger) {
+	slog.SetDefault(logger)
+	slog.SetLogLoggerLevel(slog.LevelDebug)
 }

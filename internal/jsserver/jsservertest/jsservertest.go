@@ -6,12 +6,13 @@ package jsservertest
 import (
 	"context"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/servertest"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,60 +21,20 @@ import (
 	"github.com/openfaas/mailbox/internal/jsserver"
 )
 
-// Server is an embedded server owned by one test.
-type Server struct {
-	mu   sync.Mutex
-	dir  string
-	port int
-	srv  *jsserver.Server
-}
+// Server is an embedded server owned by one test; it keeps its address and
+// data across restarts.
+type Server struct{ *servertest.Server }
 
 // Start runs a server that stops when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{dir: t.TempDir(), port: -1}
-	s.start(t)
-	t.Cleanup(s.Stop)
-	return s
-}
-
-func (s *Server) start(t testing.TB) {
-	t.Helper()
-	srv, err := jsserver.Start(jsserver.Options{Dir: s.dir, Port: s.port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.port, _ = strconv.Atoi(u.Port())
-	s.srv = srv
-}
-
-// URL is the server's address; it stays the same across restarts.
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "nats://127.0.0.1:" + strconv.Itoa(s.port)
-}
-
-// Restart stops the server and starts it again with its stored data.
-func (s *Server) Restart(t testing.TB) {
-	s.Stop()
-	s.start(t)
-}
-
-// Stop stops the server; it may be called more than once.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.srv != nil {
-		s.srv.Shutdown()
-		s.srv = nil
-	}
+	return &Server{servertest.Start(t, func(dir string, port int) (string, func(), error) {
+		srv, err := jsserver.Start(jsserver.Options{Dir: dir, Port: port})
+		if err != nil {
+			return "", nil, err
+		}
+		return srv.URL(), srv.Shutdown, nil
+	})}
 }
 
 // DeadLetters reads every message of the dead-letter stream.

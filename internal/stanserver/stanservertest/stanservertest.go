@@ -4,11 +4,11 @@
 package stanservertest
 
 import (
-	"net/url"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/servertest"
 
 	"github.com/nats-io/nuid"
 	stango "github.com/nats-io/stan.go"
@@ -18,65 +18,25 @@ import (
 	"github.com/openfaas/mailbox/internal/stanserver"
 )
 
-// Server is an embedded server owned by one test.
-type Server struct {
-	mu   sync.Mutex
-	dir  string
-	port int
-	srv  *stanserver.Server
-}
+// Server is an embedded server owned by one test; it keeps its address and
+// data across restarts.
+type Server struct{ *servertest.Server }
 
 // Start runs a server that stops when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{dir: t.TempDir(), port: -1}
-	s.start(t)
-	t.Cleanup(s.Stop)
-	return s
-}
-
-func (s *Server) start(t testing.TB) {
-	t.Helper()
-	srv, err := stanserver.Start(stanserver.Options{Dir: s.dir, Port: s.port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.port, _ = strconv.Atoi(u.Port())
-	s.srv = srv
-}
-
-// URL is the server's address; it stays the same across restarts.
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return "nats://127.0.0.1:" + strconv.Itoa(s.port)
-}
-
-// Restart stops the server and starts it again with its stored data.
-func (s *Server) Restart(t testing.TB) {
-	s.Stop()
-	s.start(t)
-}
-
-// Stop stops the server; it may be called more than once.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.srv != nil {
-		s.srv.Shutdown()
-		s.srv = nil
-	}
+	return &Server{servertest.Start(t, func(dir string, port int) (string, func(), error) {
+		srv, err := stanserver.Start(stanserver.Options{Dir: dir, Port: port})
+		if err != nil {
+			return "", nil, err
+		}
+		return srv.URL(), srv.Shutdown, nil
+	})}
 }
 
 // DeadLetters reads the dead-letter channel from the start until it has been
 // quiet for a moment.
-func (s *Server) DeadLetters(t testing.TB, prefix string) []*envelope.Envelope {
+func (s Server) DeadLetters(t testing.TB, prefix string) []*envelope.Envelope {
 	t.Helper()
 	sc, err := stango.Connect("faas-cluster", "reader-"+nuid.Next(), stango.NatsURL(s.URL()))
 	if err != nil {
