@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -23,22 +24,23 @@ import (
 var connectorDefaults = map[string]string{"listen": ":8081"}
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Environ(), os.Stderr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "connector:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	cfg, err := config.Load(config.Environ(os.Environ()), connectorDefaults)
+// run is main without the process: tests call it with their own
+// environment and context. ready, if not nil, gets the listen address.
+func run(ctx context.Context, environ []string, logs io.Writer, ready func(addr string)) error {
+	cfg, err := config.Load(config.Environ(environ), connectorDefaults)
 	if err != nil {
 		return err
 	}
-	logger := cfg.Logger(os.Stderr)
+	logger := cfg.Logger(logs)
 	service.SetDefaultLogger(logger)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 
 	reg, err := service.Registry()
 	if err != nil {
@@ -56,5 +58,8 @@ func run() error {
 
 	return service.Run(ctx, cfg.Listen, api.Ops(q, reg), d, func(addr string) {
 		logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
+		if ready != nil {
+			ready(addr)
+		}
 	})
 }
