@@ -3,7 +3,7 @@
 //
 //   - A work stream (file storage, work-queue retention, AllowMsgSchedules)
 //     holds waiting messages as per-message schedules on
-//     <prefix>.schedule.<id>. The server fires each one, once, onto
+//     <prefix>.schedule.<id>.<retries>. The server fires each one, once, onto
 //     <prefix>.due in the same stream and purges the schedule.
 //   - A durable pull consumer on <prefix>.due, shared by connector
 //     replicas, with explicit acks.
@@ -176,9 +176,11 @@ func Open(o Options) (*Queue, error) {
 }
 
 // Subjects.
-func (q *Queue) dueSubject() string               { return q.o.Prefix + ".due" }
-func (q *Queue) scheduleSubject(id string) string { return q.o.Prefix + ".schedule." + id }
-func (q *Queue) deadLetterSubject() string        { return q.o.Prefix + ".deadletter" }
+func (q *Queue) dueSubject() string { return q.o.Prefix + ".due" }
+func (q *Queue) scheduleSubject(id, attempt string) string {
+	return q.o.Prefix + ".schedule." + id + "." + attempt
+}
+func (q *Queue) deadLetterSubject() string { return q.o.Prefix + ".deadletter" }
 
 // setUp creates or updates the streams and the consumer, retrying until
 // it succeeds or the queue closes.
@@ -208,7 +210,7 @@ func (q *Queue) ensure(ctx context.Context) error {
 	defer cancel()
 	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:     q.o.Stream,
-		Subjects: []string{q.scheduleSubject("*"), q.dueSubject()},
+		Subjects: []string{q.scheduleSubject("*", "*"), q.dueSubject()},
 		Storage:  jetstream.FileStorage,
 		// A message is removed once the connector acknowledges it; a
 		// schedule once it has fired.
@@ -266,16 +268,19 @@ func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
 	if err != nil {
 		return err
 	}
+	attempt := strconv.Itoa(e.Retries)
 	m := nats.NewMsg(q.dueSubject())
 	m.Data = data
 	if fire := e.DueAt.Add(-scheduleLead); time.Until(fire) > 0 {
-		m.Subject = q.scheduleSubject(e.ID)
+		// One subject per attempt: a second schedule on a subject
+		// replaces the first.
+		m.Subject = q.scheduleSubject(e.ID, attempt)
 		// Written by hand: nats.go's WithScheduleAt drops the fraction of
 		// the second.
 		m.Header.Set(jetstream.ScheduleHeader, "@at "+fire.UTC().Format(time.RFC3339Nano))
 		m.Header.Set(jetstream.ScheduleTargetHeader, q.dueSubject())
 	}
-	return q.publish(ctx, m, e.ID+"."+strconv.Itoa(e.Retries))
+	return q.publish(ctx, m, e.ID+"."+attempt)
 }
 
 // DeadLetter stores e in the dead-letter stream.

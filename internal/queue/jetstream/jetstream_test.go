@@ -35,6 +35,8 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 	return q
 }
 
+func (s server) Deduplicates() bool { return true }
+
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 	return jsservertest.DeadLetters(t, s.URL(), "mailbox-deadletter")
 }

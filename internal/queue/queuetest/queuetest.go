@@ -39,6 +39,9 @@ type Server interface {
 	Stop()
 	// DeadLetters returns every dead letter stored so far.
 	DeadLetters(t *testing.T) []*envelope.Envelope
+	// Deduplicates reports whether the backend stores a message scheduled
+	// twice with the same id and retry count once (JetStream's Nats-Msg-Id).
+	Deduplicates() bool
 }
 
 // Exercise runs the suite. newServer starts a fresh broker for each test.
@@ -60,6 +63,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"TooLarge", testTooLarge},
 		{"Unavailable", testUnavailable},
 		{"BoundedBacklog", testBoundedBacklog},
+		{"Deduplicates", testDeduplicates},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -412,5 +416,45 @@ func testBoundedBacklog(t *testing.T, s Server) {
 	}
 	if n := r.distinct(); n != 0 {
 		t.Fatalf("%d messages delivered an hour early", n)
+	}
+}
+
+func testDeduplicates(t *testing.T, s Server) {
+	if !s.Deduplicates() {
+		t.Skip("the backend does not de-duplicate")
+	}
+	q := open(t, s, defaults)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	consume(t, q, func(_ context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[e.ID+"/"+fmt.Sprint(e.Retries)]++
+		return nil
+	})
+	due := time.Now().Add(1500 * time.Millisecond)
+	// A client repeating its requeue after a timeout: same id and retries.
+	schedule(t, q, message("twice", due), message("twice", due), message("now", time.Now()), message("now", time.Now()))
+	// The next attempt of the same message is a new message.
+	retry := message("twice", due)
+	retry.Retries = 1
+	schedule(t, q, retry)
+	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls["twice/0"] > 0 && calls["twice/1"] > 0 && calls["now/0"] > 0
+	})
+	// A duplicate would be due at the same moment; a second delivery of it
+	// would have happened by the time the marker, due later, arrives.
+	schedule(t, q, message("marker", time.Now().Add(500*time.Millisecond)))
+	poll.Until(t, 10*time.Second, "marker delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls["marker/0"] > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 {
+		t.Fatalf("deliveries %v, want each message once", calls)
 	}
 }

@@ -42,6 +42,8 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 	return q
 }
 
+func (s server) Deduplicates() bool { return false }
+
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 	return s.Server.DeadLetters(t, "mailbox")
 }
