@@ -2,9 +2,9 @@
 //
 //	mailbox serve [flags]
 //
-// serves the requeue API and runs the connector, on an embedded NATS
-// Streaming server with a file store (or on an external one given
-// --nats-url). It suits single-node OpenFaaS (faasd) and local use. Every
+// serves the requeue API and runs the connector, on an embedded NATS server
+// with a file store: JetStream by default, NATS Streaming with
+// --backend stan (or on an external server given --nats-url). It suits single-node OpenFaaS (faasd) and local use. Every
 // flag falls back to the environment variable of the same name in
 // lower_snake_case (--gateway-url: gateway_url).
 package main
@@ -31,7 +31,7 @@ import (
 
 // standaloneDefaults differ from the in-cluster defaults: everything runs
 // on this machine, an empty nats_url embeds the server, and the embedded
-// server is JetStream, which measured eight times the ingest of NATS
+// server is JetStream, which measured about six times the ingest of NATS
 // Streaming with its per-write fsync and a lower delivery lateness
 // (docs/benchmarks.md). NATS Streaming stays a choice: it survives a power
 // loss, where JetStream's default two-minute sync interval does not.
@@ -60,8 +60,8 @@ func main() {
 const usage = `usage: mailbox serve [flags]
 
 Serves the requeue API (POST /deadletter/<function>) and delivers messages
-through the OpenFaaS gateway, on an embedded NATS Streaming server unless
---nats-url is given.
+through the OpenFaaS gateway, on an embedded NATS server (JetStream, or NATS
+Streaming with --backend stan) unless --nats-url is given.
 
 Flags (each falls back to the environment variable named after it):
 `

@@ -1,6 +1,7 @@
 // Package queue is the seam between the mailbox and its broker. Each backend
-// (NATS Streaming in queue/stan, later JetStream) implements Queue; the API
-// only schedules, the connector schedules and consumes.
+// (NATS Streaming in queue/stan, JetStream in queue/jetstream) implements
+// Queue, and both pass the suite in queue/queuetest; the API only
+// schedules, the connector schedules and consumes.
 package queue
 
 import (

@@ -1,8 +1,8 @@
 package service_test
 
 // End-to-end tests of the assembled mailbox: the requeue API and the
-// connector on an embedded NATS Streaming server, delivering to an
-// httptest stand-in for the OpenFaaS gateway.
+// connector on an embedded server of each backend, delivering to a
+// stand-in for the OpenFaaS gateway.
 
 import (
 	"bytes"

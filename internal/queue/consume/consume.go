@@ -29,8 +29,8 @@ type Message interface {
 	Data() []byte
 	// Ack removes the message.
 	Ack() error
-	// Release gives the message back to be delivered again, at once where
-	// the broker can (JetStream), else after its ack wait.
+	// Release gives the message back to be delivered again: after a short
+	// delay where the broker can (JetStream), else after its ack wait.
 	Release()
 }
 

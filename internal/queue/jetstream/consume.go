@@ -24,11 +24,26 @@ const early = time.Second
 
 // ackWait is how long the server waits before delivering a message again.
 // A pulled message may wait in the client's buffer for a held slot (freed
-// within one start budget plus one call), then has its own start budget,
-// call, and the publish of its outcome.
+// within one start budget, one call and one confirmed ack), then has its
+// own start budget, call and confirmed ack.
 func (q *Queue) ackWait() time.Duration {
-	round := early + q.o.HandlerTimeout + q.o.HandlerTimeout
-	return 2*round + q.o.PublishTimeout + consume.AckMargin
+	round := early + q.o.HandlerTimeout + q.o.HandlerTimeout + ackTimeout
+	return 2*round + consume.AckMargin
+}
+
+// ensureConsumer creates or updates the durable consumer connectors share.
+func (q *Queue) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return q.js.CreateOrUpdateConsumer(ctx, q.o.Stream, jetstream.ConsumerConfig{
+		Durable:       q.o.Consumer,
+		FilterSubject: q.dueSubject(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       q.ackWait(),
+		MaxAckPending: -1, // each connector bounds what it holds itself
+		MaxDeliver:    -1, // a message is never dropped after N tries
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
 }
 
 // Consume pulls due messages from the durable consumer, shared with other
@@ -54,6 +69,12 @@ func (q *Queue) Consume(ctx context.Context, h queue.Handler) error {
 	window := q.o.MaxInflight + prefetch
 	held := make(chan struct{}, window)
 	handle := func(m jetstream.Msg) {
+		// Once stopping, what is still in the client's buffer goes back
+		// at once, for another connector to take.
+		if ctx.Err() != nil {
+			_ = m.Nak()
+			return
+		}
 		select {
 		case held <- struct{}{}:
 		case <-ctx.Done():
@@ -77,10 +98,13 @@ func (q *Queue) Consume(ctx context.Context, h queue.Handler) error {
 			backoff = 100 * time.Millisecond
 			select {
 			case <-ctx.Done():
+				// Drain hands the buffered messages to handle, which gives
+				// them back; Stop would leave them to their ack wait.
+				cc.Drain()
+				<-cc.Closed()
 			case <-cc.Closed():
 				q.log.Warn("consumer closed, subscribing again")
 			}
-			cc.Stop()
 		} else {
 			q.log.Warn("cannot consume, retrying", "error", err, "retry_in", backoff)
 		}
@@ -97,7 +121,7 @@ func (q *Queue) Consume(ctx context.Context, h queue.Handler) error {
 }
 
 func (q *Queue) subscribe(ctx context.Context, handle jetstream.MessageHandler, window int) (jetstream.ConsumeContext, error) {
-	c, err := q.js.Consumer(ctx, q.o.Stream, q.o.Consumer)
+	c, err := q.ensureConsumer(ctx)
 	if err != nil {
 		return nil, err
 	}

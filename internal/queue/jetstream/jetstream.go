@@ -182,8 +182,9 @@ func (q *Queue) scheduleSubject(id, attempt string) string {
 }
 func (q *Queue) deadLetterSubject() string { return q.o.Prefix + ".deadletter" }
 
-// setUp creates or updates the streams and the consumer, retrying until
-// it succeeds or the queue closes.
+// setUp creates or updates the streams, retrying until it succeeds or the
+// queue closes. The consumer is the connector's business: Consume defines
+// it, so a process that only stores (mailbox-fn) never changes it.
 func (q *Queue) setUp(ctx context.Context) {
 	defer close(q.done)
 	backoff := 100 * time.Millisecond
@@ -234,18 +235,6 @@ func (q *Queue) ensure(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.DeadLetterStream, err)
-	}
-	_, err = q.js.CreateOrUpdateConsumer(ctx, q.o.Stream, jetstream.ConsumerConfig{
-		Durable:       q.o.Consumer,
-		FilterSubject: q.dueSubject(),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.ackWait(),
-		MaxAckPending: -1, // each connector bounds what it holds itself
-		MaxDeliver:    -1, // a message is never dropped after N tries
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", q.o.Consumer, err)
 	}
 	return nil
 }

@@ -1,9 +1,13 @@
 package jetstream_test
 
 import (
+	"context"
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
@@ -28,6 +32,7 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 		HandlerTimeout: o.HandlerTimeout,
 		PublishTimeout: time.Second,
 		Logger:         slog.New(slog.DiscardHandler),
+		Registerer:     o.Registerer,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -39,4 +44,20 @@ func (s server) Deduplicates() bool { return true }
 
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 	return jsservertest.DeadLetters(t, s.URL(), "mailbox-deadletter")
+}
+
+func (s server) PublishRaw(t *testing.T, data []byte) {
+	nc, err := nats.Connect(s.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The stream exists once a client of the suite has connected.
+	if _, err := js.Publish(context.Background(), "mailbox.due", data); err != nil {
+		t.Fatal(err)
+	}
 }

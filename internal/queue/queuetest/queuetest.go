@@ -17,6 +17,8 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Options are the client settings the suite varies.
@@ -26,6 +28,8 @@ type Options struct {
 	// Window bounds the messages a consumer holds per internal stream
 	// (the backend's equivalent of a tier window).
 	Window int
+	// Registerer, if set, receives the backend's metrics.
+	Registerer prometheus.Registerer
 }
 
 // Server is one embedded broker with its data, started for one test.
@@ -39,6 +43,9 @@ type Server interface {
 	Stop()
 	// DeadLetters returns every dead letter stored so far.
 	DeadLetters(t *testing.T) []*envelope.Envelope
+	// PublishRaw stores data, which need not be an envelope, where a
+	// consumer takes it as due at once.
+	PublishRaw(t *testing.T, data []byte)
 	// Deduplicates reports whether the backend stores a message scheduled
 	// twice with the same id and retry count once (JetStream's Nats-Msg-Id).
 	Deduplicates() bool
@@ -64,6 +71,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"Unavailable", testUnavailable},
 		{"BoundedBacklog", testBoundedBacklog},
 		{"Deduplicates", testDeduplicates},
+		{"Malformed", testMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -456,5 +464,30 @@ func testDeduplicates(t *testing.T, s Server) {
 	defer mu.Unlock()
 	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 {
 		t.Fatalf("deliveries %v, want each message once", calls)
+	}
+}
+
+func testMalformed(t *testing.T, s Server) {
+	reg := prometheus.NewRegistry()
+	o := defaults
+	o.Registerer = reg
+	q := open(t, s, o)
+	consume(t, q, func(context.Context, *envelope.Envelope) error { return nil })
+	garbage := []byte("not an envelope")
+	s.PublishRaw(t, garbage)
+	var dead []*envelope.Envelope
+	poll.Until(t, 15*time.Second, "malformed message kept as a dead letter", func() bool {
+		dead = s.DeadLetters(t)
+		return len(dead) == 1
+	})
+	if d := dead[0]; d.Reason != envelope.ReasonMalformed || !bytes.Equal(d.Body, garbage) || d.LastError == "" {
+		t.Fatalf("dead letter %+v", d)
+	}
+	c, err := queue.DeadLetterCounter(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(c.WithLabelValues(envelope.ReasonMalformed)); got != 1 {
+		t.Fatalf("mailbox_dead_letters_total{reason=malformed} = %v, want 1", got)
 	}
 }
