@@ -18,6 +18,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 )
@@ -33,7 +34,7 @@ func BenchmarkBacklogMemory(b *testing.B) {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	nats := stanservertest.Start(b)
-	q, err := stan.Open(stan.Options{URL: nats.URL(), Logger: slog.New(slog.DiscardHandler)})
+	q, err := stan.Open(stan.Options{Options: queue.Options{URL: nats.URL(), Logger: slog.New(slog.DiscardHandler)}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,6 +7,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,4 +71,63 @@ func DeadLetterCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error
 	// Known reasons start at zero so alerts can use rate() from the start.
 	c.WithLabelValues(envelope.ReasonMaxRetries)
 	return c, nil
+}
+
+// Options are the settings every backend takes; each backend's own Options
+// embed them.
+type Options struct {
+	// URL of the NATS server(s). Required.
+	URL string
+	// CredentialsFile is a NATS .creds file; empty for none.
+	CredentialsFile string
+	// Prefix of every channel or subject name. Defaults to mailbox.
+	Prefix string
+	// MaxInflight bounds concurrent handler calls per consumer. Defaults
+	// to 16.
+	MaxInflight int
+	// HandlerTimeout bounds a handler call: its context ends then, and the
+	// broker delivers an unacknowledged message again only after it, plus
+	// a margin. Defaults to 30s.
+	HandlerTimeout time.Duration
+	// PublishTimeout bounds the wait for the broker's acknowledgement.
+	// Defaults to 5s.
+	PublishTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, counts malformed messages buried as dead letters
+	// in mailbox_dead_letters_total.
+	Registerer prometheus.Registerer
+}
+
+// WithDefaults returns o with its defaults filled in, or an error when it
+// cannot be used.
+func (o Options) WithDefaults() (Options, error) {
+	if o.URL == "" {
+		return o, errors.New("queue: URL is required")
+	}
+	if o.Prefix == "" {
+		o.Prefix = "mailbox"
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 16
+	}
+	if o.HandlerTimeout <= 0 {
+		o.HandlerTimeout = 30 * time.Second
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o, nil
+}
+
+// DeadLetterCounter returns the counter for malformed messages, or nil
+// without a Registerer.
+func (o Options) DeadLetterCounter() (*prometheus.CounterVec, error) {
+	if o.Registerer == nil {
+		return nil, nil
+	}
+	return DeadLetterCounter(o.Registerer)
 }

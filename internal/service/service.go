@@ -56,33 +56,26 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	if cfg.NATSURL == "" {
 		return nil, errors.New("config: nats_url: required")
 	}
+	common := queue.Options{
+		URL:             cfg.NATSURL,
+		CredentialsFile: cfg.NATSCredentialsFile,
+		Prefix:          cfg.ChannelPrefix,
+		MaxInflight:     cfg.MaxInflight,
+		HandlerTimeout:  handlerTimeout(cfg),
+		PublishTimeout:  publishTimeout,
+		Logger:          logger,
+		Registerer:      reg,
+	}
 	switch cfg.Backend {
 	case "stan":
-		return stan.Open(stan.Options{
-			URL:             cfg.NATSURL,
-			ClusterID:       cfg.NATSClusterID,
-			Prefix:          cfg.ChannelPrefix,
-			MaxInflight:     cfg.MaxInflight,
-			HandlerTimeout:  handlerTimeout(cfg),
-			PublishTimeout:  publishTimeout,
-			Logger:          logger,
-			Registerer:      reg,
-			CredentialsFile: cfg.NATSCredentialsFile,
-		})
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
 	case "jetstream":
 		return jetstream.Open(jetstream.Options{
-			URL:              cfg.NATSURL,
-			CredentialsFile:  cfg.NATSCredentialsFile,
-			Prefix:           cfg.ChannelPrefix,
+			Options:          common,
 			Stream:           cfg.JetStreamStream,
 			Consumer:         cfg.JetStreamConsumer,
 			Replicas:         cfg.JetStreamReplicas,
 			DeadLetterMaxAge: cfg.DeadLetterMaxAge,
-			MaxInflight:      cfg.MaxInflight,
-			HandlerTimeout:   handlerTimeout(cfg),
-			PublishTimeout:   publishTimeout,
-			Logger:           logger,
-			Registerer:       reg,
 		})
 	default:
 		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)

@@ -9,9 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
 )
 
@@ -22,11 +26,13 @@ func TestClusterSurvivesLosingAnyOneServer(t *testing.T) {
 	c := jsservertest.StartCluster(t, 3)
 	open := func() *jetstream.Queue {
 		q, err := jetstream.Open(jetstream.Options{
-			URL:            c.URL(),
-			Replicas:       3,
-			HandlerTimeout: 2 * time.Second,
-			PublishTimeout: 2 * time.Second,
-			Logger:         slog.New(slog.DiscardHandler),
+			Options: queue.Options{
+				URL:            c.URL(),
+				HandlerTimeout: 2 * time.Second,
+				PublishTimeout: 2 * time.Second,
+				Logger:         slog.New(slog.DiscardHandler),
+			},
+			Replicas: 3,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -85,8 +91,53 @@ func TestClusterSurvivesLosingAnyOneServer(t *testing.T) {
 		}
 		poll.Until(t, 60*time.Second, fmt.Sprintf("every message delivered with server %d down", down), all)
 		c.Start(down)
+		// One server at a time, as an operator rolls a cluster: the next
+		// stops only once the restarted one has caught up.
+		poll.Until(t, 60*time.Second, fmt.Sprintf("server %d caught up", down), func() bool { return current(t, c.URL()) })
 	}
 	if len(accepted) != 60 {
 		t.Fatalf("accepted %d messages, want 60", len(accepted))
 	}
+}
+
+// current reports whether the stream and the consumer have a leader and
+// every other replica is online and caught up.
+func current(t *testing.T, url string) bool {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return false
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, "mailbox")
+	if err != nil {
+		return false
+	}
+	si, err := st.Info(ctx)
+	if err != nil || !caughtUp(si.Cluster) {
+		return false
+	}
+	c, err := st.Consumer(ctx, "connector")
+	if err != nil {
+		return false
+	}
+	ci, err := c.Info(ctx)
+	return err == nil && caughtUp(ci.Cluster)
+}
+
+func caughtUp(c *natsjs.ClusterInfo) bool {
+	if c == nil || c.Leader == "" || len(c.Replicas) != 2 {
+		return false
+	}
+	for _, r := range c.Replicas {
+		if !r.Current || r.Offline {
+			return false
+		}
+	}
+	return true
 }

@@ -127,6 +127,9 @@ func (q *Queue) subscribe(ctx context.Context, handle jetstream.MessageHandler, 
 	}
 	return c.Consume(handle,
 		jetstream.PullMaxMessages(window),
+		// Short pulls: after a leader change the next pull, which finds
+		// the new leader, is at most this far away.
+		jetstream.PullExpiry(5*time.Second),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			q.log.Debug("consume", "error", err)
 		}),

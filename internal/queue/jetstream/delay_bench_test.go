@@ -18,6 +18,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
 )
 
@@ -114,7 +115,7 @@ func benchDelay(b *testing.B, m mechanism) {
 
 // scheduleMechanism is the backend itself.
 func scheduleMechanism(b *testing.B, url string, got func(string)) func(string, time.Time) {
-	q, err := jetstream.Open(jetstream.Options{URL: url, MaxInflight: 64, Logger: slog.New(slog.DiscardHandler)})
+	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: url, MaxInflight: 64, Logger: slog.New(slog.DiscardHandler)}})
 	if err != nil {
 		b.Fatal(err)
 	}

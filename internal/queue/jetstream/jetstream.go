@@ -46,14 +46,10 @@ const headerRoom = 512
 // being delivered: those fired early and waiting for their due time.
 const prefetch = 512
 
-// Options configure the backend.
+// Options configure the backend. Options.URL may list several servers,
+// comma-separated.
 type Options struct {
-	// URL of the NATS server(s), comma-separated. Required.
-	URL string
-	// CredentialsFile is a NATS .creds file; empty for none.
-	CredentialsFile string
-	// Prefix of every subject. Defaults to mailbox.
-	Prefix string
+	queue.Options
 	// Stream holding waiting messages. Defaults to mailbox.
 	Stream string
 	// DeadLetterStream holds dead letters. Defaults to <Stream>-deadletter.
@@ -66,18 +62,6 @@ type Options struct {
 	// DeadLetterMaxAge bounds how long dead letters are kept; zero keeps
 	// them until they are removed.
 	DeadLetterMaxAge time.Duration
-	// MaxInflight bounds concurrent handler calls per consumer. Defaults
-	// to 16.
-	MaxInflight int
-	// HandlerTimeout bounds a handler call. Defaults to 30s.
-	HandlerTimeout time.Duration
-	// PublishTimeout bounds the wait for the server's acknowledgement.
-	// Defaults to 5s.
-	PublishTimeout time.Duration
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
-	// Registerer, if set, counts malformed messages buried as dead letters.
-	Registerer prometheus.Registerer
 }
 
 // Queue is a JetStream backend. The NATS connection reconnects by itself;
@@ -97,12 +81,11 @@ type Queue struct {
 // Open validates o, connects in the background and returns at once, so a
 // process can start while NATS is down.
 func Open(o Options) (*Queue, error) {
-	if o.URL == "" {
-		return nil, errors.New("jetstream: URL is required")
+	common, err := o.Options.WithDefaults()
+	if err != nil {
+		return nil, err
 	}
-	if o.Prefix == "" {
-		o.Prefix = "mailbox"
-	}
+	o.Options = common
 	if o.Stream == "" {
 		o.Stream = "mailbox"
 	}
@@ -115,30 +98,16 @@ func Open(o Options) (*Queue, error) {
 	if o.Replicas <= 0 {
 		o.Replicas = 1
 	}
-	if o.MaxInflight <= 0 {
-		o.MaxInflight = 16
-	}
-	if o.HandlerTimeout <= 0 {
-		o.HandlerTimeout = 30 * time.Second
-	}
-	if o.PublishTimeout <= 0 {
-		o.PublishTimeout = 5 * time.Second
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
+	deadLetters, err := o.DeadLetterCounter()
+	if err != nil {
+		return nil, err
 	}
 	q := &Queue{
-		o:       o,
-		log:     o.Logger.With("component", "jetstream"),
-		readyCh: make(chan struct{}),
-		done:    make(chan struct{}),
-	}
-	if o.Registerer != nil {
-		c, err := queue.DeadLetterCounter(o.Registerer)
-		if err != nil {
-			return nil, err
-		}
-		q.deadLetters = c
+		o:           o,
+		log:         o.Logger.With("component", "jetstream"),
+		readyCh:     make(chan struct{}),
+		done:        make(chan struct{}),
+		deadLetters: deadLetters,
 	}
 	opts := []nats.Option{
 		nats.Name("mailbox"),

@@ -2,9 +2,7 @@ package jetstream_test
 
 import (
 	"context"
-	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -26,14 +24,7 @@ func TestConformance(t *testing.T) {
 type server struct{ *jsservertest.Server }
 
 func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
-	q, err := jetstream.Open(jetstream.Options{
-		URL:            s.URL(),
-		MaxInflight:    o.MaxInflight,
-		HandlerTimeout: o.HandlerTimeout,
-		PublishTimeout: time.Second,
-		Logger:         slog.New(slog.DiscardHandler),
-		Registerer:     o.Registerer,
-	})
+	q, err := jetstream.Open(jetstream.Options{Options: o.Common(s.URL())})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"runtime"
 	"sync"
@@ -30,6 +31,19 @@ type Options struct {
 	Window int
 	// Registerer, if set, receives the backend's metrics.
 	Registerer prometheus.Registerer
+}
+
+// Common returns the backend options for o on the broker at url, with a
+// short publish timeout and no logs.
+func (o Options) Common(url string) queue.Options {
+	return queue.Options{
+		URL:            url,
+		MaxInflight:    o.MaxInflight,
+		HandlerTimeout: o.HandlerTimeout,
+		PublishTimeout: time.Second,
+		Logger:         slog.New(slog.DiscardHandler),
+		Registerer:     o.Registerer,
+	}
 }
 
 // Server is one embedded broker with its data, started for one test.

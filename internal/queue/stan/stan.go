@@ -47,34 +47,14 @@ const protocolOverhead = 512
 
 // Options configure the backend.
 type Options struct {
-	// URL of the NATS server. Required.
-	URL string
-	// CredentialsFile is a NATS .creds file; empty for none.
-	CredentialsFile string
+	queue.Options
 	// ClusterID of NATS Streaming. Defaults to faas-cluster.
 	ClusterID string
 	// ClientID must be unique per process. Defaults to <Prefix>-<random>.
 	ClientID string
-	// Prefix of every channel name. Defaults to mailbox.
-	Prefix string
-	// MaxInflight bounds concurrent handler calls per consumer. Defaults
-	// to 16.
-	MaxInflight int
-	// HandlerTimeout bounds a handler call: its context ends then, and the
-	// server delivers an unacknowledged message again only after it, plus
-	// a margin. Defaults to 30s.
-	HandlerTimeout time.Duration
 	// TierWindow is how many messages each tier worker holds at once.
 	// Defaults to 256.
 	TierWindow int
-	// PublishTimeout bounds the wait for the server's acknowledgement.
-	// Defaults to 5s.
-	PublishTimeout time.Duration
-	// Logger defaults to slog.Default().
-	Logger *slog.Logger
-	// Registerer, if set, counts malformed messages buried as dead letters
-	// in mailbox_dead_letters_total.
-	Registerer prometheus.Registerer
 }
 
 // Queue is a NATS Streaming backend. It connects in the background and
@@ -107,46 +87,31 @@ func (g *generation) markLost() { g.lostOnce.Do(func() { close(g.lost) }) }
 // Open validates o and starts connecting in the background; it does not
 // wait for the server, so a process can start while NATS is down.
 func Open(o Options) (*Queue, error) {
-	if o.URL == "" {
-		return nil, errors.New("stan: URL is required")
+	common, err := o.Options.WithDefaults()
+	if err != nil {
+		return nil, err
 	}
+	o.Options = common
 	if o.ClusterID == "" {
 		o.ClusterID = "faas-cluster"
-	}
-	if o.Prefix == "" {
-		o.Prefix = "mailbox"
 	}
 	if o.ClientID == "" {
 		o.ClientID = o.Prefix + "-" + nuid.Next()
 	}
-	if o.MaxInflight <= 0 {
-		o.MaxInflight = 16
-	}
-	if o.HandlerTimeout <= 0 {
-		o.HandlerTimeout = 30 * time.Second
-	}
 	if o.TierWindow <= 0 {
 		o.TierWindow = 256
 	}
-	if o.PublishTimeout <= 0 {
-		o.PublishTimeout = 5 * time.Second
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
+	deadLetters, err := o.DeadLetterCounter()
+	if err != nil {
+		return nil, err
 	}
 	q := &Queue{
-		o:       o,
-		log:     o.Logger.With("component", "stan", "client_id", o.ClientID),
-		changed: make(chan struct{}),
-		closed:  make(chan struct{}),
-		done:    make(chan struct{}),
-	}
-	if o.Registerer != nil {
-		c, err := queue.DeadLetterCounter(o.Registerer)
-		if err != nil {
-			return nil, err
-		}
-		q.deadLetters = c
+		o:           o,
+		log:         o.Logger.With("component", "stan", "client_id", o.ClientID),
+		changed:     make(chan struct{}),
+		closed:      make(chan struct{}),
+		done:        make(chan struct{}),
+		deadLetters: deadLetters,
 	}
 	q.maxPayload.Store(1 << 20) // NATS default until the server says otherwise
 	go q.run()

@@ -1,9 +1,7 @@
 package stan_test
 
 import (
-	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nuid"
 	stango "github.com/nats-io/stan.go"
@@ -24,15 +22,7 @@ func TestConformance(t *testing.T) {
 type server struct{ *stanservertest.Server }
 
 func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
-	q, err := stan.Open(stan.Options{
-		URL:            s.URL(),
-		MaxInflight:    o.MaxInflight,
-		HandlerTimeout: o.HandlerTimeout,
-		TierWindow:     o.Window,
-		PublishTimeout: time.Second,
-		Registerer:     o.Registerer,
-		Logger:         slog.New(slog.DiscardHandler),
-	})
+	q, err := stan.Open(stan.Options{Options: o.Common(s.URL()), TierWindow: o.Window})
 	if err != nil {
 		t.Fatal(err)
 	}
