@@ -1,0 +1,135 @@
+{{/*
+Names. The full name is kept to 40 characters so that the longest name
+derived from it, <fullname>-nats-headless, and the StatefulSet's pod and
+revision names stay within Kubernetes' limits.
+*/}}
+{{- define "mailbox.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mailbox.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailbox.connectorName" -}}
+{{- include "mailbox.fullname" . }}-connector
+{{- end -}}
+
+{{- define "mailbox.natsName" -}}
+{{- include "mailbox.fullname" . }}-nats
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "mailbox.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "mailbox.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: openfaas
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "root" $ "component" "connector"). */}}
+{{- define "mailbox.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailbox.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+The NATS URL the connector and the function use: the chart's own server
+when nats.deploy is true (namespace-qualified, since the function runs in
+another namespace), otherwise nats.url.
+*/}}
+{{- define "mailbox.natsURL" -}}
+{{- if .Values.nats.deploy -}}
+nats://{{ include "mailbox.natsName" . }}.{{ .Release.Namespace }}:4222
+{{- else -}}
+{{- .Values.nats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* jetstream_replicas: jetstream.replicas, or when 0 nats.replicas if deployed, else 1. */}}
+{{- define "mailbox.jetstreamReplicas" -}}
+{{- $r := int .Values.jetstream.replicas -}}
+{{- if eq $r 0 -}}
+{{- if .Values.nats.deploy }}{{ int .Values.nats.replicas }}{{ else }}1{{ end -}}
+{{- else -}}
+{{- $r -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks that values.schema.json cannot express. Every template includes it,
+so that a bad combination fails lint, template and install alike.
+*/}}
+{{- define "mailbox.validate" -}}
+{{- if and .Values.nats.deploy (ne .Values.backend "jetstream") -}}
+{{- fail (printf "nats.deploy: the chart's own NATS server is JetStream; set backend: jetstream (backend is %q)" .Values.backend) -}}
+{{- end -}}
+{{- if and .Values.nats.deploy (gt (int .Values.jetstream.replicas) (int .Values.nats.replicas)) -}}
+{{- fail (printf "jetstream.replicas: %d is more than nats.replicas (%d); a stream cannot have more replicas than there are servers" (int .Values.jetstream.replicas) (int .Values.nats.replicas)) -}}
+{{- end -}}
+{{- if and .Values.function.create (not .Values.function.image) -}}
+{{- fail "function.image: required when function.create is true (the image faas-cli build -f stack.yml built)" -}}
+{{- end -}}
+{{- range $k, $v := .Values.function.environment -}}
+{{- if or (hasKey (include "mailbox.backendEnv" $ | fromYaml) $k) (eq $k "nats_credentials_file") -}}
+{{- fail (printf "function.environment.%s: set by the chart from the backend values; change those instead" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The settings the connector and the mailbox function must share, as a YAML
+map of setting name to string: the backend, NATS, and for JetStream the
+stream, consumer, replicas and dead-letter age, plus upstream_timeout (the
+ack wait is computed from it) and logging. Settings of the other backend
+are left out.
+*/}}
+{{- define "mailbox.backendEnv" -}}
+backend: {{ .Values.backend | quote }}
+nats_url: {{ include "mailbox.natsURL" . | quote }}
+channel_prefix: {{ .Values.channelPrefix | quote }}
+{{- if eq .Values.backend "stan" }}
+nats_cluster_id: {{ .Values.nats.clusterID | quote }}
+{{- else }}
+jetstream_stream: {{ .Values.jetstream.stream | quote }}
+jetstream_consumer: {{ .Values.jetstream.consumer | quote }}
+jetstream_replicas: {{ include "mailbox.jetstreamReplicas" . | quote }}
+dead_letter_max_age: {{ .Values.jetstream.deadLetterMaxAge | toString | quote }}
+{{- end }}
+upstream_timeout: {{ .Values.connector.upstreamTimeout | toString | quote }}
+log_level: {{ .Values.logLevel | quote }}
+log_format: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{- define "mailbox.connectorImage" -}}
+{{ .Values.connector.image.repository }}:{{ .Values.connector.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Where the connector finds the NATS .creds file. */}}
+{{- define "mailbox.natsCredentialsDir" -}}
+/var/mailbox/nats
+{{- end -}}
+
+{{/* The hardened container securityContext shared by the connector and NATS. */}}
+{{- define "mailbox.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
