@@ -1,0 +1,196 @@
+package requeue
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// The mailbox's control headers. The mailbox sets all four on every
+// delivery, and reads them on a requeue.
+const (
+	// HeaderRetries is the number of attempts already made.
+	HeaderRetries = "X-Retries"
+	// HeaderMaxRetries is the highest X-Retries that is still delivered.
+	HeaderMaxRetries = "X-Max-Retries"
+	// HeaderDelay is the wait before each delivery: whole seconds ("60")
+	// or a Go duration ("1500ms").
+	HeaderDelay = "X-Delay-Duration"
+	// HeaderMessageID stays the same across the retries of one message.
+	HeaderMessageID = "X-Mailbox-Message-Id"
+)
+
+// An Option changes how Header and Request fill in the control headers.
+type Option func(*options) error
+
+type options struct {
+	maxRetries   *int
+	defaultDelay *time.Duration
+	delay        *time.Duration
+}
+
+// WithDefaultMaxRetries sets X-Max-Retries when the request being handled
+// has none, which is the case on its first requeue. A value the request
+// carries is kept. Without this option the header is left out and the
+// mailbox applies its default_max_retries (10 unless configured).
+func WithDefaultMaxRetries(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("requeue: WithDefaultMaxRetries(%d): must be >= 0", n)
+		}
+		o.maxRetries = &n
+		return nil
+	}
+}
+
+// WithDefaultDelay sets X-Delay-Duration when the request being handled
+// has none. A value the request carries is kept. Without this option (and
+// without WithDelay) the header is left out and the mailbox applies its
+// default_delay (60s unless configured).
+func WithDefaultDelay(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("requeue: WithDefaultDelay(%s): must be >= 0", d)
+		}
+		o.defaultDelay = &d
+		return nil
+	}
+}
+
+// WithDelay sets X-Delay-Duration whatever the request carries, for
+// example from the Retry-After of a rate-limited API. The mailbox keeps it
+// for the later retries of the message too, unless they set it again.
+func WithDelay(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("requeue: WithDelay(%s): must be >= 0", d)
+		}
+		o.delay = &d
+		return nil
+	}
+}
+
+// Header returns the control headers of a requeue of the request whose
+// headers are in, one attempt later:
+//
+//   - X-Retries: the incoming value plus one, or 1 when absent (the call
+//     being handled was the first attempt, attempt 0)
+//   - X-Max-Retries: the incoming value, else WithDefaultMaxRetries, else
+//     left out
+//   - X-Delay-Duration: WithDelay, else the incoming value, else
+//     WithDefaultDelay, else left out
+//   - X-Mailbox-Message-Id: the incoming value, else left out (the
+//     mailbox picks a new id)
+//   - Content-Type: the incoming value, else left out
+//
+// An incoming control header that is given more than once, or an
+// X-Retries that is not a non-negative integer, is an error naming the
+// header: Header does not guess. Other values are carried over as they
+// are; the mailbox checks them and answers 400 if they are bad.
+func Header(in http.Header, opts ...Option) (http.Header, error) {
+	var o options
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+
+	out := http.Header{}
+	retries, ok, err := single(in, HeaderRetries)
+	if err != nil {
+		return nil, err
+	}
+	next := 1
+	if ok {
+		n, err := strconv.Atoi(retries)
+		if err != nil || n < 0 || !isDigits(retries) {
+			return nil, fmt.Errorf("requeue: incoming %s: %q is not a non-negative integer", HeaderRetries, retries)
+		}
+		if n == math.MaxInt {
+			return nil, fmt.Errorf("requeue: incoming %s: %d cannot be incremented", HeaderRetries, n)
+		}
+		next = n + 1
+	}
+	out.Set(HeaderRetries, strconv.Itoa(next))
+
+	maxRetries, ok, err := single(in, HeaderMaxRetries)
+	switch {
+	case err != nil:
+		return nil, err
+	case ok:
+		out.Set(HeaderMaxRetries, maxRetries)
+	case o.maxRetries != nil:
+		out.Set(HeaderMaxRetries, strconv.Itoa(*o.maxRetries))
+	}
+
+	delay, ok, err := single(in, HeaderDelay)
+	switch {
+	case err != nil:
+		return nil, err
+	case o.delay != nil:
+		out.Set(HeaderDelay, FormatDelay(*o.delay))
+	case ok:
+		out.Set(HeaderDelay, delay)
+	case o.defaultDelay != nil:
+		out.Set(HeaderDelay, FormatDelay(*o.defaultDelay))
+	}
+
+	id, ok, err := single(in, HeaderMessageID)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		out.Set(HeaderMessageID, id)
+	}
+
+	if ct := in.Get("Content-Type"); ct != "" {
+		out.Set("Content-Type", ct)
+	}
+	return out, nil
+}
+
+// FormatDelay writes d as the mailbox writes X-Delay-Duration: whole
+// seconds as an integer ("60"), anything finer as a Go duration ("1.5s").
+func FormatDelay(d time.Duration) string {
+	if d%time.Second == 0 {
+		return strconv.FormatInt(int64(d/time.Second), 10)
+	}
+	return d.String()
+}
+
+// errRepeated is wrapped by the error for a control header given more
+// than once.
+var errRepeated = errors.New("given more than once")
+
+// single returns the one value of header name in h.
+func single(h http.Header, name string) (string, bool, error) {
+	vs := h.Values(name)
+	switch len(vs) {
+	case 0:
+		return "", false, nil
+	case 1:
+		return vs[0], true, nil
+	default:
+		return "", false, fmt.Errorf("requeue: incoming %s: %w", name, errRepeated)
+	}
+}
+
+// isDigits reports whether s is a non-empty run of ASCII digits: no sign,
+// no spaces, as the mailbox requires of X-Retries.
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
