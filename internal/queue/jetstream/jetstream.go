@@ -119,7 +119,9 @@ func Open(o Options) (*Queue, error) {
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			q.log.Warn("disconnected from NATS", "error", err)
+			if err != nil { // nil: closed on purpose
+				q.log.Warn("disconnected from NATS", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			q.log.Info("reconnected to NATS", "url", nc.ConnectedUrl())
