@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTinyRun runs every measurement on each backend at a tiny size: it
+// proves the command works, not how fast anything is.
+func TestTinyRun(t *testing.T) {
+	// connector-sdk logs every invocation through the standard logger.
+	log.SetOutput(io.Discard)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+
+	for _, backend := range []string{"stan", "jetstream"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			out := t.TempDir()
+			var stdout bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			err := run(ctx, []string{
+				"-backends", backend,
+				"-duration", "400ms", "-warmup", "100ms", "-rounds", "2",
+				"-deliver", "200",
+				"-late-rate", "200", "-late-for", "1s",
+				"-waiting", "300", "-stable", "300ms",
+				"-out", out,
+			}, &stdout, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatalf("run: %v\n%s", err, stdout.String())
+			}
+			for _, want := range []string{
+				"raw durable publish", "requeue via HTTP API", "HTTP ceiling", "deliveries to sink",
+				"lateness p99", "store waiting messages", "connector peak RSS",
+			} {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("no %q in the table:\n%s", want, stdout.String())
+				}
+			}
+			for _, name := range []string{latenessChart, ratesChart} {
+				checkSVG(t, filepath.Join(out, name), backend)
+			}
+		})
+	}
+}
+
+func TestFlagsAreValidated(t *testing.T) {
+	err := run(context.Background(), []string{"-backends", "kafka", "-waiting", "0"}, io.Discard, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "-backends") || !strings.Contains(err.Error(), "-waiting") {
+		t.Fatalf("run with bad flags: %v, want errors naming -backends and -waiting", err)
+	}
+}
+
+// checkSVG fails unless path is well-formed SVG naming backend.
+func checkSVG(t *testing.T, path, backend string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(data))
+	root := ""
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s is not well-formed: %v", path, err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && root == "" {
+			root = se.Name.Local
+		}
+	}
+	if root != "svg" || !bytes.Contains(data, []byte(backend)) {
+		t.Fatalf("%s: root <%s>, want <svg> naming %s", path, root, backend)
+	}
+}
