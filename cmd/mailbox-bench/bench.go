@@ -26,7 +26,8 @@ type options struct {
 	Backends []string
 	// Clients is the number of concurrent publishers and HTTP clients.
 	Clients int
-	// Warmup runs before each rate window and is not counted.
+	// Warmup is load before each rate is measured, not counted; it is
+	// split over the rounds like Window.
 	Warmup time.Duration
 	// Window is how long each rate is measured, in Rounds interleaved
 	// rounds.

@@ -4,12 +4,17 @@
 //   - the server's raw durable publish rate with -clients publishers: the
 //     ceiling for requeues;
 //   - requeues accepted per second through the HTTP API (-clients
-//     keep-alive clients), against that ceiling;
+//     keep-alive clients), against that ceiling, and the backend's
+//     Schedule without HTTP as a diagnostic;
 //   - the HTTP ceiling: the same clients against a handler answering 202;
 //   - deliveries per second to a sink function that answers 200 at once;
 //   - delivery lateness with -late-rate messages falling due per second;
 //   - the connector binary's peak resident memory with -waiting messages
 //     waiting.
+//
+// The four ingest rates are measured in -rounds interleaved rounds. Each
+// phase also reports how much CPU other processes used meanwhile, so a
+// busy machine shows in the results instead of silently lowering them.
 //
 // It prints a table per backend with each target, and writes charts into
 // -out. Run it from the module (it builds ./connector):
