@@ -501,7 +501,8 @@ func testMalformed(t *testing.T, s Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.ToFloat64(c.WithLabelValues(envelope.ReasonMalformed)); got != 1 {
-		t.Fatalf("mailbox_dead_letters_total{reason=malformed} = %v, want 1", got)
-	}
+	// Counted just after the dead letter is stored.
+	poll.Until(t, 5*time.Second, "mailbox_dead_letters_total{reason=malformed} = 1", func() bool {
+		return testutil.ToFloat64(c.WithLabelValues(envelope.ReasonMalformed)) == 1
+	})
 }
