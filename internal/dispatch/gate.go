@@ -83,8 +83,8 @@ func (g *gate) run(ctx context.Context) {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 		g.mu.Lock()
+		g.up.Set(1) // before any delivery resumes, so the gauge never lags
 		close(g.open)
-		g.up.Set(1)
 		g.mu.Unlock()
 		g.log.Info("gateway reachable again, resuming deliveries")
 	}
