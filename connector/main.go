@@ -42,21 +42,13 @@ func run(ctx context.Context, environ []string, logs io.Writer, ready func(addr 
 	logger := cfg.Logger(logs)
 	service.SetDefaultLogger(logger)
 
-	reg, err := service.Registry()
+	c, err := service.OpenConnector(cfg, logger)
 	if err != nil {
 		return err
 	}
-	q, err := service.OpenQueue(cfg, reg, logger)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	d, err := service.Dispatcher(cfg, q, reg, logger)
-	if err != nil {
-		return err
-	}
+	defer c.Queue.Close()
 
-	return service.Run(ctx, cfg.Listen, api.Ops(q, reg), d, func(addr string) {
+	return service.Run(ctx, cfg.Listen, api.Ops(c.Queue, c.Registry), c.Dispatcher, func(addr string) {
 		logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

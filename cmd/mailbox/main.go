@@ -130,25 +130,17 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		logger.Info("embedded NATS server started", "backend", cfg.Backend, "url", url, "data_dir", cfg.DataDir)
 	}
 
-	reg, err := service.Registry()
+	c, err := service.OpenConnector(cfg, logger)
 	if err != nil {
 		return err
 	}
-	q, err := service.OpenQueue(cfg, reg, logger)
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	h, err := service.API(cfg, q, reg, logger)
-	if err != nil {
-		return err
-	}
-	d, err := service.Dispatcher(cfg, q, reg, logger)
+	defer c.Queue.Close()
+	h, err := service.API(cfg, c.Queue, c.Registry, logger)
 	if err != nil {
 		return err
 	}
 
-	return service.Run(ctx, cfg.Listen, h, d, func(addr string) {
+	return service.Run(ctx, cfg.Listen, h, c.Dispatcher, func(addr string) {
 		logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

@@ -189,3 +189,30 @@ func SetDefaultLogger(logger *slog.Logger) {
 	slog.SetDefault(logger)
 	slog.SetLogLoggerLevel(slog.LevelDebug)
 }
+
+// Connector is what a process that delivers needs: its metrics registry,
+// the queue and the dispatcher. Close the queue when done.
+type Connector struct {
+	Registry   *prometheus.Registry
+	Queue      queue.Queue
+	Dispatcher *dispatch.Dispatcher
+}
+
+// OpenConnector assembles a Connector from cfg, for the connector and the
+// standalone server.
+func OpenConnector(cfg config.Config, logger *slog.Logger) (*Connector, error) {
+	reg, err := Registry()
+	if err != nil {
+		return nil, err
+	}
+	q, err := OpenQueue(cfg, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	d, err := Dispatcher(cfg, q, reg, logger)
+	if err != nil {
+		_ = q.Close()
+		return nil, err
+	}
+	return &Connector{Registry: reg, Queue: q, Dispatcher: d}, nil
+}
