@@ -194,7 +194,11 @@ func (q *Queue) connect() (*generation, error) {
 		stango.NatsOptions(natsOpts...),
 		stango.ConnectWait(5*time.Second),
 		stango.PubAckWait(q.o.PublishTimeout),
-		stango.Pings(1, 3),
+		// A restarted server that forgot this client answers the next
+		// ping with an error, so that is found within a second; silence
+		// is tolerated for ten, as a busy machine can delay the answer and
+		// a lost connection redelivers what this client held.
+		stango.Pings(1, 10),
 		stango.SetConnectionLostHandler(func(_ stango.Conn, err error) {
 			q.log.Warn("NATS Streaming connection lost", "error", err)
 			g.markLost()
