@@ -80,7 +80,15 @@ func New(o Options) (*Dispatcher, error) {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	gateCtx, stopGate := context.WithCancel(ctx)
 	defer stopGate()
-	go d.gate.run(gateCtx)
+	go func() {
+		// Ask the gateway once at start: when it cannot be reached,
+		// deliveries wait for it before any retry is spent, and refused
+		// credentials show in the log now rather than at the first outage.
+		if err := d.gate.probe(gateCtx); err != nil {
+			d.gate.trip()
+		}
+		d.gate.run(gateCtx)
+	}()
 	return d.q.Consume(ctx, d.handle)
 }
 

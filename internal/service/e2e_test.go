@@ -167,7 +167,7 @@ type broker interface {
 type stanBroker struct{ *stanservertest.Server }
 
 func (s stanBroker) DeadLetters(t testing.TB) []*envelope.Envelope {
-	return s.Server.DeadLetters(t, "mailbox")
+	return stanservertest.DeadLetters(t, s.URL(), "mailbox")
 }
 
 type jetStreamBroker struct{ *jsservertest.Server }
@@ -485,6 +485,9 @@ func TestShortDelayNotBehindLongOnes(t *testing.T) {
 func TestGatewayOutagePausesDeliveries(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		b.startConnector(t)
+		// After the connector's check at start, so that the outage is
+		// found by failing calls.
+		poll.Until(t, 10*time.Second, "the connector asked the gateway", func() bool { return b.gw.lookups.Load() > 0 })
 		b.gw.stop()
 		const n = 10
 		for i := range n {
@@ -512,6 +515,43 @@ func TestGatewayOutagePausesDeliveries(t *testing.T) {
 		if b.gw.lookups.Load() == 0 || b.gw.denied.Load() != 0 {
 			t.Fatalf("lookups %d, denied %d: want authenticated lookups", b.gw.lookups.Load(), b.gw.denied.Load())
 		}
+	})
+}
+
+func TestConnectorStartedWhileGatewayDownSpendsNoRetry(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.gw.stop()
+		const n = 5
+		for i := range n {
+			b.mustSchedule(t, "early", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "3")
+		}
+		b.startConnector(t)
+		poll.Until(t, 10*time.Second, "deliveries paused", func() bool { return gauge(t, b.reg, "mailbox_gateway_up") == 0 })
+		b.gw.restart(t)
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("early") == n })
+		for _, c := range b.gw.callsTo("early") {
+			if r := c.header.Get(envelope.HeaderRetries); r != "0" {
+				t.Errorf("delivered with X-Retries %s, want 0: the connector checks the gateway before its first call", r)
+			}
+		}
+	})
+}
+
+func TestConnectorReportsRefusedCredentialsAtStart(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		secrets := t.TempDir()
+		for name, v := range map[string]string{"basic-auth-user": b.gw.user, "basic-auth-password": "wrong"} {
+			if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.cfg.SecretMountPath = secrets
+		b.startConnector(t)
+		poll.Until(t, 10*time.Second, "the gateway refused the connector's lookup", func() bool { return b.gw.denied.Load() > 0 })
+		// Refused credentials do not stop deliveries: CE's /function/
+		// routes need none.
+		b.mustSchedule(t, "anyway", []byte("x"), "X-Delay-Duration", "0")
+		poll.Until(t, 10*time.Second, "delivered", func() bool { return b.gw.distinctIDs("anyway") == 1 })
 	})
 }
 

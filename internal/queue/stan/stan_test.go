@@ -32,7 +32,7 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 func (s server) Deduplicates() bool { return false }
 
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
-	return s.Server.DeadLetters(t, "mailbox")
+	return stanservertest.DeadLetters(t, s.URL(), "mailbox")
 }
 
 func (s server) PublishRaw(t *testing.T, data []byte) {

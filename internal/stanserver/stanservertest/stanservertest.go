@@ -34,11 +34,12 @@ func Start(t testing.TB) *Server {
 	})}
 }
 
-// DeadLetters reads the dead-letter channel from the start until it has been
-// quiet for a moment.
-func (s Server) DeadLetters(t testing.TB, prefix string) []*envelope.Envelope {
+// DeadLetters reads the dead-letter channel of the NATS Streaming server
+// at natsURL (cluster faas-cluster) from the start until it has been quiet
+// for a moment.
+func DeadLetters(t testing.TB, natsURL, prefix string) []*envelope.Envelope {
 	t.Helper()
-	sc, err := stango.Connect("faas-cluster", "reader-"+nuid.Next(), stango.NatsURL(s.URL()))
+	sc, err := stango.Connect("faas-cluster", "reader-"+nuid.Next(), stango.NatsURL(natsURL))
 	if err != nil {
 		t.Fatal(err)
 	}
