@@ -2,18 +2,16 @@ package packaging
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -22,13 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/buildkit/frontend/dockerfile/instructions"
-	"github.com/openfaas/go-sdk/builder"
+	"github.com/openfaas/mailbox/test/internal/fnbuild"
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
-
-// containerWorkdir is the build stage's WORKDIR, where the build context
-// is copied; the test maps it to the context's directory.
-const containerWorkdir = "/go/src/handler"
 
 // TestFunctionsBuildAndServe creates each function's build context as
 // faas-cli does, builds it outside the repository with the commands of
@@ -51,15 +45,14 @@ func TestFunctionsBuildAndServe(t *testing.T) {
 	}
 
 	// faas-cli runs in the directory of stack.yml: the template, handler
-	// and copy paths are relative to it.
-	t.Chdir(root)
+	// and copy paths are relative to it. CreateContext runs go-sdk's
+	// CreateBuildContext there.
 	contexts := map[string]string{}
 	for _, name := range wantFunctions {
 		fn := s.Functions[name]
-		dir, err := builder.CreateBuildContext(name, fn.Handler, fn.Language, s.StackConfiguration.CopyExtraPaths,
-			builder.WithBuildDir(buildDir))
+		dir, err := s.CreateContext(name, buildDir)
 		if err != nil {
-			t.Fatalf("%s: CreateBuildContext: %v", name, err)
+			t.Fatal(err)
 		}
 		checkLayout(t, root, dir, fn.Handler, s.StackConfiguration.CopyExtraPaths)
 		contexts[name] = dir
@@ -89,7 +82,7 @@ func TestFunctionsBuildAndServe(t *testing.T) {
 	serve := startProcess(t, "mailbox serve", mailboxBin, nil,
 		"serve", "--backend", "stan", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
 		"--gateway-url", gw.srv.URL, "--log-format", "json")
-	natsURL := serve.logField(t, "embedded NATS server started", "url")
+	natsURL := logField(t, serve, "embedded NATS server started", "url")
 
 	// The functions run with stack.yml's environment, pointed at the test's
 	// servers. healthcheck_interval is shortened so that SIGTERM is quick.
@@ -153,20 +146,22 @@ func TestFunctionsBuildAndServe(t *testing.T) {
 	})
 
 	t.Run("SIGTERM drains and exits 0", func(t *testing.T) {
-		for _, p := range []*process{mailboxFn, rlFn} {
-			p.signal(t, syscall.SIGTERM)
+		for _, p := range []*proc.Process{mailboxFn, rlFn} {
+			if err := p.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
 		}
 		// Still served during healthcheck_interval, as of-watchdog
 		// keeps sending requests until the pod is out of rotation.
 		if code := get(t, "http://"+mailboxAddr+"/healthz"); code != http.StatusOK {
 			t.Errorf("mailbox /healthz right after SIGTERM answered %d, want 200", code)
 		}
-		for _, p := range []*process{mailboxFn, rlFn} {
-			if err := p.wait(10 * time.Second); err != nil {
-				t.Errorf("%s: %v", p.name, err)
+		for _, p := range []*proc.Process{mailboxFn, rlFn} {
+			if err := p.Wait(10 * time.Second); err != nil {
+				t.Errorf("after SIGTERM: %v:\n%s", err, p.Output())
 			}
-			if !strings.Contains(p.output(), "handler: drained") {
-				t.Errorf("%s did not log that it drained:\n%s", p.name, p.output())
+			if !strings.Contains(p.Output(), "handler: drained") {
+				t.Errorf("%s did not log that it drained:\n%s", p.Name, p.Output())
 			}
 		}
 	})
@@ -209,71 +204,24 @@ func same(t *testing.T, want, got string) {
 	}
 }
 
-// runBuildStage runs the template's build stage in dir, a build context:
-// WORKDIR /go/src/handler is dir, the COPYs are checked to copy the
-// context onto itself, and every RUN runs with sh in that directory with
-// the stage's ENV and ARGs, the platform ARGs set to this machine's as
-// BuildKit would for a native build. Any other instruction fails the test,
-// so that the test keeps running exactly what the image build runs.
-func runBuildStage(t *testing.T, d dockerfile, dir string) {
+// runBuildStage runs the template's build stage in dir, a build context,
+// with fnbuild.RunBuildStage: WORKDIR /go/src/handler is dir, the COPYs
+// are checked to copy the context onto itself, and every RUN runs with sh
+// in that directory with the stage's ENV and ARGs, the platform ARGs set
+// to this machine's as BuildKit would for a native build. Any other
+// instruction fails the test, so that the test keeps running exactly what
+// the image build runs. The output of the RUN of go test is checked.
+func runBuildStage(t *testing.T, d *fnbuild.Dockerfile, dir string) {
 	t.Helper()
-	platform := runtime.GOOS + "/" + runtime.GOARCH
-	buildArgs := map[string]string{
-		"TARGETPLATFORM": platform, "BUILDPLATFORM": platform,
-		"TARGETOS": runtime.GOOS, "TARGETARCH": runtime.GOARCH,
-	}
-	env := map[string]string{}
-	for _, kv := range os.Environ() {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
+	runs, err := fnbuild.RunBuildStage(d, dir)
+	for _, r := range runs {
+		t.Logf("RUN %s: %s", r.Command, r.Took.Round(100*time.Millisecond))
+		if strings.Contains(r.Command, "go test ") {
+			checkTestsRan(t, r.Output)
 		}
 	}
-	workdir := "/"
-	for _, c := range d.stage(t, "build").Commands {
-		switch c := c.(type) {
-		case *instructions.ArgCommand:
-			for _, kv := range c.Args {
-				switch v, ok := buildArgs[kv.Key]; {
-				case ok:
-					env[kv.Key] = v
-				case kv.Value != nil:
-					env[kv.Key] = word(*kv.Value, environ(env))
-				default:
-					// Not passed: Docker leaves it unset.
-					delete(env, kv.Key)
-				}
-			}
-		case *instructions.EnvCommand:
-			for _, kv := range c.Env {
-				env[kv.Key] = word(kv.Value, environ(env))
-			}
-		case *instructions.WorkdirCommand:
-			workdir = path.Join(workdir, c.Path)
-			if path.IsAbs(c.Path) {
-				workdir = path.Clean(c.Path)
-			}
-		case *instructions.CopyCommand:
-			checkSelfCopy(t, dir, workdir, c)
-		case *instructions.RunCommand:
-			if !c.PrependShell || len(c.CmdLine) != 1 {
-				t.Fatalf("RUN %q: only shell-form RUN is run here", c.CmdLine)
-			}
-			rel := mapWorkdir(t, workdir)
-			start := time.Now()
-			cmd := exec.Command("sh", "-c", c.CmdLine[0])
-			cmd.Dir = filepath.Join(dir, rel)
-			cmd.Env = environ(env)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("RUN %s (in %s): %v\n%s", c.CmdLine[0], rel, err, out)
-			}
-			t.Logf("RUN %s: %s", c.CmdLine[0], time.Since(start).Round(100*time.Millisecond))
-			if strings.Contains(c.CmdLine[0], "go test ") {
-				checkTestsRan(t, string(out))
-			}
-		default:
-			t.Fatalf("build stage: %s is not run by this test; teach runBuildStage or drop it", c.Name())
-		}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -290,50 +238,6 @@ func checkTestsRan(t *testing.T, out string) {
 	if strings.Contains(out, "github.com/openfaas/mailbox/internal/") {
 		t.Errorf("go test ran the internal packages' tests:\n%s", out)
 	}
-}
-
-// checkSelfCopy checks that a COPY of the build stage puts each source at
-// the same path under the workdir as in the context: the context already
-// is the workdir, so the copy changes nothing.
-func checkSelfCopy(t *testing.T, dir, workdir string, c *instructions.CopyCommand) {
-	t.Helper()
-	if c.From != "" {
-		t.Fatalf("COPY --from=%s in the build stage is not run by this test", c.From)
-	}
-	dest := c.DestPath
-	if !path.IsAbs(dest) {
-		dest = path.Join(workdir, dest)
-	}
-	for _, src := range c.SourcePaths {
-		if _, err := os.Stat(filepath.Join(dir, src)); err != nil {
-			t.Fatalf("COPY %s: not in the context: %v", src, err)
-		}
-		target := dest
-		if src != "." && strings.HasSuffix(c.DestPath, "/") {
-			target = path.Join(dest, path.Base(src))
-		}
-		if want := path.Join(containerWorkdir, src); target != want {
-			t.Fatalf("COPY %s %s copies to %s, not to %s: the test cannot map it onto the context", src, c.DestPath, target, want)
-		}
-	}
-}
-
-// mapWorkdir returns the workdir relative to the context.
-func mapWorkdir(t *testing.T, workdir string) string {
-	t.Helper()
-	rel, err := filepath.Rel(containerWorkdir, workdir)
-	if err != nil || strings.HasPrefix(rel, "..") {
-		t.Fatalf("WORKDIR %s is outside %s, where the context is", workdir, containerWorkdir)
-	}
-	return rel
-}
-
-func environ(env map[string]string) []string {
-	var out []string
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
 }
 
 // checkStatic fails unless bin is a statically linked ELF executable: no
@@ -380,136 +284,48 @@ func overrides(env, over map[string]string) map[string]string {
 // startFunction runs a function's binary as of-watchdog would: with its
 // environment and upstream_url, here on a free port. It returns once the
 // function listens.
-func startFunction(t *testing.T, name, bin string, env map[string]string) (*process, string) {
+func startFunction(t *testing.T, name, bin string, env map[string]string) (*proc.Process, string) {
 	t.Helper()
-	addr := freeAddr(t)
-	env = overrides(env, map[string]string{"upstream_url": "http://" + addr})
-	p := startProcess(t, name, bin, environ(env))
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return p, addr
-		}
-		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("%s does not listen on %s:\n%s", name, addr, p.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// process is a program the test started; it is killed, by its pid, if
-// it is still running when the test ends.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-
-	mu  sync.Mutex
-	out bytes.Buffer
-}
-
-func startProcess(t *testing.T, name, bin string, env []string, args ...string) *process {
-	t.Helper()
-	p := &process{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append([]string{}, env...) // nothing from the test's environment
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("%s: %v", name, err)
+	env = overrides(env, map[string]string{"upstream_url": "http://" + addr})
+	p := startProcess(t, name, bin, proc.Environ(env))
+	if err := proc.WaitListening(addr, 15*time.Second, p); err != nil {
+		t.Fatalf("%s does not listen on %s: %v\n%s", name, addr, err, p.Output())
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	return p, addr
+}
+
+// startProcess starts a program with exactly the environment env; it is
+// stopped, by its pid, if it is still running when the test ends, and its
+// output is logged if the test failed or is verbose.
+func startProcess(t *testing.T, name, bin string, env []string, args ...string) *proc.Process {
+	t.Helper()
+	p, err := proc.Start(name, bin, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if !p.exited() {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(15 * time.Second):
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
+		_ = p.Stop(15 * time.Second)
 		if t.Failed() || testing.Verbose() {
-			t.Logf("%s output:\n%s", name, p.output())
+			t.Logf("%s output:\n%s", name, p.Output())
 		}
 	})
 	return p
 }
 
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *process) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *process) signal(t *testing.T, sig os.Signal) {
+// logField waits for p's JSON log line with msg and returns its field.
+func logField(t *testing.T, p *proc.Process, msg, field string) string {
 	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s: %v", p.name, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	v, err := p.LogField(ctx, msg, field)
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, p.Output())
 	}
-}
-
-// wait waits for the process to exit and returns an error unless it
-// exited with status 0 within timeout.
-func (p *process) wait(timeout time.Duration) error {
-	select {
-	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("exited with %v:\n%s", p.err, p.output())
-		}
-		return nil
-	case <-time.After(timeout):
-		return fmt.Errorf("still running %s after SIGTERM", timeout)
-	}
-}
-
-// logField waits for the JSON log line with msg and returns its field.
-func (p *process) logField(t *testing.T, msg, field string) string {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		for _, line := range strings.Split(p.output(), "\n") {
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-				if v, ok := rec[field].(string); ok {
-					return v
-				}
-			}
-		}
-		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("%s did not log %q with %s:\n%s", p.name, msg, field, p.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return v
 }
 
 // gateway stands in for the OpenFaaS gateway: it proxies

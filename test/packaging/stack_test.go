@@ -17,8 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/openfaas/go-sdk/stack"
-	"gopkg.in/yaml.v3"
+	"github.com/openfaas/mailbox/test/internal/fnbuild"
 )
 
 // packageDir is where go test started the tests: test/packaging. It is
@@ -42,24 +41,13 @@ func repoRoot(t testing.TB) string {
 // loadStack parses stack.yml as faas-cli does (environment substituted),
 // after checking that it decodes strictly into go-sdk's schema, so that a
 // misspelt key fails here instead of being ignored by faas-cli.
-func loadStack(t testing.TB) *stack.Services {
+func loadStack(t testing.TB) *fnbuild.Stack {
 	t.Helper()
-	file := filepath.Join(repoRoot(t), "stack.yml")
-	raw, err := os.ReadFile(file)
+	s, err := fnbuild.LoadStack(filepath.Join(repoRoot(t), "stack.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	var strict stack.Services
-	if err := dec.Decode(&strict); err != nil {
-		t.Fatalf("stack.yml does not decode strictly into go-sdk's stack.Services: %v", err)
-	}
-	services, err := stack.ParseYAMLFile(file, "", "", true)
-	if err != nil {
-		t.Fatalf("stack.ParseYAMLFile: %v", err)
-	}
-	return services
+	return s
 }
 
 // The functions stack.yml must define.

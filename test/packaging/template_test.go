@@ -15,12 +15,11 @@ import (
 	"github.com/moby/buildkit/client/llb/sourceresolver"
 	"github.com/moby/buildkit/frontend/dockerfile/dockerfile2llb"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
-	"github.com/moby/buildkit/frontend/dockerfile/linter"
-	"github.com/moby/buildkit/frontend/dockerfile/parser"
-	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/openfaas/go-sdk/stack"
 	"gopkg.in/yaml.v3"
+
+	"github.com/openfaas/mailbox/test/internal/fnbuild"
 )
 
 const templateName = "mailbox-go"
@@ -30,74 +29,38 @@ func templateDir(t testing.TB) string {
 	return filepath.Join(repoRoot(t), "template", templateName)
 }
 
-// dockerfile is the template's Dockerfile as BuildKit reads it.
-type dockerfile struct {
-	stages   []instructions.Stage
-	metaArgs map[string]string // global ARGs and their defaults
-}
-
 // parseDockerfile parses the Dockerfile in dir with BuildKit's parser and
 // its linter (the checks of `docker build --check`): a parser or lint
 // warning fails the test.
-func parseDockerfile(t testing.TB, dir string) dockerfile {
+func parseDockerfile(t testing.TB, dir string) *fnbuild.Dockerfile {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "Dockerfile"))
+	d, err := fnbuild.ParseDockerfile(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := parser.Parse(bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("Dockerfile: %v", err)
-	}
-	for _, w := range res.Warnings {
-		t.Errorf("Dockerfile: parser warning: %s", w.Short)
-	}
-	lint := linter.New(&linter.Config{Warn: func(rule, _, _, msg string, loc []parser.Range) {
-		t.Errorf("Dockerfile: lint %s: %s (at %v)", rule, msg, loc)
-	}})
-	stages, metaArgs, err := instructions.Parse(res.AST, lint)
-	if err != nil {
-		t.Fatalf("Dockerfile: %v", err)
-	}
-	d := dockerfile{stages: stages, metaArgs: map[string]string{}}
-	for _, a := range metaArgs {
-		for _, kv := range a.Args {
-			d.metaArgs[kv.Key] = kv.ValueString()
-		}
+	for _, w := range d.Warnings {
+		t.Error(w)
 	}
 	return d
 }
 
-// stage returns the stage called name.
-func (d dockerfile) stage(t testing.TB, name string) instructions.Stage {
+// stage returns the stage of d called name.
+func stage(t testing.TB, d *fnbuild.Dockerfile, name string) instructions.Stage {
 	t.Helper()
-	for _, s := range d.stages {
-		if s.Name == name {
-			return s
-		}
+	s, err := d.Stage(name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("Dockerfile has no stage %q", name)
-	return instructions.Stage{}
+	return s
 }
 
-// base is a stage's FROM image with the global ARGs' defaults expanded.
-func (d dockerfile) base(s instructions.Stage) string {
+// baseImage is a stage's FROM image with the global ARGs' defaults expanded.
+func baseImage(d *fnbuild.Dockerfile, s instructions.Stage) string {
 	var env []string
-	for k, v := range d.metaArgs {
+	for k, v := range d.MetaArgs {
 		env = append(env, k+"="+v)
 	}
-	return word(s.BaseName, env)
-}
-
-// word processes a Dockerfile word as BuildKit does (quotes removed,
-// variables from env expanded); a word it cannot process is returned as
-// it is, for the assertions to show.
-func word(w string, env []string) string {
-	out, _, err := shell.NewLex('\\').ProcessWord(w, shell.EnvsFromSlice(env))
-	if err != nil {
-		return w
-	}
-	return out
+	return fnbuild.Word(s.BaseName, env)
 }
 
 func TestTemplateYAML(t *testing.T) {
@@ -130,22 +93,22 @@ func TestTemplateYAML(t *testing.T) {
 func TestTemplateDockerfile(t *testing.T) {
 	t.Parallel()
 	d := parseDockerfile(t, templateDir(t))
-	if got := stageNames(d.stages); !slices.Equal(got, []string{"watchdog", "build", "ship"}) {
+	if got := stageNames(d.Stages); !slices.Equal(got, []string{"watchdog", "build", "ship"}) {
 		t.Fatalf("stages %q, want watchdog, build, ship", got)
 	}
 
 	// of-watchdog from its image, for the target platform.
-	wd := d.stage(t, "watchdog")
-	if base := d.base(wd); !regexp.MustCompile(`^ghcr\.io/openfaas/of-watchdog:\d+\.\d+\.\d+$`).MatchString(base) ||
+	wd := stage(t, d, "watchdog")
+	if base := baseImage(d, wd); !regexp.MustCompile(`^ghcr\.io/openfaas/of-watchdog:\d+\.\d+\.\d+$`).MatchString(base) ||
 		wd.Platform != "" || len(wd.Commands) != 0 {
 		t.Errorf("watchdog stage: FROM --platform=%s %s with %d commands; want ghcr.io/openfaas/of-watchdog:<version> for the target platform (the default), nothing else",
 			wd.Platform, base, len(wd.Commands))
 	}
 
 	// The build stage: the Go of go.mod, on the build platform.
-	build := d.stage(t, "build")
+	build := stage(t, d, "build")
 	goVersion := goDirective(t)
-	if base := d.base(build); base != "golang:"+goVersion+"-alpine" || build.Platform != "${BUILDPLATFORM}" {
+	if base := baseImage(d, build); base != "golang:"+goVersion+"-alpine" || build.Platform != "${BUILDPLATFORM}" {
 		t.Errorf("build stage: FROM --platform=%s %s; want golang:%s-alpine (go.mod's go, as golang images do not switch toolchains) on the build platform",
 			build.Platform, base, goVersion)
 	}
@@ -181,9 +144,9 @@ func TestTemplateDockerfile(t *testing.T) {
 
 	// The image: watchdog and handler, a non-root user by number, the
 	// watchdog in HTTP mode in front of the handler.
-	ship := d.stage(t, "ship")
-	if d.stages[len(d.stages)-1].Name != "ship" || ship.Platform != "" {
-		t.Errorf("the last stage is %q on %q, want ship on the target platform (the default)", d.stages[len(d.stages)-1].Name, ship.Platform)
+	ship := stage(t, d, "ship")
+	if d.Stages[len(d.Stages)-1].Name != "ship" || ship.Platform != "" {
+		t.Errorf("the last stage is %q on %q, want ship on the target platform (the default)", d.Stages[len(d.Stages)-1].Name, ship.Platform)
 	}
 	copies := map[string]string{}
 	var user, cmd string
@@ -225,8 +188,8 @@ func TestTemplateDockerfile(t *testing.T) {
 	if !slices.Equal(healthcheck, []string{"CMD", "/usr/bin/fwatchdog", "--run-healthcheck"}) {
 		t.Errorf("HEALTHCHECK %q, want the watchdog's lock-file check", healthcheck)
 	}
-	if !strings.HasPrefix(d.base(ship), "gcr.io/distroless/static") {
-		t.Errorf("ship stage FROM %s, want a distroless static image", d.base(ship))
+	if !strings.HasPrefix(baseImage(d, ship), "gcr.io/distroless/static") {
+		t.Errorf("ship stage FROM %s, want a distroless static image", baseImage(d, ship))
 	}
 }
 
@@ -304,7 +267,7 @@ func envOf(s instructions.Stage) map[string]string {
 	for _, c := range s.Commands {
 		if e, ok := c.(*instructions.EnvCommand); ok {
 			for _, kv := range e.Env {
-				env[kv.Key] = word(kv.Value, nil)
+				env[kv.Key] = fnbuild.Word(kv.Value, nil)
 			}
 		}
 	}

@@ -1,0 +1,186 @@
+package bed
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/openfaas/faas-provider/types"
+)
+
+// TestFnImage is the image name the provider maps to the test function's
+// binary.
+const TestFnImage = "mailbox-bed/testfn:latest"
+
+// Test functions, all the test function's binary with a behaviour each.
+const (
+	// Flaky answers 429 FlakyFailures times to each message, then 200.
+	Flaky         = "flaky"
+	FlakyFailures = 2
+	// Failing always answers 500.
+	Failing = "failing"
+	// Slow answers 200 after SlowFor.
+	Slow    = "slow"
+	SlowFor = 2 * time.Second
+)
+
+// Functions deployed from stack.yml.
+const (
+	Mailbox     = "mailbox"
+	RateLimited = "ratelimited"
+)
+
+// deployFunctions deploys every function through the gateway, as
+// faas-cli deploy would, and waits until each is ready.
+func (b *Bed) deployFunctions(ctx context.Context) error {
+	specs := []types.FunctionDeployment{
+		b.fromStack(Mailbox, append(b.mailboxEnv(), "healthcheck_interval=1s")...),
+		b.fromStack(RateLimited,
+			"api_url=http://"+apiAddress+"/work",
+			"mailbox_url="+GatewayURL+"/function/"+Mailbox,
+			"requeue_delay=1s",
+			"healthcheck_interval=1s",
+		),
+		testFn(Flaky, "behaviour=flaky", fmt.Sprintf("fail_times=%d", FlakyFailures)),
+		testFn(Failing, "behaviour=failing"),
+		testFn(Slow, "behaviour=slow", "sleep="+SlowFor.String()),
+	}
+	for _, spec := range specs {
+		status, err := b.Client.Deploy(ctx, spec)
+		if err != nil {
+			return fmt.Errorf("deploy %s: %w", spec.Service, err)
+		}
+		if status != http.StatusAccepted && status != http.StatusOK {
+			return fmt.Errorf("deploy %s: gateway answered %d", spec.Service, status)
+		}
+	}
+	for _, spec := range specs {
+		if err := b.waitReady(ctx, spec.Service); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fromStack is the deployment faas-cli makes of a stack.yml function, with
+// env put over its environment.
+func (b *Bed) fromStack(name string, env ...string) types.FunctionDeployment {
+	fn := b.cfg.Stack.Functions[name]
+	vars := maps.Clone(fn.Environment)
+	if vars == nil {
+		vars = map[string]string{}
+	}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	return types.FunctionDeployment{
+		Service:     name,
+		Image:       fn.Image,
+		EnvVars:     vars,
+		Labels:      deref(fn.Labels),
+		Annotations: deref(fn.Annotations),
+		Secrets:     fn.Secrets,
+	}
+}
+
+func testFn(name string, env ...string) types.FunctionDeployment {
+	vars := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	labels := map[string]string{"com.openfaas.scale.min": "1"}
+	return types.FunctionDeployment{Service: name, Image: TestFnImage, EnvVars: vars, Labels: &labels}
+}
+
+// waitReady polls the gateway until the function has a ready replica.
+func (b *Bed) waitReady(ctx context.Context, name string) error {
+	deadline := time.Now().Add(startTimeout)
+	for {
+		st, err := b.Client.GetFunction(ctx, name, "")
+		if err == nil && st.AvailableReplicas > 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready through the gateway after %s (last error: %v); its output:\n%s",
+				name, startTimeout, err, b.Output("provider"))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func deref(m *map[string]string) *map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := maps.Clone(*m)
+	return &c
+}
+
+// API stands in for the rate-limited API the example function calls: it
+// answers 429 with Retry-After 1 to the first Limit calls for each body,
+// then 200, and records every call.
+type API struct {
+	mu    sync.Mutex
+	limit int
+	calls map[string]int
+}
+
+// SetLimit sets how many calls per body are refused with 429.
+func (a *API) SetLimit(n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.limit = n
+}
+
+// Calls is how many calls the API had for body.
+func (a *API) Calls(body string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls[body]
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	body := string(b)
+	a.mu.Lock()
+	if a.calls == nil {
+		a.calls = map[string]int{}
+	}
+	a.calls[body]++
+	refused := a.calls[body] <= a.limit
+	a.mu.Unlock()
+	if refused {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "slow down", http.StatusTooManyRequests)
+		return
+	}
+	_, _ = w.Write([]byte("done"))
+}
+
+// FunctionLogs is the function's output as the gateway serves it at
+// /system/logs (faas-cli logs).
+func (b *Bed) FunctionLogs(ctx context.Context, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msgs, err := b.Client.GetLogs(ctx, name, "", false, 0, nil)
+	if err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	for m := range msgs {
+		out.WriteString(m.Text)
+		out.WriteByte('\n')
+	}
+	return out.String(), nil
+}

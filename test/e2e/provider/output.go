@@ -1,0 +1,95 @@
+package provider
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"sync"
+	"time"
+)
+
+// output collects one function's stdout and stderr across restarts and
+// updates: each line goes to the writer from Options.Output, prefixed with
+// the function's name, and the last lines stay in memory so that a failing
+// test can print them (Provider.Logs) and the logs endpoint can serve them.
+type output struct {
+	name string
+	max  int
+
+	// wmu is shared by all functions' outputs so that functions writing
+	// to one shared writer (a single log file) never interleave mid-line.
+	wmu *sync.Mutex
+	w   io.Writer
+
+	mu    sync.Mutex
+	lines []line
+}
+
+type line struct {
+	at   time.Time
+	text string
+}
+
+func (o *output) add(text string) {
+	now := time.Now()
+	o.mu.Lock()
+	o.lines = append(o.lines, line{now, text})
+	if len(o.lines) > o.max {
+		// Copy rather than reslice so that the dropped lines are freed.
+		o.lines = append([]line(nil), o.lines[len(o.lines)-o.max:]...)
+	}
+	o.mu.Unlock()
+
+	if o.w != nil {
+		o.wmu.Lock()
+		_, _ = io.WriteString(o.w, o.name+": "+text+"\n")
+		o.wmu.Unlock()
+	}
+}
+
+func (o *output) snapshot() []line {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]line(nil), o.lines...)
+}
+
+func (o *output) String() string {
+	var b strings.Builder
+	for _, l := range o.snapshot() {
+		b.WriteString(l.text)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// lineWriter splits one process's output into lines. It is used as both
+// the process's Stdout and Stderr: os/exec then gives them one pipe and
+// one copying goroutine, so Write is never called concurrently and the
+// two streams stay in the order the process wrote them.
+type lineWriter struct {
+	out     *output
+	partial []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			w.partial = append(w.partial, p...)
+			break
+		}
+		w.out.add(strings.TrimSuffix(string(w.partial)+string(p[:i]), "\r"))
+		w.partial = w.partial[:0]
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// flush emits a last line the process did not end with a newline.
+func (w *lineWriter) flush() {
+	if len(w.partial) > 0 {
+		w.out.add(string(w.partial))
+		w.partial = nil
+	}
+}
