@@ -47,7 +47,7 @@ func BenchmarkBacklogMemory(b *testing.B) {
 	for range 32 {
 		wg.Go(func() {
 			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-				e := &envelope.Envelope{ID: strconv.FormatInt(i, 10), Function: "fn", Body: make([]byte, 256), MaxRetries: 1, DueAt: due.Add(time.Duration(i) * time.Millisecond)}
+				e := &envelope.Envelope{ID: strconv.FormatInt(i, 10), Function: "fn", Body: make([]byte, 256), Policy: envelope.Policy{MaxRetries: new(1)}, DueAt: due.Add(time.Duration(i) * time.Millisecond)}
 				if err := q.Schedule(context.Background(), e); err != nil {
 					b.Error(err)
 					return

@@ -85,6 +85,8 @@ func WithDelay(d time.Duration) Option {
 //   - X-Mailbox-Message-Id: the incoming value, else left out (the
 //     mailbox picks a new id)
 //   - Content-Type: the incoming value, else left out
+//   - X-Dead-Letter-Reason, -From, -Time and -Retries: the incoming
+//     values, on a dead letter routed to this function
 //
 // An incoming control header that is given more than once, or an
 // X-Retries that is not a non-negative integer, is an error naming the
@@ -152,8 +154,19 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 	if ct := in.Get("Content-Type"); ct != "" {
 		out.Set("Content-Type", ct)
 	}
+	// A dead letter the mailbox routed to this function stays one when
+	// requeued, so the mailbox never routes it again (no cycles).
+	for _, name := range deadLetterHeaders {
+		if v := in.Get(name); v != "" {
+			out.Set(name, v)
+		}
+	}
 	return out, nil
 }
+
+// deadLetterHeaders are on a dead letter the mailbox routed to a
+// dead-letter function.
+var deadLetterHeaders = []string{"X-Dead-Letter-Reason", "X-Dead-Letter-From", "X-Dead-Letter-Time", "X-Dead-Letter-Retries"}
 
 // FormatDelay writes d as the mailbox writes X-Delay-Duration: whole
 // seconds as an integer ("60"), anything finer as a Go duration ("1.5s").

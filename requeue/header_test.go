@@ -150,3 +150,31 @@ func equalHeader(a, b http.Header) bool {
 	}
 	return true
 }
+
+// A routed dead letter requeued by its dead-letter function stays marked,
+// so the mailbox does not route it again.
+func TestHeaderKeepsDeadLetterMarks(t *testing.T) {
+	in := http.Header{
+		"X-Dead-Letter-From":    {"orders"},
+		"X-Dead-Letter-Reason":  {"rejected"},
+		"X-Dead-Letter-Time":    {"2026-11-23T05:00:00Z"},
+		"X-Dead-Letter-Retries": {"3"},
+		"X-Unrelated":           {"x"},
+	}
+	out, err := requeue.Header(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range in {
+		if got := out.Get(name); name != "X-Unrelated" && got != v[0] {
+			t.Errorf("%s = %q, want %q", name, got, v[0])
+		}
+	}
+	if out.Get("X-Unrelated") != "" {
+		t.Errorf("X-Unrelated carried over")
+	}
+	plain, _ := requeue.Header(http.Header{})
+	if plain.Get("X-Dead-Letter-From") != "" {
+		t.Errorf("X-Dead-Letter-From set on an ordinary requeue")
+	}
+}

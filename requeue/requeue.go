@@ -181,10 +181,28 @@ func refusal(res *http.Response, answer []byte) *Error {
 	} else {
 		e.Message = clip(answer)
 	}
-	if s, err := strconv.Atoi(strings.TrimSpace(res.Header.Get("Retry-After"))); err == nil && s > 0 {
-		e.RetryAfter = time.Duration(s) * time.Second
-	}
+	e.RetryAfter = RetryAfter(res.Header.Get("Retry-After"), time.Now())
 	return e
+}
+
+// RetryAfter reads a Retry-After value (RFC 9110): whole seconds or an
+// HTTP date. Anything else, or a time already past, is 0. A function whose
+// API answered 429 can pass it on with WithDelay.
+func RetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now).Round(time.Second)
+	}
+	return 0
 }
 
 // endpoint returns mailboxURL/deadletter/function. The function name is

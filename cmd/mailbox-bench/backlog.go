@@ -83,7 +83,7 @@ func measureBacklog(ctx context.Context, b *broker, o options, log *slog.Logger)
 		now := time.Now().UTC()
 		err := q.Schedule(ctx, &envelope.Envelope{
 			ID: nuid.Next(), Function: function, Body: body,
-			MaxRetries: 10, Delay: time.Hour, AcceptedAt: now, DueAt: now.Add(time.Hour),
+			Policy: envelope.Policy{MaxRetries: new(10), Delay: new(time.Hour)}, AcceptedAt: now, DueAt: now.Add(time.Hour),
 		})
 		stored.Add(1)
 		return err

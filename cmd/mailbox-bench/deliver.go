@@ -76,7 +76,7 @@ func deliveryRate(ctx context.Context, b *broker, o options) (delivery, error) {
 	start := time.Now()
 	err = forEach(ctx, o.Deliver, o.Clients, func(ctx context.Context, _ int) error {
 		now := time.Now().UTC()
-		return q.Schedule(ctx, &envelope.Envelope{ID: nuid.Next(), Function: function, Body: body, MaxRetries: 10, AcceptedAt: now, DueAt: now})
+		return q.Schedule(ctx, &envelope.Envelope{ID: nuid.Next(), Function: function, Body: body, Policy: envelope.Policy{MaxRetries: new(10)}, AcceptedAt: now, DueAt: now})
 	})
 	if err != nil {
 		return delivery{}, fmt.Errorf("preload: %w", err)
@@ -143,7 +143,7 @@ func measureLateness(ctx context.Context, b *broker, o options) (lateness, error
 		due := p.due.UTC()
 		return q.Schedule(ctx, &envelope.Envelope{
 			ID: nuid.Next(), Function: function, Body: []byte(due.Format(time.RFC3339Nano)),
-			MaxRetries: 10, Delay: time.Until(due), AcceptedAt: time.Now().UTC(), DueAt: due,
+			Policy: envelope.Policy{MaxRetries: new(10), Delay: new(time.Until(due))}, AcceptedAt: time.Now().UTC(), DueAt: due,
 		})
 	})
 	if err != nil {

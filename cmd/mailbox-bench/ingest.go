@@ -40,8 +40,7 @@ func storedSize(bodyBytes int) (int, error) {
 		Function:   function,
 		Header:     http.Header{"Content-Type": {"application/octet-stream"}, "User-Agent": {"Go-http-client/1.1"}},
 		Body:       make([]byte, bodyBytes),
-		MaxRetries: 10,
-		Delay:      time.Hour,
+		Policy:     envelope.Policy{MaxRetries: new(10), Delay: new(time.Hour)},
 		AcceptedAt: now,
 		DueAt:      now.Add(time.Hour),
 	})
@@ -100,7 +99,7 @@ func newIngestRig(ctx context.Context, b *broker, o options) (rig *ingestRig, er
 		now := time.Now().UTC()
 		return q.Schedule(ctx, &envelope.Envelope{
 			ID: nuid.Next(), Function: function, Header: stored, Body: body,
-			MaxRetries: 10, Delay: time.Hour, AcceptedAt: now, DueAt: now.Add(time.Hour),
+			Policy: envelope.Policy{MaxRetries: new(10), Delay: new(time.Hour)}, AcceptedAt: now, DueAt: now.Add(time.Hour),
 		})
 	}
 

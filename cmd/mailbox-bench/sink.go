@@ -3,19 +3,19 @@ package main
 import (
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/gatewaytest"
 )
 
-// sink stands in for the OpenFaaS gateway: every function answers 200 at
-// once. It records when each message first arrived and, for messages whose
-// body is their due time (RFC 3339), how late that was.
+// sink is the function every message is for, deployed on a stand-in for
+// the OpenFaaS gateway: it answers 200 at once. It records when each
+// message first arrived and, for messages whose body is their due time
+// (RFC 3339), how late that was.
 type sink struct {
-	addr string
-	stop func()
+	gw *gatewaytest.Gateway
 
 	mu      sync.Mutex
 	calls   int
@@ -29,12 +29,6 @@ type sink struct {
 func startSink(dueInBody bool) (*sink, error) {
 	s := &sink{ids: map[string]bool{}}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/function/") {
-			// connector-sdk's function lookup, used only while the
-			// gateway is thought down.
-			_, _ = io.WriteString(w, "[]")
-			return
-		}
 		at := time.Now()
 		body, _ := io.ReadAll(r.Body)
 		id := r.Header.Get(envelope.HeaderMessageID)
@@ -57,15 +51,19 @@ func startSink(dueInBody bool) (*sink, error) {
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	})
-	addr, stop, err := serve(h)
+	gw, err := gatewaytest.Start(gatewaytest.Options{})
 	if err != nil {
 		return nil, err
 	}
-	s.addr, s.stop = addr, stop
+	gw.Deploy(function, h, nil)
+	s.gw = gw
 	return s, nil
 }
 
-func (s *sink) url() string { return "http://" + s.addr }
+// url is the gateway's.
+func (s *sink) url() string { return s.gw.URL() }
+
+func (s *sink) stop() { s.gw.Stop() }
 
 // delivered is the number of distinct messages received.
 func (s *sink) delivered() int {

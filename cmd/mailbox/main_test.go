@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"regexp"
@@ -29,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/gatewaytest"
 	"github.com/openfaas/mailbox/internal/poll"
 )
 
@@ -44,81 +44,16 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// gateway stands in for the OpenFaaS gateway: it records every call to
-// /function/<name> by message id, and answers connector-sdk's function
-// lookup under /system/.
-type gateway struct {
-	*httptest.Server
-
-	mu      sync.Mutex
-	calls   map[string][]string // function -> message ids, in arrival order
-	done    map[string]int      // message id -> calls answered 200 after the whole delay
-	aborted map[string]int      // message id -> calls the caller gave up on
-	delay   map[string]time.Duration
-}
-
-func startGateway(t *testing.T) *gateway {
+// startGateway runs a stand-in for the OpenFaaS gateway until the test
+// ends; functions are deployed on it by each test.
+func startGateway(t *testing.T) *gatewaytest.Gateway {
 	t.Helper()
-	g := &gateway{
-		calls:   map[string][]string{},
-		done:    map[string]int{},
-		aborted: map[string]int{},
-		delay:   map[string]time.Duration{},
+	g, err := gatewaytest.Start(gatewaytest.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	g.Server = httptest.NewServer(http.HandlerFunc(g.serve))
-	t.Cleanup(g.Close)
+	t.Cleanup(g.Stop)
 	return g
-}
-
-func (g *gateway) serve(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/system/") {
-		_, _ = io.WriteString(w, "[]")
-		return
-	}
-	name, ok := strings.CutPrefix(r.URL.Path, "/function/")
-	if !ok || r.Method != http.MethodPost {
-		http.NotFound(w, r)
-		return
-	}
-	_, _ = io.Copy(io.Discard, r.Body)
-	id := r.Header.Get(envelope.HeaderMessageID)
-	g.mu.Lock()
-	g.calls[name] = append(g.calls[name], id)
-	delay := g.delay[name]
-	g.mu.Unlock()
-	if delay > 0 {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			g.mu.Lock()
-			g.aborted[id]++
-			g.mu.Unlock()
-			return
-		}
-	}
-	g.mu.Lock()
-	g.done[id]++
-	g.mu.Unlock()
-	w.WriteHeader(http.StatusOK)
-}
-
-// slow makes calls to name take d.
-func (g *gateway) slow(name string, d time.Duration) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.delay[name] = d
-}
-
-func (g *gateway) callsTo(name string) []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]string(nil), g.calls[name]...)
-}
-
-func (g *gateway) outcome(id string) (done, aborted int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.done[id], g.aborted[id]
 }
 
 // child is a mailbox serve process running the test binary's main().
@@ -301,9 +236,11 @@ var backends = []string{"stan", "jetstream"}
 
 func testSIGKILLLosesNothing(t *testing.T, backend string) {
 	gw := startGateway(t)
+	steady := gatewaytest.Record(nil)
+	gw.Deploy("steady", steady, nil)
 	dir := t.TempDir()
 
-	first := startChild(t, dir, gw.URL, backend)
+	first := startChild(t, dir, gw.URL(), backend)
 	first.waitHealthy(t)
 	const n = 20
 	want := map[string]bool{}
@@ -314,23 +251,23 @@ func testSIGKILLLosesNothing(t *testing.T, backend string) {
 	if code := first.wait(t, 10*time.Second); code != -1 {
 		t.Fatalf("exit status %d after SIGKILL, want -1 (killed)", code)
 	}
-	if got := len(gw.callsTo("steady")); got == n {
+	if got := steady.Distinct(); got == n {
 		t.Fatalf("all %d messages were delivered before the kill: nothing left to lose, the test proves nothing", n)
 	}
 
 	// A new process on the same data: it reads the store the killed one
 	// left. The embedded server first waits for the dead client's
 	// heartbeats to fail before it hands that client's messages on.
-	second := startChild(t, dir, gw.URL, backend)
+	second := startChild(t, dir, gw.URL(), backend)
 	second.waitHealthy(t)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%d of %d messages delivered", len(gw.callsTo("steady")), n)
+			t.Logf("%d of %d messages delivered", steady.Distinct(), n)
 		}
 	})
 	poll.Until(t, 60*time.Second, "every message accepted before the kill delivered", func() bool {
 		got := map[string]bool{}
-		for _, id := range gw.callsTo("steady") {
+		for _, id := range steady.IDs() {
 			got[id] = true
 		}
 		for id := range want {
@@ -354,33 +291,56 @@ func TestSIGTERMDrainsAndExitsCleanly(t *testing.T) {
 
 func testSIGTERMDrainsAndExitsCleanly(t *testing.T, backend string) {
 	gw := startGateway(t)
-	gw.slow("slow", time.Second)
+	// slow answers 200 after a second, counting the calls it finished and
+	// those its caller gave up on first.
+	var (
+		mu            sync.Mutex
+		done, aborted int
+	)
+	slow := gatewaytest.Record(func(w http.ResponseWriter, r *http.Request, _ int) {
+		select {
+		case <-time.After(time.Second):
+			mu.Lock()
+			done++
+			mu.Unlock()
+		case <-r.Context().Done():
+			mu.Lock()
+			aborted++
+			mu.Unlock()
+		}
+	})
+	gw.Deploy("slow", slow, nil)
+	marker := gatewaytest.Record(nil)
+	gw.Deploy("marker", marker, nil)
 	dir := t.TempDir()
 
-	first := startChild(t, dir, gw.URL, backend)
+	first := startChild(t, dir, gw.URL(), backend)
 	first.waitHealthy(t)
 	id := first.requeue(t, "slow", "in flight", "X-Delay-Duration", "0")
-	poll.Until(t, 15*time.Second, "slow function called", func() bool { return len(gw.callsTo("slow")) == 1 })
+	poll.Until(t, 15*time.Second, "slow function called", func() bool { return slow.Len() == 1 })
 	first.signal(t, syscall.SIGTERM)
 	if code := first.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM, want 0", code)
 	}
-	if done, aborted := gw.outcome(id); done != 1 || aborted != 0 {
-		t.Fatalf("in-flight call: %d answered 200, %d abandoned; want it to finish once before the exit", done, aborted)
+	mu.Lock()
+	d, a := done, aborted
+	mu.Unlock()
+	if d != 1 || a != 0 {
+		t.Fatalf("in-flight call: %d answered 200, %d abandoned; want it to finish once before the exit", d, a)
 	}
 
 	// Had the call not been acknowledged, the server would deliver it
 	// again as soon as the new process joins the queue group, before any
 	// newer message; the marker, due a second later, comes after it.
-	second := startChild(t, dir, gw.URL, backend)
+	second := startChild(t, dir, gw.URL(), backend)
 	second.waitHealthy(t)
-	marker := second.requeue(t, "marker", "after restart", "X-Delay-Duration", "1")
-	poll.Until(t, 30*time.Second, "marker delivered", func() bool { return len(gw.callsTo("marker")) == 1 })
-	if calls := gw.callsTo("slow"); len(calls) != 1 || calls[0] != id {
+	markerID := second.requeue(t, "marker", "after restart", "X-Delay-Duration", "1")
+	poll.Until(t, 30*time.Second, "marker delivered", func() bool { return marker.Len() == 1 })
+	if calls := slow.IDs(); len(calls) != 1 || calls[0] != id {
 		t.Fatalf("slow function called with %q, want only %q once: the drained call was delivered again", calls, id)
 	}
-	if got := gw.callsTo("marker"); got[0] != marker {
-		t.Fatalf("marker call carried id %q, want %q", got[0], marker)
+	if got := marker.IDs(); got[0] != markerID {
+		t.Fatalf("marker call carried id %q, want %q", got[0], markerID)
 	}
 	if backend == "jetstream" {
 		// JetStream delivers an unacknowledged message again only after its
@@ -495,7 +455,7 @@ func TestRunServesFromEnvironmentUntilCancelled(t *testing.T) {
 	environ := []string{
 		"listen=127.0.0.1:0",
 		"data_dir=" + t.TempDir(),
-		"gateway_url=" + gw.URL,
+		"gateway_url=" + gw.URL(),
 		"nats_url=",
 		"log_format=text",
 	}

@@ -197,7 +197,7 @@ func (h *handler) callAPI(ctx context.Context, contentType string, body []byte) 
 	b, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	var wait time.Duration
 	if res.StatusCode == http.StatusTooManyRequests {
-		wait = retryAfter(res.Header.Get("Retry-After"), time.Now())
+		wait = requeue.RetryAfter(res.Header.Get("Retry-After"), time.Now())
 	}
 	return res.StatusCode, string(b), wait, nil
 }
@@ -235,25 +235,6 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, body []byte, w
 		}
 		reply(w, http.StatusBadGateway, answer{Error: "rate limited, and the mailbox did not take the request: " + err.Error()})
 	}
-}
-
-// retryAfter reads a Retry-After value: whole seconds or an HTTP date.
-// Anything else, or a time already past, is 0.
-func retryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if n, err := strconv.Atoi(v); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		return time.Duration(n) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now).Round(time.Second)
-	}
-	return 0
 }
 
 // parseDelay reads whole seconds ("60") or a Go duration ("1500ms").

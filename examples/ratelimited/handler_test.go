@@ -266,22 +266,3 @@ func TestNewRejectsBadEnvironment(t *testing.T) {
 		t.Fatalf("LoadConfig = %+v, %v", cfg, err)
 	}
 }
-
-func TestRetryAfter(t *testing.T) {
-	t.Parallel()
-	now := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
-	for v, want := range map[string]time.Duration{
-		"":                              0,
-		"30":                            30 * time.Second,
-		" 2 ":                           2 * time.Second,
-		"0":                             0,
-		"-3":                            0,
-		"soon":                          0,
-		"Mon, 23 Nov 2026 10:01:30 GMT": 90 * time.Second,
-		"Mon, 23 Nov 2026 09:59:00 GMT": 0, // already past
-	} {
-		if got := retryAfter(v, now); got != want {
-			t.Errorf("retryAfter(%q) = %s, want %s", v, got, want)
-		}
-	}
-}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -33,19 +34,12 @@ type Options struct {
 	// Queue stores accepted messages. Required.
 	Queue queue.Queue
 
-	// DefaultMaxRetries is used when a request has no X-Max-Retries.
-	// Must be >= 0 and <= MaxRetriesLimit.
-	DefaultMaxRetries int
-	// MaxRetriesLimit is the largest X-Max-Retries accepted; above it the
-	// request is rejected rather than capped, so a caller learns its value
-	// was not honoured.
-	MaxRetriesLimit int
-
-	// DefaultDelay is used when a request has no X-Delay-Duration. Must be
-	// >= 0 and <= MaxDelay.
-	DefaultDelay time.Duration
-	// MaxDelay is the largest X-Delay-Duration accepted.
-	MaxDelay time.Duration
+	// Defaults are the mailbox's delivery defaults and caps: headers
+	// above a cap are refused rather than capped, so a caller learns its
+	// value was not honoured. The API knows no function's annotations:
+	// the wait before the first delivery and the answer's max_retries use
+	// the headers, then these defaults.
+	Defaults delivery.Defaults
 
 	// MaxBodyBytes is the largest request body accepted. It is lowered to
 	// Queue.MaxPayload() whenever that is smaller, checked per request as
@@ -75,17 +69,17 @@ func (o *Options) validate() error {
 	if o.Queue == nil {
 		errs = append(errs, errors.New("Queue is required"))
 	}
-	if o.DefaultMaxRetries < 0 {
-		errs = append(errs, fmt.Errorf("DefaultMaxRetries is %d, must be >= 0", o.DefaultMaxRetries))
+	if o.Defaults.MaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("Defaults.MaxRetries is %d, must be >= 0", o.Defaults.MaxRetries))
 	}
-	if o.MaxRetriesLimit < o.DefaultMaxRetries {
-		errs = append(errs, fmt.Errorf("MaxRetriesLimit is %d, must be >= DefaultMaxRetries (%d)", o.MaxRetriesLimit, o.DefaultMaxRetries))
+	if o.Defaults.MaxRetriesLimit < o.Defaults.MaxRetries {
+		errs = append(errs, fmt.Errorf("Defaults.MaxRetriesLimit is %d, must be >= Defaults.MaxRetries (%d)", o.Defaults.MaxRetriesLimit, o.Defaults.MaxRetries))
 	}
-	if o.DefaultDelay < 0 {
-		errs = append(errs, fmt.Errorf("DefaultDelay is %s, must be >= 0", o.DefaultDelay))
+	if o.Defaults.Delay < 0 {
+		errs = append(errs, fmt.Errorf("Defaults.Delay is %s, must be >= 0", o.Defaults.Delay))
 	}
-	if o.MaxDelay < o.DefaultDelay {
-		errs = append(errs, fmt.Errorf("MaxDelay is %s, must be >= DefaultDelay (%s)", o.MaxDelay, o.DefaultDelay))
+	if o.Defaults.MaxDelay < o.Defaults.Delay {
+		errs = append(errs, fmt.Errorf("Defaults.MaxDelay is %s, must be >= Defaults.Delay (%s)", o.Defaults.MaxDelay, o.Defaults.Delay))
 	}
 	if o.MaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxBodyBytes is %d, must be >= 0", o.MaxBodyBytes))
@@ -104,7 +98,7 @@ func (o *Options) validate() error {
 
 type handler struct {
 	queue           queue.Queue
-	limits          limits
+	defaults        delivery.Defaults
 	maxBodyBytes    int64
 	keepCredentials bool
 	log             *slog.Logger
@@ -125,13 +119,8 @@ func New(o Options) (http.Handler, error) {
 		return nil, err
 	}
 	h := &handler{
-		queue: o.Queue,
-		limits: limits{
-			defaultMaxRetries: o.DefaultMaxRetries,
-			maxRetriesLimit:   o.MaxRetriesLimit,
-			defaultDelay:      o.DefaultDelay,
-			maxDelay:          o.MaxDelay,
-		},
+		queue:           o.Queue,
+		defaults:        o.Defaults,
 		maxBodyBytes:    o.MaxBodyBytes,
 		keepCredentials: o.KeepCredentials,
 		log:             o.Logger,
@@ -233,7 +222,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	}
 	// Headers before the body: a bad request is refused without reading
 	// up to MaxBodyBytes first.
-	p, err := parseParams(r.Header, h.limits)
+	p, err := parseParams(r.Header, h.defaults)
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
 	}
@@ -270,45 +259,34 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		Header:     keptHeaders(r.Header, h.keepCredentials),
 		Body:       body,
 		Retries:    p.retries,
-		MaxRetries: p.maxRetries,
-		Delay:      p.delay,
+		Policy:     p.policy,
 		AcceptedAt: now,
-		DueAt:      now.Add(p.delay),
+	}
+	if p.routed {
+		e.Kind = envelope.KindDeadLetter
 	}
 
-	// The delivery package owns the rule for when a message's retries
-	// are spent; the API only acts on its decision.
-	d := delivery.Admit(e, now)
-	var dead bool
-	switch {
-	case d.Action == delivery.Retry && d.Next != nil:
-		e = d.Next
-		err = h.queue.Schedule(r.Context(), e)
-	case d.Action == delivery.DeadLetter && d.Next != nil:
-		e, dead = d.Next, true
-		err = h.queue.DeadLetter(r.Context(), e)
-	default:
-		// Admit only retries or dead-letters; anything else is a bug
-		// there, answered without storing rather than guessed at.
-		h.log.Error("requeue: unexpected admission decision", "function", function, "id", e.ID, "action", d.Action.String())
-		return writeError(w, http.StatusInternalServerError, "", "internal error")
+	// The delivery package owns the rules; the API only acts on its
+	// decision.
+	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
+	d := delivery.Admit(e, policy, now, rand.Float64())
+	if err := d.Store(r.Context(), h.queue); err != nil {
+		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
-	if err != nil {
-		return h.queueError(w, e, dead, err)
-	}
+	e = d.Next
 
 	h.metrics.bodyBytes.Observe(float64(len(body)))
 	w.Header().Set(envelope.HeaderMessageID, e.ID)
-	if dead {
+	if d.Action == delivery.DeadLetter {
 		h.metrics.deadLetters.WithLabelValues(e.Reason).Inc()
-		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", e.MaxRetries)
+		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", policy.MaxRetries)
 		return writeJSON(w, http.StatusOK, deadLetteredResponse{
 			Status:     "dead-lettered",
 			Reason:     e.Reason,
 			ID:         e.ID,
 			Function:   e.Function,
 			Retries:    e.Retries,
-			MaxRetries: e.MaxRetries,
+			MaxRetries: policy.MaxRetries,
 		})
 	}
 	h.log.Debug("requeue: scheduled", "function", function, "id", e.ID, "retries", e.Retries, "due_at", e.DueAt)
@@ -317,7 +295,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		ID:         e.ID,
 		Function:   e.Function,
 		Retries:    e.Retries,
-		MaxRetries: e.MaxRetries,
+		MaxRetries: policy.MaxRetries,
 		DueAt:      e.DueAt.Format(time.RFC3339Nano),
 	})
 }

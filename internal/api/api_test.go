@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 )
@@ -30,9 +31,12 @@ type memQueue struct {
 	scheduled   []*envelope.Envelope
 	dead        []*envelope.Envelope
 	scheduleErr error
-	deadErr     error
-	maxPayload  int
-	connected   bool
+	// scheduleFails, when set, fails the Schedule of each envelope it
+	// returns an error for (after scheduleErr).
+	scheduleFails func(e *envelope.Envelope) error
+	deadErr       error
+	maxPayload    int
+	connected     bool
 }
 
 var _ queue.Queue = (*memQueue)(nil)
@@ -42,6 +46,11 @@ func (q *memQueue) Schedule(_ context.Context, e *envelope.Envelope) error {
 	defer q.mu.Unlock()
 	if q.scheduleErr != nil {
 		return q.scheduleErr
+	}
+	if q.scheduleFails != nil {
+		if err := q.scheduleFails(e); err != nil {
+			return err
+		}
 	}
 	q.scheduled = append(q.scheduled, clone(e))
 	return nil
@@ -98,6 +107,20 @@ func clone(e *envelope.Envelope) *envelope.Envelope {
 // whether times are converted to UTC and kept at full precision.
 var testNow = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.FixedZone("CET", 3600))
 
+// testDefaults are the delivery defaults and caps setup gives the handler.
+func testDefaults() delivery.Defaults {
+	return delivery.Defaults{
+		MaxRetries:      10,
+		MaxRetriesLimit: 100,
+		Delay:           time.Minute,
+		MaxDelay:        time.Hour,
+		Backoff:         envelope.BackoffFixed,
+	}
+}
+
+// ptr returns a pointer to v, for the envelope's optional policy fields.
+func ptr[T any](v T) *T { return &v }
+
 type bundle struct {
 	handler http.Handler
 	queue   *memQueue
@@ -115,16 +138,13 @@ func setup(t *testing.T, adjust func(*Options)) *bundle {
 		logs:  &syncBuffer{},
 	}
 	o := Options{
-		Queue:             b.queue,
-		DefaultMaxRetries: 10,
-		MaxRetriesLimit:   100,
-		DefaultDelay:      time.Minute,
-		MaxDelay:          time.Hour,
-		MaxBodyBytes:      1 << 16,
-		Registerer:        b.reg,
-		Gatherer:          b.reg,
-		Logger:            slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Now:               func() time.Time { return testNow },
+		Queue:        b.queue,
+		Defaults:     testDefaults(),
+		MaxBodyBytes: 1 << 16,
+		Registerer:   b.reg,
+		Gatherer:     b.reg,
+		Logger:       slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:          func() time.Time { return testNow },
 	}
 	if adjust != nil {
 		adjust(&o)
@@ -139,8 +159,10 @@ func setup(t *testing.T, adjust func(*Options)) *bundle {
 
 func (b *bundle) do(method, target string, body []byte, header http.Header) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, target, bytes.NewReader(body))
+	// Canonical keys, as a server receives them (envelope.HeaderTTL is
+	// written X-Message-TTL).
 	for k, vs := range header {
-		r.Header[k] = vs
+		r.Header[http.CanonicalHeaderKey(k)] = vs
 	}
 	w := httptest.NewRecorder()
 	b.handler.ServeHTTP(w, r)
@@ -310,8 +332,9 @@ func TestRequeueScheduled(t *testing.T) {
 		header         http.Header
 		body           []byte
 		wantRetries    int
-		wantMaxRetries int
-		wantDelay      time.Duration
+		wantMaxRetries int           // the answer's: the header's, else the default
+		wantDelay      time.Duration // the wait before the first delivery
+		wantPolicy     envelope.Policy
 	}{
 		{
 			name:           "defaults",
@@ -338,6 +361,7 @@ func TestRequeueScheduled(t *testing.T) {
 			wantRetries:    2,
 			wantMaxRetries: 5,
 			wantDelay:      30 * time.Second,
+			wantPolicy:     envelope.Policy{MaxRetries: ptr(5), Delay: ptr(30 * time.Second)},
 		},
 		{
 			name:           "go duration",
@@ -345,6 +369,7 @@ func TestRequeueScheduled(t *testing.T) {
 			body:           []byte("{}"),
 			wantMaxRetries: 10,
 			wantDelay:      1500 * time.Millisecond,
+			wantPolicy:     envelope.Policy{Delay: ptr(1500 * time.Millisecond)},
 		},
 		{
 			// Retries == MaxRetries is still delivered once more.
@@ -353,6 +378,7 @@ func TestRequeueScheduled(t *testing.T) {
 			body:           []byte("last"),
 			wantRetries:    3,
 			wantMaxRetries: 3,
+			wantPolicy:     envelope.Policy{MaxRetries: ptr(3), Delay: ptr(time.Duration(0))},
 		},
 	}
 	for _, tt := range tests {
@@ -395,9 +421,17 @@ func TestRequeueScheduled(t *testing.T) {
 			if !bytes.Equal(e.Body, tt.body) {
 				t.Errorf("stored body %q, want %q", e.Body, tt.body)
 			}
-			if e.Retries != tt.wantRetries || e.MaxRetries != tt.wantMaxRetries || e.Delay != tt.wantDelay {
-				t.Errorf("stored retries %d/%d delay %s, want %d/%d %s",
-					e.Retries, e.MaxRetries, e.Delay, tt.wantRetries, tt.wantMaxRetries, tt.wantDelay)
+			if e.Retries != tt.wantRetries {
+				t.Errorf("stored retries %d, want %d", e.Retries, tt.wantRetries)
+			}
+			// The policy holds only what the headers set: the connector
+			// fills the rest from annotations and defaults, so the
+			// defaults are not baked into the message.
+			if !reflect.DeepEqual(e.Policy, tt.wantPolicy) {
+				t.Errorf("stored policy %s, want %s", policyString(e.Policy), policyString(tt.wantPolicy))
+			}
+			if e.Kind != envelope.KindMessage {
+				t.Errorf("stored kind %q, want a message", e.Kind)
 			}
 			if !e.AcceptedAt.Equal(testNow) || e.AcceptedAt.Location() != time.UTC {
 				t.Errorf("AcceptedAt = %v, want %v in UTC", e.AcceptedAt, testNow)
@@ -522,8 +556,9 @@ func TestRequeueDeadLetter(t *testing.T) {
 		t.Fatalf("dead-lettered %d messages, want 1", len(d))
 	}
 	e := d[0]
-	if e.ID != "m-1" || e.Function != "fn" || !bytes.Equal(e.Body, body) || e.Retries != 4 || e.MaxRetries != 3 {
-		t.Errorf("dead letter = %+v", e)
+	if e.ID != "m-1" || e.Function != "fn" || !bytes.Equal(e.Body, body) || e.Retries != 4 ||
+		!reflect.DeepEqual(e.Policy, envelope.Policy{MaxRetries: ptr(3)}) || e.Kind != envelope.KindMessage {
+		t.Errorf("dead letter = %+v, policy %s", e, policyString(e.Policy))
 	}
 	if e.Reason != envelope.ReasonMaxRetries || !e.DeadAt.Equal(testNow) {
 		t.Errorf("dead letter Reason %q DeadAt %v, want %q and %v", e.Reason, e.DeadAt, envelope.ReasonMaxRetries, testNow)
@@ -775,10 +810,10 @@ func TestNewInvalidOptions(t *testing.T) {
 		want   string // part of the error
 	}{
 		{"nil queue", func(o *Options) { o.Queue = nil }, "Queue"},
-		{"negative default max retries", func(o *Options) { o.DefaultMaxRetries = -1 }, "DefaultMaxRetries"},
-		{"limit below default", func(o *Options) { o.MaxRetriesLimit = 5 }, "MaxRetriesLimit"},
-		{"negative default delay", func(o *Options) { o.DefaultDelay = -time.Second }, "DefaultDelay"},
-		{"max delay below default", func(o *Options) { o.MaxDelay = time.Second }, "MaxDelay"},
+		{"negative default max retries", func(o *Options) { o.Defaults.MaxRetries = -1 }, "Defaults.MaxRetries is -1"},
+		{"limit below default", func(o *Options) { o.Defaults.MaxRetriesLimit = 5 }, "Defaults.MaxRetriesLimit is 5"},
+		{"negative default delay", func(o *Options) { o.Defaults.Delay = -time.Second }, "Defaults.Delay is -1s"},
+		{"max delay below default", func(o *Options) { o.Defaults.MaxDelay = time.Second }, "Defaults.MaxDelay is 1s"},
 		{"negative max body", func(o *Options) { o.MaxBodyBytes = -1 }, "MaxBodyBytes"},
 		{"nil registerer", func(o *Options) { o.Registerer = nil }, "Registerer"},
 		{"nil gatherer", func(o *Options) { o.Gatherer = nil }, "Gatherer"},
@@ -788,13 +823,10 @@ func TestNewInvalidOptions(t *testing.T) {
 	valid := func() Options {
 		reg := prometheus.NewRegistry()
 		return Options{
-			Queue:             &memQueue{},
-			DefaultMaxRetries: 10,
-			MaxRetriesLimit:   100,
-			DefaultDelay:      time.Minute,
-			MaxDelay:          time.Hour,
-			Registerer:        reg,
-			Gatherer:          reg,
+			Queue:      &memQueue{},
+			Defaults:   testDefaults(),
+			Registerer: reg,
+			Gatherer:   reg,
 		}
 	}
 	if _, err := New(valid()); err != nil {

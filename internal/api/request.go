@@ -5,18 +5,19 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/openfaas/mailbox/internal/envelope"
-
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/delivery"
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/names"
 )
 
 const (
 	deadletterPrefix = "/deadletter/"
-	maxLabelLen      = 63
 	maxMessageIDLen  = 64
 	// maxEchoLen bounds how much of a rejected value an error message
 	// repeats back, so a megabyte header does not become a megabyte answer.
@@ -53,97 +54,118 @@ func messageType(escapedPath string) (string, error) {
 		return "", &fieldError{msg: fmt.Sprintf("message type %s must be <function> or <function>.<namespace>", echo(name))}
 	}
 	for _, p := range parts {
-		if !isDNSLabel(p) {
+		if !names.ValidLabel(p) {
 			return "", &fieldError{msg: fmt.Sprintf("message type %s: %s is not a DNS-1123 label (lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit)", echo(name), echo(p))}
 		}
 	}
 	return name, nil
 }
 
-// isDNSLabel reports whether s is a DNS-1123 label, the form Kubernetes
-// requires of function and namespace names.
-func isDNSLabel(s string) bool {
-	if len(s) == 0 || len(s) > maxLabelLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' && i > 0 && i < len(s)-1:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// requeueParams are the control headers of one requeue request, with
-// defaults applied and caps checked.
+// requeueParams are the control headers of one requeue request, checked
+// against the caps. The policy holds only what the headers set: the
+// connector fills the rest from the function's annotations and the
+// mailbox's defaults.
 type requeueParams struct {
-	retries    int
-	maxRetries int
-	delay      time.Duration
-	id         string
+	retries int
+	id      string
+	policy  envelope.Policy
+	// routed: the request carries X-Dead-Letter-From, so it is a dead
+	// letter a dead-letter function requeued; it is never routed again.
+	routed bool
 }
 
-// limits are the defaults and caps that parseParams applies.
-type limits struct {
-	defaultMaxRetries, maxRetriesLimit int
-	defaultDelay, maxDelay             time.Duration
-}
-
-// parseParams reads the control headers of h. An absent header takes its
-// default; a present but bad one is an error naming it, never a silent
-// fallback to the default.
-func parseParams(h http.Header, l limits) (requeueParams, error) {
-	p := requeueParams{maxRetries: l.defaultMaxRetries, delay: l.defaultDelay}
-
-	if v, ok, err := single(h, envelope.HeaderRetries); err != nil {
-		return p, err
-	} else if ok {
-		n, err := parseCount(envelope.HeaderRetries, v)
+// parseParams reads the control headers of h. An absent header is unset;
+// a present but bad one is an error naming it, never a silent fallback.
+func parseParams(h http.Header, d delivery.Defaults) (requeueParams, error) {
+	var p requeueParams
+	for _, f := range []struct {
+		name  string
+		parse func(v string) error
+	}{
+		{envelope.HeaderRetries, func(v string) (err error) {
+			p.retries, err = parseCount(envelope.HeaderRetries, v)
+			return err
+		}},
+		{envelope.HeaderMaxRetries, func(v string) error {
+			n, err := parseCount(envelope.HeaderMaxRetries, v)
+			if err == nil && n > d.MaxRetriesLimit {
+				err = &fieldError{field: envelope.HeaderMaxRetries, msg: fmt.Sprintf("%d is above the limit of %d", n, d.MaxRetriesLimit)}
+			}
+			p.policy.MaxRetries = &n
+			return err
+		}},
+		{envelope.HeaderDelay, func(v string) (err error) {
+			p.policy.Delay, err = parseDelay(envelope.HeaderDelay, v, d.MaxDelay, false)
+			return err
+		}},
+		{envelope.HeaderMaxDelay, func(v string) (err error) {
+			p.policy.MaxDelay, err = parseDelay(envelope.HeaderMaxDelay, v, d.MaxDelay, true)
+			return err
+		}},
+		{envelope.HeaderTTL, func(v string) (err error) {
+			p.policy.TTL, err = parseDelay(envelope.HeaderTTL, v, 0, true)
+			return err
+		}},
+		{envelope.HeaderBackoff, func(v string) error {
+			v = strings.ToLower(v)
+			if v != envelope.BackoffFixed && v != envelope.BackoffExponential {
+				return &fieldError{field: envelope.HeaderBackoff, msg: fmt.Sprintf("%s is not %s or %s", echo(v), envelope.BackoffFixed, envelope.BackoffExponential)}
+			}
+			p.policy.Backoff = v
+			return nil
+		}},
+		{envelope.HeaderDeadLetterFunction, func(v string) error {
+			if !names.Valid(v) {
+				return &fieldError{field: envelope.HeaderDeadLetterFunction, msg: fmt.Sprintf("%s is not <function> or <function>.<namespace> (DNS-1123 labels)", echo(v))}
+			}
+			p.policy.DeadLetterFunction = v
+			return nil
+		}},
+		{envelope.HeaderCallbackURL, func(v string) error {
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return &fieldError{field: envelope.HeaderCallbackURL, msg: fmt.Sprintf("%s is not an absolute http or https URL", echo(v))}
+			}
+			if u.User != nil {
+				// It would be stored on the broker with the message.
+				return &fieldError{field: envelope.HeaderCallbackURL, msg: "must not hold credentials (user:password@)"}
+			}
+			p.policy.CallbackURL = v
+			return nil
+		}},
+		{envelope.HeaderMessageID, func(v string) error {
+			if !isMessageID(v) {
+				return &fieldError{field: envelope.HeaderMessageID, msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-'", echo(v), maxMessageIDLen)}
+			}
+			p.id = v
+			return nil
+		}},
+	} {
+		v, ok, err := single(h, f.name)
+		if err == nil && ok {
+			err = f.parse(v)
+		}
 		if err != nil {
 			return p, err
 		}
-		p.retries = n
 	}
-
-	if v, ok, err := single(h, envelope.HeaderMaxRetries); err != nil {
-		return p, err
-	} else if ok {
-		n, err := parseCount(envelope.HeaderMaxRetries, v)
-		if err != nil {
-			return p, err
-		}
-		if n > l.maxRetriesLimit {
-			return p, &fieldError{field: envelope.HeaderMaxRetries, msg: fmt.Sprintf("%d is above the limit of %d", n, l.maxRetriesLimit)}
-		}
-		p.maxRetries = n
-	}
-
-	if v, ok, err := single(h, envelope.HeaderDelay); err != nil {
-		return p, err
-	} else if ok {
-		d, err := config.ParseSeconds(v)
-		if err != nil {
-			return p, &fieldError{field: envelope.HeaderDelay, msg: fmt.Sprintf("%s is not a non-negative number of seconds or a duration like 1500ms or 2m", echo(v))}
-		}
-		if d > l.maxDelay {
-			return p, &fieldError{field: envelope.HeaderDelay, msg: fmt.Sprintf("%s is above the limit of %s", d, l.maxDelay)}
-		}
-		p.delay = d
-	}
-
-	if v, ok, err := single(h, envelope.HeaderMessageID); err != nil {
-		return p, err
-	} else if ok {
-		if !isMessageID(v) {
-			return p, &fieldError{field: envelope.HeaderMessageID, msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-'", echo(v), maxMessageIDLen)}
-		}
-		p.id = v
-	}
+	p.routed = h.Get(envelope.HeaderDeadLetterFrom) != ""
 	return p, nil
+}
+
+// parseDelay parses a duration header: seconds or a Go duration, at most
+// limit (0: no limit), above zero when positive.
+func parseDelay(field, v string, limit time.Duration, positive bool) (*time.Duration, error) {
+	d, err := config.ParseSeconds(v)
+	switch {
+	case err != nil:
+		return nil, &fieldError{field: field, msg: fmt.Sprintf("%s is not a non-negative number of seconds or a duration like 1500ms or 2m", echo(v))}
+	case positive && d <= 0:
+		return nil, &fieldError{field: field, msg: fmt.Sprintf("%s must be above zero", echo(v))}
+	case limit > 0 && d > limit:
+		return nil, &fieldError{field: field, msg: fmt.Sprintf("%s is above the limit of %s", d, limit)}
+	}
+	return &d, nil
 }
 
 // single returns the one value of header name. Repeating a control header
@@ -231,6 +253,8 @@ func keptHeaders(h http.Header, keepCredentials bool) http.Header {
 		// Set by the transport for this request, not part of the message.
 		"Host", "Content-Length",
 		envelope.HeaderRetries, envelope.HeaderMaxRetries, envelope.HeaderDelay, envelope.HeaderMessageID,
+		envelope.HeaderBackoff, envelope.HeaderMaxDelay, envelope.HeaderTTL,
+		envelope.HeaderDeadLetterFunction, envelope.HeaderCallbackURL,
 	}
 	for _, name := range drop {
 		out.Del(name)

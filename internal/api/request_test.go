@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 )
 
@@ -70,10 +71,12 @@ func TestMessageType(t *testing.T) {
 
 func TestParseParams(t *testing.T) {
 	t.Parallel()
-	l := limits{defaultMaxRetries: 10, maxRetriesLimit: 100, defaultDelay: time.Minute, maxDelay: time.Hour}
-	defaults := requeueParams{retries: 0, maxRetries: 10, delay: time.Minute}
+	d := delivery.Defaults{MaxRetries: 10, MaxRetriesLimit: 100, Delay: time.Minute, MaxDelay: time.Hour}
+	// Nothing set: an absent header leaves its setting to the connector
+	// (annotations, then defaults), so parseParams fills in no default.
+	unset := requeueParams{}
 	with := func(f func(*requeueParams)) requeueParams {
-		p := defaults
+		p := unset
 		f(&p)
 		return p
 	}
@@ -85,10 +88,11 @@ func TestParseParams(t *testing.T) {
 		want      requeueParams
 		wantField string // set when an error naming this header is expected
 	}{
-		{name: "defaults", header: http.Header{}, want: defaults},
+		{name: "nothing set", header: http.Header{}, want: unset},
+		{name: "nil header", header: nil, want: unset},
 
 		{name: "retries", header: http.Header{envelope.HeaderRetries: {"3"}}, want: with(func(p *requeueParams) { p.retries = 3 })},
-		{name: "retries zero", header: http.Header{envelope.HeaderRetries: {"0"}}, want: defaults},
+		{name: "retries zero", header: http.Header{envelope.HeaderRetries: {"0"}}, want: unset},
 		{name: "retries not a number", header: http.Header{envelope.HeaderRetries: {"abc"}}, wantField: envelope.HeaderRetries},
 		{name: "retries negative", header: http.Header{envelope.HeaderRetries: {"-1"}}, wantField: envelope.HeaderRetries},
 		{name: "retries signed", header: http.Header{envelope.HeaderRetries: {"+1"}}, wantField: envelope.HeaderRetries},
@@ -97,24 +101,75 @@ func TestParseParams(t *testing.T) {
 		{name: "retries overflow", header: http.Header{envelope.HeaderRetries: {"99999999999999999999999"}}, wantField: envelope.HeaderRetries},
 		{name: "retries twice", header: http.Header{envelope.HeaderRetries: {"1", "2"}}, wantField: envelope.HeaderRetries},
 
-		{name: "max retries", header: http.Header{envelope.HeaderMaxRetries: {"5"}}, want: with(func(p *requeueParams) { p.maxRetries = 5 })},
-		{name: "max retries zero", header: http.Header{envelope.HeaderMaxRetries: {"0"}}, want: with(func(p *requeueParams) { p.maxRetries = 0 })},
-		{name: "max retries at cap", header: http.Header{envelope.HeaderMaxRetries: {"100"}}, want: with(func(p *requeueParams) { p.maxRetries = 100 })},
+		{name: "max retries", header: http.Header{envelope.HeaderMaxRetries: {"5"}}, want: with(func(p *requeueParams) { p.policy.MaxRetries = ptr(5) })},
+		{name: "max retries zero", header: http.Header{envelope.HeaderMaxRetries: {"0"}}, want: with(func(p *requeueParams) { p.policy.MaxRetries = ptr(0) })},
+		{name: "max retries default value", header: http.Header{envelope.HeaderMaxRetries: {"10"}}, want: with(func(p *requeueParams) { p.policy.MaxRetries = ptr(10) })},
+		{name: "max retries at cap", header: http.Header{envelope.HeaderMaxRetries: {"100"}}, want: with(func(p *requeueParams) { p.policy.MaxRetries = ptr(100) })},
 		{name: "max retries above cap", header: http.Header{envelope.HeaderMaxRetries: {"101"}}, wantField: envelope.HeaderMaxRetries},
 		{name: "max retries negative", header: http.Header{envelope.HeaderMaxRetries: {"-1"}}, wantField: envelope.HeaderMaxRetries},
 		{name: "max retries not a number", header: http.Header{envelope.HeaderMaxRetries: {"many"}}, wantField: envelope.HeaderMaxRetries},
+		{name: "max retries twice", header: http.Header{envelope.HeaderMaxRetries: {"1", "1"}}, wantField: envelope.HeaderMaxRetries},
 
-		{name: "delay seconds", header: http.Header{envelope.HeaderDelay: {"5"}}, want: with(func(p *requeueParams) { p.delay = 5 * time.Second })},
-		{name: "delay zero", header: http.Header{envelope.HeaderDelay: {"0"}}, want: with(func(p *requeueParams) { p.delay = 0 })},
-		{name: "delay milliseconds", header: http.Header{envelope.HeaderDelay: {"1500ms"}}, want: with(func(p *requeueParams) { p.delay = 1500 * time.Millisecond })},
-		{name: "delay minutes", header: http.Header{envelope.HeaderDelay: {"2m"}}, want: with(func(p *requeueParams) { p.delay = 2 * time.Minute })},
-		{name: "delay at cap", header: http.Header{envelope.HeaderDelay: {"3600"}}, want: with(func(p *requeueParams) { p.delay = time.Hour })},
+		{name: "delay seconds", header: http.Header{envelope.HeaderDelay: {"5"}}, want: with(func(p *requeueParams) { p.policy.Delay = ptr(5 * time.Second) })},
+		{name: "delay zero", header: http.Header{envelope.HeaderDelay: {"0"}}, want: with(func(p *requeueParams) { p.policy.Delay = ptr(time.Duration(0)) })},
+		{name: "delay milliseconds", header: http.Header{envelope.HeaderDelay: {"1500ms"}}, want: with(func(p *requeueParams) { p.policy.Delay = ptr(1500 * time.Millisecond) })},
+		{name: "delay minutes", header: http.Header{envelope.HeaderDelay: {"2m"}}, want: with(func(p *requeueParams) { p.policy.Delay = ptr(2 * time.Minute) })},
+		{name: "delay at cap", header: http.Header{envelope.HeaderDelay: {"3600"}}, want: with(func(p *requeueParams) { p.policy.Delay = ptr(time.Hour) })},
 		{name: "delay above cap seconds", header: http.Header{envelope.HeaderDelay: {"3601"}}, wantField: envelope.HeaderDelay},
 		{name: "delay above cap duration", header: http.Header{envelope.HeaderDelay: {"2h"}}, wantField: envelope.HeaderDelay},
 		{name: "delay negative seconds", header: http.Header{envelope.HeaderDelay: {"-5"}}, wantField: envelope.HeaderDelay},
 		{name: "delay negative duration", header: http.Header{envelope.HeaderDelay: {"-1s"}}, wantField: envelope.HeaderDelay},
 		{name: "delay not a duration", header: http.Header{envelope.HeaderDelay: {"soon"}}, wantField: envelope.HeaderDelay},
 		{name: "delay empty", header: http.Header{envelope.HeaderDelay: {""}}, wantField: envelope.HeaderDelay},
+		{name: "delay twice", header: http.Header{envelope.HeaderDelay: {"1", "2"}}, wantField: envelope.HeaderDelay},
+
+		{name: "backoff fixed", header: http.Header{envelope.HeaderBackoff: {"fixed"}}, want: with(func(p *requeueParams) { p.policy.Backoff = envelope.BackoffFixed })},
+		{name: "backoff exponential", header: http.Header{envelope.HeaderBackoff: {"exponential"}}, want: with(func(p *requeueParams) { p.policy.Backoff = envelope.BackoffExponential })},
+		{name: "backoff other", header: http.Header{envelope.HeaderBackoff: {"linear"}}, wantField: envelope.HeaderBackoff},
+		{name: "backoff empty", header: http.Header{envelope.HeaderBackoff: {""}}, wantField: envelope.HeaderBackoff},
+		{name: "backoff twice", header: http.Header{envelope.HeaderBackoff: {"fixed", "exponential"}}, wantField: envelope.HeaderBackoff},
+
+		{name: "max delay seconds", header: http.Header{envelope.HeaderMaxDelay: {"30"}}, want: with(func(p *requeueParams) { p.policy.MaxDelay = ptr(30 * time.Second) })},
+		{name: "max delay duration", header: http.Header{envelope.HeaderMaxDelay: {"10m"}}, want: with(func(p *requeueParams) { p.policy.MaxDelay = ptr(10 * time.Minute) })},
+		{name: "max delay at cap", header: http.Header{envelope.HeaderMaxDelay: {"1h"}}, want: with(func(p *requeueParams) { p.policy.MaxDelay = ptr(time.Hour) })},
+		{name: "max delay above cap", header: http.Header{envelope.HeaderMaxDelay: {"3601"}}, wantField: envelope.HeaderMaxDelay},
+		{name: "max delay negative", header: http.Header{envelope.HeaderMaxDelay: {"-1m"}}, wantField: envelope.HeaderMaxDelay},
+		{name: "max delay not a duration", header: http.Header{envelope.HeaderMaxDelay: {"later"}}, wantField: envelope.HeaderMaxDelay},
+		{name: "max delay twice", header: http.Header{envelope.HeaderMaxDelay: {"1m", "1m"}}, wantField: envelope.HeaderMaxDelay},
+
+		{name: "ttl seconds", header: http.Header{envelope.HeaderTTL: {"90"}}, want: with(func(p *requeueParams) { p.policy.TTL = ptr(90 * time.Second) })},
+		{name: "ttl duration", header: http.Header{envelope.HeaderTTL: {"1500ms"}}, want: with(func(p *requeueParams) { p.policy.TTL = ptr(1500 * time.Millisecond) })},
+		// No cap: a message may be kept for longer than one delay.
+		{name: "ttl above max delay", header: http.Header{envelope.HeaderTTL: {"720h"}}, want: with(func(p *requeueParams) { p.policy.TTL = ptr(720 * time.Hour) })},
+		{name: "ttl zero", header: http.Header{envelope.HeaderTTL: {"0"}}, wantField: envelope.HeaderTTL},
+		{name: "ttl zero duration", header: http.Header{envelope.HeaderTTL: {"0s"}}, wantField: envelope.HeaderTTL},
+		{name: "ttl negative", header: http.Header{envelope.HeaderTTL: {"-5"}}, wantField: envelope.HeaderTTL},
+		{name: "ttl negative duration", header: http.Header{envelope.HeaderTTL: {"-1h"}}, wantField: envelope.HeaderTTL},
+		{name: "ttl garbage", header: http.Header{envelope.HeaderTTL: {"forever"}}, wantField: envelope.HeaderTTL},
+		{name: "ttl empty", header: http.Header{envelope.HeaderTTL: {""}}, wantField: envelope.HeaderTTL},
+		{name: "ttl twice", header: http.Header{envelope.HeaderTTL: {"1h", "2h"}}, wantField: envelope.HeaderTTL},
+
+		{name: "dead-letter function", header: http.Header{envelope.HeaderDeadLetterFunction: {"dlq"}}, want: with(func(p *requeueParams) { p.policy.DeadLetterFunction = "dlq" })},
+		{name: "dead-letter function with namespace", header: http.Header{envelope.HeaderDeadLetterFunction: {"dlq.openfaas-fn"}}, want: with(func(p *requeueParams) { p.policy.DeadLetterFunction = "dlq.openfaas-fn" })},
+		{name: "dead-letter function upper case", header: http.Header{envelope.HeaderDeadLetterFunction: {"DLQ"}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function underscore", header: http.Header{envelope.HeaderDeadLetterFunction: {"dl_q"}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function three parts", header: http.Header{envelope.HeaderDeadLetterFunction: {"a.b.c"}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function slash", header: http.Header{envelope.HeaderDeadLetterFunction: {"a/b"}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function leading dash", header: http.Header{envelope.HeaderDeadLetterFunction: {"-dlq"}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function too long", header: http.Header{envelope.HeaderDeadLetterFunction: {strings.Repeat("a", 64)}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function empty", header: http.Header{envelope.HeaderDeadLetterFunction: {""}}, wantField: envelope.HeaderDeadLetterFunction},
+		{name: "dead-letter function twice", header: http.Header{envelope.HeaderDeadLetterFunction: {"a", "b"}}, wantField: envelope.HeaderDeadLetterFunction},
+
+		{name: "callback http", header: http.Header{envelope.HeaderCallbackURL: {"http://cb.example.com/hook"}}, want: with(func(p *requeueParams) { p.policy.CallbackURL = "http://cb.example.com/hook" })},
+		{name: "callback https with port and query", header: http.Header{envelope.HeaderCallbackURL: {"https://cb.example.com:8443/x?y=1"}}, want: with(func(p *requeueParams) { p.policy.CallbackURL = "https://cb.example.com:8443/x?y=1" })},
+		{name: "callback relative", header: http.Header{envelope.HeaderCallbackURL: {"/hook"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback no scheme", header: http.Header{envelope.HeaderCallbackURL: {"cb.example.com/hook"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback ftp", header: http.Header{envelope.HeaderCallbackURL: {"ftp://cb.example.com/hook"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback mailto", header: http.Header{envelope.HeaderCallbackURL: {"mailto:ops@example.com"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback no host", header: http.Header{envelope.HeaderCallbackURL: {"http://"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback garbage", header: http.Header{envelope.HeaderCallbackURL: {"http://%zz"}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback empty", header: http.Header{envelope.HeaderCallbackURL: {""}}, wantField: envelope.HeaderCallbackURL},
+		{name: "callback twice", header: http.Header{envelope.HeaderCallbackURL: {"http://a/", "http://b/"}}, wantField: envelope.HeaderCallbackURL},
 
 		{name: "message id", header: http.Header{envelope.HeaderMessageID: {"abc_DEF-123"}}, want: with(func(p *requeueParams) { p.id = "abc_DEF-123" })},
 		{name: "message id 64", header: http.Header{envelope.HeaderMessageID: {id64}}, want: with(func(p *requeueParams) { p.id = id64 })},
@@ -122,19 +177,34 @@ func TestParseParams(t *testing.T) {
 		{name: "message id empty", header: http.Header{envelope.HeaderMessageID: {""}}, wantField: envelope.HeaderMessageID},
 		{name: "message id dot", header: http.Header{envelope.HeaderMessageID: {"a.b"}}, wantField: envelope.HeaderMessageID},
 		{name: "message id slash", header: http.Header{envelope.HeaderMessageID: {"a/b"}}, wantField: envelope.HeaderMessageID},
+		{name: "message id twice", header: http.Header{envelope.HeaderMessageID: {"a", "a"}}, wantField: envelope.HeaderMessageID},
+
+		{name: "routed dead letter", header: http.Header{envelope.HeaderDeadLetterFrom: {"fn"}}, want: with(func(p *requeueParams) { p.routed = true })},
+		{name: "empty dead-letter from", header: http.Header{envelope.HeaderDeadLetterFrom: {""}}, want: unset},
 
 		{
 			name: "all set",
 			header: http.Header{
 				envelope.HeaderRetries: {"7"}, envelope.HeaderMaxRetries: {"9"}, envelope.HeaderDelay: {"90s"}, envelope.HeaderMessageID: {"x"},
+				envelope.HeaderBackoff: {"exponential"}, envelope.HeaderMaxDelay: {"30m"}, envelope.HeaderTTL: {"2h"},
+				envelope.HeaderDeadLetterFunction: {"dlq"}, envelope.HeaderCallbackURL: {"https://cb/"},
+				envelope.HeaderDeadLetterFrom: {"other"},
 			},
-			want: requeueParams{retries: 7, maxRetries: 9, delay: 90 * time.Second, id: "x"},
+			want: requeueParams{
+				retries: 7,
+				id:      "x",
+				policy: envelope.Policy{
+					MaxRetries: ptr(9), Delay: ptr(90 * time.Second), Backoff: envelope.BackoffExponential,
+					MaxDelay: ptr(30 * time.Minute), TTL: ptr(2 * time.Hour), DeadLetterFunction: "dlq", CallbackURL: "https://cb/",
+				},
+				routed: true,
+			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := parseParams(tt.header, l)
+			got, err := parseParams(canonical(tt.header), d)
 			if tt.wantField != "" {
 				fe, ok := err.(*fieldError)
 				if !ok {
@@ -151,11 +221,26 @@ func TestParseParams(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseParams(): %v", err)
 			}
-			if got != tt.want {
-				t.Fatalf("parseParams() = %+v, want %+v", got, tt.want)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("parseParams() = %+v (policy %s), want %+v (policy %s)",
+					got, policyString(got.policy), tt.want, policyString(tt.want.policy))
 			}
 		})
 	}
+}
+
+// canonical returns h with its keys in canonical form, as a server
+// receives them: envelope.HeaderTTL (X-Message-TTL) is not canonical.
+func canonical(h http.Header) http.Header {
+	if h == nil {
+		return nil
+	}
+	out := make(http.Header, len(h))
+	for k, vs := range h {
+		k = http.CanonicalHeaderKey(k)
+		out[k] = append(out[k], vs...)
+	}
+	return out
 }
 
 func TestKeptHeaders(t *testing.T) {
@@ -182,8 +267,13 @@ func TestKeptHeaders(t *testing.T) {
 			"X-Mailbox-Message-Id": {
 				"abc",
 			},
-			"Authorization": {"Bearer secret"},
-			"Cookie":        {"session=secret"},
+			"X-Backoff":              {"exponential"},
+			"X-Max-Delay":            {"1m"},
+			"X-Message-Ttl":          {"1h"},
+			"X-Dead-Letter-Function": {"dlq"},
+			"X-Callback-Url":         {"http://cb/"},
+			"Authorization":          {"Bearer secret"},
+			"Cookie":                 {"session=secret"},
 		}
 	}
 	tests := []struct {

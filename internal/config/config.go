@@ -84,6 +84,27 @@ type Config struct {
 	// MaxDelay is the largest X-Delay-Duration accepted, greater than zero
 	// and at most 2^21 seconds (about 24 days). Defaults to 168h.
 	MaxDelay time.Duration
+	// DefaultBackoff is X-Backoff's default: fixed or exponential.
+	// Defaults to fixed.
+	DefaultBackoff string
+	// DefaultTTL is X-Message-TTL's default; zero: no expiry.
+	DefaultTTL time.Duration
+	// DeadLetterFunction is X-Dead-Letter-Function's default; empty: dead
+	// letters are only stored.
+	DeadLetterFunction string
+	// RetryCodes are the statuses retried. Defaults to 408, 429, 500,
+	// 502, 503 and 504.
+	RetryCodes []int
+	// NoSuchFunctionGrace is how long a message for an unknown function
+	// is retried. Defaults to 60s.
+	NoSuchFunctionGrace time.Duration
+	// CallbackMaxRetries and CallbackDelay are the callbacks' retries.
+	// Default 5 and 1s.
+	CallbackMaxRetries int
+	CallbackDelay      time.Duration
+	// FunctionRefresh is how often the connector reads the functions'
+	// annotations. Defaults to 30s.
+	FunctionRefresh time.Duration
 	// MaxBodyBytes is the largest requeued body, 1..67108864 bytes.
 	// Defaults to 1048576 (1 MiB).
 	MaxBodyBytes int64
@@ -156,6 +177,12 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 	if !failed["default_delay"] && !failed["max_delay"] && c.DefaultDelay > c.MaxDelay {
 		errs = append(errs, fmt.Errorf("config: default_delay: %s is greater than max_delay %s",
 			c.DefaultDelay, c.MaxDelay))
+	}
+
+	if !failed["default_ttl"] && !failed["default_delay"] && c.DefaultTTL > 0 && c.DefaultTTL <= c.DefaultDelay {
+		// Every requeue without headers would expire before its first
+		// delivery.
+		errs = append(errs, fmt.Errorf("config: default_ttl: %s is not above default_delay %s", c.DefaultTTL, c.DefaultDelay))
 	}
 
 	if err := errors.Join(errs...); err != nil {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -43,14 +44,27 @@ func builtin() Config {
 		DefaultDelay:      60 * time.Second,
 		MaxRetriesLimit:   10000,
 		MaxDelay:          168 * time.Hour,
-		MaxBodyBytes:      1 << 20,
-		KeepCredentials:   false,
-		Listen:            "127.0.0.1:8090",
-		DataDir:           "./mailbox-data",
-		LogLevel:          slog.LevelInfo,
-		LogFormat:         "json",
+		DefaultBackoff:    "fixed",
+		DefaultTTL:        0,
+		RetryCodes:        []int{408, 429, 500, 502, 503, 504},
+		// The default dead_letter_function is empty: dead letters are
+		// only stored.
+		DeadLetterFunction:  "",
+		NoSuchFunctionGrace: 60 * time.Second,
+		CallbackMaxRetries:  5,
+		CallbackDelay:       time.Second,
+		FunctionRefresh:     30 * time.Second,
+		MaxBodyBytes:        1 << 20,
+		KeepCredentials:     false,
+		Listen:              "127.0.0.1:8090",
+		DataDir:             "./mailbox-data",
+		LogLevel:            slog.LevelInfo,
+		LogFormat:           "json",
 	}
 }
+
+// equal compares Configs, which hold a slice (RetryCodes).
+func equal(a, b Config) bool { return reflect.DeepEqual(a, b) }
 
 // joined returns the individual errors of an errors.Join result.
 func joined(t *testing.T, err error) []error {
@@ -82,7 +96,7 @@ func TestLoadDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			if want := builtin(); got != want {
+			if want := builtin(); !equal(got, want) {
 				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 			}
 		})
@@ -101,7 +115,7 @@ func TestLoadCallerDefaults(t *testing.T) {
 	want := builtin()
 	want.GatewayURL = "http://127.0.0.1:8080"
 	want.NATSURL = ""
-	if got != want {
+	if !equal(got, want) {
 		t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 	}
 
@@ -146,6 +160,9 @@ func TestLoadEmptyValue(t *testing.T) {
 		{"empty nats_url embeds", "nats_url", "", func(c *Config) { c.NATSURL = "" }},
 		{"blank nats_url embeds", "nats_url", " ", func(c *Config) { c.NATSURL = "" }},
 		{"values are trimmed", "max_inflight", " 4\n", func(c *Config) { c.MaxInflight = 4 }},
+		{"empty retry_codes is unset", "retry_codes", "", func(*Config) {}},
+		{"blank dead_letter_function is unset", "dead_letter_function", " ", func(*Config) {}},
+		{"empty callback_delay is unset", "callback_delay", "", func(*Config) {}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -155,7 +172,7 @@ func TestLoadEmptyValue(t *testing.T) {
 			}
 			want := builtin()
 			tc.want(&want)
-			if got != want {
+			if !equal(got, want) {
 				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 			}
 		})
@@ -200,6 +217,29 @@ func TestLoadValid(t *testing.T) {
 		{"max_retries_limit", "10", func(c *Config) { c.MaxRetriesLimit = 10 }},
 		{"max_delay", "2097152", func(c *Config) { c.MaxDelay = 2097152 * time.Second }},
 		{"max_delay", "1h", func(c *Config) { c.MaxDelay = time.Hour }},
+		{"default_backoff", "fixed", func(c *Config) { c.DefaultBackoff = "fixed" }},
+		{"default_backoff", "exponential", func(c *Config) { c.DefaultBackoff = "exponential" }},
+		{"default_backoff", "Exponential", func(c *Config) { c.DefaultBackoff = "exponential" }},
+		{"default_ttl", "0", func(c *Config) { c.DefaultTTL = 0 }},
+		{"default_ttl", "24h", func(c *Config) { c.DefaultTTL = 24 * time.Hour }},
+		{"default_ttl", "3600", func(c *Config) { c.DefaultTTL = time.Hour }},
+		// No cap: a message may live through many delays.
+		{"default_ttl", "2000h", func(c *Config) { c.DefaultTTL = 2000 * time.Hour }},
+		{"dead_letter_function", "dlq", func(c *Config) { c.DeadLetterFunction = "dlq" }},
+		{"dead_letter_function", "dlq.openfaas-fn", func(c *Config) { c.DeadLetterFunction = "dlq.openfaas-fn" }},
+		{"retry_codes", "429", func(c *Config) { c.RetryCodes = []int{429} }},
+		{"retry_codes", "429,503", func(c *Config) { c.RetryCodes = []int{429, 503} }},
+		{"retry_codes", " 500 , 502 ,504", func(c *Config) { c.RetryCodes = []int{500, 502, 504} }},
+		{"retry_codes", "100,199,300,404,599", func(c *Config) { c.RetryCodes = []int{100, 199, 300, 404, 599} }},
+		{"no_such_function_grace", "0", func(c *Config) { c.NoSuchFunctionGrace = 0 }},
+		{"no_such_function_grace", "5m", func(c *Config) { c.NoSuchFunctionGrace = 5 * time.Minute }},
+		{"no_such_function_grace", "90", func(c *Config) { c.NoSuchFunctionGrace = 90 * time.Second }},
+		{"callback_max_retries", "0", func(c *Config) { c.CallbackMaxRetries = 0 }},
+		{"callback_max_retries", "100", func(c *Config) { c.CallbackMaxRetries = 100 }},
+		{"callback_delay", "250ms", func(c *Config) { c.CallbackDelay = 250 * time.Millisecond }},
+		{"callback_delay", "10", func(c *Config) { c.CallbackDelay = 10 * time.Second }},
+		{"function_refresh", "1s", func(c *Config) { c.FunctionRefresh = time.Second }},
+		{"function_refresh", "300", func(c *Config) { c.FunctionRefresh = 5 * time.Minute }},
 		{"max_body_bytes", "1", func(c *Config) { c.MaxBodyBytes = 1 }},
 		{"max_body_bytes", "67108864", func(c *Config) { c.MaxBodyBytes = 64 << 20 }},
 		{"keep_credentials", "TRUE", func(c *Config) { c.KeepCredentials = true }},
@@ -219,7 +259,7 @@ func TestLoadValid(t *testing.T) {
 			}
 			want := builtin()
 			tc.want(&want)
-			if got != want {
+			if !equal(got, want) {
 				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 			}
 		})
@@ -268,6 +308,35 @@ func TestLoadInvalid(t *testing.T) {
 		{"max_retries_limit", "99999999999999999999", `config: max_retries_limit: "99999999999999999999" is greater than 2147483647`},
 		{"max_delay", "0s", `config: max_delay: "0s" is not greater than zero`},
 		{"max_delay", "2097153", `config: max_delay: "2097153" is greater than 582h32m32s`},
+		{"default_backoff", "linear", `config: default_backoff: "linear" is not one of fixed, exponential`},
+		{"default_backoff", "fixed,exponential", `config: default_backoff: "fixed,exponential" is not one of fixed, exponential`},
+		{"default_ttl", "-1s", `config: default_ttl: "-1s" is negative`},
+		{"default_ttl", "-60", `config: default_ttl: "-60" is negative`},
+		{"default_ttl", "1d", `config: default_ttl: "1d" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"dead_letter_function", "DLQ", `config: dead_letter_function: "DLQ" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"dead_letter_function", "dl_q", `config: dead_letter_function: "dl_q" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"dead_letter_function", "a.b.c", `config: dead_letter_function: "a.b.c" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"dead_letter_function", "dlq.", `config: dead_letter_function: "dlq." is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"dead_letter_function", "-dlq", `config: dead_letter_function: "-dlq" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"retry_codes", "200", `config: retry_codes: 200 is a success, not a code to retry`},
+		{"retry_codes", "429,204", `config: retry_codes: 204 is a success, not a code to retry`},
+		{"retry_codes", "99", `config: retry_codes: "99" is less than 100`},
+		{"retry_codes", "600", `config: retry_codes: "600" is greater than 599`},
+		{"retry_codes", "abc", `config: retry_codes: "abc" is not an integer`},
+		{"retry_codes", "429,,503", `config: retry_codes: "" is not an integer`},
+		{"retry_codes", "429,", `config: retry_codes: "" is not an integer`},
+		{"retry_codes", ",429", `config: retry_codes: "" is not an integer`},
+		{"retry_codes", "429;503", `config: retry_codes: "429;503" is not an integer`},
+		{"no_such_function_grace", "-1m", `config: no_such_function_grace: "-1m" is negative`},
+		{"no_such_function_grace", "soon", `config: no_such_function_grace: "soon" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"callback_max_retries", "-1", `config: callback_max_retries: "-1" is less than 0`},
+		{"callback_max_retries", "101", `config: callback_max_retries: "101" is greater than 100`},
+		{"callback_max_retries", "five", `config: callback_max_retries: "five" is not an integer`},
+		{"callback_delay", "0", `config: callback_delay: "0" is not greater than zero`},
+		{"callback_delay", "0s", `config: callback_delay: "0s" is not greater than zero`},
+		{"callback_delay", "-1s", `config: callback_delay: "-1s" is negative`},
+		{"function_refresh", "0", `config: function_refresh: "0" is not greater than zero`},
+		{"function_refresh", "-30", `config: function_refresh: "-30" is negative`},
 		{"max_body_bytes", "0", `config: max_body_bytes: "0" is less than 1`},
 		{"max_body_bytes", "67108865", `config: max_body_bytes: "67108865" is greater than 67108864`},
 		{"max_body_bytes", "1MiB", `config: max_body_bytes: "1MiB" is not an integer`},
@@ -283,7 +352,7 @@ func TestLoadInvalid(t *testing.T) {
 			if errString(err) != tc.want {
 				t.Errorf("Load error = %s\nwant          %s", errString(err), tc.want)
 			}
-			if got != (Config{}) {
+			if !equal(got, Config{}) {
 				t.Errorf("Load returned %+v with an error, want the zero Config", got)
 			}
 		})
@@ -300,6 +369,9 @@ func TestLoadEmptyDefaultIsInvalid(t *testing.T) {
 		{"channel_prefix", `config: channel_prefix: "" is empty`},
 		{"max_inflight", `config: max_inflight: "" is not an integer`},
 		{"default_delay", `config: default_delay: "" is not a duration`},
+		{"retry_codes", `config: retry_codes: "" is not an integer`},
+		{"default_backoff", `config: default_backoff: "" is not one of fixed, exponential`},
+		{"callback_delay", `config: callback_delay: "" is not a duration`},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			t.Parallel()
@@ -460,6 +532,14 @@ func TestFlags(t *testing.T) {
 			c.LogLevel = slog.LevelWarn
 			c.DefaultDelay = 10 * time.Second
 		}},
+		{"new settings as flags", []string{"--retry-codes=429,503", "--dead-letter-function", "dlq", "--default-backoff=exponential", "--callback-delay=2s"},
+			env("retry_codes", "500", "default_ttl", "1h"), func(c *Config) {
+				c.RetryCodes = []int{429, 503}
+				c.DeadLetterFunction = "dlq"
+				c.DefaultBackoff = "exponential"
+				c.CallbackDelay = 2 * time.Second
+				c.DefaultTTL = time.Hour // from env
+			}},
 		{"empty nats-url flag embeds", []string{"--nats-url="}, env("nats_url", "nats://env:4222"), func(c *Config) {
 			c.NATSURL = ""
 		}},
@@ -478,7 +558,7 @@ func TestFlags(t *testing.T) {
 			}
 			want := builtin()
 			tc.want(&want)
-			if got != want {
+			if !equal(got, want) {
 				t.Errorf("Load =\n%+v\nwant\n%+v", got, want)
 			}
 		})
@@ -516,6 +596,7 @@ func TestFlagsRegistration(t *testing.T) {
 		{"gateway-url", "OpenFaaS gateway URL (env gateway_url)"},
 		{"max-inflight", "concurrent function invocations per connector, 1..10000 (env max_inflight)"},
 		{"nats-cluster-id", "NATS Streaming cluster id (env nats_cluster_id)"},
+		{"callback-delay", "first wait before a callback is retried; it doubles up to max_delay (env callback_delay)"},
 	} {
 		f := fs.Lookup(tc.flag)
 		if f == nil {
@@ -543,6 +624,8 @@ func TestSettings(t *testing.T) {
 		"channel_prefix", "gateway_url",
 		"basic_auth", "secret_mount_path", "max_inflight", "upstream_timeout",
 		"default_max_retries", "default_delay", "max_retries_limit", "max_delay",
+		"default_backoff", "default_ttl", "dead_letter_function", "retry_codes",
+		"no_such_function_grace", "callback_max_retries", "callback_delay", "function_refresh",
 		"max_body_bytes", "keep_credentials", "listen", "data_dir", "log_level", "log_format",
 	}
 	settings := Settings()
@@ -556,8 +639,17 @@ func TestSettings(t *testing.T) {
 		if s.Usage == "" {
 			t.Errorf("setting %q has no usage", s.Name)
 		}
-		if s.Default == "" && !s.emptyIsValue {
+		// A setting without a default is one whose empty value means
+		// something: nats_url and nats_credentials_file say so with
+		// emptyIsValue; dead_letter_function's empty default is "no
+		// dead-letter function" (an empty value in the environment is
+		// unset, which is the same).
+		if s.Default == "" && !s.emptyIsValue && s.Name != "dead_letter_function" {
 			t.Errorf("setting %q has no default", s.Name)
+		}
+		// Every built-in default parses.
+		if _, err := Load(nil, map[string]string{s.Name: s.Default}); err != nil {
+			t.Errorf("setting %q: its default %q does not load: %v", s.Name, s.Default, err)
 		}
 		if want := strings.ReplaceAll(s.Name, "_", "-"); s.FlagName() != want {
 			t.Errorf("FlagName() = %q, want %q", s.FlagName(), want)
@@ -571,7 +663,10 @@ func TestSettings(t *testing.T) {
 		"channel_prefix": "p",
 		"gateway_url":    "http://g", "basic_auth": "true", "secret_mount_path": "/s", "max_inflight": "1",
 		"upstream_timeout": "1", "default_max_retries": "1", "default_delay": "1", "max_retries_limit": "20",
-		"max_delay": "1h", "max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
+		"max_delay": "1h", "default_backoff": "exponential", "default_ttl": "24h",
+		"dead_letter_function": "dlq.openfaas-fn", "retry_codes": "429", "no_such_function_grace": "0",
+		"callback_max_retries": "0", "callback_delay": "5s", "function_refresh": "1m",
+		"max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
 		"data_dir": "/d", "log_level": "debug", "log_format": "text",
 	}
 	for _, s := range settings {
@@ -585,7 +680,7 @@ func TestSettings(t *testing.T) {
 			t.Errorf("Load(%s=%s): %v", s.Name, v, err)
 			continue
 		}
-		if got == builtin() && s.Name != "backend" { // backend has one value today
+		if equal(got, builtin()) && s.Name != "backend" { // backend has one value today
 			t.Errorf("Load(%s=%s) did not change the Config", s.Name, v)
 		}
 	}

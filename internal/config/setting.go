@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/names"
 )
 
 // backends are the accepted values of the backend setting.
@@ -232,6 +234,84 @@ func settings() []Setting {
 			Usage: "largest X-Delay-Duration accepted, at most 2^21 seconds (about 24 days)",
 			apply: func(c *Config, v string) (err error) {
 				c.MaxDelay, err = parseDuration(v, true, maxDelayLimit)
+				return err
+			},
+		},
+		{
+			Name: "default_backoff", Default: "fixed",
+			Usage: "X-Backoff when neither the header nor the function's annotation sets it: fixed or exponential",
+			apply: func(c *Config, v string) (err error) {
+				c.DefaultBackoff, err = oneOf(v, "fixed", "exponential")
+				return err
+			},
+		},
+		{
+			Name: "default_ttl", Default: "0",
+			Usage: "X-Message-TTL when neither the header nor the function's annotation sets it; 0: messages do not expire",
+			apply: func(c *Config, v string) (err error) {
+				c.DefaultTTL, err = parseDuration(v, false, 0)
+				return err
+			},
+		},
+		{
+			Name: "dead_letter_function", Default: "",
+			Usage: "function dead letters are routed to when neither X-Dead-Letter-Function nor the annotation names one; empty: only stored",
+			apply: func(c *Config, v string) error {
+				if v != "" && !names.Valid(v) {
+					return fmt.Errorf("%q is not <function> or <function>.<namespace> (DNS-1123 labels)", v)
+				}
+				c.DeadLetterFunction = v
+				return nil
+			},
+		},
+		{
+			Name: "retry_codes", Default: "408,429,500,502,503,504",
+			Usage: "comma-separated HTTP statuses a function answers that are retried (network errors always are); any other non-2xx dead-letters the message as rejected",
+			apply: func(c *Config, v string) error {
+				c.RetryCodes = nil
+				for f := range strings.SplitSeq(v, ",") {
+					n, err := parseInt(strings.TrimSpace(f), 100, 599)
+					if err != nil {
+						return err
+					}
+					if n >= 200 && n <= 299 {
+						return fmt.Errorf("%d is a success, not a code to retry", n)
+					}
+					c.RetryCodes = append(c.RetryCodes, int(n))
+				}
+				return nil
+			},
+		},
+		{
+			Name: "no_such_function_grace", Default: "60s",
+			Usage: "how long a message for a function the gateway does not know is retried before it becomes a dead letter (no-such-function)",
+			apply: func(c *Config, v string) (err error) {
+				c.NoSuchFunctionGrace, err = parseDuration(v, false, 0)
+				return err
+			},
+		},
+		{
+			Name: "callback_max_retries", Default: "5",
+			Usage: "retries of a callback to X-Callback-Url before it is kept as a dead letter",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 0, 100)
+				c.CallbackMaxRetries = int(n)
+				return err
+			},
+		},
+		{
+			Name: "callback_delay", Default: "1s",
+			Usage: "first wait before a callback is retried; it doubles up to max_delay",
+			apply: func(c *Config, v string) (err error) {
+				c.CallbackDelay, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
+			Name: "function_refresh", Default: "30s",
+			Usage: "how often the connector reads the functions and their com.openfaas.mailbox.* annotations from the gateway",
+			apply: func(c *Config, v string) (err error) {
+				c.FunctionRefresh, err = parseDuration(v, true, 0)
 				return err
 			},
 		},

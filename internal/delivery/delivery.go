@@ -5,7 +5,10 @@
 package delivery
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -45,50 +48,94 @@ func (a Action) String() string {
 
 // Result is the outcome of one invocation of a function.
 type Result struct {
-	// Status is the HTTP status the gateway returned; 0 when Err is set.
+	// Status is the HTTP status the gateway returned; 0 when Err is set or
+	// NoSuchFunction is and no call was made.
 	Status int
 	// Err is set when no response arrived: a network error, a timeout or a
 	// cancelled context.
 	Err error
-	// Body is the start of the response body. Only the first ResponseLimit
-	// bytes are kept, so invokers need not read more than ResponseLimit+1
-	// (the extra byte shows whether the cut splits a character).
+	// Body is the start of the response body: ResponseLimit+1 bytes at
+	// most (the extra byte shows whether the cut splits a character), or
+	// up to the callback limit when the message has a callback URL.
 	Body []byte
+	// RetryAfter is the Retry-After of a 429 or 503 answer; 0 when none.
+	RetryAfter time.Duration
+	// CallID is the answer's X-Call-Id.
+	CallID string
+	// NoSuchFunction: the gateway does not know the function.
+	NoSuchFunction bool
 }
 
-// Decision is what to do with a message, and the envelope to store.
+// Decision is what to do with a message, and the envelopes to store.
 type Decision struct {
 	Action Action
 	// Next is the envelope to store for Retry and DeadLetter: a copy of the
 	// input with the decision recorded. It is nil for Ack. Header and Body
 	// are shared with the input, so neither may be modified.
 	Next *envelope.Envelope
+	// Route, with DeadLetter, is the dead letter routed to the policy's
+	// dead-letter function, to schedule (due now) besides storing Next.
+	Route *envelope.Envelope
+	// Callback, for a message's final outcome (Ack or DeadLetter) when it
+	// has a callback URL, is the callback to schedule (due now).
+	Callback *envelope.Envelope
 }
 
-// Decide turns the result of delivering e at now into a decision:
+// The wait between attempts while the gateway does not know the function
+// is the policy's delay within these bounds: a function being deployed is
+// found soon, and the gateway is not asked in a tight loop.
+const (
+	noSuchFunctionRetryMin = time.Second
+	noSuchFunctionRetryMax = 5 * time.Second
+)
+
+// Decide turns the result of delivering e under p at now into a decision.
+// jitter is a uniform draw from [0, 1) for exponential backoff.
 //
-//	Result                        | Retries+1 vs MaxRetries | Action     | Next
-//	------------------------------+-------------------------+------------+------------------------------------------
-//	Err == nil, Status 200-299    | any                     | Ack        | nil
-//	Err != nil, or other Status   | Retries+1 <= MaxRetries | Retry      | attempt recorded, Retries+1, DueAt = now+Delay
-//	Err != nil, or other Status   | Retries+1 >  MaxRetries | DeadLetter | attempt recorded, Reason max-retries, DeadAt = now
+//	Result                                | condition                        | Action     | Next
+//	--------------------------------------+----------------------------------+------------+----------------------------------------------
+//	2xx                                   |                                  | Ack        | nil
+//	NoSuchFunction                        | within NoSuchFunctionGrace       | Retry      | not an attempt: Retries kept, MissingSince set,
+//	                                      | of MissingSince                  |            | Holds+1, due after Delay bounded to [1s, 5s]
+//	NoSuchFunction                        | grace over                       | DeadLetter | reason no-such-function
+//	Err, or Status in RetryCodes          | Retries+1 > MaxRetries           | DeadLetter | reason max-retries
+//	Err, or Status in RetryCodes          | next due at or after expiry      | DeadLetter | reason expired
+//	Err, or Status in RetryCodes          | otherwise                        | Retry      | Retries+1, due after NextDelay
+//	any other Status                      |                                  | DeadLetter | reason rejected
 //
-// "Attempt recorded" sets FirstAttemptAt (if still zero) and LastAttemptAt to
-// now, LastStatus to r.Status, LastError to r.Err's text (or "") and
-// LastResponse to r.Body cut to ResponseLimit bytes at a UTF-8 boundary.
+// Every row but the grace one records the attempt: FirstAttemptAt (if
+// still zero) and LastAttemptAt are set to now, LastStatus to r.Status,
+// LastError to r.Err's text (or ""), LastResponse to r.Body cut to
+// ResponseLimit bytes at a UTF-8 boundary.
 //
 // Retries counts attempts already made, so X-Retries 0 with X-Max-Retries 3
 // delivers with X-Retries 0, 1, 2 and 3 (four calls) before the dead letter.
 // A dead letter keeps the Retries and DueAt of its final attempt, so Retries,
 // LastStatus and LastError describe the same call.
 //
+// A dead letter gets a Route when p has a dead-letter function and e is a
+// message (KindMessage): a dead letter routed once is never routed again.
+// Ack and DeadLetter of a message with a callback URL get a Callback.
+//
 // e is never modified.
-func Decide(e *envelope.Envelope, r Result, now time.Time) Decision {
+func Decide(e *envelope.Envelope, p Policy, r Result, now time.Time, jitter float64) Decision {
 	if r.Err == nil && r.Status >= 200 && r.Status <= 299 {
-		return Decision{Action: Ack}
+		return Decision{Action: Ack, Callback: callback(e, p, envelope.OutcomeDelivered, e.Retries+1, r, now)}
 	}
-
 	next := *e
+	if r.NoSuchFunction {
+		if next.MissingSince.IsZero() {
+			next.MissingSince = now
+		}
+		if now.Before(next.MissingSince.Add(p.NoSuchFunctionGrace)) {
+			next.DueAt = now.Add(min(max(p.Delay, noSuchFunctionRetryMin), noSuchFunctionRetryMax))
+			next.SlotAt = time.Time{}
+			next.Holds++
+			return Decision{Action: Retry, Next: &next}
+		}
+	} else {
+		next.MissingSince = time.Time{}
+	}
 	if next.FirstAttemptAt.IsZero() {
 		next.FirstAttemptAt = now
 	}
@@ -100,45 +147,144 @@ func Decide(e *envelope.Envelope, r Result, now time.Time) Decision {
 	}
 	next.LastResponse = truncate(r.Body, ResponseLimit)
 
-	if exhausted(e.Retries+1, e.MaxRetries) {
-		return deadLetter(&next, now)
+	attempts := e.Retries + 1
+	switch {
+	case r.NoSuchFunction:
+		return deadLetter(&next, p, envelope.ReasonNoSuchFunction, attempts, r, now)
+	case r.Err == nil && !p.retryable(r.Status):
+		return deadLetter(&next, p, envelope.ReasonRejected, attempts, r, now)
+	case attempts > p.MaxRetries:
+		return deadLetter(&next, p, envelope.ReasonMaxRetries, attempts, r, now)
+	}
+	due := now.Add(NextDelay(p, attempts, r.RetryAfter, jitter))
+	if exp := p.expiresAt(e); !exp.IsZero() && !due.Before(exp) {
+		return deadLetter(&next, p, envelope.ReasonExpired, attempts, r, now)
 	}
 	next.Retries = e.Retries + 1
-	next.DueAt = now.Add(e.Delay)
+	next.DueAt = due
+	next.SlotAt = time.Time{}
+	return Decision{Action: Retry, Next: &next}
+}
+
+// Expired decides, before a call, whether e has expired under p at now:
+// then it is a dead letter with reason expired, no call is made, and ok is
+// true.
+func Expired(e *envelope.Envelope, p Policy, now time.Time) (d Decision, ok bool) {
+	if exp := p.expiresAt(e); exp.IsZero() || now.Before(exp) {
+		return Decision{}, false
+	}
+	next := *e
+	return deadLetter(&next, p, envelope.ReasonExpired, e.Retries, Result{}, now), true
+}
+
+// Defer puts e back until the given time without an attempt (Holds+1): a
+// rate or concurrency limit of its function held it. slot is the
+// rate-limit slot reserved for it, or zero.
+func Defer(e *envelope.Envelope, until, slot time.Time) Decision {
+	next := *e
+	next.DueAt = until
+	next.SlotAt = slot
+	next.Holds++
 	return Decision{Action: Retry, Next: &next}
 }
 
 // Admit decides whether a message arriving through the requeue API is
 // scheduled at all:
 //
-//	Retries vs MaxRetries   | Action     | Next
+//	condition               | Action     | Next
 //	------------------------+------------+------------------------------------
-//	Retries <= MaxRetries   | Retry      | DueAt = now+Delay
-//	Retries >  MaxRetries   | DeadLetter | Reason max-retries, DeadAt = now
+//	Retries > MaxRetries    | DeadLetter | reason max-retries
+//	due at or after expiry  | DeadLetter | reason expired
+//	otherwise               | Retry      | due after NextDelay(max(Retries, 1))
 //
 // The function asking for the requeue has already made Retries attempts
-// itself, so the first delivery by the mailbox is a retry and waits Delay,
-// like every later one. e is never modified.
-func Admit(e *envelope.Envelope, now time.Time) Decision {
+// itself (at least one, or it would not be asking), so the first delivery
+// by the mailbox is a retry and waits as one. Dead letters are routed and
+// called back as in Decide. e is never modified.
+func Admit(e *envelope.Envelope, p Policy, now time.Time, jitter float64) Decision {
 	next := *e
-	if exhausted(e.Retries, e.MaxRetries) {
-		return deadLetter(&next, now)
+	if e.Retries > p.MaxRetries {
+		return deadLetter(&next, p, envelope.ReasonMaxRetries, e.Retries, Result{}, now)
 	}
-	next.DueAt = now.Add(e.Delay)
+	due := now.Add(NextDelay(p, max(e.Retries, 1), 0, jitter))
+	if exp := p.expiresAt(e); !exp.IsZero() && !due.Before(exp) {
+		return deadLetter(&next, p, envelope.ReasonExpired, e.Retries, Result{}, now)
+	}
+	next.DueAt = due
 	return Decision{Action: Retry, Next: &next}
 }
 
-// exhausted is the one retry limit: a message is never delivered with
-// X-Retries above X-Max-Retries. Decide asks it about the next attempt,
-// Admit about the first.
-func exhausted(retries, maxRetries int) bool {
-	return retries > maxRetries
+// deadLetter is the decision to keep next as a dead letter after
+// attempts calls.
+func deadLetter(next *envelope.Envelope, p Policy, reason string, attempts int, r Result, now time.Time) Decision {
+	next.Reason = reason
+	next.DeadAt = now
+	return Decision{
+		Action:   DeadLetter,
+		Next:     next,
+		Route:    route(next, p, now),
+		Callback: callback(next, p, envelope.OutcomeDeadLettered, attempts, r, now),
+	}
 }
 
-func deadLetter(next *envelope.Envelope, now time.Time) Decision {
-	next.Reason = envelope.ReasonMaxRetries
-	next.DeadAt = now
-	return Decision{Action: DeadLetter, Next: next}
+// route is the dead letter dead for p's dead-letter function, or nil.
+func route(dead *envelope.Envelope, p Policy, now time.Time) *envelope.Envelope {
+	if p.DeadLetterFunction == "" || dead.Kind != envelope.KindMessage {
+		return nil
+	}
+	h := dead.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set(envelope.HeaderDeadLetterReason, dead.Reason)
+	h.Set(envelope.HeaderDeadLetterFrom, dead.Function)
+	h.Set(envelope.HeaderDeadLetterTime, now.UTC().Format(time.RFC3339Nano))
+	h.Set(envelope.HeaderDeadLetterRetries, strconv.Itoa(dead.Retries))
+	return &envelope.Envelope{
+		// Its own id: the original's schedules must not de-duplicate it.
+		ID:         dead.ID + "-dl",
+		Kind:       envelope.KindDeadLetter,
+		Function:   p.DeadLetterFunction,
+		Header:     h,
+		Body:       dead.Body,
+		AcceptedAt: now,
+		DueAt:      now,
+	}
+}
+
+// callback is e's outcome after attempts calls for its callback URL, or
+// nil. A delivery sends the function's answer; a dead letter its last
+// answer's status and start.
+func callback(e *envelope.Envelope, p Policy, outcome string, attempts int, r Result, now time.Time) *envelope.Envelope {
+	if p.CallbackURL == "" || e.Kind != envelope.KindMessage {
+		return nil
+	}
+	h := http.Header{}
+	h.Set(envelope.HeaderOutcome, outcome)
+	h.Set(envelope.HeaderFunctionName, e.Function)
+	h.Set(envelope.HeaderMessageID, e.ID)
+	h.Set(envelope.HeaderAttempts, strconv.Itoa(attempts))
+	if r.CallID != "" {
+		h.Set(envelope.HeaderCallID, r.CallID)
+	}
+	status, body := r.Status, r.Body
+	if outcome == envelope.OutcomeDeadLettered {
+		h.Set(envelope.HeaderDeadLetterReason, e.Reason)
+		status, body = e.LastStatus, []byte(e.LastResponse)
+	}
+	if status != 0 {
+		h.Set(envelope.HeaderFunctionStatus, strconv.Itoa(status))
+	}
+	return &envelope.Envelope{
+		ID:         e.ID + "-cb",
+		Kind:       envelope.KindCallback,
+		Function:   e.Function,
+		Policy:     envelope.Policy{CallbackURL: p.CallbackURL},
+		Header:     h,
+		Body:       body,
+		AcceptedAt: now,
+		DueAt:      now,
+	}
 }
 
 // truncate returns at most limit bytes of b as a string, cut before a
@@ -155,4 +301,32 @@ func truncate(b []byte, limit int) string {
 		cut--
 	}
 	return string(b[:cut])
+}
+
+// Storer keeps decisions: queue.Queue.
+type Storer interface {
+	Schedule(ctx context.Context, e *envelope.Envelope) error
+	DeadLetter(ctx context.Context, e *envelope.Envelope) error
+}
+
+// Store acts on d: it schedules the route and the callback, then stores
+// Next (scheduled for Retry, kept for DeadLetter). The new messages go
+// first so that a failure part-way leaves the message to be decided
+// again: a duplicate at worst, never a loss. Their ids are derived from
+// the message's, so a backend that de-duplicates stores them once.
+func (d Decision) Store(ctx context.Context, s Storer) error {
+	for _, e := range []*envelope.Envelope{d.Route, d.Callback} {
+		if e != nil {
+			if err := s.Schedule(ctx, e); err != nil {
+				return err
+			}
+		}
+	}
+	switch d.Action {
+	case Retry:
+		return s.Schedule(ctx, d.Next)
+	case DeadLetter:
+		return s.DeadLetter(ctx, d.Next)
+	}
+	return nil
 }

@@ -9,27 +9,61 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/limit"
 	"github.com/openfaas/mailbox/internal/queue"
 )
 
-// Invoker calls a function; internal/invoke implements it over the gateway.
+// Invoker calls a function, or POSTs a callback; internal/invoke
+// implements it over the gateway.
 type Invoker interface {
-	Invoke(ctx context.Context, function string, body []byte, header http.Header) delivery.Result
+	Invoke(ctx context.Context, function string, body []byte, header http.Header, keep int) delivery.Result
+	Post(ctx context.Context, url string, body []byte, header http.Header) delivery.Result
+}
+
+// Functions is what the gateway knows of each function: internal/catalog.
+type Functions interface {
+	// Lookup returns the function; found is false when the gateway does
+	// not know it, err set when that cannot be told now.
+	Lookup(ctx context.Context, name string) (fn catalog.Function, found bool, err error)
+	// Recheck is Lookup after reading the gateway's list again (at most
+	// so often): a function answering 404 may have been removed.
+	Recheck(ctx context.Context, name string) (fn catalog.Function, found bool, err error)
+	// Run keeps the list fresh until ctx ends.
+	Run(ctx context.Context)
+}
+
+// Limiter holds calls within a function's rate and concurrency limits
+// across connector replicas: internal/limit.
+type Limiter interface {
+	Acquire(ctx context.Context, function string, lim limit.Limits) (release func(), retryAfter time.Duration, slot time.Time, ok bool)
+	AcquireReserved(ctx context.Context, function string, lim limit.Limits, slot time.Time) (release func(), retryAfter time.Duration, newSlot time.Time, ok bool)
+	// Run takes part in sharing the limits until ctx ends.
+	Run(ctx context.Context) error
 }
 
 // Options configure a Dispatcher.
 type Options struct {
-	Queue   queue.Queue
-	Invoker Invoker
+	Queue     queue.Queue
+	Invoker   Invoker
+	Functions Functions
+	Limiter   Limiter
+	// Defaults are the operator's delivery settings and caps.
+	Defaults delivery.Defaults
+	// CallbackBodyLimit is the most of a function's answer kept for a
+	// message's callback.
+	CallbackBodyLimit int
 	// Probe reports whether the gateway answers. It is called only while
 	// deliveries are paused after a connection to the gateway failed.
 	Probe func(ctx context.Context) error
@@ -44,18 +78,22 @@ type Options struct {
 
 // Dispatcher delivers due messages. Run it with Run.
 type Dispatcher struct {
-	q       queue.Queue
-	invoker Invoker
-	gate    *gate
-	budget  time.Duration
-	m       *metrics
-	log     *slog.Logger
+	q         queue.Queue
+	invoker   Invoker
+	functions Functions
+	limiter   Limiter
+	defaults  delivery.Defaults
+	keep      int
+	gate      *gate
+	budget    time.Duration
+	m         *metrics
+	log       *slog.Logger
 }
 
 // New returns a Dispatcher, registering its metrics.
 func New(o Options) (*Dispatcher, error) {
-	if o.Queue == nil || o.Invoker == nil || o.Probe == nil || o.Registerer == nil {
-		return nil, errors.New("dispatch: Queue, Invoker, Probe and Registerer are required")
+	if o.Queue == nil || o.Invoker == nil || o.Functions == nil || o.Limiter == nil || o.Probe == nil || o.Registerer == nil {
+		return nil, errors.New("dispatch: Queue, Invoker, Functions, Limiter, Probe and Registerer are required")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -66,12 +104,16 @@ func New(o Options) (*Dispatcher, error) {
 	}
 	log := o.Logger.With("component", "dispatch")
 	return &Dispatcher{
-		q:       o.Queue,
-		invoker: o.Invoker,
-		gate:    newGate(o.Probe, m.gatewayUp, log),
-		budget:  o.CallBudget,
-		m:       m,
-		log:     log,
+		q:         o.Queue,
+		invoker:   o.Invoker,
+		functions: o.Functions,
+		limiter:   o.Limiter,
+		defaults:  o.Defaults,
+		keep:      o.CallbackBodyLimit,
+		gate:      newGate(o.Probe, m.gatewayUp, log),
+		budget:    o.CallBudget,
+		m:         m,
+		log:       log,
 	}, nil
 }
 
@@ -80,6 +122,14 @@ func New(o Options) (*Dispatcher, error) {
 func (d *Dispatcher) Run(ctx context.Context) error {
 	gateCtx, stopGate := context.WithCancel(ctx)
 	defer stopGate()
+	var background sync.WaitGroup
+	defer background.Wait()
+	background.Go(func() { d.functions.Run(gateCtx) })
+	background.Go(func() {
+		if err := d.limiter.Run(gateCtx); err != nil {
+			d.log.Error("limit sharing stopped", "error", err)
+		}
+	})
 	go func() {
 		// Ask the gateway once at start: when it cannot be reached,
 		// deliveries wait for it before any retry is spent, and refused
@@ -107,9 +157,72 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 	if err := d.gate.wait(waitCtx); err != nil {
 		return fmt.Errorf("gateway unreachable, delivery postponed: %w", err)
 	}
+	if e.Kind == envelope.KindCallback {
+		policy := delivery.Resolve(e, envelope.Policy{}, d.defaults)
+		return d.call(ctx, e, policy, func() delivery.Result {
+			return d.invoker.Post(ctx, e.CallbackURL, e.Body, e.Header)
+		})
+	}
+
+	fn, found, err := d.functions.Lookup(ctx, e.Function)
+	if err != nil {
+		// The gateway's list cannot be read now: go by the message and
+		// the defaults, and let the call tell whether the function exists.
+		d.log.Debug("function lookup failed", "function", e.Function, "error", err)
+	}
+	policy := delivery.Resolve(e, fn.Policy, d.defaults)
+	now := time.Now().UTC()
+	if dec, ok := delivery.Expired(e, policy, now); ok {
+		return d.act(ctx, e, dec, delivery.Result{})
+	}
+	if err == nil && !found {
+		return d.act(ctx, e, delivery.Decide(e, policy, delivery.Result{NoSuchFunction: true}, now, rand.Float64()), delivery.Result{})
+	}
+
+	if lim := fn.Limits; lim != (limit.Limits{}) {
+		var (
+			release    func()
+			retryAfter time.Duration
+			slot       time.Time
+			ok         bool
+		)
+		if e.SlotAt.IsZero() {
+			release, retryAfter, slot, ok = d.limiter.Acquire(ctx, e.Function, lim)
+		} else {
+			release, retryAfter, slot, ok = d.limiter.AcquireReserved(ctx, e.Function, lim, e.SlotAt)
+		}
+		if !ok {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			d.m.deferred.Inc()
+			return d.act(ctx, e, delivery.Defer(e, time.Now().UTC().Add(retryAfter), slot), delivery.Result{})
+		}
+		defer release()
+	}
+
+	keep := 0
+	if policy.CallbackURL != "" {
+		keep = d.keep
+	}
+	return d.call(ctx, e, policy, func() delivery.Result {
+		res := d.invoker.Invoke(ctx, e.Function, e.Body, Header(e, policy), keep)
+		if res.Err == nil && res.Status == http.StatusNotFound {
+			// The function's own 404 is a rejection; the gateway's means
+			// the function is gone, which the list tells apart.
+			if _, found, err := d.functions.Recheck(ctx, e.Function); err == nil && !found {
+				res.NoSuchFunction = true
+			}
+		}
+		return res
+	})
+}
+
+// call makes one attempt with do, decides and stores the outcome.
+func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy delivery.Policy, do func() delivery.Result) error {
 	start := time.Now()
 	d.m.lateness.Observe(start.Sub(e.DueAt).Seconds())
-	res := d.invoker.Invoke(ctx, e.Function, e.Body, Header(e))
+	res := do()
 	d.m.duration.Observe(time.Since(start).Seconds())
 	if ctx.Err() != nil {
 		// Shutting down or the broker connection is gone: this call does
@@ -119,43 +232,49 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 	if isDialError(res.Err) {
 		d.gate.trip()
 	}
-
-	dec := delivery.Decide(e, res, time.Now().UTC())
-	log := d.log.With("id", e.ID, "function", e.Function, "retries", e.Retries, "status", res.Status)
-	switch dec.Action {
-	case delivery.Ack:
-		d.m.delivered.Inc()
-		log.Debug("delivered")
-		return nil
-	case delivery.Retry:
-		if err := d.q.Schedule(ctx, dec.Next); err != nil {
-			return err
-		}
-		d.m.retried.Inc()
-		log.Info("delivery failed, retry scheduled", "due_at", dec.Next.DueAt, "error", res.Err)
-		return nil
-	case delivery.DeadLetter:
-		if err := d.q.DeadLetter(ctx, dec.Next); err != nil {
-			return err
-		}
-		d.m.deadLetters.WithLabelValues(dec.Next.Reason).Inc()
-		log.Warn("delivery failed, message is now a dead letter", "reason", dec.Next.Reason, "error", res.Err)
-		return nil
-	default:
-		return errors.New("dispatch: unknown decision " + dec.Action.String())
-	}
+	return d.act(ctx, e, delivery.Decide(e, policy, res, time.Now().UTC(), rand.Float64()), res)
 }
 
-// Header is what a delivery of e sends: the kept request headers plus the
-// mailbox's control headers.
-func Header(e *envelope.Envelope) http.Header {
+// act stores dec, the decision about e after res, and counts and logs it.
+func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery.Decision, res delivery.Result) error {
+	if err := dec.Store(ctx, d.q); err != nil {
+		return err
+	}
+	log := d.log.With("id", e.ID, "kind", e.Kind, "function", e.Function, "retries", e.Retries, "status", res.Status)
+	switch {
+	case dec.Action == delivery.Ack:
+		d.m.delivered.Inc()
+		log.Debug("delivered")
+	case dec.Action == delivery.Retry && dec.Next.Retries == e.Retries:
+		log.Debug("held back, not an attempt", "due_at", dec.Next.DueAt, "no_such_function", res.NoSuchFunction)
+	case dec.Action == delivery.Retry:
+		d.m.retried.Inc()
+		log.Info("delivery failed, retry scheduled", "due_at", dec.Next.DueAt, "error", res.Err)
+	case dec.Action == delivery.DeadLetter:
+		d.m.deadLetters.WithLabelValues(dec.Next.Reason).Inc()
+		log.Warn("message is now a dead letter", "reason", dec.Next.Reason, "error", res.Err,
+			"routed_to", routedTo(dec), "callback", dec.Callback != nil)
+	}
+	return nil
+}
+
+func routedTo(dec delivery.Decision) string {
+	if dec.Route == nil {
+		return ""
+	}
+	return dec.Route.Function
+}
+
+// Header is what a delivery of e under p sends: the kept request headers
+// plus the mailbox's control headers with the settled values.
+func Header(e *envelope.Envelope, p delivery.Policy) http.Header {
 	h := e.Header.Clone()
 	if h == nil {
 		h = http.Header{}
 	}
 	h.Set(envelope.HeaderRetries, strconv.Itoa(e.Retries))
-	h.Set(envelope.HeaderMaxRetries, strconv.Itoa(e.MaxRetries))
-	h.Set(envelope.HeaderDelay, formatDelay(e.Delay))
+	h.Set(envelope.HeaderMaxRetries, strconv.Itoa(p.MaxRetries))
+	h.Set(envelope.HeaderDelay, formatDelay(p.Delay))
 	h.Set(envelope.HeaderMessageID, e.ID)
 	return h
 }

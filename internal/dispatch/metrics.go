@@ -11,6 +11,7 @@ import (
 type metrics struct {
 	delivered   prometheus.Counter
 	retried     prometheus.Counter
+	deferred    prometheus.Counter
 	deadLetters *prometheus.CounterVec
 	duration    prometheus.Histogram
 	lateness    prometheus.Histogram
@@ -26,6 +27,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		retried: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mailbox_retries_scheduled_total",
 			Help: "Failed deliveries scheduled again after their delay.",
+		}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailbox_deferred_total",
+			Help: "Due messages put back without an attempt because their function's rate or concurrency limit was reached.",
 		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "mailbox_invocation_duration_seconds",
@@ -45,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	dead, err := queue.DeadLetterCounter(reg)
 	m.deadLetters = dead
 	errs := []error{err}
-	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.duration, m.lateness, m.gatewayUp} {
+	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deferred, m.duration, m.lateness, m.gatewayUp} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -40,12 +40,61 @@ const (
 	// ReasonMalformed: the stored bytes could not be decoded; the raw bytes
 	// are kept as the dead letter's body.
 	ReasonMalformed = "malformed"
+	// ReasonRejected: the function answered a status that is not worth
+	// another attempt (a 4xx other than 408 and 429, by default).
+	ReasonRejected = "rejected"
+	// ReasonExpired: the message's TTL ran out before a delivery
+	// succeeded, or before the next attempt would be due.
+	ReasonExpired = "expired"
+	// ReasonNoSuchFunction: the gateway did not know the function for
+	// longer than the grace period.
+	ReasonNoSuchFunction = "no-such-function"
+)
+
+// Kinds of message.
+const (
+	// KindMessage is a message for a function (the empty string, so that
+	// messages stored before kinds existed are messages).
+	KindMessage = ""
+	// KindDeadLetter is a dead letter routed to a dead-letter function. It
+	// is never routed again: its own dead letter is only stored.
+	KindDeadLetter = "dead-letter"
+	// KindCallback is a message's outcome on its way to its callback URL.
+	KindCallback = "callback"
+)
+
+// Headers the mailbox adds to what it delivers.
+const (
+	HeaderBackoff            = "X-Backoff"
+	HeaderMaxDelay           = "X-Max-Delay"
+	HeaderTTL                = "X-Message-TTL"
+	HeaderDeadLetterFunction = "X-Dead-Letter-Function"
+	HeaderCallbackURL        = "X-Callback-Url"
+	// On a routed dead letter.
+	HeaderDeadLetterReason  = "X-Dead-Letter-Reason"
+	HeaderDeadLetterFrom    = "X-Dead-Letter-From"
+	HeaderDeadLetterTime    = "X-Dead-Letter-Time"
+	HeaderDeadLetterRetries = "X-Dead-Letter-Retries"
+	// On a callback.
+	HeaderOutcome        = "X-Mailbox-Outcome"
+	HeaderFunctionStatus = "X-Function-Status"
+	HeaderFunctionName   = "X-Function-Name"
+	HeaderCallID         = "X-Call-Id"
+	HeaderAttempts       = "X-Mailbox-Attempts"
+)
+
+// Outcomes a callback reports.
+const (
+	OutcomeDelivered    = "delivered"
+	OutcomeDeadLettered = "dead-lettered"
 )
 
 // Envelope is one message waiting for delivery or kept as a dead letter.
 type Envelope struct {
 	// ID is stable across retries so functions can de-duplicate.
 	ID string `json:"id"`
+	// Kind is KindMessage, KindDeadLetter or KindCallback.
+	Kind string `json:"kind,omitempty"`
 	// Function is the target, "name" or "name.namespace".
 	Function string `json:"function"`
 	// Header holds the kept request headers (no hop-by-hop, no credentials
@@ -57,10 +106,10 @@ type Envelope struct {
 	// Retries is the number of attempts already made; the next delivery
 	// carries it as X-Retries.
 	Retries int `json:"retries"`
-	// MaxRetries is the last value of Retries that is still delivered.
-	MaxRetries int `json:"max_retries"`
-	// Delay is the wait between attempts.
-	Delay time.Duration `json:"delay"`
+	// Policy is what the message asked for with its headers. What it
+	// leaves unset comes from the function's annotations, then the
+	// mailbox's defaults, when the connector decides (delivery.Resolve).
+	Policy
 
 	// AcceptedAt is when the mailbox accepted the message.
 	AcceptedAt time.Time `json:"accepted_at"`
@@ -75,9 +124,47 @@ type Envelope struct {
 	// LastResponse is the start of the function's last response body.
 	LastResponse string `json:"last_response,omitempty"`
 
+	// MissingSince is when the gateway first did not know the function,
+	// for the no-such-function grace period; zero while it does.
+	MissingSince time.Time `json:"missing_since,omitzero"`
+	// SlotAt is a rate-limit slot reserved for the message's next call.
+	SlotAt time.Time `json:"slot_at,omitzero"`
+	// Holds counts the times the message was put back without an attempt
+	// (its function unknown to the gateway, or held by a rate or
+	// concurrency limit), which keeps Retries: with ID and Retries it
+	// tells each store apart for a backend that de-duplicates on them.
+	Holds int `json:"holds,omitempty"`
 	// Reason and DeadAt are set once the message is a dead letter.
 	Reason string    `json:"reason,omitempty"`
 	DeadAt time.Time `json:"dead_at,omitzero"`
+}
+
+// Backoff values.
+const (
+	BackoffFixed       = "fixed"
+	BackoffExponential = "exponential"
+)
+
+// Policy is a message's delivery settings as far as they are set: a nil
+// pointer or an empty string is unset. Messages stored before Policy had
+// pointers always carry max_retries and delay, so they read as set.
+type Policy struct {
+	// MaxRetries is the last value of Retries that is still delivered.
+	MaxRetries *int `json:"max_retries,omitempty"`
+	// Delay is the wait before a retry (the first one, for exponential
+	// backoff).
+	Delay *time.Duration `json:"delay,omitempty"`
+	// Backoff is BackoffFixed or BackoffExponential.
+	Backoff string `json:"backoff,omitempty"`
+	// MaxDelay bounds exponential backoff and a function's Retry-After.
+	MaxDelay *time.Duration `json:"max_delay,omitempty"`
+	// TTL is how long after AcceptedAt the message may still be delivered.
+	TTL *time.Duration `json:"ttl,omitempty"`
+	// DeadLetterFunction is invoked with the message when it becomes a
+	// dead letter.
+	DeadLetterFunction string `json:"dead_letter_function,omitempty"`
+	// CallbackURL receives the message's final outcome.
+	CallbackURL string `json:"callback_url,omitempty"`
 }
 
 // ErrFormat reports bytes that are not an envelope this version can read.

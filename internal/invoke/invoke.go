@@ -28,6 +28,7 @@
 package invoke
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -40,6 +41,7 @@ import (
 	"github.com/openfaas/connector-sdk/types"
 
 	"github.com/openfaas/mailbox/internal/delivery"
+	"github.com/openfaas/mailbox/requeue"
 )
 
 const (
@@ -113,11 +115,13 @@ func NewClient(timeout time.Duration, maxConnsPerHost int) *http.Client {
 }
 
 // Invoke POSTs body to function with exactly header (plus the Invoker's
-// User-Agent) and returns the status and the start of the response body. A
-// call that gets no response (network error, timeout, cancelled ctx)
-// returns Result.Err. A redirect from the gateway is returned as it is, not
-// followed: the stored body must not be posted anywhere else.
-func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, header http.Header) delivery.Result {
+// User-Agent) and returns the status, the first keep bytes of the response
+// body (at least ResponseLimit+1), its X-Call-Id and, on a 429 or 503, its
+// Retry-After. A call that gets no response (network error, timeout,
+// cancelled ctx) returns Result.Err. A redirect from the gateway is
+// returned as it is, not followed: the stored body must not be posted
+// anywhere else.
+func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, header http.Header, keep int) delivery.Result {
 	if function == "" {
 		return delivery.Result{Err: errors.New("invoke: no function name")}
 	}
@@ -133,21 +137,13 @@ func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, head
 		sent.Set("User-Agent", i.userAgent)
 	}
 
-	client := *i.client
-	base := client.Transport
-	if base == nil {
-		base = http.DefaultTransport
-	}
-	client.Transport = &callTransport{base: base, header: sent}
-	client.CheckRedirect = func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	}
+	client := i.callClient(sent, keep)
 
 	// One response for the call, plus one for the SDK's spurious empty-body
 	// error, so InvokeWithContext never blocks and returns only when done.
 	responses := make(chan types.InvokerResponse, 2)
 	sdk := &types.Invoker{
-		Client:     &client,
+		Client:     client,
 		GatewayURL: i.functionURL,
 		Responses:  responses,
 		UserAgent:  i.userAgent,
@@ -173,11 +169,66 @@ func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, head
 	if res.Error != nil {
 		return delivery.Result{Err: res.Error}
 	}
-	out := delivery.Result{Status: res.Status}
+	var out delivery.Result
 	if res.Body != nil {
 		out.Body = *res.Body
 	}
+	var h http.Header
+	if res.Header != nil {
+		h = *res.Header
+	}
+	return result(res.Status, h, out.Body)
+}
+
+// Post POSTs body to url with exactly header (plus the Invoker's
+// User-Agent), as Invoke does for a function: callbacks go this way.
+func (i *Invoker) Post(ctx context.Context, url string, body []byte, header http.Header) delivery.Result {
+	sent := header.Clone()
+	if sent == nil {
+		sent = http.Header{}
+	}
+	if i.userAgent != "" {
+		sent.Set("User-Agent", i.userAgent)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return delivery.Result{Err: err}
+	}
+	res, err := i.callClient(sent, 0).Do(req)
+	if err != nil {
+		return delivery.Result{Err: err}
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return delivery.Result{Err: err}
+	}
+	return result(res.StatusCode, res.Header, b)
+}
+
+// result is the delivery.Result of an answer.
+func result(status int, h http.Header, body []byte) delivery.Result {
+	out := delivery.Result{Status: status, Body: body, CallID: h.Get("X-Call-Id")}
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		out.RetryAfter = requeue.RetryAfter(h.Get("Retry-After"), time.Now())
+	}
 	return out
+}
+
+// callClient is the Invoker's client for one call: it sends exactly
+// header, reads at most keep bytes of the answer (at least readLimit) and
+// does not follow redirects.
+func (i *Invoker) callClient(header http.Header, keep int) *http.Client {
+	client := *i.client
+	base := client.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	client.Transport = &callTransport{base: base, header: header, limit: int64(max(keep, readLimit))}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}
+	return &client
 }
 
 // callTransport sends one call's request with exactly the headers chosen
@@ -185,6 +236,7 @@ func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, head
 type callTransport struct {
 	base   http.RoundTripper
 	header http.Header
+	limit  int64
 }
 
 func (t *callTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -195,13 +247,13 @@ func (t *callTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	res.Body = &boundedBody{
-		r:    io.LimitReader(res.Body, readLimit),
+		r:    io.LimitReader(res.Body, t.limit),
 		body: res.Body,
 	}
 	return res, nil
 }
 
-// boundedBody ends after readLimit bytes. Close drains a little more so a
+// boundedBody ends after its limit. Close drains a little more so a
 // modestly longer response does not cost the connection.
 type boundedBody struct {
 	r    io.Reader

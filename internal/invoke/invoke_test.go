@@ -103,7 +103,7 @@ func TestInvokeSendsRequest(t *testing.T) {
 			}
 			before := header.Clone()
 
-			res := inv.Invoke(context.Background(), "fn.openfaas-fn", tt.body, header)
+			res := inv.Invoke(context.Background(), "fn.openfaas-fn", tt.body, header, 0)
 
 			if res.Err != nil || res.Status != http.StatusAccepted || string(res.Body) != "queued" {
 				t.Errorf("Result = %d %q %v, want 202 \"queued\" <nil>", res.Status, res.Body, res.Err)
@@ -144,7 +144,7 @@ func TestInvokeEmptyBodyOneResponse(t *testing.T) {
 	// function anyway: the call must be made once and succeed.
 	b := setup(t, nil)
 	inv := New(b.srv.URL, NewClient(5*time.Second, 1), "ua")
-	res := inv.Invoke(context.Background(), "fn", nil, nil)
+	res := inv.Invoke(context.Background(), "fn", nil, nil, 0)
 	if res.Err != nil || res.Status != http.StatusOK {
 		t.Fatalf("Result = %d %v, want 200 <nil>", res.Status, res.Err)
 	}
@@ -167,7 +167,7 @@ func TestInvokeStatus(t *testing.T) {
 			w.WriteHeader(status)
 		})
 		inv := New(b.srv.URL, NewClient(5*time.Second, 1), "ua")
-		res := inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+		res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 		if res.Err != nil || res.Status != status {
 			t.Errorf("status %d: Result = %d %v", status, res.Status, res.Err)
 		}
@@ -190,7 +190,7 @@ func TestInvokeBoundsResponse(t *testing.T) {
 		_, _ = io.WriteString(w, long)
 	})
 	inv := New(b.srv.URL, NewClient(5*time.Second, 1), "ua")
-	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 	if res.Err != nil || res.Status != 500 {
 		t.Fatalf("Result = %d %v", res.Status, res.Err)
 	}
@@ -198,7 +198,7 @@ func TestInvokeBoundsResponse(t *testing.T) {
 		t.Errorf("Body has %d bytes, want the first %d", len(res.Body), readLimit)
 	}
 	// What Decide keeps ends on a character boundary.
-	e := delivery.Decide(&envelope.Envelope{MaxRetries: 3}, res, time.Now()).Next
+	e := delivery.Decide(&envelope.Envelope{}, delivery.Policy{MaxRetries: 3, RetryCodes: delivery.DefaultRetryCodes}, res, time.Now(), 0).Next
 	if e.LastResponse != strings.Repeat("é", delivery.ResponseLimit/2) {
 		t.Errorf("LastResponse has %d bytes", len(e.LastResponse))
 	}
@@ -210,7 +210,7 @@ func TestInvokeNetworkError(t *testing.T) {
 	url := b.srv.URL
 	b.srv.Close()
 	inv := New(url, NewClient(5*time.Second, 1), "ua")
-	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 	if res.Err == nil || res.Status != 0 {
 		t.Fatalf("Result = %d %v, want an error", res.Status, res.Err)
 	}
@@ -229,7 +229,7 @@ func TestInvokeTimeout(t *testing.T) {
 	inv := New(b.srv.URL, NewClient(100*time.Millisecond, 1), "ua")
 
 	start := time.Now()
-	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 	if res.Err == nil || res.Status != 0 {
 		t.Fatalf("Result = %d %v, want an error", res.Status, res.Err)
 	}
@@ -256,7 +256,7 @@ func TestInvokeTimeoutReadingBody(t *testing.T) {
 	})
 	defer close(release)
 	inv := New(b.srv.URL, NewClient(100*time.Millisecond, 1), "ua")
-	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+	res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 	if res.Err == nil {
 		t.Fatalf("Result = %d %q, want an error", res.Status, res.Body)
 	}
@@ -281,7 +281,7 @@ func TestInvokeContextCancel(t *testing.T) {
 		cancel()
 	}()
 	done := make(chan delivery.Result, 1)
-	go func() { done <- inv.Invoke(ctx, "fn", []byte("x"), nil) }()
+	go func() { done <- inv.Invoke(ctx, "fn", []byte("x"), nil, 0) }()
 
 	select {
 	case res := <-done:
@@ -315,7 +315,7 @@ func TestInvokeReusesConnection(t *testing.T) {
 				if i%2 == 1 {
 					body = nil
 				}
-				if res := inv.Invoke(context.Background(), "fn", body, nil); res.Err != nil || res.Status != 200 {
+				if res := inv.Invoke(context.Background(), "fn", body, nil, 0); res.Err != nil || res.Status != 200 {
 					t.Fatalf("call %d: Result = %d %v", i, res.Status, res.Err)
 				}
 				b.next(t)
@@ -344,7 +344,7 @@ func TestInvokeConcurrent(t *testing.T) {
 	for i := range 16 {
 		wg.Go(func() {
 			id := string(rune('a' + i))
-			res := inv.Invoke(context.Background(), "fn", nil, http.Header{"X-Call-Id": {id}})
+			res := inv.Invoke(context.Background(), "fn", nil, http.Header{"X-Call-Id": {id}}, 0)
 			if res.Err != nil || string(res.Body) != id {
 				t.Errorf("call %s: Result = %d %q %v", id, res.Status, res.Body, res.Err)
 			}
@@ -358,14 +358,14 @@ func TestInvokeUserAgent(t *testing.T) {
 	b := setup(t, nil)
 
 	inv := New(b.srv.URL, NewClient(5*time.Second, 1), "openfaas-mailbox/1.2.3")
-	inv.Invoke(context.Background(), "fn", []byte("x"), nil)
+	inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0)
 	if got := b.next(t).Header.Values("User-Agent"); !reflect.DeepEqual(got, []string{"openfaas-mailbox/1.2.3"}) {
 		t.Errorf("User-Agent %q", got)
 	}
 
 	// Without one, the stored request's own is sent.
 	inv = New(b.srv.URL, NewClient(5*time.Second, 1), "")
-	inv.Invoke(context.Background(), "fn", []byte("x"), http.Header{"User-Agent": {"curl/8.0"}})
+	inv.Invoke(context.Background(), "fn", []byte("x"), http.Header{"User-Agent": {"curl/8.0"}}, 0)
 	if got := b.next(t).Header.Values("User-Agent"); !reflect.DeepEqual(got, []string{"curl/8.0"}) {
 		t.Errorf("User-Agent %q", got)
 	}
@@ -376,10 +376,10 @@ func TestInvokeFunctionName(t *testing.T) {
 	b := setup(t, nil)
 	inv := New(b.srv.URL, NewClient(5*time.Second, 1), "ua")
 
-	if res := inv.Invoke(context.Background(), "", []byte("x"), nil); res.Err == nil {
+	if res := inv.Invoke(context.Background(), "", []byte("x"), nil, 0); res.Err == nil {
 		t.Error("empty function name: no error")
 	}
-	inv.Invoke(context.Background(), "../system/functions?x=1", []byte("x"), nil)
+	inv.Invoke(context.Background(), "../system/functions?x=1", []byte("x"), nil, 0)
 	if got := b.next(t).Path; got != "/function/..%2Fsystem%2Ffunctions%3Fx=1" {
 		t.Errorf("path %q, want the name escaped into one segment", got)
 	}
@@ -389,7 +389,7 @@ func TestNewClientNil(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	inv := New(b.srv.URL, nil, "ua")
-	if res := inv.Invoke(context.Background(), "fn", []byte("x"), nil); res.Err != nil || res.Status != 200 {
+	if res := inv.Invoke(context.Background(), "fn", []byte("x"), nil, 0); res.Err != nil || res.Status != 200 {
 		t.Errorf("Result = %d %v", res.Status, res.Err)
 	}
 }

@@ -1,8 +1,9 @@
 // Package mailboxtest runs a whole mailbox inside a test, for the tests of
 // functions and clients that use it: the requeue API and the connector on
 // an embedded JetStream server, delivering through a stand-in for the
-// OpenFaaS gateway that serves the test's functions at /function/<name>
-// and the mailbox itself at /function/mailbox, as a real gateway would.
+// OpenFaaS gateway (internal/gatewaytest) on which the test's functions
+// and the mailbox itself, as the function "mailbox", are deployed, as in
+// OpenFaaS.
 package mailboxtest
 
 import (
@@ -10,9 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/gatewaytest"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/service"
@@ -27,9 +26,11 @@ import (
 
 // Options configures Start.
 type Options struct {
-	// Functions are served by the gateway at /function/<name>, with that
-	// prefix removed as the OpenFaaS gateway does. A name that is not
-	// here answers 404, as an undeployed function would.
+	// Functions are deployed on the gateway, without annotations: it
+	// lists them to the connector and serves each at /function/<name>,
+	// with that prefix removed as the OpenFaaS gateway does. A name that
+	// is not here answers 404, and a message for it is held back, then
+	// dead-lettered, as for an undeployed function.
 	Functions map[string]http.Handler
 	// Env holds settings (the README's configuration table) for both the
 	// API and the connector, over the test defaults: backend jetstream,
@@ -46,6 +47,9 @@ type Mailbox struct {
 	// GatewayURL is the stand-in gateway; GatewayURL + "/function/mailbox"
 	// reaches the API as functions reach it in OpenFaaS.
 	GatewayURL string
+	// Gateway is the stand-in gateway, to deploy or remove functions
+	// while the test runs.
+	Gateway *gatewaytest.Gateway
 
 	nats *jsservertest.Server
 	cfg  config.Config
@@ -57,15 +61,20 @@ func Start(t testing.TB, o Options) *Mailbox {
 	t.Helper()
 	m := &Mailbox{nats: jsservertest.Start(t)}
 
-	api := &handlerSlot{}
-	gw := httptest.NewServer(gateway(api, o.Functions))
-	t.Cleanup(gw.Close)
-	m.GatewayURL = gw.URL
+	gw, err := gatewaytest.Start(gatewaytest.Options{})
+	if err != nil {
+		t.Fatalf("mailboxtest: %v", err)
+	}
+	t.Cleanup(gw.Stop)
+	for name, h := range o.Functions {
+		gw.Deploy(name, h, nil)
+	}
+	m.Gateway, m.GatewayURL = gw, gw.URL()
 
 	env := map[string]string{
 		"backend":          "jetstream",
 		"nats_url":         m.nats.URL(),
-		"gateway_url":      gw.URL,
+		"gateway_url":      gw.URL(),
 		"upstream_timeout": "5s",
 	}
 	for k, v := range o.Env {
@@ -88,7 +97,7 @@ func Start(t testing.TB, o Options) *Mailbox {
 	if err != nil {
 		t.Fatalf("mailboxtest: %v", err)
 	}
-	api.set(h)
+	gw.Deploy("mailbox", h, nil)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	m.URL = srv.URL
@@ -129,58 +138,4 @@ func Start(t testing.TB, o Options) *Mailbox {
 func (m *Mailbox) DeadLetters(t testing.TB) []*envelope.Envelope {
 	t.Helper()
 	return jsservertest.DeadLetters(t, m.nats.URL(), m.cfg.JetStreamStream+"-deadletter")
-}
-
-// gateway routes /function/<name>[/rest] to the named function with the
-// prefix removed, and /function/mailbox to the requeue API.
-func gateway(api http.Handler, functions map[string]http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/function/")
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		name, path, _ := strings.Cut(rest, "/")
-		h := functions[name]
-		if name == "mailbox" {
-			h = api
-		}
-		if h == nil {
-			http.Error(w, "error finding function "+name, http.StatusNotFound)
-			return
-		}
-		u, err := url.Parse("/" + path)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		r2 := r.Clone(r.Context())
-		r2.URL.Path, r2.URL.RawPath = u.Path, u.RawPath
-		r2.RequestURI = r2.URL.RequestURI()
-		h.ServeHTTP(w, r2)
-	})
-}
-
-// handlerSlot is the API handler, set once it exists: the gateway must
-// be listening before the config that names it is loaded.
-type handlerSlot struct {
-	mu sync.Mutex
-	h  http.Handler
-}
-
-func (s *handlerSlot) set(h http.Handler) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.h = h
-}
-
-func (s *handlerSlot) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	h := s.h
-	s.mu.Unlock()
-	if h == nil {
-		http.Error(w, "mailbox not started", http.StatusServiceUnavailable)
-		return
-	}
-	h.ServeHTTP(w, r)
 }

@@ -2,7 +2,9 @@ package service_test
 
 import (
 	"context"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -31,20 +33,22 @@ func BenchmarkLateness(b *testing.B) {
 }
 
 func benchLateness(b *testing.B, backend string, perSecond int) {
-	bb := setup(b, backend)
+	bb := setup(b, backend, nil)
 	var (
 		mu   sync.Mutex
 		late []time.Duration
 	)
-	bb.gw.observe = func(c call) {
-		due, err := time.Parse(time.RFC3339Nano, string(c.body))
+	bb.gw.Deploy("bench", http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		at := time.Now()
+		body, _ := io.ReadAll(r.Body)
+		due, err := time.Parse(time.RFC3339Nano, string(body))
 		if err != nil {
 			return
 		}
 		mu.Lock()
-		late = append(late, c.at.Sub(due))
+		late = append(late, at.Sub(due))
 		mu.Unlock()
-	}
+	}), nil)
 	q, err := service.OpenQueue(bb.cfg, prometheus.NewRegistry(), quiet)
 	if err != nil {
 		b.Fatal(err)
@@ -65,7 +69,7 @@ func benchLateness(b *testing.B, backend string, perSecond int) {
 					time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(perSecond))))
 				}
 				due := time.Now().Add(time.Second + rand.N(9*time.Second))
-				e := &envelope.Envelope{ID: strconv.Itoa(i), Function: "bench", Body: []byte(due.Format(time.RFC3339Nano)), MaxRetries: 1, Delay: time.Second, AcceptedAt: time.Now(), DueAt: due}
+				e := &envelope.Envelope{ID: strconv.Itoa(i), Function: "bench", Body: []byte(due.Format(time.RFC3339Nano)), Policy: envelope.Policy{MaxRetries: new(1), Delay: new(time.Second)}, AcceptedAt: time.Now(), DueAt: due}
 				if err := q.Schedule(context.Background(), e); err != nil {
 					b.Error(err)
 					return

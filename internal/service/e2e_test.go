@@ -11,13 +11,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,131 +26,54 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/gatewaytest"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/service"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 )
 
-// call is one invocation the gateway received.
-type call struct {
-	body   []byte
-	header http.Header
-	at     time.Time
-}
+// The stand-in gateway's basic-auth credentials, which the connector is
+// given.
+const gatewayUser, gatewayPassword = "admin", "secret"
 
-// gateway stands in for the OpenFaaS gateway: /function/<name> runs the
-// function's behaviour, /system/* answers connector-sdk's function lookup
-// behind basic auth.
-type gateway struct {
-	addr string
-	srv  *http.Server
-
-	mu       sync.Mutex
-	calls    map[string][]call
-	behave   map[string]func(n int) int // n counts calls from 1; returns the status
-	observe  func(call)                 // if set, sees every call
-	lookups  atomic.Int64
-	denied   atomic.Int64
-	user     string
-	password string
-}
-
-func startGateway(t testing.TB) *gateway {
-	t.Helper()
-	g := &gateway{calls: map[string][]call{}, behave: map[string]func(int) int{}, user: "admin", password: "secret"}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.addr = ln.Addr().String()
-	g.serve(ln)
-	t.Cleanup(g.stop)
-	return g
-}
-
-func (g *gateway) url() string { return "http://" + g.addr }
-
-func (g *gateway) serve(ln net.Listener) {
-	g.srv = &http.Server{Handler: g}
-	go func() { _ = g.srv.Serve(ln) }()
-}
-
-func (g *gateway) stop() { _ = g.srv.Close() }
-
-// restart serves again on the same address after stop.
-func (g *gateway) restart(t *testing.T) {
-	t.Helper()
-	var ln net.Listener
-	poll.Until(t, 5*time.Second, "gateway address free again", func() bool {
-		var err error
-		ln, err = net.Listen("tcp", g.addr)
-		return err == nil
-	})
-	g.serve(ln)
-}
-
-func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/system/") {
-		g.lookups.Add(1)
-		if u, p, ok := r.BasicAuth(); !ok || u != g.user || p != g.password {
-			g.denied.Add(1)
-			w.WriteHeader(http.StatusUnauthorized)
-			return
+// deploy deploys name on the gateway with annotations and records its
+// calls: call n (counting from 1) is answered with status(n), 200 when
+// status is nil, and the body "answer n of <name>".
+func (b *bundle) deploy(name string, status func(n int) int, annotations map[string]string) *gatewaytest.Recorder {
+	rec := gatewaytest.Record(func(w http.ResponseWriter, _ *http.Request, n int) {
+		code := http.StatusOK
+		if status != nil {
+			code = status(n)
 		}
-		_, _ = io.WriteString(w, "[]")
-		return
-	}
-	name, ok := strings.CutPrefix(r.URL.Path, "/function/")
-	if !ok || r.Method != http.MethodPost {
-		http.NotFound(w, r)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	g.mu.Lock()
-	c := call{body: body, header: r.Header.Clone(), at: time.Now()}
-	g.calls[name] = append(g.calls[name], c)
-	n := len(g.calls[name])
-	behave, observe := g.behave[name], g.observe
-	g.mu.Unlock()
-	if observe != nil {
-		observe(c)
-	}
-	status := http.StatusOK
-	if behave != nil {
-		status = behave(n)
-	}
-	w.WriteHeader(status)
-	fmt.Fprintf(w, "answer %d of %s", n, name)
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "answer %d of %s", n, name)
+	})
+	b.gw.Deploy(name, rec, annotations)
+	return rec
 }
 
-func (g *gateway) on(name string, behave func(n int) int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.behave[name] = behave
-}
+// always answers every call with code.
+func always(code int) func(int) int { return func(int) int { return code } }
 
-func (g *gateway) callsTo(name string) []call {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]call(nil), g.calls[name]...)
-}
-
-// distinctIDs counts the different message ids delivered to name.
-func (g *gateway) distinctIDs(name string) int {
-	ids := map[string]bool{}
-	for _, c := range g.callsTo(name) {
-		ids[c.header.Get(envelope.HeaderMessageID)] = true
+// callsWith returns the calls that carried message id.
+func callsWith(rec *gatewaytest.Recorder, id string) []gatewaytest.Call {
+	var out []gatewaytest.Call
+	for _, c := range rec.Calls() {
+		if c.ID() == id {
+			out = append(out, c)
+		}
 	}
-	return len(ids)
+	return out
 }
 
 // bundle is one mailbox under test.
 type bundle struct {
 	nats broker
-	gw   *gateway
+	gw   *gatewaytest.Gateway
 	cfg  config.Config
 	api  *httptest.Server
 	reg  *prometheus.Registry // the connector's
@@ -180,25 +103,38 @@ var backends = []string{"stan", "jetstream"}
 
 // forEachBackend runs test against a fresh mailbox on each backend.
 func forEachBackend(t *testing.T, test func(t *testing.T, b *bundle)) {
+	forEachBackendWith(t, nil, test)
+}
+
+// forEachBackendWith is forEachBackend with settings over the tests'
+// defaults, for both the API and the connector.
+func forEachBackendWith(t *testing.T, env map[string]string, test func(t *testing.T, b *bundle)) {
 	t.Parallel()
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
-			test(t, setup(t, backend))
+			test(t, setup(t, backend, env))
 		})
 	}
 }
 
-func setup(t testing.TB, backend string) *bundle {
+// setup starts a gateway with no function deployed, an embedded server of
+// backend and the requeue API; startConnector starts the connector.
+func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	t.Helper()
-	b := &bundle{gw: startGateway(t)}
+	gw, err := gatewaytest.Start(gatewaytest.Options{User: gatewayUser, Password: gatewayPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Stop)
+	b := &bundle{gw: gw}
 	if backend == "jetstream" {
 		b.nats = jetStreamBroker{jsservertest.Start(t)}
 	} else {
 		b.nats = stanBroker{stanservertest.Start(t)}
 	}
 	secrets := t.TempDir()
-	for name, v := range map[string]string{"basic-auth-user": b.gw.user, "basic-auth-password": b.gw.password} {
+	for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": gatewayPassword} {
 		if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -206,11 +142,12 @@ func setup(t testing.TB, backend string) *bundle {
 	env := map[string]string{
 		"backend":           backend,
 		"nats_url":          b.nats.URL(),
-		"gateway_url":       b.gw.url(),
+		"gateway_url":       b.gw.URL(),
 		"basic_auth":        "true",
 		"secret_mount_path": secrets,
 		"upstream_timeout":  "5s",
 	}
+	maps.Copy(env, extra)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +170,7 @@ func setup(t testing.TB, backend string) *bundle {
 	return b
 }
 
-var quiet = slog.New(slog.DiscardHandler)
+var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 // startConnector runs a connector until stop or the end of the test.
 func (b *bundle) startConnector(t testing.TB) (stop func()) {
@@ -317,6 +254,7 @@ func (b *bundle) mustSchedule(t *testing.T, fn string, body []byte, headers ...s
 
 func TestDelayBodyAndHeadersArrive(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		echo := b.deploy("echo", nil, nil)
 		b.startConnector(t)
 		body := []byte{0, 1, 2, 0xff, 'h', 'i'}
 		code, a, h := b.requeue(t, "echo", body,
@@ -330,13 +268,13 @@ func TestDelayBodyAndHeadersArrive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		poll.Until(t, 15*time.Second, "function called", func() bool { return len(b.gw.callsTo("echo")) == 1 })
-		c := b.gw.callsTo("echo")[0]
-		if c.at.Before(due) {
-			t.Errorf("delivered %v before it was due", due.Sub(c.at))
+		poll.Until(t, 15*time.Second, "function called", func() bool { return echo.Len() == 1 })
+		c := echo.Calls()[0]
+		if c.At.Before(due) {
+			t.Errorf("delivered %v before it was due", due.Sub(c.At))
 		}
-		if !bytes.Equal(c.body, body) {
-			t.Errorf("body %q, want %q", c.body, body)
+		if !bytes.Equal(c.Body, body) {
+			t.Errorf("body %q, want %q", c.Body, body)
 		}
 		want := map[string]string{
 			"Content-Type":            "application/octet-stream",
@@ -350,7 +288,7 @@ func TestDelayBodyAndHeadersArrive(t *testing.T) {
 			"User-Agent":              service.UserAgent,
 		}
 		for k, v := range want {
-			if got := c.header.Get(k); got != v {
+			if got := c.Header.Get(k); got != v {
 				t.Errorf("header %s = %q, want %q", k, got, v)
 			}
 		}
@@ -359,7 +297,7 @@ func TestDelayBodyAndHeadersArrive(t *testing.T) {
 
 func TestFailingFunctionIsDeadLetteredAfterMaxRetries(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
-		b.gw.on("broken", func(int) int { return http.StatusInternalServerError })
+		broken := b.deploy("broken", always(http.StatusInternalServerError), nil)
 		b.startConnector(t)
 		a := b.mustSchedule(t, "broken", []byte("payload"), "X-Max-Retries", "2", "X-Delay-Duration", "200ms")
 
@@ -368,12 +306,12 @@ func TestFailingFunctionIsDeadLetteredAfterMaxRetries(t *testing.T) {
 			dead = b.nats.DeadLetters(t)
 			return len(dead) == 1
 		})
-		calls := b.gw.callsTo("broken")
+		calls := broken.Calls()
 		if len(calls) != 3 {
 			t.Fatalf("function called %d times, want 3 (X-Retries 0, 1, 2)", len(calls))
 		}
 		for i, c := range calls {
-			if got := c.header.Get(envelope.HeaderRetries); got != strconv.Itoa(i) {
+			if got := c.Header.Get(envelope.HeaderRetries); got != strconv.Itoa(i) {
 				t.Errorf("call %d had X-Retries %q", i, got)
 			}
 		}
@@ -392,21 +330,21 @@ func TestFailingFunctionIsDeadLetteredAfterMaxRetries(t *testing.T) {
 
 func TestFunctionSucceedingOnThirdCallIsCalledThreeTimes(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
-		b.gw.on("flaky", func(n int) int {
+		flaky := b.deploy("flaky", func(n int) int {
 			if n < 3 {
 				return http.StatusTooManyRequests
 			}
 			return http.StatusOK
-		})
+		}, nil)
 		b.startConnector(t)
 		b.mustSchedule(t, "flaky", []byte("x"), "X-Max-Retries", "5", "X-Delay-Duration", "100ms")
-		poll.Until(t, 15*time.Second, "third call", func() bool { return len(b.gw.callsTo("flaky")) >= 3 })
+		poll.Until(t, 15*time.Second, "third call", func() bool { return flaky.Len() >= 3 })
 		// A fourth call would follow within the 100 ms delay if the third
 		// success were not acknowledged; the delivered counter settles first.
 		poll.Until(t, 5*time.Second, "delivery counted", func() bool {
 			return counter(t, b.reg, "mailbox_delivered_total") == 1
 		})
-		if n := len(b.gw.callsTo("flaky")); n != 3 {
+		if n := flaky.Len(); n != 3 {
 			t.Fatalf("function called %d times, want 3", n)
 		}
 		if dead := b.nats.DeadLetters(t); len(dead) != 0 {
@@ -417,6 +355,7 @@ func TestFunctionSucceedingOnThirdCallIsCalledThreeTimes(t *testing.T) {
 
 func TestRequeueAboveMaxRetriesIsDeadLetter(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		done := b.deploy("done", nil, nil)
 		b.startConnector(t)
 		code, a, _ := b.requeue(t, "done", []byte("late"), "X-Retries", "4", "X-Max-Retries", "3")
 		if code != http.StatusOK || a.Status != "dead-lettered" || a.Reason != envelope.ReasonMaxRetries {
@@ -430,7 +369,7 @@ func TestRequeueAboveMaxRetriesIsDeadLetter(t *testing.T) {
 		if dead[0].ID != a.ID || string(dead[0].Body) != "late" {
 			t.Fatalf("dead letter %+v", dead[0])
 		}
-		if n := len(b.gw.callsTo("done")); n != 0 {
+		if n := done.Len(); n != 0 {
 			t.Fatalf("function called %d times, want 0", n)
 		}
 	})
@@ -438,6 +377,7 @@ func TestRequeueAboveMaxRetriesIsDeadLetter(t *testing.T) {
 
 func TestConnectorAndNATSRestartsLoseNothing(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		steady := b.deploy("steady", nil, nil)
 		stop := b.startConnector(t)
 		const n = 30
 		for i := range n {
@@ -449,25 +389,27 @@ func TestConnectorAndNATSRestartsLoseNothing(t *testing.T) {
 		b.nats.Restart(t)
 		poll.Until(t, 15*time.Second, "API reconnects", func() bool { return b.health() == http.StatusOK })
 		b.startConnector(t)
-		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return steady.Distinct() == n })
 	})
 }
 
 func TestNATSRestartDuringDeliveryLosesNothing(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		steady := b.deploy("steady", nil, nil)
 		b.startConnector(t)
 		const n = 30
 		for i := range n {
 			b.mustSchedule(t, "steady", []byte(strconv.Itoa(i)), "X-Delay-Duration", strconv.Itoa(i%4))
 		}
-		poll.Until(t, 15*time.Second, "some delivered", func() bool { return b.gw.distinctIDs("steady") > 0 })
+		poll.Until(t, 15*time.Second, "some delivered", func() bool { return steady.Distinct() > 0 })
 		b.nats.Restart(t)
-		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("steady") == n })
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return steady.Distinct() == n })
 	})
 }
 
 func TestShortDelayNotBehindLongOnes(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		slow, fast := b.deploy("slow", nil, nil), b.deploy("fast", nil, nil)
 		b.startConnector(t)
 		for i := range 200 {
 			b.mustSchedule(t, "slow", []byte(strconv.Itoa(i)), "X-Delay-Duration", "3600")
@@ -475,8 +417,8 @@ func TestShortDelayNotBehindLongOnes(t *testing.T) {
 		for i := range 5 {
 			b.mustSchedule(t, "fast", []byte(strconv.Itoa(i)), "X-Delay-Duration", "1")
 		}
-		poll.Until(t, 15*time.Second, "1 s messages delivered", func() bool { return b.gw.distinctIDs("fast") == 5 })
-		if n := len(b.gw.callsTo("slow")); n != 0 {
+		poll.Until(t, 15*time.Second, "1 s messages delivered", func() bool { return fast.Distinct() == 5 })
+		if n := slow.Len(); n != 0 {
 			t.Fatalf("%d one-hour messages delivered early", n)
 		}
 	})
@@ -484,11 +426,15 @@ func TestShortDelayNotBehindLongOnes(t *testing.T) {
 
 func TestGatewayOutagePausesDeliveries(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
+		patient := b.deploy("patient", nil, nil)
 		b.startConnector(t)
-		// After the connector's check at start, so that the outage is
-		// found by failing calls.
-		poll.Until(t, 10*time.Second, "the connector asked the gateway", func() bool { return b.gw.lookups.Load() > 0 })
-		b.gw.stop()
+		// After the connector's check at start, a read of the gateway's
+		// function list (two requests), so that the outage is found by
+		// failing calls.
+		poll.Until(t, 10*time.Second, "the connector read the function list", func() bool {
+			return b.gw.Lookups() > 0 && !b.lastListRead(t).IsZero()
+		})
+		b.gw.Stop()
 		const n = 10
 		for i := range n {
 			b.mustSchedule(t, "patient", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "1")
@@ -499,38 +445,51 @@ func TestGatewayOutagePausesDeliveries(t *testing.T) {
 		poll.Until(t, 10*time.Second, "failed calls scheduled again and deliveries paused", func() bool {
 			return counter(t, b.reg, "mailbox_retries_scheduled_total") > 0 && gauge(t, b.reg, "mailbox_gateway_up") == 0
 		})
-		b.gw.restart(t)
-		poll.Until(t, 30*time.Second, "every message delivered after the outage", func() bool { return b.gw.distinctIDs("patient") == n })
+		if err := b.gw.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 30*time.Second, "every message delivered after the outage", func() bool { return patient.Distinct() == n })
 		if dead := b.nats.DeadLetters(t); len(dead) != 0 {
 			t.Fatalf("%d dead letters after a gateway outage, want none", len(dead))
 		}
-		for _, c := range b.gw.callsTo("patient") {
-			if r := c.header.Get(envelope.HeaderRetries); r != "0" && r != "1" {
+		for _, c := range patient.Calls() {
+			if r := c.Header.Get(envelope.HeaderRetries); r != "0" && r != "1" {
 				t.Errorf("delivered with X-Retries %s, want 0 or 1: calls waiting at the paused gate do not count", r)
 			}
 		}
 		if gauge(t, b.reg, "mailbox_gateway_up") != 1 {
 			t.Errorf("mailbox_gateway_up is not 1 after the gateway is back")
 		}
-		if b.gw.lookups.Load() == 0 || b.gw.denied.Load() != 0 {
-			t.Fatalf("lookups %d, denied %d: want authenticated lookups", b.gw.lookups.Load(), b.gw.denied.Load())
+		if b.gw.Lookups() == 0 || b.gw.Denied() != 0 {
+			t.Fatalf("lookups %d, denied %d: want authenticated lookups", b.gw.Lookups(), b.gw.Denied())
 		}
 	})
 }
 
 func TestConnectorStartedWhileGatewayDownSpendsNoRetry(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
-		b.gw.stop()
+		early := b.deploy("early", nil, nil)
+		b.gw.Stop()
 		const n = 5
 		for i := range n {
 			b.mustSchedule(t, "early", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "3")
 		}
 		b.startConnector(t)
 		poll.Until(t, 10*time.Second, "deliveries paused", func() bool { return gauge(t, b.reg, "mailbox_gateway_up") == 0 })
-		b.gw.restart(t)
-		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return b.gw.distinctIDs("early") == n })
-		for _, c := range b.gw.callsTo("early") {
-			if r := c.header.Get(envelope.HeaderRetries); r != "0" {
+		if got := b.gw.Lookups(); got != 0 {
+			t.Fatalf("the stopped gateway answered %d lookups", got)
+		}
+		if err := b.gw.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return early.Distinct() == n })
+		// The gate opened on the gateway's answer to the connector's
+		// authenticated function lookup.
+		if b.gw.Lookups() == 0 || b.gw.Denied() != 0 {
+			t.Errorf("lookups %d, denied %d: want authenticated lookups once the gateway is back", b.gw.Lookups(), b.gw.Denied())
+		}
+		for _, c := range early.Calls() {
+			if r := c.Header.Get(envelope.HeaderRetries); r != "0" {
 				t.Errorf("delivered with X-Retries %s, want 0: the connector checks the gateway before its first call", r)
 			}
 		}
@@ -540,18 +499,19 @@ func TestConnectorStartedWhileGatewayDownSpendsNoRetry(t *testing.T) {
 func TestConnectorReportsRefusedCredentialsAtStart(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		secrets := t.TempDir()
-		for name, v := range map[string]string{"basic-auth-user": b.gw.user, "basic-auth-password": "wrong"} {
+		anyway := b.deploy("anyway", nil, nil)
+		for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": "wrong"} {
 			if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}
 		b.cfg.SecretMountPath = secrets
 		b.startConnector(t)
-		poll.Until(t, 10*time.Second, "the gateway refused the connector's lookup", func() bool { return b.gw.denied.Load() > 0 })
+		poll.Until(t, 10*time.Second, "the gateway refused the connector's lookup", func() bool { return b.gw.Denied() > 0 })
 		// Refused credentials do not stop deliveries: CE's /function/
 		// routes need none.
 		b.mustSchedule(t, "anyway", []byte("x"), "X-Delay-Duration", "0")
-		poll.Until(t, 10*time.Second, "delivered", func() bool { return b.gw.distinctIDs("anyway") == 1 })
+		poll.Until(t, 10*time.Second, "delivered", func() bool { return anyway.Distinct() == 1 })
 	})
 }
 
@@ -590,4 +550,409 @@ func sum(t *testing.T, reg *prometheus.Registry, name string, value func(*dto.Me
 		}
 	}
 	return sum
+}
+
+// The delivery policy, end to end: what the gateway lists, the function's
+// answers and annotations, and the message's headers decide each
+// message's fate.
+
+// deadLetter waits for the dead letter of message id and returns it.
+func (b *bundle) deadLetter(t *testing.T, id string) *envelope.Envelope {
+	t.Helper()
+	var found *envelope.Envelope
+	poll.Until(t, 20*time.Second, "dead letter of "+id+" stored", func() bool {
+		for _, d := range b.nats.DeadLetters(t) {
+			if d.ID == id {
+				found = d
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// lastListRead is when the connector last read the gateway's function
+// list, zero before it has.
+func (b *bundle) lastListRead(t *testing.T) time.Time {
+	s := gauge(t, b.reg, "mailbox_catalog_last_refresh_timestamp_seconds")
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(s*1e9))
+}
+
+func acceptedAt(t *testing.T, a answer) time.Time {
+	t.Helper()
+	due, err := time.Parse(time.RFC3339Nano, a.DueAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return due
+}
+
+func TestMessageForUndeployedFunctionWaitsOutTheGrace(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"no_such_function_grace": "2s"}, func(t *testing.T, b *bundle) {
+		b.startConnector(t)
+		// A lookup less than catalog.DefaultMissRefresh after the last
+		// read of the gateway's list is answered from that list. Once the
+		// list read at start is older, the first lookup of the next
+		// message reads it again, which shows as a new read.
+		poll.Until(t, 10*time.Second, "the list read at start is older than the miss refresh", func() bool {
+			last := b.lastListRead(t)
+			return !last.IsZero() && time.Since(last) > catalog.DefaultMissRefresh
+		})
+
+		// Deployed during the grace: delivered.
+		a := b.mustSchedule(t, "late", []byte("wait for me"), "X-Delay-Duration", "0")
+		accepted := acceptedAt(t, a)
+		poll.Until(t, 10*time.Second, "the connector looked for the function", func() bool {
+			return b.lastListRead(t).After(accepted)
+		})
+		late := b.deploy("late", nil, nil)
+
+		// Never deployed: a dead letter once the grace is over.
+		g := b.mustSchedule(t, "ghost", []byte("lost"), "X-Delay-Duration", "0")
+
+		poll.Until(t, 15*time.Second, "delivered once deployed", func() bool { return late.Len() > 0 })
+		c := late.Calls()[0]
+		// A message held back waits at least a second before the next
+		// lookup; held back, it was not attempted.
+		if waited := c.At.Sub(accepted); waited < 900*time.Millisecond || c.Header.Get(envelope.HeaderRetries) != "0" || string(c.Body) != "wait for me" {
+			t.Errorf("delivered %v after it was accepted with X-Retries %q, body %q; want it held back at least once, X-Retries 0",
+				waited, c.Header.Get(envelope.HeaderRetries), c.Body)
+		}
+
+		d := b.deadLetter(t, g.ID)
+		if d.Reason != envelope.ReasonNoSuchFunction || d.Function != "ghost" || d.Retries != 0 || d.LastStatus != 0 ||
+			string(d.Body) != "lost" || d.MissingSince.IsZero() {
+			t.Fatalf("dead letter %+v, want ghost's, reason no-such-function, never attempted", d)
+		}
+		if held := d.DeadAt.Sub(d.AcceptedAt); held < 2*time.Second || held > 10*time.Second {
+			t.Errorf("dead-lettered %v after it was accepted, want just after the 2s grace", held)
+		}
+		if dead := b.nats.DeadLetters(t); len(dead) != 1 {
+			t.Errorf("%d dead letters, want only ghost's", len(dead))
+		}
+		if n := late.Len(); n != 1 {
+			t.Errorf("late called %d times, want once", n)
+		}
+	})
+}
+
+func TestRejectedMessageIsDeadLetteredAfterOneCall(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		picky := b.deploy("picky", always(http.StatusBadRequest), nil)
+		b.startConnector(t)
+		a := b.mustSchedule(t, "picky", []byte("bad input"), "X-Max-Retries", "5", "X-Delay-Duration", "0")
+		d := b.deadLetter(t, a.ID)
+		if d.Reason != envelope.ReasonRejected || d.LastStatus != http.StatusBadRequest || d.Retries != 0 ||
+			d.LastResponse != "answer 1 of picky" || string(d.Body) != "bad input" {
+			t.Fatalf("dead letter %+v, want reason rejected after the first call", d)
+		}
+		if n := picky.Len(); n != 1 {
+			t.Fatalf("function called %d times, want once: a 400 is not retried", n)
+		}
+	})
+}
+
+// Through the API a message waits its delay before the first delivery
+// too, so the 60 s delay is the function's (its annotation) while the
+// message is due at once (default_delay 0, no X-Delay-Duration): the first
+// call gets the 429.
+func TestRetryAfterOverridesTheDelay(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"default_delay": "0"}, func(t *testing.T, b *bundle) {
+		throttled := gatewaytest.Record(func(w http.ResponseWriter, _ *http.Request, n int) {
+			if n == 1 {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusTooManyRequests)
+			}
+		})
+		b.gw.Deploy("throttled", throttled, map[string]string{catalog.AnnotationDelay: "60"})
+		b.startConnector(t)
+		b.mustSchedule(t, "throttled", []byte("x"))
+		poll.Until(t, 10*time.Second, "retried within seconds, not a minute", func() bool { return throttled.Len() == 2 })
+		calls := throttled.Calls()
+		if d := calls[0].Header.Get(envelope.HeaderDelay); d != "60" {
+			t.Fatalf("first call with X-Delay-Duration %q, want the annotation's 60", d)
+		}
+		if gap := calls[1].At.Sub(calls[0].At); gap < 900*time.Millisecond || gap > 5*time.Second {
+			t.Errorf("retried %v after the 429, want about the Retry-After of 1s", gap)
+		}
+		if r := calls[1].Header.Get(envelope.HeaderRetries); r != "1" {
+			t.Errorf("retry with X-Retries %q, want 1", r)
+		}
+		poll.Until(t, 5*time.Second, "delivery counted", func() bool {
+			return counter(t, b.reg, "mailbox_delivered_total") == 1
+		})
+	})
+}
+
+func TestExpiredMessageIsDeadLetteredBeforeItsRetriesAreSpent(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		doomed := b.deploy("doomed", always(http.StatusInternalServerError), nil)
+		b.startConnector(t)
+		const maxRetries = 10
+		a := b.mustSchedule(t, "doomed", []byte("x"), "X-Message-TTL", "2", "X-Delay-Duration", "1",
+			"X-Max-Retries", strconv.Itoa(maxRetries))
+		d := b.deadLetter(t, a.ID)
+		if d.Reason != envelope.ReasonExpired || d.LastStatus != http.StatusInternalServerError {
+			t.Fatalf("dead letter %+v, want reason expired after a failed call", d)
+		}
+		if n := doomed.Len(); n < 1 || n > maxRetries {
+			t.Fatalf("function called %d times, want at least once and fewer than the %d calls X-Max-Retries allows", n, maxRetries+1)
+		}
+		if age := d.DeadAt.Sub(d.AcceptedAt); age > 3*time.Second {
+			t.Errorf("dead-lettered %v after it was accepted, want by the end of its 2s TTL", age)
+		}
+	})
+}
+
+func TestDeadLetterFunctionGetsTheDeadLetterOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.deploy("origin", always(http.StatusInternalServerError), nil)
+		dlq := b.deploy("dlq", nil, nil)
+		// A dead-letter function that fails, and names itself as its
+		// dead-letter function: its own dead letter is only stored.
+		broken := b.deploy("dlq-broken", always(http.StatusInternalServerError), map[string]string{
+			catalog.AnnotationMaxRetries: "1", catalog.AnnotationDelay: "0",
+			catalog.AnnotationDeadLetterFunction: "dlq-broken",
+		})
+		b.startConnector(t)
+		routed := b.mustSchedule(t, "origin", []byte("first"), "X-Max-Retries", "0", "X-Delay-Duration", "0",
+			"X-Dead-Letter-Function", "dlq", "X-Custom", "kept")
+		failed := b.mustSchedule(t, "origin", []byte("second"), "X-Max-Retries", "0", "X-Delay-Duration", "0",
+			"X-Dead-Letter-Function", "dlq-broken")
+
+		poll.Until(t, 15*time.Second, "the dead-letter function called", func() bool { return dlq.Len() == 1 })
+		d := b.deadLetter(t, routed.ID)
+		if d.Reason != envelope.ReasonMaxRetries || d.Function != "origin" || string(d.Body) != "first" {
+			t.Fatalf("dead letter %+v, want origin's, reason max-retries", d)
+		}
+		c := dlq.Calls()[0]
+		if string(c.Body) != "first" {
+			t.Errorf("dead-letter function got body %q, want the original", c.Body)
+		}
+		for k, v := range map[string]string{
+			envelope.HeaderDeadLetterReason:  envelope.ReasonMaxRetries,
+			envelope.HeaderDeadLetterFrom:    "origin",
+			envelope.HeaderDeadLetterRetries: "0",
+			"X-Custom":                       "kept",
+		} {
+			if got := c.Header.Get(k); got != v {
+				t.Errorf("dead-letter function got %s = %q, want %q", k, got, v)
+			}
+		}
+		if at, err := time.Parse(time.RFC3339Nano, c.Header.Get(envelope.HeaderDeadLetterTime)); err != nil || at.Sub(d.DeadAt).Abs() > time.Second {
+			t.Errorf("%s = %q, want the dead letter's time %v", envelope.HeaderDeadLetterTime, c.Header.Get(envelope.HeaderDeadLetterTime), d.DeadAt)
+		}
+
+		// The failing dead-letter function: called 1 + its max-retries
+		// times, then its dead letter is stored and goes nowhere.
+		var own *envelope.Envelope
+		poll.Until(t, 15*time.Second, "the dead-letter function's own dead letter stored", func() bool {
+			for _, d := range b.nats.DeadLetters(t) {
+				if d.Function == "dlq-broken" {
+					own = d
+					return true
+				}
+			}
+			return false
+		})
+		if own.Kind != envelope.KindDeadLetter || own.Reason != envelope.ReasonMaxRetries || string(own.Body) != "second" ||
+			own.Header.Get(envelope.HeaderDeadLetterFrom) != "origin" {
+			t.Fatalf("dead-letter function's dead letter %+v", own)
+		}
+		b.deadLetter(t, failed.ID)
+		// Routed again, it would be due at once: give it the time a
+		// delivery takes here, many times over.
+		time.Sleep(time.Second)
+		if n := broken.Len(); n != 2 {
+			t.Errorf("failing dead-letter function called %d times, want 2 (X-Retries 0, 1)", n)
+		}
+		if n := dlq.Len(); n != 1 {
+			t.Errorf("dead-letter function called %d times, want once", n)
+		}
+		if dead := b.nats.DeadLetters(t); len(dead) != 3 {
+			t.Errorf("%d dead letters, want 3: two of origin, one of dlq-broken", len(dead))
+		}
+	})
+}
+
+func TestCallbackURLGetsTheOutcome(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"callback_delay": "100ms"}, func(t *testing.T, b *bundle) {
+		delivered, dead := gatewaytest.Record(nil), gatewaytest.Record(nil)
+		flaky := gatewaytest.Record(func(w http.ResponseWriter, _ *http.Request, n int) {
+			if n < 3 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		})
+		mux := http.NewServeMux()
+		mux.Handle("/delivered", delivered)
+		mux.Handle("/dead", dead)
+		mux.Handle("/flaky", flaky)
+		cb := httptest.NewServer(mux)
+		t.Cleanup(cb.Close)
+
+		// ok answers "done <body>", whatever the order of the calls.
+		b.gw.Deploy("ok", gatewaytest.Record(func(w http.ResponseWriter, r *http.Request, _ int) {
+			body, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "done %s", body)
+		}), nil)
+		b.deploy("bad", always(http.StatusInternalServerError), nil)
+		b.startConnector(t)
+		ok := b.mustSchedule(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", cb.URL+"/delivered")
+		bad := b.mustSchedule(t, "bad", []byte("y"), "X-Delay-Duration", "0", "X-Max-Retries", "0",
+			"X-Callback-Url", cb.URL+"/dead")
+		retried := b.mustSchedule(t, "ok", []byte("z"), "X-Delay-Duration", "0", "X-Callback-Url", cb.URL+"/flaky")
+
+		poll.Until(t, 15*time.Second, "callbacks received", func() bool {
+			return delivered.Len() == 1 && dead.Len() == 1 && flaky.Len() == 3
+		})
+		check := func(what string, c gatewaytest.Call, id, body string, want map[string]string) {
+			t.Helper()
+			if c.ID() != id || string(c.Body) != body {
+				t.Errorf("%s callback: id %q, body %q; want %q, %q", what, c.ID(), c.Body, id, body)
+			}
+			for k, v := range want {
+				if got := c.Header.Get(k); got != v {
+					t.Errorf("%s callback: %s = %q, want %q", what, k, got, v)
+				}
+			}
+		}
+		check("delivered", delivered.Calls()[0], ok.ID, "done x", map[string]string{
+			envelope.HeaderOutcome: envelope.OutcomeDelivered, envelope.HeaderFunctionStatus: "200",
+			envelope.HeaderFunctionName: "ok", envelope.HeaderAttempts: "1",
+		})
+		check("dead letter", dead.Calls()[0], bad.ID, "answer 1 of bad", map[string]string{
+			envelope.HeaderOutcome: envelope.OutcomeDeadLettered, envelope.HeaderFunctionStatus: "500",
+			envelope.HeaderDeadLetterReason: envelope.ReasonMaxRetries, envelope.HeaderFunctionName: "bad",
+		})
+		for _, c := range flaky.Calls() {
+			check("retried", c, retried.ID, "done z", map[string]string{envelope.HeaderOutcome: envelope.OutcomeDelivered})
+		}
+		if dead := b.nats.DeadLetters(t); len(dead) != 1 || dead[0].ID != bad.ID {
+			t.Errorf("dead letters %+v, want only bad's: the callbacks succeeded", dead)
+		}
+	})
+}
+
+// As in TestRetryAfterOverridesTheDelay, default_delay 0 makes a message
+// without X-Delay-Duration due at once.
+func TestAnnotationsApplyUnlessHeadersSetThem(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"default_delay": "0"}, func(t *testing.T, b *bundle) {
+		annotated := b.deploy("annotated", always(http.StatusInternalServerError), map[string]string{
+			catalog.AnnotationMaxRetries: "1", catalog.AnnotationDelay: "1",
+		})
+		b.startConnector(t)
+		plain := b.mustSchedule(t, "annotated", []byte("plain"))
+		own := b.mustSchedule(t, "annotated", []byte("own"), "X-Max-Retries", "2", "X-Delay-Duration", "100ms")
+
+		for _, tc := range []struct {
+			a          answer
+			maxRetries string
+			delay      string
+			minGap     time.Duration
+		}{
+			{plain, "1", "1", 900 * time.Millisecond},
+			{own, "2", "100ms", 90 * time.Millisecond},
+		} {
+			d := b.deadLetter(t, tc.a.ID)
+			calls := callsWith(annotated, tc.a.ID)
+			want, _ := strconv.Atoi(tc.maxRetries)
+			for _, c := range calls {
+				t.Logf("DEBUG %s call X-Retries %s at %v", tc.a.ID, c.Header.Get(envelope.HeaderRetries), c.At.Format("15:04:05.000"))
+			}
+			if d.Reason != envelope.ReasonMaxRetries || d.Retries != want || len(calls) != want+1 {
+				t.Errorf("message %s: dead letter %+v after %d calls, want reason max-retries after %d", tc.a.ID, d, len(calls), want+1)
+				continue
+			}
+			for i, c := range calls {
+				if c.Header.Get(envelope.HeaderMaxRetries) != tc.maxRetries || c.Header.Get(envelope.HeaderDelay) != tc.delay ||
+					c.Header.Get(envelope.HeaderRetries) != strconv.Itoa(i) {
+					t.Errorf("message %s, call %d: X-Max-Retries %q, X-Delay-Duration %q, X-Retries %q; want %s, %s, %d", tc.a.ID, i,
+						c.Header.Get(envelope.HeaderMaxRetries), c.Header.Get(envelope.HeaderDelay), c.Header.Get(envelope.HeaderRetries),
+						tc.maxRetries, tc.delay, i)
+				}
+				if i > 0 {
+					if gap := c.At.Sub(calls[i-1].At); gap < tc.minGap {
+						t.Errorf("message %s, call %d: %v after the one before, want at least %v", tc.a.ID, i, gap, tc.minGap)
+					}
+				}
+			}
+		}
+	})
+}
+
+func TestMaxConcurrencyHoldsCallsToOneAtATime(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		var inflight, most atomic.Int32
+		narrow := gatewaytest.Record(func(http.ResponseWriter, *http.Request, int) {
+			n := inflight.Add(1)
+			defer inflight.Add(-1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			time.Sleep(200 * time.Millisecond) // the function's work
+		})
+		b.gw.Deploy("narrow", narrow, map[string]string{catalog.AnnotationMaxConcurrency: "1"})
+		b.startConnector(t)
+		const n = 4
+		for i := range n {
+			b.mustSchedule(t, "narrow", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0")
+		}
+		poll.Until(t, 30*time.Second, "every message delivered", func() bool { return narrow.Distinct() == n })
+		if m := most.Load(); m != 1 {
+			t.Errorf("%d calls in flight at once, want at most 1", m)
+		}
+		for _, c := range narrow.Calls() {
+			if r := c.Header.Get(envelope.HeaderRetries); r != "0" {
+				t.Errorf("delivered with X-Retries %s, want 0: waiting for the limit is not an attempt", r)
+			}
+		}
+		if calls := narrow.Len(); calls != n {
+			t.Errorf("%d calls for %d messages", calls, n)
+		}
+	})
+}
+
+// A connector takes its first rate slot only once the limiter's horizon
+// (1 min, which Dispatcher does not change) and its settle periods have
+// passed since it started (see internal/limit), so this test waits over a
+// minute before the first call; -short skips it.
+func TestRateLimitSpreadsCalls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits over a minute for the limiter's first rate slot")
+	}
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		limited := b.deploy("limited", nil, map[string]string{catalog.AnnotationRate: "5/s"})
+		b.startConnector(t)
+		const n = 20
+		start := time.Now()
+		for i := range n {
+			b.mustSchedule(t, "limited", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0")
+		}
+		poll.Until(t, 2*time.Minute, "every message delivered", func() bool { return limited.Distinct() == n })
+		calls := limited.Calls()
+		if len(calls) != n {
+			t.Errorf("%d calls for %d messages", len(calls), n)
+		}
+		at := make([]time.Time, len(calls))
+		for i, c := range calls {
+			at[i] = c.At
+			if r := c.Header.Get(envelope.HeaderRetries); r != "0" {
+				t.Errorf("delivered with X-Retries %s, want 0: waiting for the limit is not an attempt", r)
+			}
+		}
+		slices.SortFunc(at, time.Time.Compare)
+		// Six calls span at least a second, less what the calls' trip
+		// from their slot to the function may add to one and not to
+		// another.
+		const slack = 100 * time.Millisecond
+		for i := 0; i+5 < len(at); i++ {
+			if span := at[i+5].Sub(at[i]); span < time.Second-slack {
+				t.Errorf("calls %d to %d within %v: more than 5 in a second", i, i+5, span)
+			}
+		}
+		t.Logf("first call %v after the messages were due, last %v after the first", at[0].Sub(start), at[len(at)-1].Sub(at[0]))
+	})
 }

@@ -13,16 +13,18 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/openfaas/connector-sdk/types"
 	"github.com/openfaas/faas-provider/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/api"
+	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/dispatch"
 	"github.com/openfaas/mailbox/internal/invoke"
+	"github.com/openfaas/mailbox/internal/limit"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
 	"github.com/openfaas/mailbox/internal/queue/stan"
@@ -82,35 +84,76 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	}
 }
 
+// Defaults are the delivery settings of cfg.
+func Defaults(cfg config.Config) delivery.Defaults {
+	return delivery.Defaults{
+		MaxRetries:          cfg.DefaultMaxRetries,
+		Delay:               cfg.DefaultDelay,
+		Backoff:             cfg.DefaultBackoff,
+		TTL:                 cfg.DefaultTTL,
+		DeadLetterFunction:  cfg.DeadLetterFunction,
+		MaxRetriesLimit:     cfg.MaxRetriesLimit,
+		MaxDelay:            cfg.MaxDelay,
+		RetryCodes:          cfg.RetryCodes,
+		NoSuchFunctionGrace: cfg.NoSuchFunctionGrace,
+		CallbackMaxRetries:  cfg.CallbackMaxRetries,
+		CallbackDelay:       cfg.CallbackDelay,
+	}
+}
+
 // API returns the requeue API served by mailbox-fn and the standalone
 // server.
 func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, logger *slog.Logger) (http.Handler, error) {
 	return api.New(api.Options{
-		Queue:             q,
-		DefaultMaxRetries: cfg.DefaultMaxRetries,
-		MaxRetriesLimit:   cfg.MaxRetriesLimit,
-		DefaultDelay:      cfg.DefaultDelay,
-		MaxDelay:          cfg.MaxDelay,
-		MaxBodyBytes:      cfg.MaxBodyBytes,
-		KeepCredentials:   cfg.KeepCredentials,
-		Registerer:        reg,
-		Gatherer:          reg,
-		Logger:            logger,
+		Queue:           q,
+		Defaults:        Defaults(cfg),
+		MaxBodyBytes:    cfg.MaxBodyBytes,
+		KeepCredentials: cfg.KeepCredentials,
+		Registerer:      reg,
+		Gatherer:        reg,
+		Logger:          logger,
 	})
 }
 
 // Dispatcher returns the connector's delivery loop: it invokes functions
-// through the gateway and, while the gateway cannot be reached, probes it
-// with connector-sdk's function lookup using the gateway's credentials.
+// through the gateway, reads the functions and their annotations from the
+// gateway's API with the gateway's credentials (which also tells when an
+// unreachable gateway answers again), and shares the functions' limits
+// with the other connectors over NATS.
 func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, logger *slog.Logger) (*dispatch.Dispatcher, error) {
 	creds, err := Credentials(cfg)
 	if err != nil {
 		return nil, err
 	}
-	client := invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight)
-	lookup := types.NewFunctionLookupBuilder(cfg.GatewayURL, "", invoke.NewClient(5*time.Second, 1), creds)
-	probe := func(context.Context) error {
-		_, err := lookup.Build()
+	functions, err := catalog.New(catalog.Options{
+		GatewayURL:  cfg.GatewayURL,
+		Credentials: creds,
+		Client:      invoke.NewClient(5*time.Second, 1),
+		Refresh:     cfg.FunctionRefresh,
+		Logger:      logger,
+		Registerer:  reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	limiter, err := limit.New(limit.Options{
+		URL:             cfg.NATSURL,
+		CredentialsFile: cfg.NATSCredentialsFile,
+		Prefix:          cfg.ChannelPrefix,
+		// A replica gone silent may still have calls running until their
+		// handler timeout: its share is not taken over before.
+		MaxCall:    handlerTimeout(cfg) + limitHeartbeat,
+		Heartbeat:  limitHeartbeat,
+		Logger:     logger,
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	probe := func(ctx context.Context) error {
+		// Reload, not a lookup: a lookup may be answered from the list
+		// read a moment ago, before the gateway went away.
+		err := functions.Reload(ctx)
 		var urlErr *url.Error
 		if err != nil && !errors.As(err, &urlErr) {
 			// The gateway answered, if not as hoped (say, credentials
@@ -121,14 +164,22 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		return err
 	}
 	return dispatch.New(dispatch.Options{
-		Queue:      q,
-		Invoker:    invoke.New(cfg.GatewayURL, client, UserAgent),
-		Probe:      probe,
-		CallBudget: cfg.UpstreamTimeout + publishTimeout,
-		Registerer: reg,
-		Logger:     logger,
+		Queue:             q,
+		Invoker:           invoke.New(cfg.GatewayURL, invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight), UserAgent),
+		Functions:         functions,
+		Limiter:           limiter,
+		Defaults:          Defaults(cfg),
+		CallbackBodyLimit: int(cfg.MaxBodyBytes),
+		Probe:             probe,
+		CallBudget:        cfg.UpstreamTimeout + publishTimeout,
+		Registerer:        reg,
+		Logger:            logger,
 	})
 }
+
+// limitHeartbeat is how often connectors tell each other they share the
+// limits; every replica must use the same.
+const limitHeartbeat = time.Second
 
 // Credentials reads the gateway's basic-auth credentials from
 // secret_mount_path when basic_auth is set, and nil otherwise.

@@ -62,7 +62,7 @@ func TestClusterSurvivesLosingAnyOneServer(t *testing.T) {
 	// accept stores a message, retrying while the cluster elects leaders;
 	// only a stored message counts as accepted.
 	accept := func(id string, delay time.Duration) {
-		e := &envelope.Envelope{ID: id, Function: "fn", Header: http.Header{}, Body: []byte(id), MaxRetries: 1, DueAt: time.Now().Add(delay)}
+		e := &envelope.Envelope{ID: id, Function: "fn", Header: http.Header{}, Body: []byte(id), Policy: envelope.Policy{MaxRetries: new(1)}, DueAt: time.Now().Add(delay)}
 		poll.Until(t, 30*time.Second, "message "+id+" accepted", func() bool {
 			return producer.Schedule(context.Background(), e) == nil
 		})

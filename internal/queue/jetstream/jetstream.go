@@ -8,7 +8,8 @@
 //   - A durable pull consumer on <prefix>.due, shared by connector
 //     replicas, with explicit acks.
 //   - A dead-letter stream on <prefix>.deadletter with a configurable age.
-//   - Message ids (with the retry count) are the de-duplication ids
+//   - Message ids (with the retry count, and the count of holds for a
+//     message put back without an attempt) are the de-duplication ids
 //     (Nats-Msg-Id): a requeue repeated after a timeout is stored once.
 //
 // The server's scheduler fires up to about 250 ms late, so a message is
@@ -240,7 +241,14 @@ func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
 		m.Header.Set(jetstream.ScheduleHeader, "@at "+fire.UTC().Format(time.RFC3339Nano))
 		m.Header.Set(jetstream.ScheduleTargetHeader, q.dueSubject())
 	}
-	return q.publish(ctx, m, e.ID+"."+attempt)
+	// A message put back without an attempt keeps its Retries; its Holds
+	// tell that store from the one before, which the duplicate window
+	// would otherwise drop.
+	dedup := e.ID + "." + attempt
+	if e.Holds > 0 {
+		dedup += ".h" + strconv.Itoa(e.Holds)
+	}
+	return q.publish(ctx, m, dedup)
 }
 
 // DeadLetter stores e in the dead-letter stream.

@@ -118,8 +118,7 @@ func message(id string, due time.Time) *envelope.Envelope {
 		Function:   "fn",
 		Header:     http.Header{"Content-Type": {"text/plain"}, "X-Custom": {"a", "b"}},
 		Body:       []byte("body of " + id),
-		MaxRetries: 3,
-		Delay:      time.Second,
+		Policy:     envelope.Policy{MaxRetries: new(3), Delay: new(time.Second)},
 		AcceptedAt: time.Now().UTC(),
 		DueAt:      due,
 	}
@@ -233,7 +232,7 @@ func testPublishConsume(t *testing.T, s Server) {
 	defer r.mu.Unlock()
 	for _, got := range r.got {
 		w := want[got.ID]
-		if !bytes.Equal(got.Body, w.Body) || got.Function != w.Function || got.MaxRetries != w.MaxRetries ||
+		if !bytes.Equal(got.Body, w.Body) || got.Function != w.Function || *got.MaxRetries != *w.MaxRetries ||
 			got.Header.Get("Content-Type") != "text/plain" || len(got.Header["X-Custom"]) != 2 || !got.DueAt.Equal(w.DueAt) {
 			t.Errorf("delivered %+v, want %+v", got, w)
 		}
@@ -474,10 +473,17 @@ func testDeduplicates(t *testing.T, s Server) {
 	retry := message("twice", due)
 	retry.Retries = 1
 	schedule(t, q, retry)
+	// So is the message put back without an attempt (a hold), with the
+	// same retries: stored once per hold.
+	held := message("held", time.Now())
+	schedule(t, q, held)
+	held = message("held", time.Now().Add(300*time.Millisecond))
+	held.Holds = 1
+	schedule(t, q, held, held)
 	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return calls["twice/0"] > 0 && calls["twice/1"] > 0 && calls["now/0"] > 0
+		return calls["twice/0"] > 0 && calls["twice/1"] > 0 && calls["now/0"] > 0 && calls["held/0"] > 1
 	})
 	// A duplicate would be due at the same moment; a second delivery of it
 	// would have happened by the time the marker, due later, arrives.
@@ -489,8 +495,8 @@ func testDeduplicates(t *testing.T, s Server) {
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 {
-		t.Fatalf("deliveries %v, want each message once", calls)
+	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 || calls["held/0"] != 2 {
+		t.Fatalf("deliveries %v, want each message once, held once per hold", calls)
 	}
 }
 
