@@ -107,59 +107,59 @@ type Bed struct {
 
 // Start starts everything and deploys the functions through the gateway;
 // on error what was started is stopped.
-func Start(ctx context.Context, cfg Config) (b *Bed, err error) {
+func Start(ctx context.Context, cfg Config) (*Bed, error) {
 	if cfg.Backend != Stan && cfg.Backend != JetStream {
 		return nil, fmt.Errorf("backend %q is not %s or %s", cfg.Backend, Stan, JetStream)
 	}
-	b = &Bed{cfg: cfg, User: "admin", procs: map[string]*proc.Process{}}
-	defer func() {
-		if err != nil {
-			b.Close()
-			b = nil
-		}
-	}()
-	if b.Password, err = randomHex(16); err != nil {
+	b := &Bed{cfg: cfg, User: "admin", procs: map[string]*proc.Process{}}
+	if err := b.up(ctx); err != nil {
+		// A half-started bed would keep its fixed ports from the next.
+		b.Close()
 		return nil, err
 	}
-	b.Secrets = filepath.Join(cfg.Dir, "secrets")
-	if err := writeSecrets(b.Secrets, map[string]string{"basic-auth-user": b.User, "basic-auth-password": b.Password}); err != nil {
-		return nil, err
-	}
+	return b, nil
+}
 
+// up starts the components in the order they need each other.
+func (b *Bed) up(ctx context.Context) error {
+	var err error
+	if b.Password, err = randomHex(16); err != nil {
+		return err
+	}
+	b.Secrets = filepath.Join(b.cfg.Dir, "secrets")
+	if err := writeSecrets(b.Secrets, map[string]string{"basic-auth-user": b.User, "basic-auth-password": b.Password}); err != nil {
+		return err
+	}
 	if err := b.serve(prometheusAddress, http.HandlerFunc(emptyPrometheus)); err != nil {
-		return nil, err
+		return err
 	}
 	b.API = &API{}
 	if err := b.serve(apiAddress, b.API); err != nil {
-		return nil, err
+		return err
 	}
-
 	if err := b.StartNATSStreaming(); err != nil {
-		return nil, err
+		return err
 	}
-	if cfg.Backend == JetStream {
+	if b.cfg.Backend == JetStream {
 		if err := b.StartJetStream(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := b.startProvider(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := b.StartGateway(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := b.startQueueWorker(); err != nil {
-		return nil, err
+		return err
 	}
 	gw, _ := url.Parse(GatewayURL)
 	b.Client = sdk.NewClient(gw, &sdk.BasicAuth{Username: b.User, Password: b.Password}, http.DefaultClient)
 	if err := b.deployFunctions(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	if err := b.StartConnector(); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return b.StartConnector()
 }
 
 // NATSURL is the mailbox's NATS server.

@@ -27,18 +27,11 @@ func InOwnNetwork() bool { return os.Getenv(envNetns) == "1" }
 // root (CAP_SYS_ADMIN), as sessions and CI have. Stdin, stdout and
 // stderr are shared, so a shell or go test's output work as usual.
 func RunInOwnNetwork(env ...string) (int, error) {
-	self, err := os.Executable()
+	cmd, err := ownNetworkCommand(os.Args[1:], env...)
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(append(os.Environ(), env...), envNetns+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNET,
-		// The bed's processes must not outlive it.
-		Pdeathsig: syscall.SIGKILL,
-	}
 	err = cmd.Run()
 	var exit *exec.ExitError
 	switch {
@@ -51,6 +44,23 @@ func RunInOwnNetwork(env ...string) (int, error) {
 	default:
 		return 0, err
 	}
+}
+
+// ownNetworkCommand is this program with args and this environment plus
+// env, to be run in a network namespace of its own.
+func ownNetworkCommand(args []string, env ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(append(os.Environ(), env...), envNetns+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNET,
+		// The bed's processes must not outlive it.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	return cmd, nil
 }
 
 // LoopbackUp brings up lo, which a new network namespace starts with
