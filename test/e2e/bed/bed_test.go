@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +38,9 @@ func hostPort(u string) string {
 func TestMain(m *testing.M) {
 	if fake, ok := fakes[filepath.Base(os.Args[0])]; ok {
 		os.Exit(runFake(fake.addr, fake.ready))
+	}
+	if isNamespaceInit() {
+		os.Exit(namespaceInit())
 	}
 	os.Exit(m.Run())
 }
@@ -94,16 +99,88 @@ func TestStartFailureStopsEverything(t *testing.T) {
 	}
 }
 
-// inOwnNetwork runs the calling test again in a network namespace of its
-// own, and reports whether this process is that run: only then may the
-// test go on. The outer run fails with the inner one's output, or skips
-// without root.
+// A process the bed leaves running is killed when the bed exits, however
+// it exits: it is in the bed's pid namespace, which ends with it.
+func TestLeftoversDieWithTheBed(t *testing.T) {
+	if !inOwnNetwork(t) {
+		pid := loggedPID(t)
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Fatalf("pid %d left running by the bed: signal 0 = %v, want ESRCH", pid, err)
+		}
+		return
+	}
+	// Started and forgotten: never stopped nor waited for.
+	pid := startShell(t, printHostPID+"; exec sleep 600")
+	t.Logf("pid %d", pid)
+}
+
+// A process whose parent exits is re-parented to the namespace's pid 1,
+// which reaps it when it exits instead of leaving a zombie.
+func TestOrphansAreReaped(t *testing.T) {
+	if !inOwnNetwork(t) {
+		return
+	}
+	// The subshell outlives its parent, then exits in turn.
+	orphan := startShell(t, "("+printHostPID+"; exec sleep 0.2) & exit 0")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", orphan))
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d not reaped after 10s: %s (%v)", orphan, stat, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// printHostPID prints the pid of the shell that runs it as the machine
+// sees it (/proc is the machine's).
+const printHostPID = "read pid rest < /proc/self/stat; echo $pid"
+
+// startShell starts sh -c script, which must print a pid first, and
+// returns that pid.
+func startShell(t *testing.T, script string) int {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+var pidLine = regexp.MustCompile(`bed_test.go:\d+: pid (\d+)`)
+
+// loggedPID is the pid the inner run of the test logged.
+func loggedPID(t *testing.T) int {
+	t.Helper()
+	m := pidLine.FindStringSubmatch(lastInner)
+	if m == nil {
+		t.Fatalf("the inner run logged no pid:\n%s", lastInner)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	return pid
+}
+
+// lastInner is the output of the last inner run of inOwnNetwork.
+var lastInner string
+
+// inOwnNetwork runs the calling test again in namespaces of its own, as
+// RunInOwnNetwork does, and reports whether this process is that run:
+// only then may the test go on. The outer run fails with the inner one's
+// output, or skips without root.
 func inOwnNetwork(t *testing.T) bool {
 	t.Helper()
 	if InOwnNetwork() {
-		if err := LoopbackUp(); err != nil {
-			t.Fatal(err)
-		}
 		return true
 	}
 	cmd, err := ownNetworkCommand([]string{"-test.run=^" + t.Name() + "$", "-test.v"})
@@ -111,11 +188,12 @@ func inOwnNetwork(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	out, err := cmd.CombinedOutput()
+	lastInner = string(out)
 	switch {
 	case errors.Is(err, syscall.EPERM):
-		t.Skip("needs root for a network namespace of its own")
+		t.Skip("needs root for namespaces of its own")
 	case err != nil:
-		t.Fatalf("in its own network namespace: %v\n%s", err, out)
+		t.Fatalf("in namespaces of its own: %v\n%s", err, out)
 	}
 	return false
 }

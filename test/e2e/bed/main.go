@@ -12,19 +12,18 @@ import (
 const envBinaries = "MAILBOX_BED_BINARIES"
 
 // Main is the main of the bed's programs (the e2e tests' TestMain and the
-// bed command). Outside the bed's network namespace it builds every
-// binary, which needs the Go module proxy, then runs this program again
-// in a namespace of its own and returns its exit code. Inside, it brings
-// up loopback and returns body's exit code. root is the repository.
+// bed command). Outside the bed's namespaces it builds every binary, which
+// needs the Go module proxy, then runs this program again in namespaces
+// of its own and returns its exit code. Inside, it returns body's exit
+// code. root is the repository.
 func Main(ctx context.Context, root string, body func(Binaries) int) int {
+	if isNamespaceInit() {
+		return namespaceInit()
+	}
 	if InOwnNetwork() {
 		var bin Binaries
 		if err := json.Unmarshal([]byte(os.Getenv(envBinaries)), &bin); err != nil {
 			fmt.Fprintln(os.Stderr, "bed:", envBinaries+":", err)
-			return 1
-		}
-		if err := LoopbackUp(); err != nil {
-			fmt.Fprintln(os.Stderr, "bed:", err)
 			return 1
 		}
 		return body(bin)

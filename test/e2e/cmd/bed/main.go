@@ -87,7 +87,13 @@ func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		return cmd.Run()
 	}
-	fmt.Printf("From another terminal: nsenter --net=/proc/%d/ns/net bash\nCtrl-C stops the bed.\n", os.Getpid())
+	// os.Getpid is this process's pid in the bed's pid namespace; nsenter
+	// runs outside it.
+	pid, err := bed.HostPID()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("From another terminal: nsenter --net=/proc/%d/ns/net bash\nCtrl-C stops the bed.\n", pid)
 	<-ctx.Done()
 	return nil
 }
