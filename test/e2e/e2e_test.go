@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -28,6 +29,10 @@ import (
 var binaries bed.Binaries
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run()) // every test skips, saying why
+	}
 	os.Exit(bed.Main(context.Background(), filepath.Join("..", ".."), func(b bed.Binaries) int {
 		binaries = b
 		return m.Run()
@@ -38,6 +43,10 @@ func TestStan(t *testing.T)      { run(t, bed.Stan) }
 func TestJetStream(t *testing.T) { run(t, bed.JetStream) }
 
 func run(t *testing.T, backend string) {
+	if testing.Short() {
+		t.Skip("-short: the bed builds and runs OpenFaaS, NATS and the mailbox, which takes minutes")
+	}
+	neverCached(t)
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	s, err := stack.ParseYAMLFile(filepath.Join(root, "stack.yml"), "", "", true)
 	if err != nil {
@@ -60,6 +69,31 @@ func run(t *testing.T, backend string) {
 	t.Run("GatewayCredentialsFromSecrets", func(t *testing.T) { testCredentials(t, b) })
 	t.Run("GatewayRestart", func(t *testing.T) { testGatewayRestart(t, b) })
 	t.Run("NATSRestart", func(t *testing.T) { testNATSRestart(t, b) })
+}
+
+// neverCached keeps go test from caching a pass. go test reuses a result
+// while the test binary, its flags, the environment variables the test
+// read and the files under test/ it opened are unchanged; what this test
+// really runs, the connector and the functions built by go build from the
+// root module, is none of those. A test cannot set its own -count=1, and
+// the environment go test compares is its own, so a variable the test
+// reads cannot change per run either. But go test caches no run that
+// opened a file modified less than two seconds before it looks: this
+// file is dated a day ahead at every run.
+func neverCached(t *testing.T) {
+	const name = ".never-cached" // in .gitignore
+	future := time.Now().Add(24 * time.Hour)
+	if err := os.WriteFile(name, []byte("see neverCached in e2e_test.go\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(name, future, future); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 }
 
 // requeue posts body to the mailbox through the gateway, for function,
