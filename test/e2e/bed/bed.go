@@ -22,11 +22,9 @@ package bed
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -127,7 +125,7 @@ func (b *Bed) up(ctx context.Context) error {
 		return err
 	}
 	b.Secrets = filepath.Join(b.cfg.Dir, "secrets")
-	if err := writeSecrets(b.Secrets, map[string]string{"basic-auth-user": b.User, "basic-auth-password": b.Password}); err != nil {
+	if err := b.SetPassword(b.Password); err != nil {
 		return err
 	}
 	if err := b.serve(prometheusAddress, http.HandlerFunc(emptyPrometheus)); err != nil {
@@ -300,7 +298,10 @@ func (b *Bed) Close() {
 // start runs bin as the component name and returns once ready says it
 // is ready.
 func (b *Bed) start(name, bin string, env []string, ready func(*proc.Process) error, args ...string) error {
-	p, err := proc.Options{Tee: &prefixWriter{prefix: name + ": ", w: b.cfg.Log}}.Start(name, bin, env, args...)
+	// Whole lines, prefixed, so that the components' outputs sharing one
+	// log stay readable.
+	tee := &proc.LineWriter{Line: func(line string) { _, _ = io.WriteString(b.cfg.Log, name+": "+line+"\n") }}
+	p, err := proc.Options{Tee: tee}.Start(name, bin, env, args...)
 	if err != nil {
 		return err
 	}
@@ -319,20 +320,12 @@ func listening(addr string) func(*proc.Process) error {
 	return func(p *proc.Process) error { return proc.WaitListening(addr, startTimeout, p) }
 }
 
-// logged is ready once the process printed line.
-func logged(line string) func(*proc.Process) error {
+// logged is ready once the process printed text.
+func logged(text string) func(*proc.Process) error {
 	return func(p *proc.Process) error {
-		deadline := time.Now().Add(startTimeout)
-		for !strings.Contains(p.Output(), line) {
-			if p.Exited() {
-				return errors.New("exited")
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("did not print %q in %s", line, startTimeout)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return nil
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		return p.WaitOutput(ctx, text)
 	}
 }
 
@@ -367,18 +360,6 @@ func randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-func writeSecrets(dir string, secrets map[string]string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, v := range secrets {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // emptyPrometheus answers every query with an empty vector: the gateway
 // adds invocation counts to /system/functions from it, and panics on a
 // nil pointer when Prometheus does not answer.
@@ -390,7 +371,7 @@ func emptyPrometheus(w http.ResponseWriter, _ *http.Request) {
 // SetPassword changes the gateway password in the secrets folder, as a
 // rotated secret would; components read it when they start.
 func (b *Bed) SetPassword(password string) error {
-	return writeSecrets(b.Secrets, map[string]string{"basic-auth-password": password})
+	return proc.WriteSecrets(b.Secrets, map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(password)})
 }
 
 // RestartNATS kills the mailbox's NATS server (SIGKILL: nothing is
@@ -434,27 +415,4 @@ func (b *Bed) ConnectorMetric(name string) (float64, error) {
 		return 0, fmt.Errorf("the connector has no metric %s", name)
 	}
 	return sum, sc.Err()
-}
-
-// prefixWriter writes each whole line to w with prefix, so that the
-// outputs of several components sharing one log stay readable.
-type prefixWriter struct {
-	prefix  string
-	w       io.Writer
-	mu      sync.Mutex
-	partial []byte
-}
-
-func (pw *prefixWriter) Write(p []byte) (int, error) {
-	pw.mu.Lock()
-	defer pw.mu.Unlock()
-	pw.partial = append(pw.partial, p...)
-	for {
-		i := bytes.IndexByte(pw.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		_, _ = io.WriteString(pw.w, pw.prefix+string(pw.partial[:i+1]))
-		pw.partial = pw.partial[i+1:]
-	}
 }

@@ -16,7 +16,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,6 +26,8 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
 const (
@@ -322,13 +323,13 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 		port, created = old.port, old.created
 	} else {
 		var err error
-		if port, err = freePort(); err != nil {
-			return err
+		if port, err = proc.FreePort(); err != nil {
+			return fmt.Errorf("provider: free port: %w", err)
 		}
 	}
 
 	dir := filepath.Join(p.stateDir, spec.Service)
-	if err := writeSecrets(filepath.Join(dir, "secrets"), secrets); err != nil {
+	if err := proc.WriteSecrets(filepath.Join(dir, "secrets"), secrets); err != nil {
 		return err
 	}
 	f := &function{
@@ -348,23 +349,6 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 	p.mu.Unlock()
 	f.start()
 	p.log.Info("deployed", "function", spec.Service, "image", spec.Image, "exe", exe, "addr", f.addr())
-	return nil
-}
-
-// writeSecrets replaces dir with one file per secret, as a container's
-// secret mount would hold.
-func writeSecrets(dir string, secrets map[string][]byte) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, v := range secrets {
-		if err := os.WriteFile(filepath.Join(dir, name), v, 0o400); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -452,16 +436,4 @@ func (p *Provider) get(name string) (types.FunctionStatus, bool) {
 		return types.FunctionStatus{}, false
 	}
 	return f.status(), true
-}
-
-// freePort asks the kernel for a free loopback port. Another process may
-// take it before the function listens; the bed is its own network
-// namespace, so that is unlikely enough.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("provider: free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

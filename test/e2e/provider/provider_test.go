@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
 const (
@@ -54,7 +56,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -132,7 +134,7 @@ func TestAPI(t *testing.T) {
 }
 
 func TestSecondStartFails(t *testing.T) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
