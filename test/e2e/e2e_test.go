@@ -22,6 +22,7 @@ import (
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 	"github.com/openfaas/mailbox/test/e2e/bed"
+	"github.com/openfaas/mailbox/test/e2e/testfn"
 )
 
 // binaries are built once, before the tests move into the bed's network
@@ -133,39 +134,18 @@ func tryRequeue(t *testing.T, via, function, body string, headers map[string]str
 	return a.ID
 }
 
-// call is one call a test function answered (e2e/testfn).
-type call struct {
-	At         time.Time `json:"at"`
-	MessageID  string    `json:"message_id"`
-	Retries    string    `json:"retries"`
-	MaxRetries string    `json:"max_retries"`
-	Body       string    `json:"body"`
-	Status     int       `json:"status"`
-}
-
 // calls asks a test function, through the gateway, for the calls it
-// answered for message id (or, with id "", with body).
-func calls(t *testing.T, function, id, body string) []call {
+// answered for message id.
+func calls(t *testing.T, function, id string) []testfn.Call {
 	t.Helper()
-	res, err := http.Get(bed.GatewayURL + "/function/" + function + "/calls")
+	all, err := testfn.CallsOf(context.Background(), http.DefaultClient, bed.GatewayURL+"/function/"+function, id)
 	if err != nil {
-		t.Fatalf("GET /function/%s/calls: %v", function, err)
+		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	var all []call
-	if err := json.NewDecoder(res.Body).Decode(&all); err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("GET /function/%s/calls: %d %v", function, res.StatusCode, err)
-	}
-	var out []call
-	for _, c := range all {
-		if (id != "" && c.MessageID == id) || (id == "" && c.Body == body) {
-			out = append(out, c)
-		}
-	}
-	return out
+	return all[id]
 }
 
-func retriesOf(cs []call) string {
+func retriesOf(cs []testfn.Call) string {
 	var r []string
 	for _, c := range cs {
 		r = append(r, fmt.Sprintf("%s:%d", c.Retries, c.Status))
@@ -250,7 +230,7 @@ func testFailing(t *testing.T, b *bed.Bed) {
 	})
 	// X-Retries 0 with X-Max-Retries 2: calls with 0, 1 and 2, then the
 	// dead letter, stored after the last call.
-	got := calls(t, bed.Failing, id, "")
+	got := calls(t, bed.Failing, id)
 	if retriesOf(got) != "0:500 1:500 2:500" {
 		t.Fatalf("calls (X-Retries:status) %q, want \"0:500 1:500 2:500\"", retriesOf(got))
 	}
@@ -262,8 +242,8 @@ func testFailing(t *testing.T, b *bed.Bed) {
 
 func testFlaky(t *testing.T, b *bed.Bed) {
 	id := requeue(t, bed.GatewayURL, bed.Flaky, "flaky", quick)
-	poll.Until(t, 30*time.Second, "flaky answers 200", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
-	if got := retriesOf(calls(t, bed.Flaky, id, "")); got != "0:429 1:429 2:200" {
+	poll.Until(t, 30*time.Second, "flaky answers 200", func() bool { return len(calls(t, bed.Flaky, id)) == bed.FlakyFailures+1 })
+	if got := retriesOf(calls(t, bed.Flaky, id)); got != "0:429 1:429 2:200" {
 		t.Fatalf("calls (X-Retries:status) %q, want \"0:429 1:429 2:200\"", got)
 	}
 	if dead := deadLetter(t, b, id); dead != nil {
@@ -275,9 +255,9 @@ func testSlow(t *testing.T, b *bed.Bed) {
 	slow := requeue(t, bed.GatewayURL, bed.Slow, "slow", quick)
 	fast := requeue(t, bed.GatewayURL, bed.Flaky, "fast", quick)
 	poll.Until(t, 30*time.Second, "both delivered", func() bool {
-		return len(calls(t, bed.Slow, slow, "")) == 1 && len(calls(t, bed.Flaky, fast, "")) == bed.FlakyFailures+1
+		return len(calls(t, bed.Slow, slow)) == 1 && len(calls(t, bed.Flaky, fast)) == bed.FlakyFailures+1
 	})
-	s, f := calls(t, bed.Slow, slow, ""), calls(t, bed.Flaky, fast, "")
+	s, f := calls(t, bed.Slow, slow), calls(t, bed.Flaky, fast)
 	if s[0].Status != http.StatusOK {
 		t.Fatalf("slow answered %d, want 200", s[0].Status)
 	}
@@ -332,7 +312,7 @@ func testCredentials(t *testing.T, b *bed.Bed) {
 		t.Fatal(err)
 	}
 	id := requeue(t, bed.GatewayURL, bed.Flaky, "credentials", quick)
-	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
+	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id)) == bed.FlakyFailures+1 })
 	if out := b.Output("connector"); strings.Contains(out, "lookup failed") {
 		t.Fatalf("the connector's lookup failed with the right credentials:\n%s", out)
 	}
@@ -357,7 +337,7 @@ func testGatewayRestart(t *testing.T, b *bed.Bed) {
 	}
 	poll.Until(t, 60*time.Second, "every message delivered after the restart", func() bool {
 		for _, id := range ids {
-			if cs := calls(t, bed.Flaky, id, ""); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
+			if cs := calls(t, bed.Flaky, id); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
 				return false
 			}
 		}
@@ -382,7 +362,7 @@ func testNATSRestart(t *testing.T, b *bed.Bed) {
 	}
 	poll.Until(t, 90*time.Second, "every message delivered after the restart", func() bool {
 		for _, id := range ids {
-			if cs := calls(t, bed.Flaky, id, ""); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
+			if cs := calls(t, bed.Flaky, id); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
 				return false
 			}
 		}
@@ -394,7 +374,7 @@ func testNATSRestart(t *testing.T, b *bed.Bed) {
 		id = tryRequeue(t, bed.GatewayURL, bed.Flaky, "after-restart", quick)
 		return id != ""
 	})
-	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
+	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id)) == bed.FlakyFailures+1 })
 }
 
 func functionLogs(t *testing.T, b *bed.Bed, name string) string {

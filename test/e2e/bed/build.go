@@ -38,7 +38,7 @@ func Build(ctx context.Context, root, outDir string) (Binaries, error) {
 	}
 	bin.TestFn = filepath.Join(outDir, "testfn")
 	bin.Provider = filepath.Join(outDir, "provider")
-	if err := goBuild(ctx, filepath.Join(root, "test"), outDir, "./e2e/testfn", "./e2e/cmd/provider"); err != nil {
+	if err := goBuild(ctx, filepath.Join(root, "test"), outDir, "./e2e/cmd/testfn", "./e2e/cmd/provider"); err != nil {
 		return bin, err
 	}
 	fns, err := fnbuild.Build(filepath.Join(root, "stack.yml"), []string{Mailbox, RateLimited}, filepath.Join(outDir, "functions"))
