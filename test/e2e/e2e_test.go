@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/openfaas/go-sdk/stack"
-
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
@@ -48,14 +46,9 @@ func run(t *testing.T, backend string) {
 		t.Skip("-short: the bed builds and runs OpenFaaS, NATS and the mailbox, which takes minutes")
 	}
 	neverCached(t)
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	s, err := stack.ParseYAMLFile(filepath.Join(root, "stack.yml"), "", "", true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Stack: s, Dir: t.TempDir(), Log: t.Output()})
+	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: t.Output()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +153,7 @@ func deadLetter(t *testing.T, b *bed.Bed, id string) *envelope.Envelope {
 	if b.Backend() == bed.Stan {
 		all = stanservertest.DeadLetters(t, bed.NATSStreamingURL, bed.Prefix)
 	} else {
-		all = jsservertest.DeadLetters(t, bed.JetStreamURL, bed.Stream+"-deadletter")
+		all = jsservertest.DeadLetters(t, bed.JetStreamURL, bed.DeadLetterStream)
 	}
 	for _, e := range all {
 		if e.ID == id {
@@ -288,32 +281,32 @@ func testCredentials(t *testing.T, b *bed.Bed) {
 	// The connector asks the gateway's /system API, which wants basic
 	// auth, with the credentials in the secrets folder. With them, the
 	// lookup succeeds; with a wrong password the gateway refuses it.
-	if err := b.Stop("connector", false); err != nil {
+	if err := b.Stop(bed.Connector, false); err != nil {
 		t.Fatal(err)
 	}
 	good := b.Password
 	if err := b.SetPassword("wrong"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.StartConnector(); err != nil {
+	if err := b.Start(bed.Connector); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 15*time.Second, "the connector reports the refused lookup", func() bool {
-		out := b.Output("connector")
+		out := b.Process(bed.Connector).Output()
 		return strings.Contains(out, "gateway function lookup failed") && strings.Contains(out, "status code: 401")
 	})
-	if err := b.Stop("connector", false); err != nil {
+	if err := b.Stop(bed.Connector, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.SetPassword(good); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.StartConnector(); err != nil {
+	if err := b.Start(bed.Connector); err != nil {
 		t.Fatal(err)
 	}
 	id := requeue(t, bed.GatewayURL, bed.Flaky, "credentials", quick)
 	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id)) == bed.FlakyFailures+1 })
-	if out := b.Output("connector"); strings.Contains(out, "lookup failed") {
+	if out := b.Process(bed.Connector).Output(); strings.Contains(out, "lookup failed") {
 		t.Fatalf("the connector's lookup failed with the right credentials:\n%s", out)
 	}
 }
@@ -325,14 +318,14 @@ func testGatewayRestart(t *testing.T, b *bed.Bed) {
 	for i := range ids {
 		ids[i] = requeue(t, bed.GatewayURL, bed.Flaky, fmt.Sprint("gateway-", i), map[string]string{"X-Delay-Duration": "2", "X-Max-Retries": "5"})
 	}
-	if err := b.Stop("gateway", false); err != nil {
+	if err := b.Stop(bed.Gateway, false); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 30*time.Second, "the connector sees the gateway down", func() bool {
 		up, err := b.ConnectorMetric("mailbox_gateway_up")
 		return err == nil && up == 0
 	})
-	if err := b.StartGateway(); err != nil {
+	if err := b.Start(bed.Gateway); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 60*time.Second, "every message delivered after the restart", func() bool {

@@ -84,6 +84,10 @@ func TestStartFailureStopsEverything(t *testing.T) {
 		}
 	}
 
+	bin.Stack = filepath.Join(dir, "stack.yml")
+	if err := os.WriteFile(bin.Stack, []byte("version: 1.0\nprovider:\n  name: openfaas\nfunctions: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	b, err := Start(t.Context(), Config{Backend: Stan, Bin: bin, Dir: dir, Log: t.Output()})
 	if err == nil || b != nil || !strings.Contains(err.Error(), "no-gateway") {
 		t.Fatalf("Start = %v, %v; want the gateway's missing binary", b, err)
@@ -175,12 +179,12 @@ func loggedPID(t *testing.T) int {
 var lastInner string
 
 // inOwnNetwork runs the calling test again in namespaces of its own, as
-// RunInOwnNetwork does, and reports whether this process is that run:
+// runInOwnNamespaces does, and reports whether this process is that run:
 // only then may the test go on. The outer run fails with the inner one's
 // output, or skips without root.
 func inOwnNetwork(t *testing.T) bool {
 	t.Helper()
-	if InOwnNetwork() {
+	if isBed() {
 		return true
 	}
 	cmd, err := ownNetworkCommand([]string{"-test.run=^" + t.Name() + "$", "-test.v"})

@@ -20,7 +20,7 @@ func Main(ctx context.Context, root string, body func(Binaries) int) int {
 	if isNamespaceInit() {
 		return namespaceInit()
 	}
-	if InOwnNetwork() {
+	if isBed() {
 		var bin Binaries
 		if err := json.Unmarshal([]byte(os.Getenv(envBinaries)), &bin); err != nil {
 			fmt.Fprintln(os.Stderr, "bed:", envBinaries+":", err)
@@ -46,7 +46,7 @@ func buildAndEnter(ctx context.Context, root string) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := Build(ctx, root, dir)
+	bin, err := build(ctx, root, dir)
 	if err != nil {
 		return 0, err
 	}
@@ -54,5 +54,5 @@ func buildAndEnter(ctx context.Context, root string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return RunInOwnNetwork(envBinaries + "=" + string(b))
+	return runInOwnNamespaces(envBinaries + "=" + string(b))
 }

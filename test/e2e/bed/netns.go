@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// envNetns tells a process that RunInOwnNetwork started its part: nsInit
+// envNetns tells a process that runInOwnNamespaces started its part: nsInit
 // or nsBed.
 const envNetns = "MAILBOX_BED_NETNS"
 
@@ -25,15 +25,15 @@ const (
 	nsBed = "bed"
 )
 
-// InOwnNetwork reports whether this process is the bed that
-// RunInOwnNetwork started in namespaces of its own.
-func InOwnNetwork() bool { return os.Getenv(envNetns) == nsBed }
+// isBed reports whether this process is the bed that
+// runInOwnNamespaces started in namespaces of its own.
+func isBed() bool { return os.Getenv(envNetns) == nsBed }
 
 // isNamespaceInit reports whether this process is pid 1 of the bed's
 // namespaces, which must run namespaceInit and nothing else.
 func isNamespaceInit() bool { return os.Getenv(envNetns) == nsInit }
 
-// RunInOwnNetwork runs this program again with the same arguments and
+// runInOwnNamespaces runs this program again with the same arguments and
 // environment plus env, in a new network namespace that has only its own
 // loopback and a new pid namespace, and returns the exit code. The OpenFaaS CE gateway binds
 // :8080 and :8082 on every interface, hard-coded: in a namespace of its
@@ -46,7 +46,7 @@ func isNamespaceInit() bool { return os.Getenv(envNetns) == nsInit }
 // outlives it, whichever way it ends (a go test timeout's panic, a
 // SIGKILL): when its pid 1 exits the kernel kills every process left in
 // it. Pid 1 is namespaceInit, which runs the bed as its child.
-func RunInOwnNetwork(env ...string) (int, error) {
+func runInOwnNamespaces(env ...string) (int, error) {
 	cmd, err := ownNetworkCommand(os.Args[1:], env...)
 	if err != nil {
 		return 0, err
@@ -96,7 +96,7 @@ func ownNetworkCommand(args []string, env ...string) (*exec.Cmd, error) {
 // through a handler: SIGINT and SIGTERM are passed on to the bed, which
 // stops its components in order.
 func namespaceInit() int {
-	if err := LoopbackUp(); err != nil {
+	if err := loopbackUp(); err != nil {
 		fmt.Fprintln(os.Stderr, "bed:", err)
 		return 1
 	}
@@ -148,9 +148,9 @@ func HostPID() (int, error) {
 	return strconv.Atoi(self)
 }
 
-// LoopbackUp brings up lo, which a new network namespace starts with
+// loopbackUp brings up lo, which a new network namespace starts with
 // down (what `ip link set lo up` does).
-func LoopbackUp() error {
+func loopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err

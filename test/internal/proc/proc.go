@@ -49,9 +49,10 @@ type Process struct {
 	done chan struct{}
 	err  error // cmd.Wait's, set before done is closed
 
-	mu  sync.Mutex
-	out []byte // the last maxOutput bytes, and up to as many before them
-	tee io.Writer
+	mu      sync.Mutex
+	out     []byte // the last maxOutput bytes, and up to as many before them
+	written int64  // bytes written in all
+	tee     io.Writer
 }
 
 // Start starts bin with args and exactly the environment env: nothing is
@@ -91,6 +92,7 @@ func (w *writer) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.out = append(w.out, b...)
+	w.written += int64(len(b))
 	if len(w.out) > 2*maxOutput {
 		// Copied, not resliced, so that what is dropped is freed; at
 		// twice the bound, so that copies are rare.
@@ -110,6 +112,23 @@ func (p *Process) Output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return string(p.out[max(0, len(p.out)-maxOutput):])
+}
+
+// Written is how many bytes the process has written so far: a mark for
+// OutputSince.
+func (p *Process) Written() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.written
+}
+
+// OutputSince is what the process has written after the mark Written
+// returned, as far as Output still holds it.
+func (p *Process) OutputSince(mark int64) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	from := len(p.out) - int(p.written-mark)
+	return string(p.out[max(0, from, len(p.out)-maxOutput):])
 }
 
 // Done is closed once the process has exited and its output is read.

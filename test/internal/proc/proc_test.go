@@ -149,6 +149,30 @@ func TestWaitOutput(t *testing.T) {
 	}
 }
 
+func TestOutputSince(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	p := sh(t, Options{}, `echo before; while [ ! -e '`+gate+`' ]; do sleep 0.01; done; echo after; exec sleep 30`)
+	if err := p.WaitOutput(t.Context(), "before"); err != nil {
+		t.Fatal(err)
+	}
+	mark := p.Written()
+	if got := p.OutputSince(mark); got != "" {
+		t.Errorf("OutputSince(mark) = %q before anything more was written", got)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitOutput(t.Context(), "after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.OutputSince(mark); got != "after\n" {
+		t.Errorf("OutputSince(mark) = %q, want after", got)
+	}
+	if got := p.OutputSince(0); got != "before\nafter\n" {
+		t.Errorf("OutputSince(0) = %q, want it all", got)
+	}
+}
+
 func TestOutputKeepsTheEnd(t *testing.T) {
 	// 3 MiB of x, then a last line: the end is kept, within the bound.
 	p := sh(t, Options{}, `head -c 3145728 /dev/zero | tr '\0' x; echo; echo last`)

@@ -21,8 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/openfaas/go-sdk/stack"
-
 	"github.com/openfaas/mailbox/test/e2e/bed"
 )
 
@@ -34,7 +32,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(bed.Main(ctx, *root, func(bin bed.Binaries) int {
-		if err := run(ctx, *root, *backend, *shell, bin); err != nil {
+		if err := run(ctx, *backend, *shell, bin); err != nil {
 			fmt.Fprintln(os.Stderr, "bed:", err)
 			return 1
 		}
@@ -42,11 +40,7 @@ func main() {
 	}))
 }
 
-func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries) error {
-	s, err := stack.ParseYAMLFile(filepath.Join(root, "stack.yml"), "", "", true)
-	if err != nil {
-		return err
-	}
+func run(ctx context.Context, backend string, shell bool, bin bed.Binaries) error {
 	dir, err := os.MkdirTemp("", "mailbox-bed-run-")
 	if err != nil {
 		return err
@@ -59,7 +53,7 @@ func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries
 	defer logs.Close()
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	b, err := bed.Start(startCtx, bed.Config{Backend: backend, Bin: bin, Stack: s, Dir: dir, Log: logs})
+	b, err := bed.Start(startCtx, bed.Config{Backend: backend, Bin: bin, Dir: dir, Log: logs})
 	if err != nil {
 		return err
 	}
