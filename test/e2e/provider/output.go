@@ -8,15 +8,15 @@ import (
 )
 
 // output collects one function's stdout and stderr across restarts and
-// updates: each line goes to the writer from Options.Output, prefixed with
-// the function's name, and the last lines stay in memory so that a failing
-// test can print them (Provider.Logs) and the logs endpoint can serve them.
+// updates: each line goes to Options.Logs, prefixed with the function's
+// name, and the last lines stay in memory so that a failing test can
+// print them (Provider.Logs) and the logs endpoint can serve them.
 type output struct {
 	name string
 	max  int
 
-	// wmu is shared by all functions' outputs so that functions writing
-	// to one shared writer (a single log file) never interleave mid-line.
+	// wmu is shared by all functions' outputs so that their lines never
+	// interleave mid-line in Options.Logs.
 	wmu *sync.Mutex
 	w   io.Writer
 
