@@ -113,10 +113,10 @@ type Config struct {
 // Bed is a running test bed.
 type Bed struct {
 	cfg Config
-	// stack is the stack file the functions were built from: the mailbox
+	// Stack is the stack file the functions were built from: the mailbox
 	// and example functions are deployed with its environment, labels
 	// and annotations, pointed at the bed's servers.
-	stack *stack.Services
+	Stack *stack.Services
 	// User and Password are the gateway's basic-auth credentials, kept in
 	// the secrets folder as OpenFaaS keeps them.
 	User, Password string
@@ -141,7 +141,7 @@ func Start(ctx context.Context, cfg Config) (*Bed, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bed{cfg: cfg, stack: s.Services, User: "admin", procs: map[string]*proc.Process{}}
+	b := &Bed{cfg: cfg, Stack: s.Services, User: "admin", procs: map[string]*proc.Process{}}
 	if err := b.up(ctx); err != nil {
 		// A half-started bed would keep its fixed ports from the next.
 		b.Close()
@@ -225,7 +225,7 @@ func (b *Bed) component(name string) (component, bool) {
 		args := []string{"-port", strconv.Itoa(providerPort), "-state-dir", filepath.Join(b.cfg.Dir, "functions"),
 			"-image", testFnImage + "=" + b.cfg.Bin.TestFn}
 		for name, bin := range b.cfg.Bin.Functions {
-			args = append(args, "-image", b.stack.Functions[name].Image+"="+bin)
+			args = append(args, "-image", b.Stack.Functions[name].Image+"="+bin)
 		}
 		return component{bin: b.cfg.Bin.Provider, args: args, ready: listening(fmt.Sprintf("127.0.0.1:%d", providerPort))}, true
 	case Gateway:
@@ -345,17 +345,12 @@ func (b *Bed) Stop(name string, kill bool) error {
 	return p.Stop(stopGrace)
 }
 
-// RestartNATS kills the mailbox's NATS server (SIGKILL: nothing is
-// flushed on the way out) and starts it again on the same data.
-func (b *Bed) RestartNATS() error {
-	name := NATSStreaming
+// NATS is the component that is the mailbox's NATS server.
+func (b *Bed) NATS() string {
 	if b.cfg.Backend == JetStream {
-		name = NATSJetStream
+		return NATSJetStream
 	}
-	if err := b.Stop(name, true); err != nil {
-		return err
-	}
-	return b.Start(name)
+	return NATSStreaming
 }
 
 // Process is the named component's process, or nil when it is not

@@ -73,7 +73,7 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 // fromStack is the deployment faas-cli makes of a stack.yml function, with
 // env put over its environment.
 func (b *Bed) fromStack(name string, env ...string) types.FunctionDeployment {
-	fn := b.stack.Functions[name]
+	fn := b.Stack.Functions[name]
 	return types.FunctionDeployment{
 		Service:     name,
 		Image:       fn.Image,
