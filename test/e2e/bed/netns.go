@@ -52,7 +52,19 @@ func runInOwnNamespaces(env ...string) (int, error) {
 		return 0, err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	err = cmd.Run()
+	// SIGINT and SIGTERM are the bed's to handle: its pid 1 passes them
+	// on to it, and it stops in order.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	if err = cmd.Start(); err == nil {
+		go func() {
+			for s := range sigs {
+				_ = cmd.Process.Signal(s)
+			}
+		}()
+		err = cmd.Wait()
+	}
 	var exit *exec.ExitError
 	switch {
 	case err == nil:

@@ -40,17 +40,24 @@ func main() {
 	}))
 }
 
-func run(ctx context.Context, backend string, shell bool, bin bed.Binaries) error {
+func run(ctx context.Context, backend string, shell bool, bin bed.Binaries) (err error) {
 	dir, err := os.MkdirTemp("", "mailbox-bed-run-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	logs, err := os.Create(filepath.Join(dir, "bed.log"))
 	if err != nil {
 		return err
 	}
-	defer logs.Close()
+	defer func() {
+		logs.Close()
+		if err != nil {
+			// Kept, with the servers' data, to see what went wrong.
+			err = fmt.Errorf("%w\nEvery component's output: %s", err, logs.Name())
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	b, err := bed.Start(startCtx, bed.Config{Backend: backend, Bin: bin, Dir: dir, Log: logs})
@@ -67,7 +74,7 @@ func run(ctx context.Context, backend string, shell bool, bin bed.Binaries) erro
 
   export OPENFAAS_URL=%[3]s
   curl -i $OPENFAAS_URL/function/mailbox/deadletter/flaky -H 'X-Delay-Duration: 1' -d hello
-  curl -s $OPENFAAS_URL/function/flaky/calls
+  curl -s "$OPENFAAS_URL/function/flaky/calls?id=<the id it answered>"
   curl -s -u %[4]s:%[5]s $OPENFAAS_URL/system/functions
 
 `, backend, logs.Name(), bed.GatewayURL, b.User, b.Password, bed.ConnectorURL)
