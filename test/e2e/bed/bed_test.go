@@ -68,7 +68,7 @@ func TestStartRefusesUnknownBackend(t *testing.T) {
 // A bed that fails half-way stops what it started: nothing keeps running
 // or listening on the bed's fixed addresses for the next bed.
 func TestStartFailureStopsEverything(t *testing.T) {
-	if !inOwnNetwork(t) {
+	if inner, _ := inOwnNamespaces(t); !inner {
 		return
 	}
 	self, err := os.Executable()
@@ -106,8 +106,8 @@ func TestStartFailureStopsEverything(t *testing.T) {
 // A process the bed leaves running is killed when the bed exits, however
 // it exits: it is in the bed's pid namespace, which ends with it.
 func TestLeftoversDieWithTheBed(t *testing.T) {
-	if !inOwnNetwork(t) {
-		pid := loggedPID(t)
+	if inner, out := inOwnNamespaces(t); !inner {
+		pid := loggedPID(t, out)
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Fatalf("pid %d left running by the bed: signal 0 = %v, want ESRCH", pid, err)
 		}
@@ -121,7 +121,7 @@ func TestLeftoversDieWithTheBed(t *testing.T) {
 // A process whose parent exits is re-parented to the namespace's pid 1,
 // which reaps it when it exits instead of leaving a zombie.
 func TestOrphansAreReaped(t *testing.T) {
-	if !inOwnNetwork(t) {
+	if inner, _ := inOwnNamespaces(t); !inner {
 		return
 	}
 	// The subshell outlives its parent, then exits in turn.
@@ -164,42 +164,38 @@ func startShell(t *testing.T, script string) int {
 
 var pidLine = regexp.MustCompile(`bed_test.go:\d+: pid (\d+)`)
 
-// loggedPID is the pid the inner run of the test logged.
-func loggedPID(t *testing.T) int {
+// loggedPID is the pid the inner run of the test logged in its output.
+func loggedPID(t *testing.T, out string) int {
 	t.Helper()
-	m := pidLine.FindStringSubmatch(lastInner)
+	m := pidLine.FindStringSubmatch(out)
 	if m == nil {
-		t.Fatalf("the inner run logged no pid:\n%s", lastInner)
+		t.Fatalf("the inner run logged no pid:\n%s", out)
 	}
 	pid, _ := strconv.Atoi(m[1])
 	return pid
 }
 
-// lastInner is the output of the last inner run of inOwnNetwork.
-var lastInner string
-
-// inOwnNetwork runs the calling test again in namespaces of its own, as
-// runInOwnNamespaces does, and reports whether this process is that run:
-// only then may the test go on. The outer run fails with the inner one's
-// output, or skips without root.
-func inOwnNetwork(t *testing.T) bool {
+// inOwnNamespaces runs the calling test again in namespaces of its own, as
+// runInOwnNamespaces does, and reports whether this process is that inner
+// run, which alone may go on; the outer run gets its output. The outer
+// run fails when the inner one does, or skips without root.
+func inOwnNamespaces(t *testing.T) (inner bool, out string) {
 	t.Helper()
 	if isBed() {
-		return true
+		return true, ""
 	}
-	cmd, err := ownNetworkCommand([]string{"-test.run=^" + t.Name() + "$", "-test.v"})
+	cmd, err := ownNamespacesCommand([]string{"-test.run=^" + t.Name() + "$", "-test.v"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.CombinedOutput()
-	lastInner = string(out)
+	b, err := cmd.CombinedOutput()
 	switch {
 	case errors.Is(err, syscall.EPERM):
 		t.Skip("needs root for namespaces of its own")
 	case err != nil:
-		t.Fatalf("in namespaces of its own: %v\n%s", err, out)
+		t.Fatalf("in namespaces of its own: %v\n%s", err, b)
 	}
-	return false
+	return false, string(b)
 }
 
 // children lists this process's child processes.

@@ -35,19 +35,20 @@ func isNamespaceInit() bool { return os.Getenv(envNetns) == nsInit }
 
 // runInOwnNamespaces runs this program again with the same arguments and
 // environment plus env, in a new network namespace that has only its own
-// loopback and a new pid namespace, and returns the exit code. The OpenFaaS CE gateway binds
-// :8080 and :8082 on every interface, hard-coded: in a namespace of its
-// own those ports are always free, and nothing the bed starts can be
-// reached from, or collide with, the machine's other programs. It needs
-// root (CAP_SYS_ADMIN), as sessions and CI have. Stdin, stdout and
-// stderr are shared, so a shell or go test's output work as usual.
+// loopback and a new pid namespace, and returns the exit code. The
+// OpenFaaS CE gateway binds :8080 and :8082 on every interface,
+// hard-coded: in a namespace of its own those ports are always free, and
+// nothing the bed starts can be reached from, or collide with, the
+// machine's other programs. It needs root (CAP_SYS_ADMIN), as sessions
+// and CI have. Stdin, stdout and stderr are shared, so a shell or go
+// test's output work as usual.
 //
 // The pid namespace is what guarantees that nothing the bed started
 // outlives it, whichever way it ends (a go test timeout's panic, a
 // SIGKILL): when its pid 1 exits the kernel kills every process left in
 // it. Pid 1 is namespaceInit, which runs the bed as its child.
 func runInOwnNamespaces(env ...string) (int, error) {
-	cmd, err := ownNetworkCommand(os.Args[1:], env...)
+	cmd, err := ownNamespacesCommand(os.Args[1:], env...)
 	if err != nil {
 		return 0, err
 	}
@@ -72,16 +73,16 @@ func runInOwnNamespaces(env ...string) (int, error) {
 	case errors.As(err, &exit):
 		return exit.ExitCode(), nil
 	case errors.Is(err, syscall.EPERM):
-		return 0, fmt.Errorf("the bed needs a network namespace of its own, which only root can make: %w", err)
+		return 0, fmt.Errorf("the bed needs namespaces of its own, which only root can make: %w", err)
 	default:
 		return 0, err
 	}
 }
 
-// ownNetworkCommand is this program with args and this environment plus
+// ownNamespacesCommand is this program with args and this environment plus
 // env, to be run as pid 1 (namespaceInit) of a network and a pid
 // namespace of its own.
-func ownNetworkCommand(args []string, env ...string) (*exec.Cmd, error) {
+func ownNamespacesCommand(args []string, env ...string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
