@@ -5,31 +5,49 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/openfaas/go-sdk/stack"
+	"github.com/openfaas/faas-provider/types"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
-	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 	"github.com/openfaas/mailbox/test/e2e/bed"
+	"github.com/openfaas/mailbox/test/e2e/testfn"
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
-// binaries are built once, before the tests move into the bed's network
-// namespace.
+// binaries are built once, before the tests move into the bed's
+// namespaces.
 var binaries bed.Binaries
 
+// budget bounds both backends' runs together, so that a broken build
+// fails in minutes, well within go test's default 10-minute timeout; a
+// pass takes under 2 minutes on 2 cores.
+const budget = 4 * time.Minute
+
+// deadline is when the budget is spent: every wait ends by then.
+var deadline time.Time
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run()) // every test skips, saying why
+	}
 	os.Exit(bed.Main(context.Background(), filepath.Join("..", ".."), func(b bed.Binaries) int {
 		binaries = b
+		deadline = time.Now().Add(budget)
 		return m.Run()
 	}))
 }
@@ -37,106 +55,193 @@ func TestMain(m *testing.M) {
 func TestStan(t *testing.T)      { run(t, bed.Stan) }
 func TestJetStream(t *testing.T) { run(t, bed.JetStream) }
 
+// scenarios run in this order on one bed, each telling its messages
+// apart by the ids the mailbox gives them. The destructive ones stop
+// components, and restore them when they end, pass or fail.
+var scenarios = []struct {
+	name        string
+	destructive bool
+	test        func(*testing.T, *bed.Bed)
+}{
+	{"FunctionsListedWithStackMetadata", false, testListed},
+	{"RequeuesItselfUntilItSucceeds", false, testRequeuesItself},
+	{"FailingEndsAsDeadLetter", false, testFailing},
+	{"ConnectorRetriesFlaky", false, testFlaky},
+	{"SlowDoesNotHoldOthers", false, testSlow},
+	{"AsyncInvocationHandedToMailbox", false, testAsync},
+	{"GatewayCredentialsFromSecrets", true, testCredentials},
+	{"GatewayRestart", true, testGatewayRestart},
+	{"NATSRestart", true, testNATSRestart},
+}
+
 func run(t *testing.T, backend string) {
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	s, err := stack.ParseYAMLFile(filepath.Join(root, "stack.yml"), "", "", true)
-	if err != nil {
-		t.Fatal(err)
+	if testing.Short() {
+		t.Skip("-short: the bed builds and runs OpenFaaS, NATS and the mailbox, which takes minutes")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	neverCached(t)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Stack: s, Dir: t.TempDir(), Log: t.Output()})
+	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: t.Output()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	// Each scenario names its messages after itself so that they are told
-	// apart; the later ones stop and restart components.
-	t.Run("RequeuesItselfUntilItSucceeds", func(t *testing.T) { testRequeuesItself(t, b) })
-	t.Run("FailingEndsAsDeadLetter", func(t *testing.T) { testFailing(t, b) })
-	t.Run("ConnectorRetriesFlaky", func(t *testing.T) { testFlaky(t, b) })
-	t.Run("SlowDoesNotHoldOthers", func(t *testing.T) { testSlow(t, b) })
-	t.Run("AsyncInvocationHandedToMailbox", func(t *testing.T) { testAsync(t, b) })
-	t.Run("GatewayCredentialsFromSecrets", func(t *testing.T) { testCredentials(t, b) })
-	t.Run("GatewayRestart", func(t *testing.T) { testGatewayRestart(t, b) })
-	t.Run("NATSRestart", func(t *testing.T) { testNATSRestart(t, b) })
-}
-
-// requeue posts body to the mailbox through the gateway, for function,
-// with headers, and returns the message id of the 202.
-func requeue(t *testing.T, via, function, body string, headers map[string]string) string {
-	t.Helper()
-	id := tryRequeue(t, via, function, body, headers)
-	if id == "" {
-		t.Fatalf("requeue for %s failed", function)
+	for _, s := range scenarios {
+		if !t.Run(s.name, func(t *testing.T) { s.test(t, b) }) && s.destructive {
+			// What it restored may not work: the next would fail for it.
+			t.Fatalf("%s failed, and it stops components: the scenarios after it are not run", s.name)
+		}
 	}
-	return id
 }
 
-// tryRequeue is requeue that returns "" (and logs why) when the mailbox
-// does not answer 202 scheduled.
-func tryRequeue(t *testing.T, via, function, body string, headers map[string]string) string {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, via+"/function/mailbox/deadletter/"+function, strings.NewReader(body))
+// neverCached keeps go test from caching a pass. go test reuses a result
+// while the test binary, its flags, the environment variables the test
+// read and the files under test/ it opened are unchanged; what this test
+// really runs, the connector and the functions built by go build from the
+// root module, is none of those. A test cannot set its own -count=1, and
+// the environment go test compares is its own, so a variable the test
+// reads cannot change per run either. But go test caches no run that
+// opened a file modified less than two seconds before it looks: this
+// file is dated a day ahead at every run.
+func neverCached(t *testing.T) {
+	const name = ".never-cached" // in .gitignore
+	future := time.Now().Add(24 * time.Hour)
+	if err := os.WriteFile(name, []byte("see neverCached in e2e_test.go\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(name, future, future); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	f.Close()
+}
+
+// pollEvery is how often until asks: a scenario waits a little longer
+// than it must, but its polls through the gateway do not load the
+// machine that runs every component.
+const pollEvery = 150 * time.Millisecond
+
+// until calls cond every pollEvery until it returns nil, and fails the
+// test with what and cond's last error after timeout, or sooner once the
+// budget is spent.
+func until(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	end := time.Now().Add(timeout)
+	if deadline.Before(end) {
+		end = deadline
+	}
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("waiting for %s: gave up at %s (timeout %s, budget ends %s): %v",
+				what, time.Now().Format(time.TimeOnly), timeout, deadline.Format(time.TimeOnly), err)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// post sends body to the gateway at path with headers, and returns the
+// answer with its body read.
+func post(path, body string, headers map[string]string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(http.MethodPost, bed.GatewayURL+path, strings.NewReader(body))
+	if err != nil {
+		return nil, nil, err
 	}
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := bed.HTTPClient.Do(req)
 	if err != nil {
-		t.Logf("requeue for %s: %v", function, err)
-		return ""
+		return nil, nil, err
 	}
 	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
+	b, err := io.ReadAll(res.Body)
+	return res, b, err
+}
+
+// tryRequeue posts body to the mailbox through the gateway, for function,
+// with headers, and returns the message id of its 202.
+func tryRequeue(function, body string, headers map[string]string) (string, error) {
+	res, b, err := post("/function/"+bed.Mailbox+"/deadletter/"+function, body, headers)
+	if err != nil {
+		return "", err
+	}
 	var a struct{ ID, Status string }
 	if res.StatusCode != http.StatusAccepted || json.Unmarshal(b, &a) != nil || a.Status != "scheduled" {
-		t.Logf("requeue for %s answered %d %s, want 202 scheduled", function, res.StatusCode, b)
-		return ""
+		return "", fmt.Errorf("requeue for %s answered %d %s, want 202 scheduled", function, res.StatusCode, b)
 	}
-	return a.ID
+	return a.ID, nil
 }
 
-// call is one call a test function answered (e2e/testfn).
-type call struct {
-	At         time.Time `json:"at"`
-	MessageID  string    `json:"message_id"`
-	Retries    string    `json:"retries"`
-	MaxRetries string    `json:"max_retries"`
-	Body       string    `json:"body"`
-	Status     int       `json:"status"`
-}
-
-// calls asks a test function, through the gateway, for the calls it
-// answered for message id (or, with id "", with body).
-func calls(t *testing.T, function, id, body string) []call {
+// requeue is tryRequeue that fails the test.
+func requeue(t *testing.T, function, body string, headers map[string]string) string {
 	t.Helper()
-	res, err := http.Get(bed.GatewayURL + "/function/" + function + "/calls")
+	id, err := tryRequeue(function, body, headers)
 	if err != nil {
-		t.Fatalf("GET /function/%s/calls: %v", function, err)
+		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	var all []call
-	if err := json.NewDecoder(res.Body).Decode(&all); err != nil || res.StatusCode != http.StatusOK {
-		t.Fatalf("GET /function/%s/calls: %d %v", function, res.StatusCode, err)
+	return id
+}
+
+// quick are the requeue headers of a message retried every second.
+var quick = map[string]string{"X-Delay-Duration": "1", "X-Max-Retries": "5"}
+
+// delivered is the history of a message the flaky function took in the
+// end: refused bed.FlakyFailures times, then 200.
+var delivered = func() string {
+	var h []string
+	for i := range bed.FlakyFailures {
+		h = append(h, fmt.Sprintf("%d:429", i))
 	}
-	var out []call
-	for _, c := range all {
-		if (id != "" && c.MessageID == id) || (id == "" && c.Body == body) {
-			out = append(out, c)
+	return strings.Join(append(h, fmt.Sprintf("%d:200", bed.FlakyFailures)), " ")
+}()
+
+// callsOf asks a test function, through the gateway and in one request,
+// for the calls it answered for each message of ids.
+func callsOf(function string, ids ...string) (map[string][]testfn.Call, error) {
+	return testfn.CallsOf(context.Background(), bed.HTTPClient, bed.GatewayURL+"/function/"+function, ids...)
+}
+
+// history is calls as "X-Retries:status" pairs.
+func history(calls []testfn.Call) string {
+	var h []string
+	for _, c := range calls {
+		h = append(h, fmt.Sprintf("%s:%d", c.Retries, c.Status))
+	}
+	return strings.Join(h, " ")
+}
+
+// waitHistories waits until function has answered each message of ids
+// as many calls as want holds, then checks each message's history is
+// want. want ends with the call that settles a message (a 200, or the
+// last failure before its dead letter), after which none may follow.
+func waitHistories(t *testing.T, timeout time.Duration, function, want string, ids ...string) map[string][]testfn.Call {
+	t.Helper()
+	n := len(strings.Fields(want))
+	var calls map[string][]testfn.Call
+	until(t, timeout, fmt.Sprintf("%d calls to %s for each of %d messages", n, function, len(ids)), func() (err error) {
+		if calls, err = callsOf(function, ids...); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if len(calls[id]) < n {
+				return fmt.Errorf("message %s: %q", id, history(calls[id]))
+			}
+		}
+		return nil
+	})
+	for _, id := range ids {
+		if got := history(calls[id]); got != want {
+			t.Errorf("message %s: calls (X-Retries:status) %q, want %q", id, got, want)
 		}
 	}
-	return out
-}
-
-func retriesOf(cs []call) string {
-	var r []string
-	for _, c := range cs {
-		r = append(r, fmt.Sprintf("%s:%d", c.Retries, c.Status))
-	}
-	return strings.Join(r, " ")
+	return calls
 }
 
 // deadLetter returns the stored dead letter with id, or nil.
@@ -146,7 +251,7 @@ func deadLetter(t *testing.T, b *bed.Bed, id string) *envelope.Envelope {
 	if b.Backend() == bed.Stan {
 		all = stanservertest.DeadLetters(t, bed.NATSStreamingURL, bed.Prefix)
 	} else {
-		all = jsservertest.DeadLetters(t, bed.JetStreamURL, bed.Stream+"-deadletter")
+		all = jsservertest.DeadLetters(t, bed.JetStreamURL, bed.DeadLetterStream)
 	}
 	for _, e := range all {
 		if e.ID == id {
@@ -156,7 +261,72 @@ func deadLetter(t *testing.T, b *bed.Bed, id string) *envelope.Envelope {
 	return nil
 }
 
-var quick = map[string]string{"X-Delay-Duration": "1", "X-Max-Retries": "5"}
+// logRecords decodes the log/slog JSON lines of out whose msg is msg,
+// skipping anything before a line's first '{'.
+func logRecords(out, msg string) []map[string]any {
+	var recs []map[string]any
+	for line := range strings.Lines(out) {
+		i := strings.IndexByte(line, '{')
+		if i < 0 {
+			continue
+		}
+		var rec map[string]any
+		if json.Unmarshal([]byte(line[i:]), &rec) == nil && rec["msg"] == msg {
+			recs = append(recs, rec)
+		}
+	}
+	return recs
+}
+
+// requeues maps each message the example requeued, by the lines it logs,
+// to the X-Retries it sent, in order.
+func requeues(t *testing.T, b *bed.Bed) map[string][]int {
+	t.Helper()
+	logs, err := b.FunctionLogs(context.Background(), bed.RateLimited)
+	if err != nil {
+		t.Fatalf("logs of %s: %v", bed.RateLimited, err)
+	}
+	out := map[string][]int{}
+	for _, rec := range logRecords(logs, "rate limited: requeued") {
+		id, _ := rec["id"].(string)
+		retries, _ := rec["retries"].(float64)
+		out[id] = append(out[id], int(retries))
+	}
+	return out
+}
+
+func testListed(t *testing.T, b *bed.Bed) {
+	res, err := bed.HTTPClient.Get(bed.GatewayURL + "/system/functions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("GET /system/functions without credentials answered %d, want 401", res.StatusCode)
+	}
+	// With them, as faas-cli list: the gateway adds invocation counts,
+	// from the bed's Prometheus, to what the provider lists.
+	fns, err := b.Client.GetFunctions(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(fns, func(f types.FunctionStatus) bool { return f.Name == bed.Mailbox })
+	if i < 0 {
+		t.Fatalf("the gateway lists %d functions, not %s", len(fns), bed.Mailbox)
+	}
+	want := b.Stack.Functions[bed.Mailbox]
+	for _, c := range []struct {
+		what      string
+		got, want *map[string]string
+	}{
+		{"labels", fns[i].Labels, want.Labels},
+		{"annotations", fns[i].Annotations, want.Annotations},
+	} {
+		if c.want == nil || c.got == nil || !maps.Equal(*c.got, *c.want) {
+			t.Errorf("%s listed with %s %v, want stack.yml's %v", bed.Mailbox, c.what, c.got, c.want)
+		}
+	}
+}
 
 func testRequeuesItself(t *testing.T, b *bed.Bed) {
 	const body = "requeues-itself"
@@ -164,62 +334,43 @@ func testRequeuesItself(t *testing.T, b *bed.Bed) {
 	// Called through the gateway, the example hits the API's limit and
 	// requeues itself through /function/mailbox; the connector calls it
 	// back through the gateway until the API takes the work.
-	res, err := http.Post(bed.GatewayURL+"/function/"+bed.RateLimited, "text/plain", strings.NewReader(body))
+	res, answer, err := post("/function/"+bed.RateLimited, body, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	answer, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != http.StatusAccepted {
-		t.Fatalf("first call answered %d %s, want 202 requeued", res.StatusCode, answer)
-	}
 	var first struct{ ID string }
-	if err := json.Unmarshal(answer, &first); err != nil || first.ID == "" {
-		t.Fatalf("first answer %s has no message id", answer)
+	if res.StatusCode != http.StatusAccepted || json.Unmarshal(answer, &first) != nil || first.ID == "" {
+		t.Fatalf("first call answered %d %s, want 202 requeued with a message id", res.StatusCode, answer)
 	}
-	poll.Until(t, 30*time.Second, "the API takes the work on the third call", func() bool { return b.API.Calls(body) == 3 })
+	until(t, 30*time.Second, "the API's third call", func() error {
+		if n := b.API.Calls(body); n < 3 {
+			return fmt.Errorf("%d calls", n)
+		}
+		return nil
+	})
+	// The third took the work: the example answered 200 and is done.
+	if n := b.API.Calls(body); n != 3 {
+		t.Fatalf("the API had %d calls, want 3", n)
+	}
 	// The example logs each requeue with the X-Retries it sent: one more
 	// than it was called with.
-	if got := requeuedRetries(t, functionLogs(t, b, bed.RateLimited), first.ID); fmt.Sprint(got) != "[1 2]" {
+	if got := requeues(t, b)[first.ID]; !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("the example requeued message %s with X-Retries %v, want [1 2]", first.ID, got)
 	}
 }
 
-// requeuedRetries lists the retries of the example's "rate limited:
-// requeued" log lines for message id.
-func requeuedRetries(t *testing.T, logs, id string) []int {
-	t.Helper()
-	var out []int
-	for _, line := range strings.Split(logs, "\n") {
-		i := strings.Index(line, "{")
-		if i < 0 {
-			continue
-		}
-		var rec struct {
-			Msg     string
-			ID      string
-			Retries int
-		}
-		if json.Unmarshal([]byte(line[i:]), &rec) == nil && rec.Msg == "rate limited: requeued" && rec.ID == id {
-			out = append(out, rec.Retries)
-		}
-	}
-	return out
-}
-
 func testFailing(t *testing.T, b *bed.Bed) {
-	id := requeue(t, bed.GatewayURL, bed.Failing, "failing", map[string]string{"X-Delay-Duration": "1", "X-Max-Retries": "2"})
-	var dead *envelope.Envelope
-	poll.Until(t, 30*time.Second, "the message is a dead letter", func() bool {
-		dead = deadLetter(t, b, id)
-		return dead != nil
-	})
+	id := requeue(t, bed.Failing, "failing", map[string]string{"X-Delay-Duration": "1", "X-Max-Retries": "2"})
 	// X-Retries 0 with X-Max-Retries 2: calls with 0, 1 and 2, then the
 	// dead letter, stored after the last call.
-	got := calls(t, bed.Failing, id, "")
-	if retriesOf(got) != "0:500 1:500 2:500" {
-		t.Fatalf("calls (X-Retries:status) %q, want \"0:500 1:500 2:500\"", retriesOf(got))
-	}
+	waitHistories(t, 30*time.Second, bed.Failing, "0:500 1:500 2:500", id)
+	var dead *envelope.Envelope
+	until(t, 10*time.Second, "the dead letter", func() error {
+		if dead = deadLetter(t, b, id); dead == nil {
+			return errors.New("none stored")
+		}
+		return nil
+	})
 	if dead.Reason != envelope.ReasonMaxRetries || dead.Retries != 2 || dead.LastStatus != http.StatusInternalServerError ||
 		dead.Function != bed.Failing || string(dead.Body) != "failing" {
 		t.Fatalf("dead letter %+v, want reason %s after X-Retries 2 with status 500", dead, envelope.ReasonMaxRetries)
@@ -227,109 +378,189 @@ func testFailing(t *testing.T, b *bed.Bed) {
 }
 
 func testFlaky(t *testing.T, b *bed.Bed) {
-	id := requeue(t, bed.GatewayURL, bed.Flaky, "flaky", quick)
-	poll.Until(t, 30*time.Second, "flaky answers 200", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
-	if got := retriesOf(calls(t, bed.Flaky, id, "")); got != "0:429 1:429 2:200" {
-		t.Fatalf("calls (X-Retries:status) %q, want \"0:429 1:429 2:200\"", got)
-	}
+	id := requeue(t, bed.Flaky, "flaky", quick)
+	waitHistories(t, 30*time.Second, bed.Flaky, delivered, id)
 	if dead := deadLetter(t, b, id); dead != nil {
 		t.Fatalf("delivered message also dead-lettered: %+v", dead)
 	}
 }
 
 func testSlow(t *testing.T, b *bed.Bed) {
-	slow := requeue(t, bed.GatewayURL, bed.Slow, "slow", quick)
-	fast := requeue(t, bed.GatewayURL, bed.Flaky, "fast", quick)
-	poll.Until(t, 30*time.Second, "both delivered", func() bool {
-		return len(calls(t, bed.Slow, slow, "")) == 1 && len(calls(t, bed.Flaky, fast, "")) == bed.FlakyFailures+1
-	})
-	s, f := calls(t, bed.Slow, slow, ""), calls(t, bed.Flaky, fast, "")
-	if s[0].Status != http.StatusOK {
-		t.Fatalf("slow answered %d, want 200", s[0].Status)
-	}
-	// Due together: the fast message's first call must not wait for the
-	// slow one to answer.
-	if !f[0].At.Before(s[0].At.Add(bed.SlowFor)) {
-		t.Fatalf("fast message first called at %v, after the slow call (%v + %v) answered", f[0].At, s[0].At, bed.SlowFor)
+	slow := requeue(t, bed.Slow, "slow", quick)
+	// Due a second after the slow one, while its call is in flight.
+	fast := requeue(t, bed.Flaky, "fast", map[string]string{"X-Delay-Duration": "2", "X-Max-Retries": "5"})
+	s := waitHistories(t, 30*time.Second, bed.Slow, "0:200", slow)[slow][0]
+	f := waitHistories(t, 30*time.Second, bed.Flaky, delivered, fast)[fast][0]
+	if f.At.Before(s.At) || !f.At.Before(s.At.Add(bed.SlowFor)) {
+		t.Fatalf("fast message first called at %s, want while the slow call was in flight (from %s, for %s)",
+			f.At.Format(time.StampMilli), s.At.Format(time.StampMilli), bed.SlowFor)
 	}
 }
 
 func testAsync(t *testing.T, b *bed.Bed) {
 	const body = "async"
 	b.API.SetLimit(1)
+	worker, connector := b.Process(bed.QueueWorker), b.Process(bed.Connector)
+	workerMark, connectorMark := worker.Written(), connector.Written()
+	before := requeues(t, b)
 	// The queue-worker calls the example; the API refuses it, so it
 	// requeues itself through the mailbox, which calls it again.
-	res, err := http.Post(bed.GatewayURL+"/async-function/"+bed.RateLimited, "text/plain", strings.NewReader(body))
+	res, answer, err := post("/async-function/"+bed.RateLimited, body, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusAccepted || res.Header.Get("X-Call-Id") == "" {
-		t.Fatalf("/async-function answered %d (X-Call-Id %q), want 202 with a call id", res.StatusCode, res.Header.Get("X-Call-Id"))
+	callID := res.Header.Get("X-Call-Id")
+	if res.StatusCode != http.StatusAccepted || callID == "" {
+		t.Fatalf("/async-function answered %d %s (X-Call-Id %q), want 202 with a call id", res.StatusCode, answer, callID)
 	}
-	poll.Until(t, 30*time.Second, "the API takes the work on the second call", func() bool { return b.API.Calls(body) == 2 })
+	until(t, 30*time.Second, "the API's second call", func() error {
+		if n := b.API.Calls(body); n < 2 {
+			return fmt.Errorf("%d calls", n)
+		}
+		return nil
+	})
+	if n := b.API.Calls(body); n != 2 {
+		t.Fatalf("the API had %d calls, want 2", n)
+	}
+
+	// The first call was the queue-worker's, with the gateway's call id,
+	// answered 202 requeued...
+	out := worker.OutputSince(workerMark)
+	if !strings.Contains(out, callID) || !strings.Contains(out, "Invoked: "+bed.RateLimited+" [202]") {
+		t.Fatalf("the queue-worker did not invoke %s with call %s, answered 202:\n%s", bed.RateLimited, callID, out)
+	}
+	// ...for one new message, requeued with X-Retries 1...
+	var ids []string
+	for id, retries := range requeues(t, b) {
+		if _, ok := before[id]; !ok {
+			ids = append(ids, id)
+			if !slices.Equal(retries, []int{1}) {
+				t.Fatalf("the example requeued message %s with X-Retries %v, want [1]", id, retries)
+			}
+		}
+	}
+	if len(ids) != 1 {
+		t.Fatalf("the example requeued messages %v, want one", ids)
+	}
+	// ...which the mailbox delivered with X-Retries 1, and the example
+	// took.
+	var rec map[string]any
+	until(t, 10*time.Second, "the connector's delivery of "+ids[0], func() error {
+		for _, r := range logRecords(connector.OutputSince(connectorMark), "delivered") {
+			if r["id"] == ids[0] {
+				rec = r
+				return nil
+			}
+		}
+		return errors.New("not logged")
+	})
+	if rec["function"] != bed.RateLimited || rec["retries"] != 1.0 || rec["status"] != 200.0 {
+		t.Fatalf("the connector delivered %v, want %s with X-Retries 1, answered 200", rec, bed.RateLimited)
+	}
 }
 
 func testCredentials(t *testing.T, b *bed.Bed) {
-	// The connector asks the gateway's /system API, which wants basic
-	// auth, with the credentials in the secrets folder. With them, the
-	// lookup succeeds; with a wrong password the gateway refuses it.
-	if err := b.Stop("connector", false); err != nil {
-		t.Fatal(err)
-	}
 	good := b.Password
-	if err := b.SetPassword("wrong"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.StartConnector(); err != nil {
-		t.Fatal(err)
-	}
-	poll.Until(t, 15*time.Second, "the connector reports the refused lookup", func() bool {
-		out := b.Output("connector")
-		return strings.Contains(out, "gateway function lookup failed") && strings.Contains(out, "status code: 401")
+	t.Cleanup(func() {
+		// Whatever happened, the scenarios after this one need the
+		// connector running with the right password.
+		if err := b.SetPassword(good); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			_ = b.Stop(bed.Connector, false)
+		}
+		if err := b.Start(bed.Connector); err != nil {
+			t.Error(err)
+		}
 	})
-	if err := b.Stop("connector", false); err != nil {
-		t.Fatal(err)
+	// The connector asks the gateway's /system API, which wants basic
+	// auth, with the credentials in the secrets folder when it starts.
+	restart := func(password string) *proc.Process {
+		t.Helper()
+		if err := b.Stop(bed.Connector, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.SetPassword(password); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(bed.Connector); err != nil {
+			t.Fatal(err)
+		}
+		return b.Process(bed.Connector)
 	}
-	if err := b.SetPassword(good); err != nil {
-		t.Fatal(err)
+
+	// With a wrong password the gateway refuses it, and the connector
+	// says so.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	refused, err := restart("wrong").LogField(ctx, "gateway function lookup failed", "error")
+	if err != nil || !strings.Contains(refused, "status code: 401") {
+		t.Fatalf("the connector logged the failed lookup with %q (%v), want a 401", refused, err)
 	}
-	if err := b.StartConnector(); err != nil {
-		t.Fatal(err)
-	}
-	id := requeue(t, bed.GatewayURL, bed.Flaky, "credentials", quick)
-	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
-	if out := b.Output("connector"); strings.Contains(out, "lookup failed") {
+
+	// With the right one the gateway passes it on to the provider, which
+	// it does only once the credentials match, and logs.
+	gateway := b.Process(bed.Gateway)
+	mark := gateway.Written()
+	connector := restart(good)
+	const passed = "Forwarded [GET] to /system/functions?namespace=openfaas-fn - [200]"
+	until(t, 15*time.Second, "the gateway passing the connector's lookup on", func() error {
+		if !strings.Contains(gateway.OutputSince(mark), passed) {
+			return fmt.Errorf("the gateway has not logged %q", passed)
+		}
+		return nil
+	})
+	if out := connector.Output(); strings.Contains(out, "lookup failed") {
 		t.Fatalf("the connector's lookup failed with the right credentials:\n%s", out)
 	}
+	id := requeue(t, bed.Flaky, "credentials", quick)
+	waitHistories(t, 30*time.Second, bed.Flaky, delivered, id)
 }
 
 func testGatewayRestart(t *testing.T, b *bed.Bed) {
-	const n = 10
-	ids := make([]string, n)
-	// Requeued while the gateway is up, due while it is down.
-	for i := range ids {
-		ids[i] = requeue(t, bed.GatewayURL, bed.Flaky, fmt.Sprint("gateway-", i), map[string]string{"X-Delay-Duration": "2", "X-Max-Retries": "5"})
-	}
-	if err := b.Stop("gateway", false); err != nil {
-		t.Fatal(err)
-	}
-	poll.Until(t, 30*time.Second, "the connector sees the gateway down", func() bool {
-		up, err := b.ConnectorMetric("mailbox_gateway_up")
-		return err == nil && up == 0
-	})
-	if err := b.StartGateway(); err != nil {
-		t.Fatal(err)
-	}
-	poll.Until(t, 60*time.Second, "every message delivered after the restart", func() bool {
-		for _, id := range ids {
-			if cs := calls(t, bed.Flaky, id, ""); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
-				return false
-			}
+	t.Cleanup(func() {
+		if err := b.Start(bed.Gateway); err != nil {
+			t.Error(err)
 		}
-		return true
 	})
-	for _, id := range ids {
+	// Due while the gateway is down, after a first message whose call
+	// finds it gone and pauses deliveries: they wait for the gateway and
+	// spend no retry on the outage.
+	due := time.Now().Add(3 * time.Second)
+	ids := make([]string, 10)
+	for i := range ids {
+		ids[i] = requeue(t, bed.Flaky, fmt.Sprint("gateway-", i), map[string]string{"X-Delay-Duration": "3", "X-Max-Retries": "5"})
+	}
+	first := requeue(t, bed.Flaky, "gateway-first", quick)
+	if err := b.Stop(bed.Gateway, false); err != nil {
+		t.Fatal(err)
+	}
+	until(t, 30*time.Second, "the connector pausing deliveries", func() error {
+		up, err := b.ConnectorMetric("mailbox_gateway_up")
+		if err == nil && up != 0 {
+			err = errors.New("mailbox_gateway_up is still 1")
+		}
+		return err
+	})
+	if now := time.Now(); now.After(due) {
+		t.Fatalf("deliveries paused only at %s, after the messages were due (%s): the first message's call should have paused them",
+			now.Format(time.StampMilli), due.Format(time.StampMilli))
+	}
+	if err := b.Start(bed.Gateway); err != nil {
+		t.Fatal(err)
+	}
+	waitHistories(t, 60*time.Second, bed.Flaky, delivered, ids...)
+	// The first message spent one retry, on the call that found the
+	// gateway gone: it ends taken all the same.
+	until(t, 30*time.Second, "the first message delivered", func() error {
+		calls, err := callsOf(bed.Flaky, first)
+		if err == nil && !strings.HasSuffix(history(calls[first]), ":200") {
+			err = fmt.Errorf("calls %q", history(calls[first]))
+		}
+		return err
+	})
+	for _, id := range append(ids, first) {
 		if d := deadLetter(t, b, id); d != nil {
 			t.Errorf("message %s dead-lettered during the gateway's outage: %+v", id, d)
 		}
@@ -337,37 +568,60 @@ func testGatewayRestart(t *testing.T, b *bed.Bed) {
 }
 
 func testNATSRestart(t *testing.T, b *bed.Bed) {
-	const n = 20
-	ids := make([]string, n)
+	t.Cleanup(func() {
+		if err := b.Start(b.NATS()); err != nil {
+			t.Error(err)
+		}
+	})
+	ids := make([]string, 20)
 	for i := range ids {
-		ids[i] = requeue(t, bed.GatewayURL, bed.Flaky, fmt.Sprint("nats-", i), map[string]string{"X-Delay-Duration": "3", "X-Max-Retries": "5"})
+		ids[i] = requeue(t, bed.Flaky, fmt.Sprint("nats-", i), map[string]string{"X-Delay-Duration": "3", "X-Max-Retries": "5"})
 	}
-	// Killed, not stopped: what was acknowledged must be on disk.
-	if err := b.RestartNATS(); err != nil {
-		t.Fatal(err)
-	}
-	poll.Until(t, 90*time.Second, "every message delivered after the restart", func() bool {
+	// Killed while every message is mid-retry: called once, refused, and
+	// waiting for its next call.
+	until(t, 30*time.Second, "each message's first call", func() error {
+		calls, err := callsOf(bed.Flaky, ids...)
 		for _, id := range ids {
-			if cs := calls(t, bed.Flaky, id, ""); len(cs) == 0 || cs[len(cs)-1].Status != http.StatusOK {
-				return false
+			if err == nil && len(calls[id]) == 0 {
+				err = fmt.Errorf("message %s not called yet", id)
 			}
 		}
-		return true
+		return err
 	})
+	// SIGKILL: nothing is flushed on the way out; what was acknowledged
+	// must be on disk.
+	if err := b.Stop(b.NATS(), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(b.NATS()); err != nil {
+		t.Fatal(err)
+	}
+	var calls map[string][]testfn.Call
+	until(t, 90*time.Second, "every message delivered after the restart", func() (err error) {
+		if calls, err = callsOf(bed.Flaky, ids...); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if h := history(calls[id]); !strings.HasSuffix(h, ":200") {
+				return fmt.Errorf("message %s: %q", id, h)
+			}
+		}
+		return nil
+	})
+	// At least once: a call the kill interrupted may be made again.
+	for _, id := range ids {
+		if h := history(calls[id]); !strings.HasPrefix(h, "0:429 ") {
+			t.Errorf("message %s: calls %q, want its first refused before the kill", id, h)
+		}
+		if d := deadLetter(t, b, id); d != nil {
+			t.Errorf("message %s dead-lettered: %+v", id, d)
+		}
+	}
 	// The mailbox function reconnected by itself: it takes new requeues.
 	var id string
-	poll.Until(t, 30*time.Second, "the mailbox takes requeues again", func() bool {
-		id = tryRequeue(t, bed.GatewayURL, bed.Flaky, "after-restart", quick)
-		return id != ""
+	until(t, 30*time.Second, "the mailbox taking requeues again", func() (err error) {
+		id, err = tryRequeue(bed.Flaky, "after-restart", quick)
+		return err
 	})
-	poll.Until(t, 30*time.Second, "delivered", func() bool { return len(calls(t, bed.Flaky, id, "")) == bed.FlakyFailures+1 })
-}
-
-func functionLogs(t *testing.T, b *bed.Bed, name string) string {
-	t.Helper()
-	logs, err := b.FunctionLogs(context.Background(), name)
-	if err != nil {
-		t.Fatalf("logs of %s: %v", name, err)
-	}
-	return logs
+	waitHistories(t, 30*time.Second, bed.Flaky, delivered, id)
 }

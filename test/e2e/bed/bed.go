@@ -5,8 +5,8 @@
 // template, the connector, the example function and the test functions.
 //
 // Everything listens on 127.0.0.1 at fixed ports, which is safe only in a
-// network namespace of the bed's own (RunInOwnNetwork): the gateway binds
-// :8080 and :8082 on every interface whatever it is told.
+// network namespace of the bed's own (see Main): the gateway binds :8080
+// and :8082 on every interface whatever it is told.
 //
 //	client ──▶ gateway :8080 ──▶ provider :8081 ──▶ function processes
 //	              │ /async-function                    │ mailbox-fn: requeue API
@@ -22,11 +22,9 @@ package bed
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -34,6 +32,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +41,7 @@ import (
 	sdk "github.com/openfaas/go-sdk"
 	"github.com/openfaas/go-sdk/stack"
 
+	"github.com/openfaas/mailbox/test/internal/fnbuild"
 	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
@@ -62,14 +62,40 @@ const (
 	JetStream = "jetstream"
 )
 
-// Prefix is the mailbox's channel prefix, and JetStream's stream name.
+// Where the mailbox keeps its messages.
 const (
+	// Prefix is its channel prefix on NATS Streaming.
 	Prefix = "mailbox"
+	// Stream is its JetStream stream of waiting messages.
 	Stream = "mailbox"
+	// DeadLetterStream is its JetStream stream of dead letters: the
+	// mailbox names it after Stream.
+	DeadLetterStream = Stream + "-deadletter"
 )
+
+// Components, by the names Start, Stop and Process take.
+const (
+	NATSStreaming = "nats-streaming"
+	NATSJetStream = "nats-jetstream" // with the JetStream backend only
+	Provider      = "provider"
+	Gateway       = "gateway"
+	QueueWorker   = "queue-worker"
+	Connector     = "connector"
+)
+
+// startOrder is the order components start in, each after those it
+// needs; Close stops them in reverse.
+var startOrder = []string{NATSStreaming, NATSJetStream, Provider, Gateway, QueueWorker, Connector}
 
 // startTimeout bounds the wait for each component to be ready.
 const startTimeout = 60 * time.Second
+
+// stopGrace is how long a component has between SIGTERM and SIGKILL.
+const stopGrace = 15 * time.Second
+
+// HTTPClient is the client of the bed and its tests: a component that
+// hangs fails a request in 10 s instead of hanging the test.
+var HTTPClient = &http.Client{Timeout: 10 * time.Second}
 
 // Config says what the bed runs.
 type Config struct {
@@ -77,10 +103,6 @@ type Config struct {
 	// the queue-worker use NATS Streaming either way, as in OpenFaaS CE.
 	Backend string
 	Bin     Binaries
-	// Stack is the repository's stack.yml: the mailbox and example
-	// functions are deployed with its environment, labels and
-	// annotations, pointed at the bed's servers.
-	Stack *stack.Services
 	// Dir holds the servers' data, the secrets and the functions' files.
 	Dir string
 	// Log receives every component's output, one line at a time
@@ -91,10 +113,14 @@ type Config struct {
 // Bed is a running test bed.
 type Bed struct {
 	cfg Config
+	// Stack is the stack file the functions were built from: the mailbox
+	// and example functions are deployed with its environment, labels
+	// and annotations, pointed at the bed's servers.
+	Stack *stack.Services
 	// User and Password are the gateway's basic-auth credentials, kept in
-	// Secrets as OpenFaaS keeps them.
+	// the secrets folder as OpenFaaS keeps them.
 	User, Password string
-	Secrets        string
+	secrets        string
 	// API is the rate-limited API the example function calls.
 	API *API
 	// Client talks to the gateway with the credentials, as faas-cli does.
@@ -107,149 +133,204 @@ type Bed struct {
 
 // Start starts everything and deploys the functions through the gateway;
 // on error what was started is stopped.
-func Start(ctx context.Context, cfg Config) (b *Bed, err error) {
+func Start(ctx context.Context, cfg Config) (*Bed, error) {
 	if cfg.Backend != Stan && cfg.Backend != JetStream {
 		return nil, fmt.Errorf("backend %q is not %s or %s", cfg.Backend, Stan, JetStream)
 	}
-	b = &Bed{cfg: cfg, User: "admin", procs: map[string]*proc.Process{}}
-	defer func() {
-		if err != nil {
-			b.Close()
-			b = nil
-		}
-	}()
-	if b.Password, err = randomHex(16); err != nil {
+	s, err := fnbuild.LoadStack(cfg.Bin.Stack)
+	if err != nil {
 		return nil, err
 	}
-	b.Secrets = filepath.Join(cfg.Dir, "secrets")
-	if err := writeSecrets(b.Secrets, map[string]string{"basic-auth-user": b.User, "basic-auth-password": b.Password}); err != nil {
-		return nil, err
-	}
-
-	if err := b.serve(prometheusAddress, http.HandlerFunc(emptyPrometheus)); err != nil {
-		return nil, err
-	}
-	b.API = &API{}
-	if err := b.serve(apiAddress, b.API); err != nil {
-		return nil, err
-	}
-
-	if err := b.StartNATSStreaming(); err != nil {
-		return nil, err
-	}
-	if cfg.Backend == JetStream {
-		if err := b.StartJetStream(); err != nil {
-			return nil, err
-		}
-	}
-	if err := b.startProvider(); err != nil {
-		return nil, err
-	}
-	if err := b.StartGateway(); err != nil {
-		return nil, err
-	}
-	if err := b.startQueueWorker(); err != nil {
-		return nil, err
-	}
-	gw, _ := url.Parse(GatewayURL)
-	b.Client = sdk.NewClient(gw, &sdk.BasicAuth{Username: b.User, Password: b.Password}, http.DefaultClient)
-	if err := b.deployFunctions(ctx); err != nil {
-		return nil, err
-	}
-	if err := b.StartConnector(); err != nil {
+	b := &Bed{cfg: cfg, Stack: s.Services, User: "admin", procs: map[string]*proc.Process{}}
+	if err := b.up(ctx); err != nil {
+		// A half-started bed would keep its fixed ports from the next.
+		b.Close()
 		return nil, err
 	}
 	return b, nil
 }
 
-// NATSURL is the mailbox's NATS server.
-func (b *Bed) NATSURL() string {
-	if b.cfg.Backend == JetStream {
-		return JetStreamURL
+// up starts the components in the order they need each other.
+func (b *Bed) up(ctx context.Context) error {
+	var err error
+	if b.Password, err = randomHex(16); err != nil {
+		return err
 	}
-	return NATSStreamingURL
+	b.secrets = filepath.Join(b.cfg.Dir, "secrets")
+	if err := b.SetPassword(b.Password); err != nil {
+		return err
+	}
+	if err := b.serve(prometheusAddress, http.HandlerFunc(emptyPrometheus)); err != nil {
+		return err
+	}
+	b.API = &API{}
+	if err := b.serve(apiAddress, b.API); err != nil {
+		return err
+	}
+	gw, _ := url.Parse(GatewayURL)
+	b.Client = sdk.NewClient(gw, &sdk.BasicAuth{Username: b.User, Password: b.Password}, HTTPClient)
+	for _, name := range startOrder {
+		if name == Connector {
+			// It delivers to functions: they are deployed first.
+			if err := b.deployFunctions(ctx); err != nil {
+				return err
+			}
+		}
+		if _, ok := b.component(name); ok {
+			if err := b.Start(name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Backend is the mailbox's queue backend.
 func (b *Bed) Backend() string { return b.cfg.Backend }
 
-// StartNATSStreaming starts NATS Streaming, cluster faas-cluster, on a
-// file store so that a restart keeps the mailbox's messages (OpenFaaS CE
-// starts it with --store memory, which keeps nothing).
-func (b *Bed) StartNATSStreaming() error {
-	return b.start("nats-streaming", b.cfg.Bin.StreamingServer, nil, logged("Streaming Server is ready"),
-		"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
-		"-st", "file", "--dir", filepath.Join(b.cfg.Dir, "nats-streaming"))
+// component is how the bed runs a component.
+type component struct {
+	bin   string
+	env   []string
+	args  []string
+	ready func(*proc.Process) error
 }
 
-// StartJetStream starts the NATS server with JetStream.
-func (b *Bed) StartJetStream() error {
-	return b.start("nats-jetstream", b.cfg.Bin.NATSServer, nil, logged("Server is ready"),
-		"-js", "-sd", filepath.Join(b.cfg.Dir, "jetstream"), "-a", "127.0.0.1", "-p", "4223")
-}
-
-// StartGateway starts the gateway with basic auth, NATS Streaming for
-// asynchronous invocations and the bed's provider. NATS Streaming must be
-// up: the gateway exits when it cannot reach it at start.
-func (b *Bed) StartGateway() error {
-	return b.start("gateway", b.cfg.Bin.Gateway, []string{
-		"functions_provider_url=http://127.0.0.1:" + fmt.Sprint(providerPort) + "/",
-		"faas_nats_address=127.0.0.1",
-		"faas_nats_port=4222",
-		"faas_nats_cluster_name=faas-cluster",
-		"faas_prometheus_host=127.0.0.1",
-		"faas_prometheus_port=9090",
-		"basic_auth=true",
-		"secret_mount_path=" + b.Secrets,
-		"read_timeout=65s",
-		"write_timeout=65s",
-		"upstream_timeout=60s",
-		"scale_from_zero=false",
-	}, listening("127.0.0.1:8080"))
-}
-
-// startQueueWorker starts the queue-worker, which calls functions through
-// the gateway's /function/ route, which needs no credentials. It takes
-// one message at a time and never retries: a failed asynchronous call is
-// the function's to hand to the mailbox.
-func (b *Bed) startQueueWorker() error {
-	return b.start("queue-worker", b.cfg.Bin.QueueWorker, []string{
-		"faas_nats_address=127.0.0.1",
-		"faas_nats_port=4222",
-		"faas_nats_cluster_name=faas-cluster",
-		"faas_gateway_address=127.0.0.1",
-		"faas_gateway_port=8080",
-		"ack_wait=60s",
-	}, logged("Listening on [faas-request]"))
-}
-
-// StartConnector starts the connector, reading the gateway's credentials
-// from the secrets folder.
-func (b *Bed) StartConnector() error {
-	return b.start("connector", b.cfg.Bin.Connector, append(b.mailboxEnv(),
-		"gateway_url="+GatewayURL,
-		"basic_auth=true",
-		"secret_mount_path="+b.Secrets,
-		"listen=127.0.0.1:8091",
-		"upstream_timeout=30s",
-		"log_format=json",
-	), listening("127.0.0.1:8091"))
+// component returns how the bed runs the component name, and false if
+// this bed has no such component.
+func (b *Bed) component(name string) (component, bool) {
+	switch name {
+	case NATSStreaming:
+		// Cluster faas-cluster, as OpenFaaS expects, on a file store so
+		// that a restart keeps the mailbox's messages (OpenFaaS CE runs
+		// it with --store memory, which keeps nothing).
+		return component{
+			bin: b.cfg.Bin.StreamingServer,
+			args: []string{"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
+				"-st", "file", "--dir", filepath.Join(b.cfg.Dir, NATSStreaming)},
+			ready: logged("Streaming Server is ready"),
+		}, true
+	case NATSJetStream:
+		if b.cfg.Backend != JetStream {
+			return component{}, false
+		}
+		return component{
+			bin:   b.cfg.Bin.NATSServer,
+			args:  []string{"-js", "-sd", filepath.Join(b.cfg.Dir, NATSJetStream), "-a", "127.0.0.1", "-p", "4223"},
+			ready: logged("Server is ready"),
+		}, true
+	case Provider:
+		// An image for each binary: the stack file's functions' and the
+		// test function's.
+		args := []string{"-port", strconv.Itoa(providerPort), "-state-dir", filepath.Join(b.cfg.Dir, "functions"),
+			"-image", testFnImage + "=" + b.cfg.Bin.TestFn}
+		for name, bin := range b.cfg.Bin.Functions {
+			args = append(args, "-image", b.Stack.Functions[name].Image+"="+bin)
+		}
+		return component{bin: b.cfg.Bin.Provider, args: args, ready: listening(fmt.Sprintf("127.0.0.1:%d", providerPort))}, true
+	case Gateway:
+		// Basic auth, NATS Streaming for asynchronous invocations and the
+		// bed's provider. NATS Streaming must be up: the gateway exits
+		// when it cannot reach it at start.
+		return component{
+			bin: b.cfg.Bin.Gateway,
+			env: []string{
+				"functions_provider_url=http://127.0.0.1:" + strconv.Itoa(providerPort) + "/",
+				"faas_nats_address=127.0.0.1",
+				"faas_nats_port=4222",
+				"faas_nats_cluster_name=faas-cluster",
+				"faas_prometheus_host=127.0.0.1",
+				"faas_prometheus_port=9090",
+				"basic_auth=true",
+				"secret_mount_path=" + b.secrets,
+				"read_timeout=65s",
+				"write_timeout=65s",
+				"upstream_timeout=60s",
+				"scale_from_zero=false",
+			},
+			ready: listening("127.0.0.1:8080"),
+		}, true
+	case QueueWorker:
+		// It calls functions through the gateway's /function/ route,
+		// which needs no credentials, one message at a time, and never
+		// retries: a failed asynchronous call is the function's to hand
+		// to the mailbox.
+		return component{
+			bin: b.cfg.Bin.QueueWorker,
+			env: []string{
+				"faas_nats_address=127.0.0.1",
+				"faas_nats_port=4222",
+				"faas_nats_cluster_name=faas-cluster",
+				"faas_gateway_address=127.0.0.1",
+				"faas_gateway_port=8080",
+				"ack_wait=60s",
+			},
+			ready: logged("Listening on [faas-request]"),
+		}, true
+	case Connector:
+		// It reads the gateway's credentials from the secrets folder when
+		// it starts. At debug level it logs each delivery.
+		return component{
+			bin: b.cfg.Bin.Connector,
+			env: append(b.mailboxEnv(),
+				"gateway_url="+GatewayURL,
+				"basic_auth=true",
+				"secret_mount_path="+b.secrets,
+				"listen=127.0.0.1:8091",
+				"upstream_timeout=30s",
+				"log_format=json",
+				"log_level=debug",
+			),
+			ready: listening("127.0.0.1:8091"),
+		}, true
+	}
+	return component{}, false
 }
 
 // mailboxEnv is the queue settings the mailbox function and the
 // connector share.
 func (b *Bed) mailboxEnv() []string {
+	natsURL := NATSStreamingURL
+	if b.cfg.Backend == JetStream {
+		natsURL = JetStreamURL
+	}
 	return []string{
 		"backend=" + b.cfg.Backend,
-		"nats_url=" + b.NATSURL(),
+		"nats_url=" + natsURL,
 		"nats_cluster_id=faas-cluster",
 		"channel_prefix=" + Prefix,
 		"jetstream_stream=" + Stream,
 	}
 }
 
-// Stop stops the named component (nats-streaming, nats-jetstream,
-// gateway, queue-worker, connector) with SIGTERM, or SIGKILL when kill.
+// Start starts the named component unless it is running, and returns
+// once it is ready.
+func (b *Bed) Start(name string) error {
+	c, ok := b.component(name)
+	if !ok {
+		return fmt.Errorf("this bed has no component %q", name)
+	}
+	if p := b.Process(name); p != nil && !p.Exited() {
+		return nil
+	}
+	// Whole lines, prefixed, so that the components' outputs sharing one
+	// log stay readable.
+	tee := &proc.LineWriter{Line: func(line string) { _, _ = io.WriteString(b.cfg.Log, name+": "+line+"\n") }}
+	p, err := proc.Options{Tee: tee}.Start(name, c.bin, c.env, c.args...)
+	if err != nil {
+		return err
+	}
+	if err := c.ready(p); err != nil {
+		_ = p.Stop(5 * time.Second)
+		return fmt.Errorf("%s: %w\n%s", name, err, p.Output())
+	}
+	b.mu.Lock()
+	b.procs[name] = p
+	b.mu.Unlock()
+	return nil
+}
+
+// Stop stops the named component with SIGTERM, or SIGKILL when kill.
 func (b *Bed) Stop(name string, kill bool) error {
 	b.mu.Lock()
 	p := b.procs[name]
@@ -261,21 +342,27 @@ func (b *Bed) Stop(name string, kill bool) error {
 	if kill {
 		_ = p.Signal(os.Kill)
 	}
-	_ = p.Stop(15 * time.Second)
-	return nil
+	return p.Stop(stopGrace)
 }
 
-// Output is what the named component printed so far.
-func (b *Bed) Output(name string) string {
+// NATS is the component that is the mailbox's NATS server.
+func (b *Bed) NATS() string {
+	if b.cfg.Backend == JetStream {
+		return NATSJetStream
+	}
+	return NATSStreaming
+}
+
+// Process is the named component's process, or nil when it is not
+// running.
+func (b *Bed) Process(name string) *proc.Process {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if p := b.procs[name]; p != nil {
-		return p.Output()
-	}
-	return ""
+	return b.procs[name]
 }
 
-// Close stops everything, the last started first.
+// Close stops everything, each component before those it needs, and then
+// the bed's own servers.
 func (b *Bed) Close() {
 	b.mu.Lock()
 	procs := b.procs
@@ -283,35 +370,14 @@ func (b *Bed) Close() {
 	stops := b.stops
 	b.stops = nil
 	b.mu.Unlock()
-	for _, name := range []string{"connector", "queue-worker", "gateway", "provider"} {
+	for _, name := range slices.Backward(startOrder) {
 		if p := procs[name]; p != nil {
-			_ = p.Stop(10 * time.Second)
-			delete(procs, name)
+			_ = p.Stop(stopGrace)
 		}
 	}
-	for i := len(stops) - 1; i >= 0; i-- {
-		stops[i]()
+	for _, stop := range slices.Backward(stops) {
+		stop()
 	}
-	for _, p := range procs {
-		_ = p.Stop(10 * time.Second)
-	}
-}
-
-// start runs bin as the component name and returns once ready says it
-// is ready.
-func (b *Bed) start(name, bin string, env []string, ready func(*proc.Process) error, args ...string) error {
-	p, err := proc.Options{Tee: &prefixWriter{prefix: name + ": ", w: b.cfg.Log}}.Start(name, bin, env, args...)
-	if err != nil {
-		return err
-	}
-	if err := ready(p); err != nil {
-		_ = p.Stop(5 * time.Second)
-		return fmt.Errorf("%s: %w\n%s", name, err, p.Output())
-	}
-	b.mu.Lock()
-	b.procs[name] = p
-	b.mu.Unlock()
-	return nil
 }
 
 // listening is ready once the process accepts connections on addr.
@@ -319,20 +385,12 @@ func listening(addr string) func(*proc.Process) error {
 	return func(p *proc.Process) error { return proc.WaitListening(addr, startTimeout, p) }
 }
 
-// logged is ready once the process printed line.
-func logged(line string) func(*proc.Process) error {
+// logged is ready once the process printed text.
+func logged(text string) func(*proc.Process) error {
 	return func(p *proc.Process) error {
-		deadline := time.Now().Add(startTimeout)
-		for !strings.Contains(p.Output(), line) {
-			if p.Exited() {
-				return errors.New("exited")
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("did not print %q in %s", line, startTimeout)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return nil
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		return p.WaitOutput(ctx, text)
 	}
 }
 
@@ -348,35 +406,12 @@ func (b *Bed) serve(addr string, h http.Handler) error {
 	return nil
 }
 
-// startProvider starts the provider with an image for each binary: the
-// stack.yml functions' images and the test function's.
-func (b *Bed) startProvider() error {
-	args := []string{"-port", strconv.Itoa(providerPort), "-state-dir", filepath.Join(b.cfg.Dir, "functions"),
-		"-image", TestFnImage + "=" + b.cfg.Bin.TestFn}
-	for name, bin := range b.cfg.Bin.Functions {
-		args = append(args, "-image", b.cfg.Stack.Functions[name].Image+"="+bin)
-	}
-	return b.start("provider", b.cfg.Bin.Provider, nil, listening(fmt.Sprintf("127.0.0.1:%d", providerPort)), args...)
-}
-
 func randomHex(n int) (string, error) {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(b), nil
-}
-
-func writeSecrets(dir string, secrets map[string]string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, v := range secrets {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // emptyPrometheus answers every query with an empty vector: the gateway
@@ -387,29 +422,17 @@ func emptyPrometheus(w http.ResponseWriter, _ *http.Request) {
 	_, _ = io.WriteString(w, `{"status":"success","data":{"resultType":"vector","result":[]}}`)
 }
 
-// SetPassword changes the gateway password in the secrets folder, as a
-// rotated secret would; components read it when they start.
+// SetPassword writes the gateway's credentials with password to the
+// secrets folder, as a rotated secret would; components read it when
+// they start.
 func (b *Bed) SetPassword(password string) error {
-	return writeSecrets(b.Secrets, map[string]string{"basic-auth-password": password})
-}
-
-// RestartNATS kills the mailbox's NATS server (SIGKILL: nothing is
-// flushed on the way out) and starts it again on the same data.
-func (b *Bed) RestartNATS() error {
-	name, start := "nats-streaming", b.StartNATSStreaming
-	if b.cfg.Backend == JetStream {
-		name, start = "nats-jetstream", b.StartJetStream
-	}
-	if err := b.Stop(name, true); err != nil {
-		return err
-	}
-	return start()
+	return proc.WriteSecrets(b.secrets, map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(password)})
 }
 
 // ConnectorMetric is the sum of the samples of the connector's metric
 // name, read from its /metrics.
 func (b *Bed) ConnectorMetric(name string) (float64, error) {
-	res, err := http.Get(ConnectorURL + "/metrics")
+	res, err := HTTPClient.Get(ConnectorURL + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -434,27 +457,4 @@ func (b *Bed) ConnectorMetric(name string) (float64, error) {
 		return 0, fmt.Errorf("the connector has no metric %s", name)
 	}
 	return sum, sc.Err()
-}
-
-// prefixWriter writes each whole line to w with prefix, so that the
-// outputs of several components sharing one log stay readable.
-type prefixWriter struct {
-	prefix  string
-	w       io.Writer
-	mu      sync.Mutex
-	partial []byte
-}
-
-func (pw *prefixWriter) Write(p []byte) (int, error) {
-	pw.mu.Lock()
-	defer pw.mu.Unlock()
-	pw.partial = append(pw.partial, p...)
-	for {
-		i := bytes.IndexByte(pw.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		_, _ = io.WriteString(pw.w, pw.prefix+string(pw.partial[:i+1]))
-		pw.partial = pw.partial[i+1:]
-	}
 }

@@ -3,6 +3,7 @@ package bed
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 
@@ -14,7 +15,9 @@ type Binaries struct {
 	Tools
 	// Connector is the repository's connector.
 	Connector string
-	// Functions maps a stack.yml function (Mailbox, RateLimited) to its
+	// Stack is the stack file the functions were built from.
+	Stack string
+	// Functions maps a stack file function (Mailbox, RateLimited) to its
 	// binary, built through the template as faas-cli builds the image.
 	Functions map[string]string
 	// TestFn is the test functions' binary.
@@ -23,25 +26,27 @@ type Binaries struct {
 	Provider string
 }
 
-// Build builds every binary into outDir, which must be outside the
+// build builds every binary into outDir, which must be outside the
 // repository. It needs the Go module proxy, so it runs before the bed
 // moves into its own network namespace. root is the repository.
-func Build(ctx context.Context, root, outDir string) (Binaries, error) {
-	var bin Binaries
+func build(ctx context.Context, root, outDir string) (Binaries, error) {
+	bin := Binaries{
+		Connector: filepath.Join(outDir, "connector"),
+		Stack:     filepath.Join(root, "stack.yml"),
+		TestFn:    filepath.Join(outDir, "testfn"),
+		Provider:  filepath.Join(outDir, "provider"),
+	}
 	var err error
-	if bin.Tools, err = BuildTools(ctx, filepath.Join(root, "test", "tools"), filepath.Join(outDir, "tools")); err != nil {
+	if bin.Tools, err = buildTools(ctx, filepath.Join(root, "test", "tools"), filepath.Join(outDir, "tools")); err != nil {
 		return bin, err
 	}
-	bin.Connector = filepath.Join(outDir, "connector")
 	if err := goBuild(ctx, root, outDir, "./connector"); err != nil {
 		return bin, err
 	}
-	bin.TestFn = filepath.Join(outDir, "testfn")
-	bin.Provider = filepath.Join(outDir, "provider")
-	if err := goBuild(ctx, filepath.Join(root, "test"), outDir, "./e2e/testfn", "./e2e/cmd/provider"); err != nil {
+	if err := goBuild(ctx, filepath.Join(root, "test"), outDir, "./e2e/cmd/testfn", "./e2e/cmd/provider"); err != nil {
 		return bin, err
 	}
-	fns, err := fnbuild.Build(filepath.Join(root, "stack.yml"), []string{Mailbox, RateLimited}, filepath.Join(outDir, "functions"))
+	fns, err := fnbuild.Build(bin.Stack, []string{Mailbox, RateLimited}, filepath.Join(outDir, "functions"))
 	if err != nil {
 		return bin, err
 	}
@@ -53,12 +58,19 @@ func Build(ctx context.Context, root, outDir string) (Binaries, error) {
 }
 
 // goBuild builds the main packages pkgs of the module in dir into outDir,
-// each named after the last element of its path.
+// each binary named after the last element of its import path, without a
+// major-version suffix such as /v2.
 func goBuild(ctx context.Context, dir, outDir string, pkgs ...string) error {
-	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", outDir + string(filepath.Separator)}, pkgs...)...)
+	// A trailing separator makes go build treat -o as a directory (created
+	// if missing) whatever the number of packages.
+	args := append([]string{"build", "-o", outDir + string(filepath.Separator)}, pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = dir
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %v: %v\n%s", pkgs, err, b)
+	// Each module builds as it stands alone: a go.work above it must not
+	// pull it into a workspace whose dependency versions differ.
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %v in %s: %w\n%s", args, dir, err, out)
 	}
 	return nil
 }

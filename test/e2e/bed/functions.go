@@ -11,21 +11,24 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/e2e/testfn"
 )
 
-// TestFnImage is the image name the provider maps to the test function's
+// testFnImage is the image name the provider maps to the test function's
 // binary.
-const TestFnImage = "mailbox-bed/testfn:latest"
+const testFnImage = "mailbox-bed/testfn:latest"
 
-// Test functions, all the test function's binary with a behaviour each.
+// Test functions, all the test function's binary (package testfn), each
+// named after its behaviour.
 const (
 	// Flaky answers 429 FlakyFailures times to each message, then 200.
-	Flaky         = "flaky"
+	Flaky         = testfn.Flaky
 	FlakyFailures = 2
 	// Failing always answers 500.
-	Failing = "failing"
+	Failing = testfn.Failing
 	// Slow answers 200 after SlowFor.
-	Slow    = "slow"
+	Slow    = testfn.Slow
 	SlowFor = 2 * time.Second
 )
 
@@ -46,9 +49,9 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 			"requeue_delay=1s",
 			"healthcheck_interval=1s",
 		),
-		testFn(Flaky, "behaviour=flaky", fmt.Sprintf("fail_times=%d", FlakyFailures)),
-		testFn(Failing, "behaviour=failing"),
-		testFn(Slow, "behaviour=slow", "sleep="+SlowFor.String()),
+		testFn(Flaky, fmt.Sprintf("fail_times=%d", FlakyFailures)),
+		testFn(Failing),
+		testFn(Slow, "sleep="+SlowFor.String()),
 	}
 	for _, spec := range specs {
 		status, err := b.Client.Deploy(ctx, spec)
@@ -70,33 +73,34 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 // fromStack is the deployment faas-cli makes of a stack.yml function, with
 // env put over its environment.
 func (b *Bed) fromStack(name string, env ...string) types.FunctionDeployment {
-	fn := b.cfg.Stack.Functions[name]
-	vars := maps.Clone(fn.Environment)
-	if vars == nil {
-		vars = map[string]string{}
-	}
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		vars[k] = v
-	}
+	fn := b.Stack.Functions[name]
 	return types.FunctionDeployment{
 		Service:     name,
 		Image:       fn.Image,
-		EnvVars:     vars,
+		EnvVars:     withEnv(fn.Environment, env...),
 		Labels:      deref(fn.Labels),
 		Annotations: deref(fn.Annotations),
 		Secrets:     fn.Secrets,
 	}
 }
 
+// testFn is the deployment of the test function with the behaviour name.
 func testFn(name string, env ...string) types.FunctionDeployment {
-	vars := map[string]string{}
+	labels := map[string]string{"com.openfaas.scale.min": "1"}
+	return types.FunctionDeployment{Service: name, Image: testFnImage, EnvVars: withEnv(nil, append(env, "behaviour="+name)...), Labels: &labels}
+}
+
+// withEnv is a copy of vars with the KEY=VALUE pairs of env set.
+func withEnv(vars map[string]string, env ...string) map[string]string {
+	out := maps.Clone(vars)
+	if out == nil {
+		out = map[string]string{}
+	}
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
-		vars[k] = v
+		out[k] = v
 	}
-	labels := map[string]string{"com.openfaas.scale.min": "1"}
-	return types.FunctionDeployment{Service: name, Image: TestFnImage, EnvVars: vars, Labels: &labels}
+	return out
 }
 
 // waitReady polls the gateway until the function has a ready replica.
@@ -109,7 +113,7 @@ func (b *Bed) waitReady(ctx context.Context, name string) error {
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s not ready through the gateway after %s (last error: %v); its output:\n%s",
-				name, startTimeout, err, b.Output("provider"))
+				name, startTimeout, err, b.Process(Provider).Output())
 		}
 		select {
 		case <-ctx.Done():

@@ -12,19 +12,18 @@ import (
 const envBinaries = "MAILBOX_BED_BINARIES"
 
 // Main is the main of the bed's programs (the e2e tests' TestMain and the
-// bed command). Outside the bed's network namespace it builds every
-// binary, which needs the Go module proxy, then runs this program again
-// in a namespace of its own and returns its exit code. Inside, it brings
-// up loopback and returns body's exit code. root is the repository.
+// bed command). Outside the bed's namespaces it builds every binary, which
+// needs the Go module proxy, then runs this program again in namespaces
+// of its own and returns its exit code. Inside, it returns body's exit
+// code. root is the repository.
 func Main(ctx context.Context, root string, body func(Binaries) int) int {
-	if InOwnNetwork() {
+	if isNamespaceInit() {
+		return namespaceInit()
+	}
+	if isBed() {
 		var bin Binaries
 		if err := json.Unmarshal([]byte(os.Getenv(envBinaries)), &bin); err != nil {
 			fmt.Fprintln(os.Stderr, "bed:", envBinaries+":", err)
-			return 1
-		}
-		if err := LoopbackUp(); err != nil {
-			fmt.Fprintln(os.Stderr, "bed:", err)
 			return 1
 		}
 		return body(bin)
@@ -47,7 +46,7 @@ func buildAndEnter(ctx context.Context, root string) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	bin, err := Build(ctx, root, dir)
+	bin, err := build(ctx, root, dir)
 	if err != nil {
 		return 0, err
 	}
@@ -55,5 +54,5 @@ func buildAndEnter(ctx context.Context, root string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return RunInOwnNetwork(envBinaries + "=" + string(b))
+	return runInOwnNamespaces(envBinaries + "=" + string(b))
 }

@@ -5,41 +5,67 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// envNetns marks a process that runs in the network namespace the bed
-// made for it.
+// envNetns tells a process that runInOwnNamespaces started its part: nsInit
+// or nsBed.
 const envNetns = "MAILBOX_BED_NETNS"
 
-// InOwnNetwork reports whether this process was started by
-// RunInOwnNetwork, in a network namespace of its own.
-func InOwnNetwork() bool { return os.Getenv(envNetns) == "1" }
+const (
+	// nsInit is pid 1 of the bed's pid namespace (namespaceInit).
+	nsInit = "init"
+	// nsBed is the bed itself, pid 2, started by nsInit.
+	nsBed = "bed"
+)
 
-// RunInOwnNetwork runs this program again with the same arguments and
+// isBed reports whether this process is the bed that
+// runInOwnNamespaces started in namespaces of its own.
+func isBed() bool { return os.Getenv(envNetns) == nsBed }
+
+// isNamespaceInit reports whether this process is pid 1 of the bed's
+// namespaces, which must run namespaceInit and nothing else.
+func isNamespaceInit() bool { return os.Getenv(envNetns) == nsInit }
+
+// runInOwnNamespaces runs this program again with the same arguments and
 // environment plus env, in a new network namespace that has only its own
-// loopback, and returns the exit code. The OpenFaaS CE gateway binds
-// :8080 and :8082 on every interface, hard-coded: in a namespace of its
-// own those ports are always free, and nothing the bed starts can be
-// reached from, or collide with, the machine's other programs. It needs
-// root (CAP_SYS_ADMIN), as sessions and CI have. Stdin, stdout and
-// stderr are shared, so a shell or go test's output work as usual.
-func RunInOwnNetwork(env ...string) (int, error) {
-	self, err := os.Executable()
+// loopback and a new pid namespace, and returns the exit code. The
+// OpenFaaS CE gateway binds :8080 and :8082 on every interface,
+// hard-coded: in a namespace of its own those ports are always free, and
+// nothing the bed starts can be reached from, or collide with, the
+// machine's other programs. It needs root (CAP_SYS_ADMIN), as sessions
+// and CI have. Stdin, stdout and stderr are shared, so a shell or go
+// test's output work as usual.
+//
+// The pid namespace is what guarantees that nothing the bed started
+// outlives it, whichever way it ends (a go test timeout's panic, a
+// SIGKILL): when its pid 1 exits the kernel kills every process left in
+// it. Pid 1 is namespaceInit, which runs the bed as its child.
+func runInOwnNamespaces(env ...string) (int, error) {
+	cmd, err := ownNamespacesCommand(os.Args[1:], env...)
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(append(os.Environ(), env...), envNetns+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNET,
-		// The bed's processes must not outlive it.
-		Pdeathsig: syscall.SIGKILL,
+	// SIGINT and SIGTERM are the bed's to handle: its pid 1 passes them
+	// on to it, and it stops in order.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	if err = cmd.Start(); err == nil {
+		go func() {
+			for s := range sigs {
+				_ = cmd.Process.Signal(s)
+			}
+		}()
+		err = cmd.Wait()
 	}
-	err = cmd.Run()
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
@@ -47,15 +73,97 @@ func RunInOwnNetwork(env ...string) (int, error) {
 	case errors.As(err, &exit):
 		return exit.ExitCode(), nil
 	case errors.Is(err, syscall.EPERM):
-		return 0, fmt.Errorf("the bed needs a network namespace of its own, which only root can make: %w", err)
+		return 0, fmt.Errorf("the bed needs namespaces of its own, which only root can make: %w", err)
 	default:
 		return 0, err
 	}
 }
 
-// LoopbackUp brings up lo, which a new network namespace starts with
+// ownNamespacesCommand is this program with args and this environment plus
+// env, to be run as pid 1 (namespaceInit) of a network and a pid
+// namespace of its own.
+func ownNamespacesCommand(args []string, env ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(append(os.Environ(), env...), envNetns+"="+nsInit)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWPID,
+		// Should this process die first, its pid 1 goes too, and with it
+		// the whole namespace.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	return cmd, nil
+}
+
+// namespaceInit is pid 1 of the bed's namespaces: it brings up loopback,
+// runs this program again as the bed, and returns the bed's exit code
+// once it exits, which ends the namespace and every process left in it.
+//
+// Pid 1 has two duties the bed could not take on itself. Processes whose
+// parent exits are re-parented to it, and stay zombies until it reaps
+// them: it waits for any child, which in the bed itself would steal the
+// exit statuses os/exec waits for. And a signal reaches pid 1 only
+// through a handler: SIGINT and SIGTERM are passed on to the bed, which
+// stops its components in order.
+func namespaceInit() int {
+	if err := loopbackUp(); err != nil {
+		fmt.Fprintln(os.Stderr, "bed:", err)
+		return 1
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bed:", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	env := append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, envNetns+"=") }),
+		envNetns+"="+nsBed)
+	bed, err := os.StartProcess(self, os.Args, &os.ProcAttr{Env: env, Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bed:", err)
+		return 1
+	}
+	go func() {
+		for s := range sigs {
+			_ = bed.Signal(s)
+		}
+	}()
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, syscall.EINTR):
+		case err != nil:
+			fmt.Fprintln(os.Stderr, "bed: wait:", err)
+			return 1
+		case pid != bed.Pid:
+			// An orphan, reaped.
+		case ws.Signaled():
+			return 128 + int(ws.Signal())
+		default:
+			return ws.ExitStatus()
+		}
+	}
+}
+
+// HostPID is this process's pid as the machine sees it: in the bed's pid
+// namespace os.Getpid is another number. /proc is the machine's, so
+// /proc/self names the reader by that pid.
+func HostPID() (int, error) {
+	self, err := os.Readlink("/proc/self")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(self)
+}
+
+// loopbackUp brings up lo, which a new network namespace starts with
 // down (what `ip link set lo up` does).
-func LoopbackUp() error {
+func loopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err

@@ -17,7 +17,7 @@ func TestBuildTools(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
-	tools, err := BuildTools(ctx, filepath.Join("..", "..", "tools"), t.TempDir())
+	tools, err := buildTools(ctx, filepath.Join("..", "..", "tools"), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestBuildTools(t *testing.T) {
 
 func TestBuildToolsError(t *testing.T) {
 	// A directory with no go.mod fails fast and the error carries go's output.
-	_, err := BuildTools(context.Background(), t.TempDir(), t.TempDir())
+	_, err := buildTools(context.Background(), t.TempDir(), t.TempDir())
 	if err == nil {
 		t.Fatal("want an error outside the tools module")
 	}

@@ -1,7 +1,6 @@
 package provider
 
 import (
-	"bytes"
 	"io"
 	"strings"
 	"sync"
@@ -9,15 +8,15 @@ import (
 )
 
 // output collects one function's stdout and stderr across restarts and
-// updates: each line goes to the writer from Options.Output, prefixed with
-// the function's name, and the last lines stay in memory so that a failing
-// test can print them (Provider.Logs) and the logs endpoint can serve them.
+// updates: each line goes to Options.Logs, prefixed with the function's
+// name, and the last lines stay in memory so that a failing test can
+// print them (Provider.Logs) and the logs endpoint can serve them.
 type output struct {
 	name string
 	max  int
 
-	// wmu is shared by all functions' outputs so that functions writing
-	// to one shared writer (a single log file) never interleave mid-line.
+	// wmu is shared by all functions' outputs so that their lines never
+	// interleave mid-line in Options.Logs.
 	wmu *sync.Mutex
 	w   io.Writer
 
@@ -60,36 +59,4 @@ func (o *output) String() string {
 		b.WriteByte('\n')
 	}
 	return b.String()
-}
-
-// lineWriter splits one process's output into lines. It is used as both
-// the process's Stdout and Stderr: os/exec then gives them one pipe and
-// one copying goroutine, so Write is never called concurrently and the
-// two streams stay in the order the process wrote them.
-type lineWriter struct {
-	out     *output
-	partial []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			w.partial = append(w.partial, p...)
-			break
-		}
-		w.out.add(strings.TrimSuffix(string(w.partial)+string(p[:i]), "\r"))
-		w.partial = w.partial[:0]
-		p = p[i+1:]
-	}
-	return n, nil
-}
-
-// flush emits a last line the process did not end with a newline.
-func (w *lineWriter) flush() {
-	if len(w.partial) > 0 {
-		w.out.add(string(w.partial))
-		w.partial = nil
-	}
 }

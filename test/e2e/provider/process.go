@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
 // function is one deployment: its spec and the goroutine that keeps its
@@ -106,8 +108,8 @@ func (f *function) run(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, f.exe)
 	cmd.Dir = f.dir
 	cmd.Env = f.env()
-	// The same writer for both streams: one pipe, in order (see lineWriter).
-	w := &lineWriter{out: f.out}
+	// The same writer for both streams: one pipe, in order.
+	w := &proc.LineWriter{Line: f.out.add}
 	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group, so that stopping it reaches any children and
 	// a Ctrl-C meant for the test does not reach it first.
@@ -130,7 +132,7 @@ func (f *function) run(ctx context.Context) error {
 	for {
 		select {
 		case err := <-exited:
-			w.flush()
+			w.Flush()
 			// Like a container's end: nothing of the group outlives it.
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			if err == nil {

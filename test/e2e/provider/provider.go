@@ -16,7 +16,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,6 +26,8 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
 const (
@@ -51,25 +52,18 @@ type Options struct {
 
 	// Secrets seeds the secrets store with name -> value.
 	Secrets map[string]string
-	// SecretsDir, if set, seeds it too: each regular file is a secret
-	// named after the file. Secrets wins when both name a secret.
-	SecretsDir string
 
 	// StateDir holds a directory per function: its working directory and,
 	// under secrets/, its secret_mount_path. By default a temporary
 	// directory is used and removed by Close.
 	StateDir string
 
-	// Output returns the writer for a function's stdout and stderr. It is
-	// called once per function name; every line is written to it in one
-	// Write, prefixed with "<name>: ". Writes to a writer shared by several
-	// functions are serialised. The Provider never closes it.
-	Output func(function string) io.Writer
-	// Logs is the writer for every function's output when Output is nil,
-	// e.g. the bed's one log. With neither, output is only kept in memory.
+	// Logs, if set, gets every function's stdout and stderr, e.g. the
+	// bed's one log: each line in one Write, prefixed with "<name>: ",
+	// never two at once. The Provider never closes it.
 	Logs io.Writer
-	// LogLines is how many of a function's last output lines Logs keeps.
-	// Default 500.
+	// LogLines is how many of a function's last output lines the
+	// Provider keeps in memory, for Logs and /system/logs. Default 500.
 	LogLines int
 
 	// RestartBackoff is how long a function whose process exited
@@ -102,7 +96,7 @@ type Provider struct {
 	functions map[string]*function
 	outputs   map[string]*output // outlive their function: see Logs
 	secrets   map[string][]byte
-	wmu       sync.Mutex // serialises writes to Output and Logs writers
+	wmu       sync.Mutex // serialises writes to Logs
 	closed    bool
 
 	stopServe context.CancelFunc
@@ -141,22 +135,6 @@ func New(opts Options) (*Provider, error) {
 		outputs:   map[string]*output{},
 		secrets:   map[string][]byte{},
 	}
-	if opts.SecretsDir != "" {
-		entries, err := os.ReadDir(opts.SecretsDir)
-		if err != nil {
-			return nil, fmt.Errorf("provider: secrets: %w", err)
-		}
-		for _, e := range entries {
-			if !e.Type().IsRegular() {
-				continue
-			}
-			v, err := os.ReadFile(filepath.Join(opts.SecretsDir, e.Name()))
-			if err != nil {
-				return nil, fmt.Errorf("provider: secrets: %w", err)
-			}
-			p.secrets[e.Name()] = v
-		}
-	}
 	for name, v := range opts.Secrets {
 		p.secrets[name] = []byte(v)
 	}
@@ -185,14 +163,6 @@ func (p *Provider) Addr(name string) string {
 		return f.addr()
 	}
 	return ""
-}
-
-// Ready reports whether the function's process accepts connections.
-func (p *Provider) Ready(name string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f := p.functions[name]
-	return f != nil && f.ready.Load()
 }
 
 // Restarts counts how often the function's process exited unexpectedly
@@ -252,7 +222,8 @@ func checkNamespace(ns string) error {
 
 // Deploy starts the function's process, or, if a function of that name
 // exists, replaces it as Update does. It returns once the process is
-// started, not once it accepts connections: see Ready.
+// started, not once it accepts connections: /system/function/<name>
+// tells when it does.
 func (p *Provider) Deploy(spec types.FunctionDeployment) error {
 	return p.deploy(spec, false)
 }
@@ -306,9 +277,6 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 	}
 	if out == nil {
 		out = &output{name: spec.Service, max: p.opts.LogLines, wmu: &p.wmu, w: p.opts.Logs}
-		if p.opts.Output != nil {
-			out.w = p.opts.Output(spec.Service)
-		}
 		p.mu.Lock()
 		p.outputs[spec.Service] = out
 		p.mu.Unlock()
@@ -322,13 +290,13 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 		port, created = old.port, old.created
 	} else {
 		var err error
-		if port, err = freePort(); err != nil {
-			return err
+		if port, err = proc.FreePort(); err != nil {
+			return fmt.Errorf("provider: free port: %w", err)
 		}
 	}
 
 	dir := filepath.Join(p.stateDir, spec.Service)
-	if err := writeSecrets(filepath.Join(dir, "secrets"), secrets); err != nil {
+	if err := proc.WriteSecrets(filepath.Join(dir, "secrets"), secrets); err != nil {
 		return err
 	}
 	f := &function{
@@ -348,23 +316,6 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 	p.mu.Unlock()
 	f.start()
 	p.log.Info("deployed", "function", spec.Service, "image", spec.Image, "exe", exe, "addr", f.addr())
-	return nil
-}
-
-// writeSecrets replaces dir with one file per secret, as a container's
-// secret mount would hold.
-func writeSecrets(dir string, secrets map[string][]byte) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, v := range secrets {
-		if err := os.WriteFile(filepath.Join(dir, name), v, 0o400); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -452,16 +403,4 @@ func (p *Provider) get(name string) (types.FunctionStatus, bool) {
 		return types.FunctionStatus{}, false
 	}
 	return f.status(), true
-}
-
-// freePort asks the kernel for a free loopback port. Another process may
-// take it before the function listens; the bed is its own network
-// namespace, so that is unlikely enough.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("provider: free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

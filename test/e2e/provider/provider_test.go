@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
+
+	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
 const (
@@ -29,8 +31,8 @@ const (
 // bed is the one Provider of the test binary: bootstrap.Serve runs once
 // per process, so every test (and every -count) shares it.
 var (
-	bed     *Provider
-	outputs = &syncOutputs{m: map[string]*syncBuffer{}}
+	bed    *Provider
+	logged = &syncBuffer{}
 )
 
 func TestMain(m *testing.M) {
@@ -49,12 +51,13 @@ func testMain(m *testing.M) int {
 	// the template's handler.
 	echo := filepath.Join(dir, "echo")
 	build := exec.Command("go", "build", "-o", echo, "./testdata/echo")
+	build.Env = append(os.Environ(), "GOWORK=off") // as the bed builds
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building testdata/echo: %v\n%s", err, out)
 		return 1
 	}
 
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -63,7 +66,7 @@ func testMain(m *testing.M) int {
 		Port:           port,
 		Images:         map[string]string{echoImage: echo},
 		Secrets:        map[string]string{"api-key": "s3cret"},
-		Output:         outputs.writer,
+		Logs:           logged,
 		RestartBackoff: 100 * time.Millisecond,
 		StopGrace:      grace,
 		Timeout:        10 * time.Second,
@@ -132,7 +135,7 @@ func TestAPI(t *testing.T) {
 }
 
 func TestSecondStartFails(t *testing.T) {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,9 +285,9 @@ func TestFunctionLifecycle(t *testing.T) {
 	scale(t, name, 1)
 	waitReady(t, name)
 
-	// The output went to the writer, prefixed, and is served as logs.
-	if out := outputs.get(name).String(); !strings.Contains(out, "echo: echo: listening on "+addr) {
-		t.Errorf("output writer got:\n%s\nwant lines prefixed %q", out, "echo: ")
+	// The output went to Logs, prefixed, and is served as logs.
+	if out := logged.String(); !strings.Contains(out, "echo: echo: listening on "+addr) {
+		t.Errorf("Logs got:\n%s\nwant lines prefixed %q", out, "echo: ")
 	}
 	res, body = call(t, http.MethodGet, "/system/logs?name=echo&tail=100", nil)
 	wantStatus(t, res, http.StatusOK, body)
@@ -489,24 +492,8 @@ func alive(pid int) bool {
 	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
-// syncOutputs gives each function its own buffer, as the bed gives each a
-// log file.
-type syncOutputs struct {
-	mu sync.Mutex
-	m  map[string]*syncBuffer
-}
-
-func (o *syncOutputs) writer(name string) io.Writer { return o.get(name) }
-
-func (o *syncOutputs) get(name string) *syncBuffer {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.m[name] == nil {
-		o.m[name] = &syncBuffer{}
-	}
-	return o.m[name]
-}
-
+// syncBuffer is the functions' Logs, written by their processes'
+// goroutines while the tests read it.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

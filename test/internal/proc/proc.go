@@ -1,6 +1,7 @@
 // Package proc runs the programs a test or a test bed starts: each with
-// an explicit environment, its output kept for the failure report, and
-// stopped by its own pid (SIGTERM, then SIGKILL) when the caller is done.
+// an explicit environment, the end of its output kept for the failure
+// report, and stopped by its own pid (SIGTERM, then SIGKILL) when the
+// caller is done.
 package proc
 
 import (
@@ -13,7 +14,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,11 +28,16 @@ import (
 // otherwise keep Done from closing until that child exits too.
 const waitDelay = 2 * time.Second
 
+// maxOutput is how much of a process's output is kept: the last MiB, more
+// than any failure report or awaited line needs, however long it runs.
+const maxOutput = 1 << 20
+
 // Options are the optional settings of a process.
 type Options struct {
 	// Tee, if set, also gets the process's output (stdout and stderr) as
 	// it comes, e.g. os.Stderr to watch a test bed. Its errors are
-	// ignored: the output is kept all the same.
+	// ignored: the output is kept all the same. Once the process has
+	// exited, its Flush method, if it has one (LineWriter), is called.
 	Tee io.Writer
 }
 
@@ -41,9 +49,10 @@ type Process struct {
 	done chan struct{}
 	err  error // cmd.Wait's, set before done is closed
 
-	mu  sync.Mutex
-	out bytes.Buffer
-	tee io.Writer
+	mu      sync.Mutex
+	out     []byte // the last maxOutput bytes, and up to as many before them
+	written int64  // bytes written in all
+	tee     io.Writer
 }
 
 // Start starts bin with args and exactly the environment env: nothing is
@@ -65,6 +74,11 @@ func (o Options) Start(name, bin string, env []string, args ...string) (*Process
 	}
 	go func() {
 		p.err = p.cmd.Wait()
+		if f, ok := p.tee.(interface{ Flush() }); ok {
+			p.mu.Lock()
+			f.Flush()
+			p.mu.Unlock()
+		}
 		close(p.done)
 	}()
 	return p, nil
@@ -77,7 +91,13 @@ type writer Process
 func (w *writer) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.out.Write(b)
+	w.out = append(w.out, b...)
+	w.written += int64(len(b))
+	if len(w.out) > 2*maxOutput {
+		// Copied, not resliced, so that what is dropped is freed; at
+		// twice the bound, so that copies are rare.
+		w.out = append([]byte(nil), w.out[len(w.out)-maxOutput:]...)
+	}
 	if w.tee != nil {
 		// An error here must not reach exec's copier, which would stop
 		// reading and leave the program blocked on a full pipe.
@@ -86,11 +106,29 @@ func (w *writer) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// Output is everything the process has written so far.
+// Output is what the process has written so far: all of it, or its last
+// MiB.
 func (p *Process) Output() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.out.String()
+	return string(p.out[max(0, len(p.out)-maxOutput):])
+}
+
+// Written is how many bytes the process has written so far: a mark for
+// OutputSince.
+func (p *Process) Written() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.written
+}
+
+// OutputSince is what the process has written after the mark Written
+// returned, as far as Output still holds it.
+func (p *Process) OutputSince(mark int64) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	from := len(p.out) - int(p.written-mark)
+	return string(p.out[max(0, from, len(p.out)-maxOutput):])
 }
 
 // Done is closed once the process has exited and its output is read.
@@ -163,13 +201,9 @@ func (p *Process) Stop(grace time.Duration) error {
 // it is, another value in JSON. It fails when ctx is done or the process
 // exits without such a line.
 func (p *Process) LogField(ctx context.Context, msg, field string) (string, error) {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		// Exited is read before the output: once exited, the output is
-		// complete, so a line written just before the exit is seen.
-		exited := p.Exited()
-		for line := range strings.Lines(p.Output()) {
+	var value string
+	err := p.waitFor(ctx, fmt.Sprintf("a log line with msg %q and %s", msg, field), func(out string) bool {
+		for line := range strings.Lines(out) {
 			var rec map[string]json.RawMessage
 			if json.Unmarshal([]byte(line), &rec) != nil {
 				continue
@@ -182,35 +216,115 @@ func (p *Process) LogField(ctx context.Context, msg, field string) (string, erro
 			if !ok {
 				continue
 			}
-			var s string
-			if json.Unmarshal(raw, &s) == nil {
-				return s, nil
+			if json.Unmarshal(raw, &value) != nil {
+				value = string(raw)
 			}
-			return string(raw), nil
+			return true
+		}
+		return false
+	})
+	return value, err
+}
+
+// WaitOutput waits until the process has printed text. It fails when ctx
+// is done or the process exits without printing it.
+func (p *Process) WaitOutput(ctx context.Context, text string) error {
+	return p.waitFor(ctx, fmt.Sprintf("%q", text), func(out string) bool { return strings.Contains(out, text) })
+}
+
+// waitFor polls the output until found reports that it holds what, and
+// fails when ctx is done or the process exits first.
+func (p *Process) waitFor(ctx context.Context, what string, found func(out string) bool) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Exited is read before the output: once exited, the output is
+		// complete, so a line written just before the exit is seen.
+		exited := p.Exited()
+		if found(p.Output()) {
+			return nil
 		}
 		if exited {
-			return "", fmt.Errorf("%s exited (%v) without logging %q with %s", p.Name, p.err, msg, field)
+			return fmt.Errorf("%s exited (%v) without printing %s", p.Name, p.err, what)
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("%s did not log %q with %s: %w", p.Name, msg, field, context.Cause(ctx))
+			return fmt.Errorf("%s has not printed %s: %w", p.Name, what, context.Cause(ctx))
 		case <-p.done:
 		case <-tick.C:
 		}
 	}
 }
 
-// FreeAddr returns a 127.0.0.1 address with a port that was free just now,
-// for a program that must be told its address before it starts. Another
-// program may take the port in between; the callers' programs are
-// started right after.
-func FreeAddr() (string, error) {
+// LineWriter calls Line with each line written to it, without its line
+// ending, so that output shared by several programs, or kept line by
+// line, holds whole lines. Flush passes on a last line left without a
+// newline. It is not safe for concurrent use; a Process calls its Tee
+// under a lock, and exec.Cmd copies one writer given as both Stdout and
+// Stderr in one goroutine.
+type LineWriter struct {
+	Line    func(string)
+	partial []byte
+}
+
+func (w *LineWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			w.partial = append(w.partial, b...)
+			return n, nil
+		}
+		w.Line(strings.TrimSuffix(string(w.partial)+string(b[:i]), "\r"))
+		w.partial = w.partial[:0]
+		b = b[i+1:]
+	}
+}
+
+// Flush passes on the last line if it had no newline.
+func (w *LineWriter) Flush() {
+	if len(w.partial) > 0 {
+		w.Line(string(w.partial))
+		w.partial = w.partial[:0]
+	}
+}
+
+// FreePort returns a 127.0.0.1 TCP port that was free just now, for a
+// program that must be told its port before it starts. Another program
+// may take it in between; the callers' programs are started right after.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreeAddr is FreePort as a 127.0.0.1 address.
+func FreeAddr() (string, error) {
+	port, err := FreePort()
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
+}
+
+// WriteSecrets replaces dir with one file per secret, named after it, as
+// programs reading OpenFaaS secrets from their secret_mount_path expect.
+func WriteSecrets(dir string, secrets map[string][]byte) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, v := range secrets {
+		if err := os.WriteFile(filepath.Join(dir, name), v, 0o400); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // WaitListening waits up to timeout for a TCP listener on addr. If p is

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,5 +135,92 @@ func TestEnviron(t *testing.T) {
 	got := Environ(map[string]string{"b": "2", "a": "1=x"})
 	if strings.Join(got, " ") != "a=1=x b=2" {
 		t.Errorf("Environ = %q", got)
+	}
+}
+
+func TestWaitOutput(t *testing.T) {
+	p := sh(t, Options{}, `echo starting; sleep 0.1; echo 'Server is ready'; exec sleep 30`)
+	if err := p.WaitOutput(t.Context(), "Server is ready"); err != nil {
+		t.Fatal(err)
+	}
+	exits := sh(t, Options{}, `echo other; exit 1`)
+	if err := exits.WaitOutput(t.Context(), "Server is ready"); err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Errorf("WaitOutput on a process that exits = %v", err)
+	}
+}
+
+func TestOutputSince(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	p := sh(t, Options{}, `echo before; while [ ! -e '`+gate+`' ]; do sleep 0.01; done; echo after; exec sleep 30`)
+	if err := p.WaitOutput(t.Context(), "before"); err != nil {
+		t.Fatal(err)
+	}
+	mark := p.Written()
+	if got := p.OutputSince(mark); got != "" {
+		t.Errorf("OutputSince(mark) = %q before anything more was written", got)
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitOutput(t.Context(), "after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.OutputSince(mark); got != "after\n" {
+		t.Errorf("OutputSince(mark) = %q, want after", got)
+	}
+	if got := p.OutputSince(0); got != "before\nafter\n" {
+		t.Errorf("OutputSince(0) = %q, want it all", got)
+	}
+}
+
+func TestOutputKeepsTheEnd(t *testing.T) {
+	// 3 MiB of x, then a last line: the end is kept, within the bound.
+	p := sh(t, Options{}, `head -c 3145728 /dev/zero | tr '\0' x; echo; echo last`)
+	if err := p.Wait(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := p.Output()
+	if len(out) != maxOutput || !strings.HasSuffix(out, "x\nlast\n") {
+		t.Errorf("kept %d bytes ending %q, want %d ending with the last line", len(out), out[max(0, len(out)-10):], maxOutput)
+	}
+}
+
+func TestLineWriter(t *testing.T) {
+	var lines []string
+	w := &LineWriter{Line: func(l string) { lines = append(lines, l) }}
+	for _, s := range []string{"one\r\ntw", "o\n", "\nthr", "ee"} {
+		if n, err := w.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	w.Flush()
+	w.Flush()
+	if got := strings.Join(lines, "|"); got != "one|two||three" {
+		t.Errorf("lines %q, want one|two||three", got)
+	}
+	// Started with a LineWriter as Tee, the process's unterminated last
+	// line arrives once it has exited.
+	lines = nil
+	p := sh(t, Options{Tee: w}, `printf 'a\nb'`)
+	<-p.Done()
+	if got := strings.Join(lines, "|"); got != "a|b" {
+		t.Errorf("tee lines %q, want a|b", got)
+	}
+}
+
+func TestWriteSecrets(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "secrets")
+	if err := WriteSecrets(dir, map[string][]byte{"old": []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSecrets(dir, map[string][]byte{"user": []byte("admin")}); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 || entries[0].Name() != "user" {
+		t.Fatalf("dir holds %v (%v), want user alone", entries, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "user")); string(b) != "admin" || err != nil {
+		t.Errorf("user = %q, %v", b, err)
 	}
 }

@@ -21,8 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/openfaas/go-sdk/stack"
-
 	"github.com/openfaas/mailbox/test/e2e/bed"
 )
 
@@ -34,7 +32,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(bed.Main(ctx, *root, func(bin bed.Binaries) int {
-		if err := run(ctx, *root, *backend, *shell, bin); err != nil {
+		if err := run(ctx, *backend, *shell, bin); err != nil {
 			fmt.Fprintln(os.Stderr, "bed:", err)
 			return 1
 		}
@@ -42,24 +40,27 @@ func main() {
 	}))
 }
 
-func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries) error {
-	s, err := stack.ParseYAMLFile(filepath.Join(root, "stack.yml"), "", "", true)
-	if err != nil {
-		return err
-	}
+func run(ctx context.Context, backend string, shell bool, bin bed.Binaries) (err error) {
 	dir, err := os.MkdirTemp("", "mailbox-bed-run-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	logs, err := os.Create(filepath.Join(dir, "bed.log"))
 	if err != nil {
 		return err
 	}
-	defer logs.Close()
+	defer func() {
+		logs.Close()
+		if err != nil {
+			// Kept, with the servers' data, to see what went wrong.
+			err = fmt.Errorf("%w\nEvery component's output: %s", err, logs.Name())
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	b, err := bed.Start(startCtx, bed.Config{Backend: backend, Bin: bin, Stack: s, Dir: dir, Log: logs})
+	b, err := bed.Start(startCtx, bed.Config{Backend: backend, Bin: bin, Dir: dir, Log: logs})
 	if err != nil {
 		return err
 	}
@@ -73,7 +74,7 @@ func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries
 
   export OPENFAAS_URL=%[3]s
   curl -i $OPENFAAS_URL/function/mailbox/deadletter/flaky -H 'X-Delay-Duration: 1' -d hello
-  curl -s $OPENFAAS_URL/function/flaky/calls
+  curl -s "$OPENFAAS_URL/function/flaky/calls?id=<the id it answered>"
   curl -s -u %[4]s:%[5]s $OPENFAAS_URL/system/functions
 
 `, backend, logs.Name(), bed.GatewayURL, b.User, b.Password, bed.ConnectorURL)
@@ -87,7 +88,13 @@ func run(ctx context.Context, root, backend string, shell bool, bin bed.Binaries
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		return cmd.Run()
 	}
-	fmt.Printf("From another terminal: nsenter --net=/proc/%d/ns/net bash\nCtrl-C stops the bed.\n", os.Getpid())
+	// os.Getpid is this process's pid in the bed's pid namespace; nsenter
+	// runs outside it.
+	pid, err := bed.HostPID()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("From another terminal: nsenter --net=/proc/%d/ns/net bash\nCtrl-C stops the bed.\n", pid)
 	<-ctx.Done()
 	return nil
 }

@@ -50,7 +50,6 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("provider", flag.ContinueOnError)
 	port := fs.Int("port", 8081, "TCP port of the provider API (all interfaces)")
 	stateDir := fs.String("state-dir", "", "functions' working and secrets directories (default: a temporary one)")
-	secretsDir := fs.String("secrets-dir", "", "a folder whose files seed the secrets store")
 	imgs := images{}
 	fs.Var(imgs, "image", "image=path: run path for deployments of image (repeat)")
 	if err := fs.Parse(args); err != nil {
@@ -58,12 +57,11 @@ func run(ctx context.Context, args []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	p, err := provider.New(provider.Options{
-		Port:       *port,
-		Images:     imgs,
-		StateDir:   *stateDir,
-		SecretsDir: *secretsDir,
-		Logs:       os.Stdout,
-		Logger:     logger,
+		Port:     *port,
+		Images:   imgs,
+		StateDir: *stateDir,
+		Logs:     os.Stdout,
+		Logger:   logger,
 	})
 	if err != nil {
 		return err
