@@ -275,10 +275,12 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	}
 	e = d.Next
 
+	fnLabel := h.metrics.function.Label(function)
+	h.metrics.received.WithLabelValues(fnLabel).Inc()
 	h.metrics.bodyBytes.Observe(float64(len(body)))
 	w.Header().Set(envelope.HeaderMessageID, e.ID)
 	if d.Action == delivery.DeadLetter {
-		h.metrics.deadLetters.WithLabelValues(e.Reason).Inc()
+		h.metrics.deadLetters.WithLabelValues(fnLabel, e.Reason).Inc()
 		h.log.Info("requeue: dead-lettered", "function", function, "id", e.ID, "reason", e.Reason, "retries", e.Retries, "max_retries", policy.MaxRetries)
 		return writeJSON(w, http.StatusOK, deadLetteredResponse{
 			Status:     "dead-lettered",

@@ -7,16 +7,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
 )
 
-// metrics are deliberately few and carry no function label: the function
-// name comes from callers, so a label on it would have unbounded
-// cardinality.
+// metrics are deliberately few. The function name comes from callers, so
+// its label goes through names.Bounded.
 type metrics struct {
 	requests    *prometheus.CounterVec
+	received    *prometheus.CounterVec
 	bodyBytes   prometheus.Histogram
 	deadLetters *prometheus.CounterVec // shared with the connector
+	function    *names.Bounded
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -25,6 +27,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mailbox_requeue_requests_total",
 			Help: "Requests to /deadletter/<function>, by HTTP status code answered.",
 		}, []string{"code"}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mailbox_received_total",
+			Help: "Messages stored by /deadletter/<function> (scheduled or dead-lettered), by function.",
+		}, []string{"function"}),
+		function: names.NewBounded(names.MaxLabels),
 		bodyBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mailbox_requeue_body_bytes",
 			Help: "Size of the request bodies stored by /deadletter/<function>.",
@@ -33,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	var registered []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.requests, m.bodyBytes} {
+	for _, c := range []prometheus.Collector{m.requests, m.received, m.bodyBytes} {
 		if err := reg.Register(c); err != nil {
 			// Leave the registry as it was, so a caller that handles the
 			// error can retry on the same registry.

@@ -195,7 +195,7 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			d.m.deferred.Inc()
+			d.m.deferred.WithLabelValues(d.m.function.Label(e.Function)).Inc()
 			return d.act(ctx, e, delivery.Defer(e, time.Now().UTC().Add(retryAfter), slot), delivery.Result{})
 		}
 		defer release()
@@ -220,10 +220,11 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 
 // call makes one attempt with do, decides and stores the outcome.
 func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy delivery.Policy, do func() delivery.Result) error {
+	fn := d.m.function.Label(e.Function)
 	start := time.Now()
-	d.m.lateness.Observe(start.Sub(e.DueAt).Seconds())
+	d.m.lateness.WithLabelValues(fn).Observe(start.Sub(e.DueAt).Seconds())
 	res := do()
-	d.m.duration.Observe(time.Since(start).Seconds())
+	d.m.duration.WithLabelValues(fn).Observe(time.Since(start).Seconds())
 	if ctx.Err() != nil {
 		// Shutting down or the broker connection is gone: this call does
 		// not count as an attempt.
@@ -241,17 +242,24 @@ func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery
 		return err
 	}
 	log := d.log.With("id", e.ID, "kind", e.Kind, "function", e.Function, "retries", e.Retries, "status", res.Status)
+	fn := d.m.function.Label(e.Function)
+	if e.Kind == envelope.KindCallback {
+		// A callback is not a delivery to the function it reports on.
+		d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
+		log.Debug("callback", "url", e.CallbackURL, "action", dec.Action.String())
+		return nil
+	}
 	switch {
 	case dec.Action == delivery.Ack:
-		d.m.delivered.Inc()
+		d.m.delivered.WithLabelValues(fn).Inc()
 		log.Debug("delivered")
 	case dec.Action == delivery.Retry && dec.Next.Retries == e.Retries:
 		log.Debug("held back, not an attempt", "due_at", dec.Next.DueAt, "no_such_function", res.NoSuchFunction)
 	case dec.Action == delivery.Retry:
-		d.m.retried.Inc()
+		d.m.retried.WithLabelValues(fn).Inc()
 		log.Info("delivery failed, retry scheduled", "due_at", dec.Next.DueAt, "error", res.Err)
 	case dec.Action == delivery.DeadLetter:
-		d.m.deadLetters.WithLabelValues(dec.Next.Reason).Inc()
+		d.m.deadLetters.WithLabelValues(fn, dec.Next.Reason).Inc()
 		log.Warn("message is now a dead letter", "reason", dec.Next.Reason, "error", res.Err,
 			"routed_to", routedTo(dec), "callback", dec.Callback != nil)
 	}

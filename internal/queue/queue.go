@@ -47,16 +47,16 @@ var (
 	ErrTooLarge = errors.New("queue: message too large")
 )
 
-// DeadLetterCounter returns mailbox_dead_letters_total{reason} on reg,
-// registering it on first use. The API, the connector and a backend that
-// buries malformed messages each store dead letters; asking for the
-// counter here makes them count into the same series when they share a
-// registry, as in the standalone server.
+// DeadLetterCounter returns mailbox_dead_letters_total{function,reason}
+// on reg, registering it on first use. The API, the connector and a
+// backend that buries malformed messages (function "") each store dead
+// letters; asking for the counter here makes them count into the same
+// series when they share a registry, as in the standalone server.
 func DeadLetterCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailbox_dead_letters_total",
-		Help: "Messages stored as dead letters, by reason.",
-	}, []string{"reason"})
+		Help: "Messages stored as dead letters, by function and reason.",
+	}, []string{"function", "reason"})
 	if err := reg.Register(c); err != nil {
 		var already prometheus.AlreadyRegisteredError
 		if !errors.As(err, &already) {
@@ -68,8 +68,6 @@ func DeadLetterCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error
 		}
 		return existing, nil
 	}
-	// Known reasons start at zero so alerts can use rate() from the start.
-	c.WithLabelValues(envelope.ReasonMaxRetries)
 	return c, nil
 }
 

@@ -209,7 +209,7 @@ func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
 		return nil, false
 	}
 	if d.DeadLetters != nil {
-		d.DeadLetters.WithLabelValues(envelope.ReasonMalformed).Inc()
+		d.DeadLetters.WithLabelValues("", envelope.ReasonMalformed).Inc()
 	}
 	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", err)
 	Ack(d.Log, m, dead.ID)

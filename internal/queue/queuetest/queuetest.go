@@ -522,6 +522,6 @@ func testMalformed(t *testing.T, s Server) {
 	}
 	// Counted just after the dead letter is stored.
 	poll.Until(t, 5*time.Second, "mailbox_dead_letters_total{reason=malformed} = 1", func() bool {
-		return testutil.ToFloat64(c.WithLabelValues(envelope.ReasonMalformed)) == 1
+		return testutil.ToFloat64(c.WithLabelValues("", envelope.ReasonMalformed)) == 1
 	})
 }
