@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,7 @@ var scenarios = []struct {
 	{"FunctionsListedWithStackMetadata", false, testListed},
 	{"RequeuesItselfUntilItSucceeds", false, testRequeuesItself},
 	{"FailingEndsAsDeadLetter", false, testFailing},
+	{"AnnotationsFromTheGateway", false, testAnnotations},
 	{"ConnectorRetriesFlaky", false, testFlaky},
 	{"SlowDoesNotHoldOthers", false, testSlow},
 	{"AsyncInvocationHandedToMailbox", false, testAsync},
@@ -374,6 +376,30 @@ func testFailing(t *testing.T, b *bed.Bed) {
 	if dead.Reason != envelope.ReasonMaxRetries || dead.Retries != 2 || dead.LastStatus != http.StatusInternalServerError ||
 		dead.Function != bed.Failing || string(dead.Body) != "failing" {
 		t.Fatalf("dead letter %+v, want reason %s after X-Retries 2 with status 500", dead, envelope.ReasonMaxRetries)
+	}
+}
+
+// testAnnotations: with no X-Max-Retries, the failing function's
+// annotations (max-retries 1, delay 1 s), read by the connector through the
+// gateway, decide: two calls, then the dead letter.
+func testAnnotations(t *testing.T, b *bed.Bed) {
+	// The wait before the first delivery is the API's to set, and it
+	// knows no annotations: the header keeps it short.
+	id := requeue(t, bed.Failing, "annotated", map[string]string{"X-Delay-Duration": "1"})
+	waitHistories(t, 30*time.Second, bed.Failing, "0:500 1:500", id)
+	var dead *envelope.Envelope
+	until(t, 10*time.Second, "the dead letter", func() error {
+		if dead = deadLetter(t, b, id); dead == nil {
+			return errors.New("none stored")
+		}
+		return nil
+	})
+	if dead.Reason != envelope.ReasonMaxRetries || dead.Retries != bed.FailingMaxRetries {
+		t.Fatalf("dead letter %+v, want reason %s after X-Retries %d", dead, envelope.ReasonMaxRetries, bed.FailingMaxRetries)
+	}
+	calls := waitHistories(t, time.Second, bed.Failing, "0:500 1:500", id)[id]
+	if got := calls[0].MaxRetries; got != strconv.Itoa(bed.FailingMaxRetries) {
+		t.Fatalf("delivered with X-Max-Retries %q, want the annotation's %d", got, bed.FailingMaxRetries)
 	}
 }
 

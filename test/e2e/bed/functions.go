@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,8 +26,10 @@ const (
 	// Flaky answers 429 FlakyFailures times to each message, then 200.
 	Flaky         = testfn.Flaky
 	FlakyFailures = 2
-	// Failing always answers 500.
-	Failing = testfn.Failing
+	// Failing always answers 500. Its annotations set max-retries to
+	// FailingMaxRetries and the delay to 1 s.
+	Failing           = testfn.Failing
+	FailingMaxRetries = 1
 	// Slow answers 200 after SlowFor.
 	Slow    = testfn.Slow
 	SlowFor = 2 * time.Second
@@ -50,7 +53,12 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 			"healthcheck_interval=1s",
 		),
 		testFn(Flaky, fmt.Sprintf("fail_times=%d", FlakyFailures)),
-		testFn(Failing),
+		withAnnotations(testFn(Failing), map[string]string{
+			// Read by the connector from the gateway's /system/functions;
+			// a message's own X-Max-Retries and X-Delay-Duration win.
+			"com.openfaas.mailbox.max-retries": strconv.Itoa(FailingMaxRetries),
+			"com.openfaas.mailbox.delay":       "1",
+		}),
 		testFn(Slow, "sleep="+SlowFor.String()),
 	}
 	for _, spec := range specs {
@@ -82,6 +90,12 @@ func (b *Bed) fromStack(name string, env ...string) types.FunctionDeployment {
 		Annotations: deref(fn.Annotations),
 		Secrets:     fn.Secrets,
 	}
+}
+
+// withAnnotations is spec with annotations.
+func withAnnotations(spec types.FunctionDeployment, annotations map[string]string) types.FunctionDeployment {
+	spec.Annotations = &annotations
+	return spec
 }
 
 // testFn is the deployment of the test function with the behaviour name.
