@@ -176,7 +176,8 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 		return d.act(ctx, e, dec, delivery.Result{})
 	}
 	if err == nil && !found {
-		return d.act(ctx, e, delivery.Decide(e, policy, delivery.Result{NoSuchFunction: true}, now, rand.Float64()), delivery.Result{})
+		missing := delivery.Result{NoSuchFunction: true}
+		return d.act(ctx, e, delivery.Decide(e, policy, missing, now, rand.Float64()), missing)
 	}
 
 	if lim := fn.Limits; lim != (limit.Limits{}) {

@@ -142,8 +142,12 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		Prefix:          cfg.ChannelPrefix,
 		// A replica gone silent may still have calls running until their
 		// handler timeout: its share is not taken over before.
-		MaxCall:    handlerTimeout(cfg) + limitHeartbeat,
-		Heartbeat:  limitHeartbeat,
+		MaxCall:   handlerTimeout(cfg) + limitHeartbeat,
+		Heartbeat: limitHeartbeat,
+		// Rate slots are reserved this far ahead by the replicas known
+		// then: a connector that starts waits about this long for its
+		// first slot, and a backlog beyond it is stored again later.
+		Horizon:    limitHorizon,
 		Logger:     logger,
 		Registerer: reg,
 	})
@@ -180,6 +184,9 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 // limitHeartbeat is how often connectors tell each other they share the
 // limits; every replica must use the same.
 const limitHeartbeat = time.Second
+
+// limitHorizon: see limit.Options.Horizon.
+const limitHorizon = 10 * time.Second
 
 // Credentials reads the gateway's basic-auth credentials from
 // secret_mount_path when basic_auth is set, and nil otherwise.
