@@ -917,13 +917,9 @@ func TestMaxConcurrencyHoldsCallsToOneAtATime(t *testing.T) {
 }
 
 // A connector takes its first rate slot only once the limiter's horizon
-// (1 min, which Dispatcher does not change) and its settle periods have
-// passed since it started (see internal/limit), so this test waits over a
-// minute before the first call; -short skips it.
+// (10 s) and its settle periods have passed since it started (see
+// internal/limit), so this test waits that long before the first call.
 func TestRateLimitSpreadsCalls(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits over a minute for the limiter's first rate slot")
-	}
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		limited := b.deploy("limited", nil, map[string]string{catalog.AnnotationRate: "5/s"})
 		const n = 20
