@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
 )
 
 // States of a message.
@@ -130,4 +132,28 @@ func Decode(data []byte) (Status, error) {
 		return Status{}, fmt.Errorf("%w: no id or status", ErrFormat)
 	}
 	return s, nil
+}
+
+// Of is the status of e in state at now: its id, function, kind, attempts,
+// holds and life (AcceptedAt); the due time of a waiting message, the
+// reason of a dead letter and the HTTP status of its last failed call.
+func Of(e *envelope.Envelope, state string, now time.Time) Status {
+	s := Status{
+		ID:         e.ID,
+		Function:   e.Function,
+		Kind:       e.Kind,
+		State:      state,
+		Retries:    e.Retries,
+		Holds:      e.Holds,
+		LastStatus: e.LastStatus,
+		AcceptedAt: e.AcceptedAt.UTC(),
+		UpdatedAt:  now.UTC(),
+	}
+	switch state {
+	case Waiting:
+		s.DueAt = e.DueAt.UTC()
+	case DeadLettered:
+		s.Reason = e.Reason
+	}
+	return s
 }
