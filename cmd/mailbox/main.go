@@ -110,6 +110,10 @@ func embed(cfg config.Config) (url string, shutdown func(), err error) {
 			Retention: cfg.MaxDelay + outageTolerance,
 			// Dead letters are kept until they are dealt with.
 			DeadLetterChannel: stan.DeadLetterChannel(cfg.ChannelPrefix),
+			// A status is asked for until status_retention after the
+			// message's last step, at most max_delay after it was recorded.
+			StatusChannel: stan.StatusChannel(cfg.ChannelPrefix),
+			StatusMaxAge:  cfg.MaxDelay + cfg.StatusRetention,
 		})
 		if err != nil {
 			return "", nil, err

@@ -23,6 +23,7 @@ import (
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // retryAfterSeconds is sent with 503 answers: long enough for a broker
@@ -56,6 +57,11 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Gatherer is served on /metrics and /_metrics. Required.
 	Gatherer prometheus.Gatherer
+
+	// StatusRetention is how long statuses are kept, as the queue was
+	// told; GET /messages/<id> names it when it knows no status. Defaults
+	// to 24h.
+	StatusRetention time.Duration
 
 	// Logger receives operational logs; request bodies are never logged.
 	// Defaults to discarding logs.
@@ -105,6 +111,8 @@ type handler struct {
 	now             func() time.Time
 	metrics         *metrics
 	ops             http.Handler
+	status          *status.Recorder
+	retention       time.Duration
 }
 
 // New returns the requeue API handler. It fails when o is invalid or its
@@ -118,6 +126,16 @@ func New(o Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	rec, err := status.NewRecorder(o.Queue, o.Registerer, o.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("api: registering metrics: %w", err)
+	}
+	if o.StatusRetention <= 0 {
+		o.StatusRetention = 24 * time.Hour
+	}
 	h := &handler{
 		queue:           o.Queue,
 		defaults:        o.Defaults,
@@ -127,9 +145,8 @@ func New(o Options) (http.Handler, error) {
 		now:             o.Now,
 		metrics:         m,
 		ops:             Ops(o.Queue, o.Gatherer),
-	}
-	if h.log == nil {
-		h.log = slog.New(slog.DiscardHandler)
+		status:          rec,
+		retention:       o.StatusRetention,
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -145,6 +162,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/deadletter" || strings.HasPrefix(path, deadletterPrefix):
 		code := h.requeue(w, r, path)
 		h.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	case path == "/messages" || strings.HasPrefix(path, messagesPrefix):
+		h.messageStatus(w, r, path)
 	case path == "/healthz" || path == "/metrics" || path == "/_metrics":
 		h.ops.ServeHTTP(w, r)
 	default:
@@ -273,6 +292,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	if err := d.Store(r.Context(), h.queue); err != nil {
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
+	h.status.Record(d.Statuses(e, 0, now)...)
 	e = d.Next
 
 	fnLabel := h.metrics.function.Label(function)

@@ -21,6 +21,7 @@ import (
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // memQueue is an in-memory queue.Queue that records what it was asked to
@@ -37,6 +38,10 @@ type memQueue struct {
 	deadErr       error
 	maxPayload    int
 	connected     bool
+	// statuses are the latest status of each id; statusErr fails both
+	// RecordStatus and Status.
+	statuses  map[string]status.Status
+	statusErr error
 }
 
 var _ queue.Queue = (*memQueue)(nil)
@@ -69,6 +74,43 @@ func (q *memQueue) DeadLetter(_ context.Context, e *envelope.Envelope) error {
 func (q *memQueue) Consume(ctx context.Context, _ queue.Handler) error {
 	<-ctx.Done()
 	return ctx.Err()
+}
+
+func (q *memQueue) RecordStatus(_ context.Context, s status.Status) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.statusErr != nil {
+		return q.statusErr
+	}
+	if old, ok := q.statuses[s.ID]; ok && !s.Supersedes(old, time.Now()) {
+		return nil
+	}
+	if q.statuses == nil {
+		q.statuses = map[string]status.Status{}
+	}
+	q.statuses[s.ID] = s
+	return nil
+}
+
+func (q *memQueue) Status(_ context.Context, id string) (status.Status, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.statusErr != nil {
+		return status.Status{}, q.statusErr
+	}
+	s, ok := q.statuses[id]
+	if !ok {
+		return status.Status{}, queue.ErrNoStatus
+	}
+	return s, nil
+}
+
+// status returns the latest status recorded for id.
+func (q *memQueue) status(id string) (status.Status, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.statuses[id]
+	return s, ok
 }
 
 func (q *memQueue) MaxPayload() int {

@@ -51,6 +51,10 @@ type Config struct {
 	// DeadLetterMaxAge bounds how long JetStream keeps dead letters; zero
 	// keeps them until removed. Defaults to 0.
 	DeadLetterMaxAge time.Duration
+	// StatusRetention is how long a message's status is kept after its
+	// last step (a waiting message's: after it is due); greater than
+	// zero. Defaults to 24h.
+	StatusRetention time.Duration
 	// NATSClusterID is the NATS Streaming cluster id ([A-Za-z0-9_-]+).
 	// Defaults to faas-cluster.
 	NATSClusterID string

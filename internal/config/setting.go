@@ -147,6 +147,14 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "status_retention", Default: "24h",
+			Usage: "how long GET /messages/<id> still answers after a message's last step (for a waiting message, after it is due)",
+			apply: func(c *Config, v string) (err error) {
+				c.StatusRetention, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
 			Name: "channel_prefix", Default: "mailbox",
 			Usage: "prefix of the queue channel names",
 			apply: func(c *Config, v string) error {

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // ResponseLimit is the most of a failed invocation's response body kept in
@@ -329,4 +330,38 @@ func (d Decision) Store(ctx context.Context, s Storer) error {
 		return s.DeadLetter(ctx, d.Next)
 	}
 	return nil
+}
+
+// Statuses are the steps to record once d, a decision about e, is stored:
+// e waiting (Retry), delivered (Ack, with code, the call's HTTP status)
+// or dead-lettered (naming its route and callback), and the route and
+// the callback waiting under their own ids.
+func (d Decision) Statuses(e *envelope.Envelope, code int, now time.Time) []status.Status {
+	var out []status.Status
+	switch d.Action {
+	case Ack:
+		s := status.Of(e, status.Delivered, now)
+		s.LastStatus = code
+		if d.Callback != nil {
+			s.Callback = d.Callback.ID
+		}
+		out = append(out, s)
+	case Retry:
+		out = append(out, status.Of(d.Next, status.Waiting, now))
+	case DeadLetter:
+		s := status.Of(d.Next, status.DeadLettered, now)
+		if d.Route != nil {
+			s.Route = d.Route.ID
+		}
+		if d.Callback != nil {
+			s.Callback = d.Callback.ID
+		}
+		out = append(out, s)
+	}
+	for _, m := range []*envelope.Envelope{d.Route, d.Callback} {
+		if m != nil {
+			out = append(out, status.Of(m, status.Waiting, now))
+		}
+	}
+	return out
 }

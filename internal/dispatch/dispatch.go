@@ -1,7 +1,8 @@
 // Package dispatch is the connector's work on one due message: invoke the
 // function through the gateway, ask delivery.Decide what follows, and store
 // that outcome (a retry or a dead letter) before the message is
-// acknowledged.
+// acknowledged. It records the message's status (in flight before the
+// call, then the outcome) in the background.
 package dispatch
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/limit"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // Invoker calls a function, or POSTs a callback; internal/invoke
@@ -87,6 +89,7 @@ type Dispatcher struct {
 	gate      *gate
 	budget    time.Duration
 	m         *metrics
+	status    *status.Recorder
 	log       *slog.Logger
 }
 
@@ -103,6 +106,10 @@ func New(o Options) (*Dispatcher, error) {
 		return nil, err
 	}
 	log := o.Logger.With("component", "dispatch")
+	rec, err := status.NewRecorder(o.Queue, o.Registerer, log)
+	if err != nil {
+		return nil, err
+	}
 	return &Dispatcher{
 		q:         o.Queue,
 		invoker:   o.Invoker,
@@ -113,6 +120,7 @@ func New(o Options) (*Dispatcher, error) {
 		gate:      newGate(o.Probe, m.gatewayUp, log),
 		budget:    o.CallBudget,
 		m:         m,
+		status:    rec,
 		log:       log,
 	}, nil
 }
@@ -139,8 +147,16 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		d.gate.run(gateCtx)
 	}()
-	return d.q.Consume(ctx, d.handle)
+	err := d.q.Consume(ctx, d.handle)
+	// The statuses of the last deliveries, if the broker takes them soon.
+	flush, cancel := context.WithTimeout(context.Background(), statusFlush)
+	defer cancel()
+	d.status.Wait(flush)
+	return err
 }
+
+// statusFlush bounds the wait for the last statuses at shutdown.
+const statusFlush = 5 * time.Second
 
 // handle delivers one due message. It returns nil once the outcome is
 // stored, so the queue may forget the message; an error leaves the message
@@ -223,6 +239,7 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy delivery.Policy, do func() delivery.Result) error {
 	fn := d.m.function.Label(e.Function)
 	start := time.Now()
+	d.status.Record(status.Of(e, status.InFlight, start))
 	d.m.lateness.WithLabelValues(fn).Observe(start.Sub(e.DueAt).Seconds())
 	res := do()
 	d.m.duration.WithLabelValues(fn).Observe(time.Since(start).Seconds())
@@ -242,6 +259,9 @@ func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery
 	if err := dec.Store(ctx, d.q); err != nil {
 		return err
 	}
+	// Only once the outcome is stored, and in the background: a status
+	// never holds up or fails a delivery.
+	d.status.Record(dec.Statuses(e, res.Status, time.Now())...)
 	log := d.log.With("id", e.ID, "kind", e.Kind, "function", e.Function, "retries", e.Retries, "status", res.Status)
 	fn := d.m.function.Label(e.Function)
 	if e.Kind == envelope.KindCallback {

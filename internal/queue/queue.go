@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // Queue stores envelopes durably and hands each back once it is due.
@@ -27,6 +28,16 @@ type Queue interface {
 	// reconnecting to the broker as needed. A message is removed only when
 	// h returns nil; otherwise it is delivered again later (at-least-once).
 	Consume(ctx context.Context, h Handler) error
+	// RecordStatus stores s as the latest status of s.ID, to be forgotten
+	// at s.Expiry(StatusRetention), unless the status kept for s.ID
+	// supersedes it (status.Status.Supersedes). It returns nil once the
+	// broker has acknowledged the write, or when s was not newer. Callers
+	// record through a status.Recorder, which writes in the background.
+	RecordStatus(ctx context.Context, s status.Status) error
+	// Status returns the latest status kept for id: ErrNoStatus when there
+	// is none (never recorded, or forgotten), ErrUnavailable while the
+	// broker cannot be reached.
+	Status(ctx context.Context, id string) (status.Status, error)
 	// MaxPayload is the largest encoded envelope the broker accepts.
 	MaxPayload() int
 	// Connected reports whether the broker is reachable now.
@@ -45,6 +56,8 @@ var (
 	ErrUnavailable = errors.New("queue: broker unavailable")
 	// ErrTooLarge means the encoded envelope exceeds MaxPayload.
 	ErrTooLarge = errors.New("queue: message too large")
+	// ErrNoStatus means no status is kept for a message id.
+	ErrNoStatus = errors.New("queue: no status")
 )
 
 // DeadLetterCounter returns mailbox_dead_letters_total{function,reason}
@@ -90,6 +103,9 @@ type Options struct {
 	// PublishTimeout bounds the wait for the broker's acknowledgement.
 	// Defaults to 5s.
 	PublishTimeout time.Duration
+	// StatusRetention is how long a message's status is kept after its
+	// last step (for a waiting message, after it is due). Defaults to 24h.
+	StatusRetention time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, counts malformed messages buried as dead letters
@@ -114,6 +130,9 @@ func (o Options) WithDefaults() (Options, error) {
 	}
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = 5 * time.Second
+	}
+	if o.StatusRetention <= 0 {
+		o.StatusRetention = 24 * time.Hour
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -950,3 +950,74 @@ func TestRateLimitSpreadsCalls(t *testing.T) {
 		t.Logf("%d calls, the first %v after the messages were due, the last %v after the first", len(at), at[0].Sub(start), at[len(at)-1].Sub(at[0]))
 	})
 }
+
+// statusAnswer is the answer of GET /messages/<id>.
+type statusAnswer struct {
+	ID         string `json:"id"`
+	Function   string `json:"function"`
+	Status     string `json:"status"`
+	DueAt      string `json:"due_at"`
+	Retries    int    `json:"retries"`
+	Reason     string `json:"reason"`
+	LastStatus int    `json:"last_status"`
+	UpdatedAt  string `json:"updated_at"`
+	Error      string `json:"error"`
+}
+
+// status GETs /messages/<id>.
+func (b *bundle) status(t *testing.T, id string) (int, statusAnswer) {
+	t.Helper()
+	res, err := http.Get(b.api.URL + "/messages/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var a statusAnswer
+	if err := json.NewDecoder(res.Body).Decode(&a); err != nil {
+		t.Fatalf("answer is not JSON: %v", err)
+	}
+	return res.StatusCode, a
+}
+
+// waitStatus polls GET /messages/<id> until ok accepts the answer.
+func (b *bundle) waitStatus(t *testing.T, id, msg string, ok func(statusAnswer) bool) statusAnswer {
+	t.Helper()
+	var a statusAnswer
+	poll.Until(t, 20*time.Second, "status of "+id+": "+msg, func() bool {
+		var code int
+		code, a = b.status(t, id)
+		return code == http.StatusOK && ok(a)
+	})
+	return a
+}
+
+func TestMessageStatusFollowsTheMessage(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.deploy("echo", nil, nil)
+		b.deploy("broken", always(http.StatusInternalServerError), nil)
+		b.startConnector(t)
+		if code, a := b.status(t, "nobody"); code != http.StatusNotFound || a.Error == "" {
+			t.Fatalf("unknown id answered %d %+v", code, a)
+		}
+
+		ok := b.mustSchedule(t, "echo", []byte("x"), "X-Delay-Duration", "2s", "X-Retries", "1")
+		w := b.waitStatus(t, ok.ID, "waiting", func(a statusAnswer) bool { return a.Status == "waiting" })
+		if w.DueAt != ok.DueAt || w.Retries != 1 || w.Function != "echo" {
+			t.Fatalf("waiting status %+v, want due at %s like the requeue's answer", w, ok.DueAt)
+		}
+		d := b.waitStatus(t, ok.ID, "delivered", func(a statusAnswer) bool { return a.Status == "delivered" })
+		updated, err := time.Parse(time.RFC3339Nano, d.UpdatedAt)
+		if err != nil || d.LastStatus != http.StatusOK || d.Retries != 1 || updated.Before(acceptedAt(t, ok)) {
+			t.Fatalf("delivered status %+v", d)
+		}
+
+		bad := b.mustSchedule(t, "broken", []byte("x"), "X-Max-Retries", "2", "X-Delay-Duration", "1s")
+		b.waitStatus(t, bad.ID, "waiting after the first failed call", func(a statusAnswer) bool {
+			return a.Status == "waiting" && a.Retries == 1
+		})
+		dead := b.waitStatus(t, bad.ID, "dead-lettered", func(a statusAnswer) bool { return a.Status == "dead-lettered" })
+		if dead.Reason != "max-retries" || dead.Retries != 2 || dead.LastStatus != http.StatusInternalServerError {
+			t.Fatalf("dead-lettered status %+v", dead)
+		}
+	})
+}

@@ -65,6 +65,7 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 		MaxInflight:     cfg.MaxInflight,
 		HandlerTimeout:  handlerTimeout(cfg),
 		PublishTimeout:  publishTimeout,
+		StatusRetention: cfg.StatusRetention,
 		Logger:          logger,
 		Registerer:      reg,
 	}
@@ -109,6 +110,7 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, logger *slo
 		Defaults:        Defaults(cfg),
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		KeepCredentials: cfg.KeepCredentials,
+		StatusRetention: cfg.StatusRetention,
 		Registerer:      reg,
 		Gatherer:        reg,
 		Logger:          logger,

@@ -31,6 +31,13 @@ type Options struct {
 	// DeadLetterChannel is kept without an age limit: dead letters are
 	// never dropped silently. Defaults to mailbox.deadletter.
 	DeadLetterChannel string
+	// StatusChannel holds message statuses, which are worth keeping only
+	// while GET /messages/<id> may still answer them: StatusMaxAge, and
+	// the last StatusMaxMsgs, so that an index replaying it stays quick.
+	// Default to mailbox.status, Retention (its most) and 1,000,000.
+	StatusChannel string
+	StatusMaxAge  time.Duration
+	StatusMaxMsgs int
 }
 
 // Server is a running embedded NATS Streaming server.
@@ -62,6 +69,17 @@ func Start(o Options) (*Server, error) {
 		o.DeadLetterChannel = "mailbox.deadletter"
 	}
 
+	if o.StatusChannel == "" {
+		o.StatusChannel = "mailbox.status"
+	}
+	if o.StatusMaxAge == 0 || o.StatusMaxAge > o.Retention {
+		// A channel's limit may not exceed the server's.
+		o.StatusMaxAge = o.Retention
+	}
+	if o.StatusMaxMsgs == 0 {
+		o.StatusMaxMsgs = 1_000_000
+	}
+
 	sopts := stand.GetDefaultOptions()
 	sopts.ID = o.ClusterID
 	sopts.StoreType = stores.TypeFile
@@ -76,6 +94,7 @@ func Start(o Options) (*Server, error) {
 	// A negative per-channel limit means none at all.
 	sopts.PerChannel = map[string]*stores.ChannelLimits{
 		o.DeadLetterChannel: {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: -1}},
+		o.StatusChannel:     {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: o.StatusMaxAge, MaxMsgs: o.StatusMaxMsgs}},
 	}
 	// Detect a dead client within seconds rather than the default five
 	// minutes, so its unacknowledged messages go to a live replica.

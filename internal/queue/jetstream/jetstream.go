@@ -8,6 +8,8 @@
 //   - A durable pull consumer on <prefix>.due, shared by connector
 //     replicas, with explicit acks.
 //   - A dead-letter stream on <prefix>.deadletter with a configurable age.
+//   - A status stream on <prefix>.status.<id> keeping the last status of
+//     each message, each expiring on its own (per-message TTL).
 //   - Message ids (with the retry count, and the count of holds for a
 //     message put back without an attempt) are the de-duplication ids
 //     (Nats-Msg-Id): a requeue repeated after a timeout is stored once.
@@ -55,6 +57,9 @@ type Options struct {
 	Stream string
 	// DeadLetterStream holds dead letters. Defaults to <Stream>-deadletter.
 	DeadLetterStream string
+	// StatusStream holds the latest status of each message. Defaults to
+	// <Stream>-status.
+	StatusStream string
 	// Consumer is the durable consumer shared by connectors. Defaults to
 	// connector.
 	Consumer string
@@ -68,15 +73,17 @@ type Options struct {
 // Queue is a JetStream backend. The NATS connection reconnects by itself;
 // streams and the consumer are created or updated once connected.
 type Queue struct {
-	o           Options
-	log         *slog.Logger
-	nc          *nats.Conn
-	js          jetstream.JetStream
-	ready       atomic.Bool   // streams and consumer exist
-	readyCh     chan struct{} // closed once ready
-	deadLetters *prometheus.CounterVec
-	cancel      context.CancelFunc
-	done        chan struct{}
+	o       Options
+	log     *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	ready   atomic.Bool   // streams and consumer exist
+	readyCh chan struct{} // closed once ready
+	// statusStream is set before ready.
+	statusStream jetstream.Stream
+	deadLetters  *prometheus.CounterVec
+	cancel       context.CancelFunc
+	done         chan struct{}
 }
 
 // Open validates o, connects in the background and returns at once, so a
@@ -92,6 +99,9 @@ func Open(o Options) (*Queue, error) {
 	}
 	if o.DeadLetterStream == "" {
 		o.DeadLetterStream = o.Stream + "-deadletter"
+	}
+	if o.StatusStream == "" {
+		o.StatusStream = o.Stream + "-status"
 	}
 	if o.Consumer == "" {
 		o.Consumer = "connector"
@@ -165,7 +175,7 @@ func (q *Queue) setUp(ctx context.Context) {
 		if err == nil {
 			q.ready.Store(true)
 			close(q.readyCh)
-			q.log.Info("JetStream streams ready", "stream", q.o.Stream, "dead_letter_stream", q.o.DeadLetterStream, "replicas", q.o.Replicas)
+			q.log.Info("JetStream streams ready", "stream", q.o.Stream, "dead_letter_stream", q.o.DeadLetterStream, "status_stream", q.o.StatusStream, "replicas", q.o.Replicas)
 			return
 		}
 		q.log.Warn("cannot set up JetStream streams, retrying", "error", err, "retry_in", backoff)
@@ -207,6 +217,10 @@ func (q *Queue) ensure(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.DeadLetterStream, err)
+	}
+	q.statusStream, err = q.js.CreateOrUpdateStream(ctx, q.statusStreamConfig())
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", q.o.StatusStream, err)
 	}
 	return nil
 }

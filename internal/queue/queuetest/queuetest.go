@@ -18,6 +18,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -31,6 +32,8 @@ type Options struct {
 	Window int
 	// Registerer, if set, receives the backend's metrics.
 	Registerer prometheus.Registerer
+	// StatusRetention is how long statuses are kept; zero: the default.
+	StatusRetention time.Duration
 	// Logger receives the backend's logs; the suite sets it to the test's
 	// output, shown when the test fails.
 	Logger *slog.Logger
@@ -40,12 +43,13 @@ type Options struct {
 // short publish timeout.
 func (o Options) Common(url string) queue.Options {
 	return queue.Options{
-		URL:            url,
-		MaxInflight:    o.MaxInflight,
-		HandlerTimeout: o.HandlerTimeout,
-		PublishTimeout: time.Second,
-		Logger:         o.Logger,
-		Registerer:     o.Registerer,
+		URL:             url,
+		MaxInflight:     o.MaxInflight,
+		HandlerTimeout:  o.HandlerTimeout,
+		PublishTimeout:  time.Second,
+		StatusRetention: o.StatusRetention,
+		Logger:          o.Logger,
+		Registerer:      o.Registerer,
 	}
 }
 
@@ -89,6 +93,10 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"BoundedBacklog", testBoundedBacklog},
 		{"Deduplicates", testDeduplicates},
 		{"Malformed", testMalformed},
+		{"StatusRecordAndRead", testStatusRecordAndRead},
+		{"StatusLatestWins", testStatusLatestWins},
+		{"StatusRetention", testStatusRetention},
+		{"StatusSurvivesRestart", testStatusSurvivesRestart},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -424,6 +432,12 @@ func testUnavailable(t *testing.T, s Server) {
 	if err := q.Schedule(ctx, message("nowhere", time.Now())); !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Schedule without a broker: %v, want ErrUnavailable", err)
 	}
+	if _, err := q.Status(ctx, "nowhere"); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("Status without a broker: %v, want ErrUnavailable", err)
+	}
+	if err := q.RecordStatus(ctx, step("nowhere", status.Waiting, time.Now(), 0)); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("RecordStatus without a broker: %v, want ErrUnavailable", err)
+	}
 }
 
 func testBoundedBacklog(t *testing.T, s Server) {
@@ -524,4 +538,132 @@ func testMalformed(t *testing.T, s Server) {
 	poll.Until(t, 5*time.Second, "mailbox_dead_letters_total{reason=malformed} = 1", func() bool {
 		return testutil.ToFloat64(c.WithLabelValues("", envelope.ReasonMalformed)) == 1
 	})
+}
+
+// step is a status of message id, of the life accepted at accepted, after
+// retries attempts.
+func step(id, state string, accepted time.Time, retries int) status.Status {
+	now := time.Now().UTC()
+	s := status.Status{ID: id, Function: "fn", State: state, Retries: retries, AcceptedAt: accepted.UTC(), UpdatedAt: now}
+	switch state {
+	case status.Waiting:
+		s.DueAt = now.Add(time.Minute)
+	case status.Delivered:
+		s.LastStatus = 200
+	case status.DeadLettered:
+		s.Reason, s.LastStatus, s.Route = envelope.ReasonMaxRetries, 500, id+"-dl"
+	}
+	return s
+}
+
+func record(t *testing.T, q queue.Queue, ss ...status.Status) {
+	t.Helper()
+	for _, s := range ss {
+		if err := q.RecordStatus(context.Background(), s); err != nil {
+			t.Fatalf("RecordStatus(%s %s): %v", s.ID, s.State, err)
+		}
+	}
+}
+
+// lookup returns the status of id, or the error of the lookup.
+func lookup(q queue.Queue, id string) (status.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return q.Status(ctx, id)
+}
+
+// waitStatus polls until id's status is in state, and returns it: a
+// backend may index what it stored a moment later.
+func waitStatus(t *testing.T, q queue.Queue, id, state string) status.Status {
+	t.Helper()
+	var got status.Status
+	var err error
+	poll.Until(t, 15*time.Second, "status of "+id+" is "+state, func() bool {
+		got, err = lookup(q, id)
+		return err == nil && got.State == state
+	})
+	return got
+}
+
+func testStatusRecordAndRead(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	if _, err := lookup(q, "unknown"); !errors.Is(err, queue.ErrNoStatus) {
+		t.Fatalf("Status of an unknown id: %v, want ErrNoStatus", err)
+	}
+	want := step("rec", status.DeadLettered, time.Now(), 3)
+	record(t, q, want)
+	got := waitStatus(t, q, "rec", status.DeadLettered)
+	if got.Function != "fn" || got.Retries != 3 || got.Reason != envelope.ReasonMaxRetries || got.LastStatus != 500 ||
+		got.Route != "rec-dl" || !got.AcceptedAt.Equal(want.AcceptedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) ||
+		got.ExpiresAt.Before(want.UpdatedAt.Add(23*time.Hour)) {
+		t.Fatalf("status %+v, want %+v expiring after the default 24h", got, want)
+	}
+	waiting := step("wait", status.Waiting, time.Now(), 1)
+	record(t, q, waiting)
+	if got := waitStatus(t, q, "wait", status.Waiting); !got.DueAt.Equal(waiting.DueAt) || got.Retries != 1 {
+		t.Fatalf("status %+v, want due at %v", got, waiting.DueAt)
+	}
+	if _, err := lookup(q, "unknown"); !errors.Is(err, queue.ErrNoStatus) {
+		t.Fatalf("Status of an unknown id: %v, want ErrNoStatus", err)
+	}
+}
+
+func testStatusLatestWins(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	life := time.Now().Add(-time.Minute)
+	record(t, q, step("m", status.Waiting, life, 0), step("m", status.InFlight, life, 0),
+		step("m", status.Waiting, life, 1), step("m", status.InFlight, life, 1), step("m", status.Delivered, life, 1))
+	waitStatus(t, q, "m", status.Delivered)
+
+	// Recorded in the background by several processes, steps can arrive
+	// late: an older step of the same life never replaces a newer one.
+	record(t, q, step("m", status.Waiting, life, 1), step("m", status.InFlight, life, 0))
+	record(t, q, step("marker", status.Waiting, time.Now(), 0))
+	waitStatus(t, q, "marker", status.Waiting)
+	if got, err := lookup(q, "m"); err != nil || got.State != status.Delivered || got.Retries != 1 {
+		t.Fatalf("after late steps: %+v, %v; want delivered after retries 1", got, err)
+	}
+
+	// The same id requeued again starts a new life, which wins.
+	record(t, q, step("m", status.Waiting, time.Now(), 0))
+	waitStatus(t, q, "m", status.Waiting)
+}
+
+func testStatusRetention(t *testing.T, s Server) {
+	o := defaults
+	o.StatusRetention = 2 * time.Second
+	q := open(t, s, o)
+	done := step("done", status.Delivered, time.Now(), 0)
+	wait := step("long", status.Waiting, time.Now(), 0)
+	wait.DueAt = time.Now().Add(4 * time.Second)
+	record(t, q, done, wait)
+	waitStatus(t, q, "done", status.Delivered)
+	waitStatus(t, q, "long", status.Waiting)
+	poll.Until(t, 15*time.Second, "final status forgotten after its retention", func() bool {
+		_, err := lookup(q, "done")
+		return errors.Is(err, queue.ErrNoStatus)
+	})
+	// A waiting message is known until its retention after it is due.
+	poll.Until(t, 15*time.Second, "waiting status forgotten after its due time and retention", func() bool {
+		_, err := lookup(q, "long")
+		return errors.Is(err, queue.ErrNoStatus)
+	})
+	if gone := time.Now(); gone.Before(wait.DueAt.Add(o.StatusRetention)) {
+		t.Fatalf("waiting status forgotten %v before its due time + retention", wait.DueAt.Add(o.StatusRetention).Sub(gone))
+	}
+}
+
+func testStatusSurvivesRestart(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	record(t, q, step("kept", status.DeadLettered, time.Now(), 2))
+	waitStatus(t, q, "kept", status.DeadLettered)
+	s.Restart(t)
+	poll.Until(t, 10*time.Second, "client reconnects", q.Connected)
+	if got := waitStatus(t, q, "kept", status.DeadLettered); got.Retries != 2 {
+		t.Fatalf("after restart %+v", got)
+	}
+	// A fresh client, as a new API process, knows it too.
+	if got := waitStatus(t, open(t, s, defaults), "kept", status.DeadLettered); got.Reason != envelope.ReasonMaxRetries {
+		t.Fatalf("new client after restart %+v", got)
+	}
 }

@@ -59,6 +59,11 @@ type Options struct {
 	// Defaults to 2048: 1,000 messages a second falling due through the
 	// 1 s tier, about 20 MiB held at most per busy tier.
 	TierWindow int
+	// StatusIndexLimit bounds the statuses a process that answers Status
+	// keeps in memory; past it the least recently updated is forgotten.
+	// Defaults to 50,000: about 450 bytes each, 22 MiB at most
+	// (TestStatusIndexMemory).
+	StatusIndexLimit int
 }
 
 // Queue is a NATS Streaming backend. It connects in the background and
@@ -72,6 +77,8 @@ type Queue struct {
 	changed chan struct{} // closed and replaced when cur changes
 
 	deadLetters *prometheus.CounterVec // nil without a Registerer
+	index       *statusIndex
+	indexOnce   sync.Once
 	maxPayload  atomic.Int64
 	closed      chan struct{}
 	closeOnce   sync.Once
@@ -105,6 +112,9 @@ func Open(o Options) (*Queue, error) {
 	if o.TierWindow <= 0 {
 		o.TierWindow = 2048
 	}
+	if o.StatusIndexLimit <= 0 {
+		o.StatusIndexLimit = 50_000
+	}
 	deadLetters, err := o.DeadLetterCounter()
 	if err != nil {
 		return nil, err
@@ -116,6 +126,7 @@ func Open(o Options) (*Queue, error) {
 		closed:      make(chan struct{}),
 		done:        make(chan struct{}),
 		deadLetters: deadLetters,
+		index:       newStatusIndex(o.StatusIndexLimit),
 	}
 	q.maxPayload.Store(1 << 20) // NATS default until the server says otherwise
 	go q.run()
