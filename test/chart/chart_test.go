@@ -392,6 +392,9 @@ func TestConnectorDeployment(t *testing.T) {
 			if cfg.Listen != ":8081" {
 				t.Errorf("listen %q, want :8081", cfg.Listen)
 			}
+			if c.name == "durable-function" && (cfg.DefaultBackoff != "exponential" || !slices.Equal(cfg.RetryCodes, []int{429, 503})) {
+				t.Errorf("connector.environment: the connector reads backoff %q and retry codes %v, want exponential and [429 503]", cfg.DefaultBackoff, cfg.RetryCodes)
+			}
 
 			// Port and probes.
 			if p, ok := containerPort(ctr, intstr.FromString("http")); !ok || p != connectorPort {

@@ -58,6 +58,8 @@ var installCases = []valuesCase{
 		"function.create=true",
 		"function.image=registry.example.com/mailbox:0.1.0",
 		"function.environment.default_max_retries=20",
+		"connector.environment.default_backoff=exponential",
+		"connector.environment.retry_codes=429\\,503",
 		"metrics.serviceMonitor.enabled=true",
 		"metrics.serviceMonitor.labels.release=prometheus",
 	}},

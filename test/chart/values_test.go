@@ -28,6 +28,7 @@ func TestBadValuesFail(t *testing.T) {
 		{"more stream replicas than servers", valuesCase{files: []string{"values-durable.yaml"}, set: []string{"jetstream.replicas=5"}}, "jetstream.replicas"},
 		{"function without image", valuesCase{set: []string{"function.create=true"}}, "function.image"},
 		{"function env overriding the backend", valuesCase{set: []string{"function.create=true", "function.image=x", "function.environment.nats_url=nats://elsewhere:4222"}}, "function.environment.nats_url"},
+		{"connector env overriding the chart", valuesCase{set: []string{"connector.environment.gateway_url=http://elsewhere:8080"}}, "connector.environment.gateway_url"},
 		{"bad NATS URL", valuesCase{set: []string{"nats.url=http://nats:4222"}}, "url"},
 		{"bad duration", valuesCase{set: []string{"connector.upstreamTimeout=soon"}}, "upstreamTimeout"},
 		{"max_inflight out of range", valuesCase{set: []string{"connector.maxInflight=0"}}, "maxInflight"},

@@ -87,6 +87,11 @@ so that a bad combination fails lint, template and install alike.
 {{- fail (printf "function.environment.%s: set by the chart from the backend values; change those instead" $k) -}}
 {{- end -}}
 {{- end -}}
+{{- range $k, $v := .Values.connector.environment -}}
+{{- if or (hasKey (include "mailbox.backendEnv" $ | fromYaml) $k) (has $k (list "nats_credentials_file" "gateway_url" "basic_auth" "secret_mount_path" "max_inflight" "listen")) -}}
+{{- fail (printf "connector.environment.%s: set by the chart from its values; change those instead" $k) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
