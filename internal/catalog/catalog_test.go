@@ -16,10 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/metricstest"
+
 	"github.com/openfaas/faas-provider/auth"
 	"github.com/openfaas/faas-provider/types"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
@@ -367,10 +368,10 @@ func TestLookupParsesAnnotations(t *testing.T) {
 	if !found || !reflect.DeepEqual(plain, Function{Name: "plain", Namespace: "openfaas-fn"}) {
 		t.Fatalf("plain: got %+v found %v, want nothing set", plain, found)
 	}
-	if got := gauge(t, b.reg, "mailbox_catalog_functions"); got != 2 {
+	if got := metricstest.Sum(t, b.reg, "mailbox_catalog_functions"); got != 2 {
 		t.Errorf("mailbox_catalog_functions = %v, want 2", got)
 	}
-	if got := gauge(t, b.reg, "mailbox_catalog_last_refresh_timestamp_seconds"); got < float64(time.Now().Add(-time.Minute).Unix()) {
+	if got := metricstest.Sum(t, b.reg, "mailbox_catalog_last_refresh_timestamp_seconds"); got < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("mailbox_catalog_last_refresh_timestamp_seconds = %v, want about now", got)
 	}
 
@@ -405,7 +406,7 @@ func TestBadAnnotationsIgnoredLoggedOnceCounted(t *testing.T) {
 
 	wantCounts := map[string]float64{"max-retries": 1, "rate": 1, "unknown": 1, "delay": 0, "ttl": 0}
 	for label, want := range wantCounts {
-		if got := labelled(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", label); got != want {
+		if got := metricstest.Sum(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", label); got != want {
 			t.Errorf("mailbox_catalog_bad_annotations_total{annotation=%q} = %v, want %v", label, got, want)
 		}
 	}
@@ -429,10 +430,10 @@ func TestBadAnnotationsIgnoredLoggedOnceCounted(t *testing.T) {
 	gw.deploy("dev", "fn", map[string]string{AnnotationRate: "fast"})
 	b.read(t)
 	b.read(t)
-	if got := labelled(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", "max-retries"); got != 2 {
+	if got := metricstest.Sum(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", "max-retries"); got != 2 {
 		t.Errorf("max-retries counted %v times, want 2", got)
 	}
-	if got := labelled(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", "rate"); got != 2 {
+	if got := metricstest.Sum(t, b.reg, "mailbox_catalog_bad_annotations_total", "annotation", "rate"); got != 2 {
 		t.Errorf("rate counted %v times, want 2", got)
 	}
 	if n := strings.Count(b.logs.String(), "function=fn.dev annotation=com.openfaas.mailbox.rate value=fast"); n != 1 {
@@ -695,7 +696,7 @@ func TestRunRefreshesPeriodically(t *testing.T) {
 		_, found := b.lookup(t, "new")
 		return found
 	})
-	if got := gauge(t, b.reg, "mailbox_catalog_functions"); got != 2 {
+	if got := metricstest.Sum(t, b.reg, "mailbox_catalog_functions"); got != 2 {
 		t.Errorf("mailbox_catalog_functions = %v, want 2", got)
 	}
 }
@@ -716,7 +717,7 @@ func TestGatewayDown(t *testing.T) {
 		if _, found, err2 := b.c.Lookup(context.Background(), "other"); found || err2 != err {
 			t.Errorf("second lookup: found %v err %v, want the first error", found, err2)
 		}
-		if got := counter(t, b.reg, "mailbox_catalog_refresh_errors_total"); got != 1 {
+		if got := metricstest.Sum(t, b.reg, "mailbox_catalog_refresh_errors_total"); got != 1 {
 			t.Errorf("mailbox_catalog_refresh_errors_total = %v, want 1", got)
 		}
 		if !strings.Contains(b.logs.String(), "cannot read the gateway's function list") {
@@ -743,7 +744,7 @@ func TestGatewayDown(t *testing.T) {
 		if err == nil || found {
 			t.Fatalf("gone: found %v err %v, want an error", found, err)
 		}
-		if got := counter(t, b.reg, "mailbox_catalog_refresh_errors_total"); got != 1 {
+		if got := metricstest.Sum(t, b.reg, "mailbox_catalog_refresh_errors_total"); got != 1 {
 			t.Errorf("mailbox_catalog_refresh_errors_total = %v, want 1", got)
 		}
 	})
@@ -781,7 +782,7 @@ func TestGatewayDown(t *testing.T) {
 		}()
 		// 100 ms, 200 ms, 400 ms of back-off, although Refresh is an hour.
 		poll.Until(t, 5*time.Second, "retries", func() bool {
-			return counter(t, b.reg, "mailbox_catalog_refresh_errors_total") >= 4
+			return metricstest.Sum(t, b.reg, "mailbox_catalog_refresh_errors_total") >= 4
 		})
 		select {
 		case <-done:
@@ -955,41 +956,4 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	return sum(t, reg, name, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
-}
-
-func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	return sum(t, reg, name, func(m *dto.Metric) float64 { return m.GetGauge().GetValue() })
-}
-
-// labelled is the counter name's series with label=value.
-func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	return sum(t, reg, name, func(m *dto.Metric) float64 {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == label && l.GetValue() == value {
-				return m.GetCounter().GetValue()
-			}
-		}
-		return 0
-	})
-}
-
-func sum(t *testing.T, reg *prometheus.Registry, name string, value func(*dto.Metric) float64) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() == name {
-			for _, m := range f.GetMetric() {
-				sum += value(m)
-			}
-		}
-	}
-	return sum
 }

@@ -23,8 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/metricstest"
+
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/config"
@@ -330,7 +331,7 @@ func TestFailingFunctionIsDeadLetteredAfterMaxRetries(t *testing.T) {
 		}
 		// Counted just after the dead letter is stored.
 		poll.Until(t, 5*time.Second, "mailbox_dead_letters_total = 1", func() bool {
-			return counter(t, b.reg, "mailbox_dead_letters_total") == 1
+			return metricstest.Sum(t, b.reg, "mailbox_dead_letters_total") == 1
 		})
 	})
 }
@@ -349,7 +350,7 @@ func TestFunctionSucceedingOnThirdCallIsCalledThreeTimes(t *testing.T) {
 		// A fourth call would follow within the 100 ms delay if the third
 		// success were not acknowledged; the delivered counter settles first.
 		poll.Until(t, 5*time.Second, "delivery counted", func() bool {
-			return counter(t, b.reg, "mailbox_delivered_total") == 1
+			return metricstest.Sum(t, b.reg, "mailbox_delivered_total") == 1
 		})
 		if n := flaky.Len(); n != 3 {
 			t.Fatalf("function called %d times, want 3", n)
@@ -450,7 +451,7 @@ func TestGatewayOutagePausesDeliveries(t *testing.T) {
 		// pauses and probes the gateway with the function lookup until it
 		// answers, instead of spending every retry.
 		poll.Until(t, 10*time.Second, "failed calls scheduled again and deliveries paused", func() bool {
-			return counter(t, b.reg, "mailbox_retries_scheduled_total") > 0 && gauge(t, b.reg, "mailbox_gateway_up") == 0
+			return metricstest.Sum(t, b.reg, "mailbox_retries_scheduled_total") > 0 && metricstest.Sum(t, b.reg, "mailbox_gateway_up") == 0
 		})
 		if err := b.gw.Restart(); err != nil {
 			t.Fatal(err)
@@ -464,7 +465,7 @@ func TestGatewayOutagePausesDeliveries(t *testing.T) {
 				t.Errorf("delivered with X-Retries %s, want 0 or 1: calls waiting at the paused gate do not count", r)
 			}
 		}
-		if gauge(t, b.reg, "mailbox_gateway_up") != 1 {
+		if metricstest.Sum(t, b.reg, "mailbox_gateway_up") != 1 {
 			t.Errorf("mailbox_gateway_up is not 1 after the gateway is back")
 		}
 		if b.gw.Lookups() == 0 || b.gw.Denied() != 0 {
@@ -482,7 +483,7 @@ func TestConnectorStartedWhileGatewayDownSpendsNoRetry(t *testing.T) {
 			b.mustSchedule(t, "early", []byte(strconv.Itoa(i)), "X-Delay-Duration", "0", "X-Max-Retries", "3")
 		}
 		b.startConnector(t)
-		poll.Until(t, 10*time.Second, "deliveries paused", func() bool { return gauge(t, b.reg, "mailbox_gateway_up") == 0 })
+		poll.Until(t, 10*time.Second, "deliveries paused", func() bool { return metricstest.Sum(t, b.reg, "mailbox_gateway_up") == 0 })
 		if got := b.gw.Lookups(); got != 0 {
 			t.Fatalf("the stopped gateway answered %d lookups", got)
 		}
@@ -534,30 +535,6 @@ func TestRequeueWhileNATSDownIs503(t *testing.T) {
 }
 
 // counter sums every series of the counter family name in reg.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	return sum(t, reg, name, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
-}
-
-func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	return sum(t, reg, name, func(m *dto.Metric) float64 { return m.GetGauge().GetValue() })
-}
-
-func sum(t *testing.T, reg *prometheus.Registry, name string, value func(*dto.Metric) float64) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() == name {
-			for _, m := range f.GetMetric() {
-				sum += value(m)
-			}
-		}
-	}
-	return sum
-}
 
 // The delivery policy, end to end: what the gateway lists, the function's
 // answers and annotations, and the message's headers decide each
@@ -582,7 +559,7 @@ func (b *bundle) deadLetter(t *testing.T, id string) *envelope.Envelope {
 // lastListRead is when the connector last read the gateway's function
 // list, zero before it has.
 func (b *bundle) lastListRead(t *testing.T) time.Time {
-	s := gauge(t, b.reg, "mailbox_catalog_last_refresh_timestamp_seconds")
+	s := metricstest.Sum(t, b.reg, "mailbox_catalog_last_refresh_timestamp_seconds")
 	if s == 0 {
 		return time.Time{}
 	}
@@ -690,7 +667,7 @@ func TestRetryAfterOverridesTheDelay(t *testing.T) {
 			t.Errorf("retry with X-Retries %q, want 1", r)
 		}
 		poll.Until(t, 5*time.Second, "delivery counted", func() bool {
-			return counter(t, b.reg, "mailbox_delivered_total") == 1
+			return metricstest.Sum(t, b.reg, "mailbox_delivered_total") == 1
 		})
 	})
 }
