@@ -150,6 +150,12 @@ func parseParams(h http.Header, d delivery.Defaults) (requeueParams, error) {
 		}
 	}
 	p.routed = h.Get(envelope.HeaderDeadLetterFrom) != ""
+	// The mailbox derives a message's routed dead letter (<id>-dl) and
+	// callback (<id>-cb) ids from its own: a caller's id must not take one.
+	// A dead-letter function requeuing what it was given keeps its -dl id.
+	if strings.HasSuffix(p.id, "-cb") || (strings.HasSuffix(p.id, "-dl") && !p.routed) {
+		return p, &fieldError{field: envelope.HeaderMessageID, msg: fmt.Sprintf("%s ends in -cb or -dl, which the mailbox keeps for the ids it derives", echo(p.id))}
+	}
 	return p, nil
 }
 

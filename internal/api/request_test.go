@@ -137,6 +137,11 @@ func TestParseParams(t *testing.T) {
 		{name: "max delay not a duration", header: http.Header{envelope.HeaderMaxDelay: {"later"}}, wantField: envelope.HeaderMaxDelay},
 		{name: "max delay twice", header: http.Header{envelope.HeaderMaxDelay: {"1m", "1m"}}, wantField: envelope.HeaderMaxDelay},
 
+		{name: "id taking a callback's", header: http.Header{envelope.HeaderMessageID: {"abc-cb"}}, wantField: envelope.HeaderMessageID},
+		{name: "id taking a route's", header: http.Header{envelope.HeaderMessageID: {"abc-dl"}}, wantField: envelope.HeaderMessageID},
+		{name: "routed dead letter keeps its id", header: http.Header{envelope.HeaderMessageID: {"abc-dl"}, envelope.HeaderDeadLetterFrom: {"fn"}},
+			want: with(func(p *requeueParams) { p.id, p.routed = "abc-dl", true })},
+
 		{name: "ttl seconds", header: http.Header{envelope.HeaderTTL: {"90"}}, want: with(func(p *requeueParams) { p.policy.TTL = ptr(90 * time.Second) })},
 		{name: "ttl duration", header: http.Header{envelope.HeaderTTL: {"1500ms"}}, want: with(func(p *requeueParams) { p.policy.TTL = ptr(1500 * time.Millisecond) })},
 		// No cap: a message may be kept for longer than one delay.

@@ -95,8 +95,13 @@ func parseAnnotations(a map[string]string) (envelope.Policy, Limits, []problem) 
 				err = fmt.Errorf("%q is neither %q nor %q", v, envelope.BackoffFixed, envelope.BackoffExponential)
 			}
 		case AnnotationMaxDelay:
+			// Zero would retry with no wait at all, as X-Max-Delay: 0
+			// would; the API refuses that too.
 			var d time.Duration
-			if d, err = config.ParseSeconds(v); err == nil {
+			if d, err = config.ParseSeconds(v); err == nil && d == 0 {
+				err = fmt.Errorf("%q is not greater than zero", v)
+			}
+			if err == nil {
 				p.MaxDelay = &d
 			}
 		case AnnotationTTL:

@@ -117,7 +117,7 @@ func New(o Options) (*Dispatcher, error) {
 		limiter:   o.Limiter,
 		defaults:  o.Defaults,
 		keep:      o.CallbackBodyLimit,
-		gate:      newGate(o.Probe, m.gatewayUp, log),
+		gate:      newGate(o.Probe, m.gatewayUp, m.gatewayPauses, log),
 		budget:    o.CallBudget,
 		m:         m,
 		status:    rec,
@@ -129,16 +129,20 @@ func New(o Options) (*Dispatcher, error) {
 // in-flight deliveries have finished.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	gateCtx, stopGate := context.WithCancel(ctx)
-	defer stopGate()
 	var background sync.WaitGroup
-	defer background.Wait()
+	defer func() {
+		// Consume may end before ctx does (the queue closed): stop the
+		// background work either way before waiting for it.
+		stopGate()
+		background.Wait()
+	}()
 	background.Go(func() { d.functions.Run(gateCtx) })
 	background.Go(func() {
 		if err := d.limiter.Run(gateCtx); err != nil {
 			d.log.Error("limit sharing stopped", "error", err)
 		}
 	})
-	go func() {
+	background.Go(func() {
 		// Ask the gateway once at start: when it cannot be reached,
 		// deliveries wait for it before any retry is spent, and refused
 		// credentials show in the log now rather than at the first outage.
@@ -146,7 +150,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			d.gate.trip()
 		}
 		d.gate.run(gateCtx)
-	}()
+	})
 	err := d.q.Consume(ctx, d.handle)
 	// The statuses of the last deliveries, if the broker takes them soon.
 	flush, cancel := context.WithTimeout(context.Background(), statusFlush)
@@ -203,10 +207,13 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 			slot       time.Time
 			ok         bool
 		)
+		// One budget per function however the message names it (fn or
+		// fn.namespace); limits come only with a function the gateway lists.
+		key := fn.Name + "." + fn.Namespace
 		if e.SlotAt.IsZero() {
-			release, retryAfter, slot, ok = d.limiter.Acquire(ctx, e.Function, lim)
+			release, retryAfter, slot, ok = d.limiter.Acquire(ctx, key, lim)
 		} else {
-			release, retryAfter, slot, ok = d.limiter.AcquireReserved(ctx, e.Function, lim, e.SlotAt)
+			release, retryAfter, slot, ok = d.limiter.AcquireReserved(ctx, key, lim, e.SlotAt)
 		}
 		if !ok {
 			if ctx.Err() != nil {
@@ -237,19 +244,23 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 
 // call makes one attempt with do, decides and stores the outcome.
 func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy delivery.Policy, do func() delivery.Result) error {
-	fn := d.m.function.Label(e.Function)
 	start := time.Now()
 	d.status.Record(status.Of(e, status.InFlight, start))
-	d.m.lateness.WithLabelValues(fn).Observe(start.Sub(e.DueAt).Seconds())
 	res := do()
-	d.m.duration.WithLabelValues(fn).Observe(time.Since(start).Seconds())
 	if ctx.Err() != nil {
 		// Shutting down or the broker connection is gone: this call does
 		// not count as an attempt.
 		return ctx.Err()
 	}
-	if isDialError(res.Err) {
-		d.gate.trip()
+	if e.Kind != envelope.KindCallback {
+		// A callback URL is not the gateway: neither its timing nor its
+		// being unreachable says anything about the gateway or the function.
+		fn := d.m.function.Label(e.Function)
+		d.m.lateness.WithLabelValues(fn).Observe(start.Sub(e.DueAt).Seconds())
+		d.m.duration.WithLabelValues(fn).Observe(time.Since(start).Seconds())
+		if isDialError(res.Err) {
+			d.gate.trip()
+		}
 	}
 	return d.act(ctx, e, delivery.Decide(e, policy, res, time.Now().UTC(), rand.Float64()), res)
 }
@@ -267,6 +278,9 @@ func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery
 	if e.Kind == envelope.KindCallback {
 		// A callback is not a delivery to the function it reports on.
 		d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
+		if dec.Action == delivery.DeadLetter {
+			d.m.deadLetters.WithLabelValues(fn, dec.Next.Reason).Inc()
+		}
 		log.Debug("callback", "url", e.CallbackURL, "action", dec.Action.String())
 		return nil
 	}

@@ -13,17 +13,18 @@ import (
 // connection trips it; run then probes the gateway with back-off and opens
 // it again once the gateway answers.
 type gate struct {
-	probe func(context.Context) error
-	log   *slog.Logger
-	up    prometheus.Gauge // 1 while open
+	probe  func(context.Context) error
+	log    *slog.Logger
+	up     prometheus.Gauge   // 1 while open
+	pauses prometheus.Counter // times it closed
 
 	mu      sync.Mutex
 	open    chan struct{} // closed while deliveries may proceed
 	tripped chan struct{} // wakes run; one slot, so trips coalesce
 }
 
-func newGate(probe func(context.Context) error, up prometheus.Gauge, log *slog.Logger) *gate {
-	g := &gate{probe: probe, log: log, up: up, open: make(chan struct{}), tripped: make(chan struct{}, 1)}
+func newGate(probe func(context.Context) error, up prometheus.Gauge, pauses prometheus.Counter, log *slog.Logger) *gate {
+	g := &gate{probe: probe, log: log, up: up, pauses: pauses, open: make(chan struct{}), tripped: make(chan struct{}, 1)}
 	close(g.open)
 	up.Set(1)
 	return g
@@ -50,6 +51,7 @@ func (g *gate) trip() {
 	case <-g.open:
 		g.open = make(chan struct{})
 		g.up.Set(0)
+		g.pauses.Inc()
 		g.log.Warn("cannot connect to the gateway, pausing deliveries")
 	default:
 		return // already paused

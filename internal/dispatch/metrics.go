@@ -12,15 +12,16 @@ import (
 // metrics are labelled by function through names.Bounded: functions are
 // named by whoever requeues.
 type metrics struct {
-	delivered   *prometheus.CounterVec
-	retried     *prometheus.CounterVec
-	deferred    *prometheus.CounterVec
-	deadLetters *prometheus.CounterVec // {function, reason}, shared with the API
-	duration    *prometheus.HistogramVec
-	lateness    *prometheus.HistogramVec
-	callbacks   *prometheus.CounterVec
-	gatewayUp   prometheus.Gauge
-	function    *names.Bounded
+	delivered     *prometheus.CounterVec
+	retried       *prometheus.CounterVec
+	deferred      *prometheus.CounterVec
+	deadLetters   *prometheus.CounterVec // {function, reason}, shared with the API
+	duration      *prometheus.HistogramVec
+	lateness      *prometheus.HistogramVec
+	callbacks     *prometheus.CounterVec
+	gatewayUp     prometheus.Gauge
+	gatewayPauses prometheus.Counter
+	function      *names.Bounded
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -56,12 +57,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "mailbox_gateway_up",
 			Help: "1 while deliveries proceed, 0 while they are paused because the gateway cannot be reached.",
 		}),
+		gatewayPauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailbox_gateway_pauses_total",
+			Help: "Times deliveries paused because the gateway could not be reached.",
+		}),
 		function: names.NewBounded(names.MaxLabels),
 	}
 	dead, err := queue.DeadLetterCounter(reg)
 	m.deadLetters = dead
 	errs := []error{err}
-	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deferred, m.duration, m.lateness, m.callbacks, m.gatewayUp} {
+	for _, c := range []prometheus.Collector{m.delivered, m.retried, m.deferred, m.duration, m.lateness, m.callbacks, m.gatewayUp, m.gatewayPauses} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -998,3 +998,23 @@ func TestMessageStatusFollowsTheMessage(t *testing.T) {
 		}
 	})
 }
+
+// A callback URL nobody listens on is the caller's problem: it must not
+// pause deliveries as an unreachable gateway does.
+func TestUnreachableCallbackDoesNotPauseDeliveries(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"callback_delay": "100ms", "callback_max_retries": "1"}, func(t *testing.T, b *bundle) {
+		closed := httptest.NewServer(http.NotFoundHandler())
+		closed.Close()
+		ok := b.deploy("ok", nil, nil)
+		b.mustSchedule(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", closed.URL+"/outcome")
+		b.startConnector(t)
+		poll.Until(t, 15*time.Second, "the callback given up", func() bool {
+			return metricstest.Sum(t, b.reg, "mailbox_callbacks_total", "action", "dead-letter") == 1
+		})
+		if n := metricstest.Sum(t, b.reg, "mailbox_gateway_pauses_total"); n != 0 {
+			t.Fatalf("deliveries paused %v times for an unreachable callback URL, want 0", n)
+		}
+		b.mustSchedule(t, "ok", []byte("y"), "X-Delay-Duration", "0")
+		poll.Until(t, 10*time.Second, "the next message delivered", func() bool { return ok.Len() == 2 })
+	})
+}

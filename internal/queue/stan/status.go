@@ -174,7 +174,8 @@ func (x *statusIndex) put(s status.Status, now time.Time) {
 		return
 	}
 	if len(x.byID) >= x.limit {
-		x.sweep(now)
+		// A full index forgets its least recently updated entry; sweeping
+		// here, on every new id, would cost the whole index each time.
 		for len(x.byID) >= x.limit {
 			x.remove(x.order.Front())
 		}
