@@ -19,9 +19,15 @@ const casAttempts = 3
 
 func (q *Queue) statusSubject(id string) string { return q.o.Prefix + ".status." + id }
 
+// statusMaxMsgs bounds the status stream, as the embedded NATS Streaming
+// server bounds its status channel: statuses share the server's storage
+// with the messages, and losing the oldest status is better than a full
+// disk refusing new messages.
+const statusMaxMsgs = 1_000_000
+
 // statusStreamConfig is the stream of statuses: the last one per id
 // (MaxMsgsPerSubject 1), each with its own expiry (Nats-TTL), read with a
-// direct get from any replica.
+// direct get from any replica, the oldest dropped past statusMaxMsgs.
 func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              q.o.StatusStream,
@@ -29,6 +35,7 @@ func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		Replicas:          q.o.Replicas,
+		MaxMsgs:           statusMaxMsgs,
 		MaxMsgsPerSubject: 1,
 		Discard:           jetstream.DiscardOld,
 		AllowMsgTTL:       true,
