@@ -177,6 +177,23 @@ func FormatDelay(d time.Duration) string {
 	return d.String()
 }
 
+// ParseDelay reads a delay as the mailbox reads X-Delay-Duration: whole
+// seconds ("60") or a Go duration ("1500ms"), not negative. It is the
+// inverse of FormatDelay, for a function's own settings.
+func ParseDelay(v string) (time.Duration, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("%q is negative", v)
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a non-negative number of seconds or a duration like 1500ms", v)
+	}
+	return d, nil
+}
+
 // errRepeated is wrapped by the error for a control header given more
 // than once.
 var errRepeated = errors.New("given more than once")

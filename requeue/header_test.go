@@ -178,3 +178,19 @@ func TestHeaderKeepsDeadLetterMarks(t *testing.T) {
 		t.Errorf("X-Dead-Letter-From set on an ordinary requeue")
 	}
 }
+
+func TestParseDelay(t *testing.T) {
+	for v, want := range map[string]time.Duration{"60": time.Minute, "0": 0, "1500ms": 1500 * time.Millisecond, "2m": 2 * time.Minute} {
+		if got, err := requeue.ParseDelay(v); err != nil || got != want {
+			t.Errorf("ParseDelay(%q) = %s, %v; want %s", v, got, err, want)
+		}
+		if got, _ := requeue.ParseDelay(requeue.FormatDelay(want)); got != want {
+			t.Errorf("ParseDelay(FormatDelay(%s)) = %s", want, got)
+		}
+	}
+	for _, v := range []string{"-1", "-1s", "soon", ""} {
+		if _, err := requeue.ParseDelay(v); err == nil {
+			t.Errorf("ParseDelay(%q) succeeded, want an error", v)
+		}
+	}
+}

@@ -102,7 +102,7 @@ func LoadConfig(environ []string) (Config, error) {
 		c.MaxRetries = &n
 	}
 	if v := env["requeue_delay"]; v != "" {
-		d, err := parseDelay(v)
+		d, err := requeue.ParseDelay(v)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("requeue_delay: %w", err))
 		}
@@ -235,21 +235,6 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, body []byte, w
 		}
 		reply(w, http.StatusBadGateway, answer{Error: "rate limited, and the mailbox did not take the request: " + err.Error()})
 	}
-}
-
-// parseDelay reads whole seconds ("60") or a Go duration ("1500ms").
-func parseDelay(v string) (time.Duration, error) {
-	if n, err := strconv.Atoi(v); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("%q is negative", v)
-		}
-		return time.Duration(n) * time.Second, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%q is not a non-negative number of seconds or a duration like 1500ms", v)
-	}
-	return d, nil
 }
 
 func reply(w http.ResponseWriter, code int, a answer) {
