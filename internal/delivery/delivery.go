@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -364,4 +365,37 @@ func (d Decision) Statuses(e *envelope.Envelope, code int, now time.Time) []stat
 		}
 	}
 	return out
+}
+
+// Replay is dead, a dead letter, given a new life: due at now with
+// retries attempts already made (0 to start again), accepted at now so
+// that its TTL and its status start again, with its id, kind, target,
+// request and policy kept. Its death is appended to Deaths (the most
+// recent MaxDeaths kept) and Replays counted; a backend that
+// de-duplicates tells the new life from the old one by Replays. dead is
+// never modified.
+func Replay(dead *envelope.Envelope, retries int, now time.Time) *envelope.Envelope {
+	deaths := append(slices.Clone(dead.Deaths), envelope.Death{
+		Reason:     dead.Reason,
+		DeadAt:     dead.DeadAt,
+		Retries:    dead.Retries,
+		LastStatus: dead.LastStatus,
+		LastError:  dead.LastError,
+	})
+	if over := len(deaths) - envelope.MaxDeaths; over > 0 {
+		deaths = deaths[over:]
+	}
+	return &envelope.Envelope{
+		ID:         dead.ID,
+		Kind:       dead.Kind,
+		Function:   dead.Function,
+		Header:     dead.Header.Clone(),
+		Body:       dead.Body,
+		Retries:    retries,
+		Policy:     dead.Policy,
+		AcceptedAt: now,
+		DueAt:      now,
+		Replays:    dead.Replays + 1,
+		Deaths:     deaths,
+	}
 }

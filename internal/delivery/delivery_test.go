@@ -1203,3 +1203,47 @@ func TestStore(t *testing.T) {
 		})
 	}
 }
+
+func TestReplay(t *testing.T) {
+	accepted := now.Add(-time.Hour)
+	maxRetries := 3
+	dead := &envelope.Envelope{
+		ID: "m1", Function: "fn.team", Kind: envelope.KindMessage,
+		Header:  http.Header{"X-Trace": {"t1"}},
+		Body:    []byte("body"),
+		Retries: 4, Policy: envelope.Policy{MaxRetries: &maxRetries},
+		AcceptedAt: accepted, DueAt: accepted.Add(time.Minute),
+		FirstAttemptAt: accepted, LastAttemptAt: accepted.Add(time.Minute),
+		LastStatus: 503, LastError: "unavailable", LastResponse: "busy",
+		MissingSince: accepted, SlotAt: accepted, Holds: 2,
+		Reason: envelope.ReasonMaxRetries, DeadAt: accepted.Add(2 * time.Minute),
+	}
+	got := Replay(dead, 1, now)
+	want := &envelope.Envelope{
+		ID: "m1", Function: "fn.team", Kind: envelope.KindMessage,
+		Header: http.Header{"X-Trace": {"t1"}}, Body: []byte("body"),
+		Retries: 1, Policy: envelope.Policy{MaxRetries: &maxRetries},
+		AcceptedAt: now, DueAt: now, Replays: 1,
+		Deaths: []envelope.Death{{Reason: envelope.ReasonMaxRetries, DeadAt: accepted.Add(2 * time.Minute), Retries: 4, LastStatus: 503, LastError: "unavailable"}},
+	}
+	if !reflect.DeepEqual(want, got) {
+		t.Fatalf("Replay:\n got %+v\nwant %+v", got, want)
+	}
+	got.Header.Set("X-Trace", "changed")
+	if dead.Header.Get("X-Trace") != "t1" {
+		t.Fatal("Replay shares the dead letter's headers")
+	}
+
+	// Replayed over and over, a message keeps its last MaxDeaths deaths.
+	e := dead
+	for i := range envelope.MaxDeaths + 3 {
+		e = Replay(e, 0, now.Add(time.Duration(i)*time.Minute))
+		e.Reason, e.DeadAt, e.Retries = envelope.ReasonRejected, now.Add(time.Duration(i)*time.Minute), i
+	}
+	if e.Replays != envelope.MaxDeaths+3 || len(e.Deaths) != envelope.MaxDeaths {
+		t.Fatalf("after %d replays: Replays %d, %d deaths", envelope.MaxDeaths+3, e.Replays, len(e.Deaths))
+	}
+	if last := e.Deaths[len(e.Deaths)-1]; last.Retries != envelope.MaxDeaths+1 {
+		t.Fatalf("last death kept has retries %d, want %d (the most recent)", last.Retries, envelope.MaxDeaths+1)
+	}
+}

@@ -137,6 +137,25 @@ type Envelope struct {
 	// Reason and DeadAt are set once the message is a dead letter.
 	Reason string    `json:"reason,omitempty"`
 	DeadAt time.Time `json:"dead_at,omitzero"`
+
+	// Replays counts the times the message was replayed from the dead
+	// letters; Deaths are its earlier lives' ends, oldest first, at most
+	// MaxDeaths of them (RabbitMQ's x-death record).
+	Replays int     `json:"replays,omitempty"`
+	Deaths  []Death `json:"deaths,omitempty"`
+}
+
+// MaxDeaths bounds Envelope.Deaths: a message replayed over and over
+// keeps its most recent deaths, not an ever longer record.
+const MaxDeaths = 10
+
+// Death is how one of a message's earlier lives ended.
+type Death struct {
+	Reason     string    `json:"reason"`
+	DeadAt     time.Time `json:"dead_at"`
+	Retries    int       `json:"retries"`
+	LastStatus int       `json:"last_status,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
 }
 
 // Backoff values.
