@@ -18,7 +18,8 @@
 // sends it only on requests started from the mailbox's own pages, so a
 // form on another site that posts to a UI endpoint arrives without it and
 // is refused. The requeue and management endpoints never accept it: their
-// callers send a header, which no browser adds to a cross-site request.
+// callers send a header, which a browser adds to another site's request
+// only after a CORS preflight that the mailbox does not answer.
 //
 // The token is never logged and never put in a cookie: a Token prints as
 // [redacted], errors never quote a credential, and the session cookie
