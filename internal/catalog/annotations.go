@@ -32,7 +32,8 @@ const (
 	AnnotationDeadLetterFunction = AnnotationPrefix + "dead-letter-function"
 	// AnnotationMaxConcurrency: an integer >= 1.
 	AnnotationMaxConcurrency = AnnotationPrefix + "max-concurrency"
-	// AnnotationRate: "N/s", "N/m" or "N/h", N an integer >= 1.
+	// AnnotationRate: "N/s", "N/m" or "N/h", N an integer >= 1 (see
+	// config.ParseRate).
 	AnnotationRate = AnnotationPrefix + "rate"
 )
 
@@ -124,10 +125,9 @@ func parseAnnotations(a map[string]string) (envelope.Policy, Limits, []problem) 
 				l.MaxConcurrency = n
 			}
 		case AnnotationRate:
-			var n int
-			var per time.Duration
-			if n, per, err = parseRate(v); err == nil {
-				l.Rate, l.Per = n, per
+			var r config.Rate
+			if r, err = config.ParseRate(v); err == nil {
+				l.Rate, l.Per = r.N, r.Per
 			}
 		default:
 			short = unknownAnnotation
@@ -155,29 +155,4 @@ func count(v string, lo int) (int, error) {
 		return 0, fmt.Errorf("%q is less than %d", v, lo)
 	}
 	return n, nil
-}
-
-// parseRate parses "N/s", "N/m" or "N/h".
-func parseRate(v string) (int, time.Duration, error) {
-	bad := fmt.Errorf("%q is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)", v)
-	n, unit, ok := strings.Cut(strings.TrimSpace(v), "/")
-	if !ok {
-		return 0, 0, bad
-	}
-	var per time.Duration
-	switch unit {
-	case "s":
-		per = time.Second
-	case "m":
-		per = time.Minute
-	case "h":
-		per = time.Hour
-	default:
-		return 0, 0, bad
-	}
-	c, err := count(n, 1)
-	if err != nil {
-		return 0, 0, bad
-	}
-	return c, per, nil
 }

@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +38,7 @@ const (
 	DefaultRefresh     = 30 * time.Second
 	DefaultMissRefresh = 2 * time.Second
 	DefaultTimeout     = 10 * time.Second
-	DefaultNamespace   = "openfaas-fn"
+	DefaultNamespace   = names.DefaultNamespace
 )
 
 // Back-off of Run after a failed read.
@@ -242,10 +241,7 @@ func (c *Catalog) lookup(ctx context.Context, name string, recheck bool) (Functi
 	if !names.Valid(name) {
 		return Function{}, false, nil
 	}
-	key := name
-	if !strings.Contains(name, ".") {
-		key = name + "." + c.defaultNamespace
-	}
+	key := names.Qualify(name, c.defaultNamespace)
 
 	c.mu.Lock()
 	if f, ok := c.fns[key]; ok && !recheck {

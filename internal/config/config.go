@@ -27,6 +27,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/names"
 )
 
 // Config is the validated configuration of the mailbox service.
@@ -48,9 +50,16 @@ type Config struct {
 	JetStreamConsumer string
 	// JetStreamReplicas of each stream, 1..5. Defaults to 1.
 	JetStreamReplicas int
-	// DeadLetterMaxAge bounds how long JetStream keeps dead letters; zero
-	// keeps them until removed. Defaults to 0.
+	// DeadLetterMaxAge is how long dead letters are kept, on either
+	// backend; older ones are removed. Zero keeps them until removed.
+	// Defaults to 336h (14 days, Zaqar's dead-letter TTL).
 	DeadLetterMaxAge time.Duration
+	// DeadLetterLimit is the most dead letters kept, 1..10000000; past it
+	// the oldest are removed, logged and counted. Defaults to 100000.
+	DeadLetterLimit int
+	// ReplayRate is the most dead letters a bulk replay puts back:
+	// ReplayRate.N per ReplayRate.Per. Defaults to 50/s.
+	ReplayRate Rate
 	// StatusRetention is how long a message's status is kept after its
 	// last step (a waiting message's: after it is due); greater than
 	// zero. Defaults to 24h.
@@ -67,9 +76,20 @@ type Config struct {
 	// BasicAuth makes the service read gateway credentials from
 	// SecretMountPath. Defaults to false.
 	BasicAuth bool
-	// SecretMountPath is the directory holding basic-auth-user and
-	// basic-auth-password. Defaults to /var/openfaas/secrets.
+	// SecretMountPath is the directory holding basic-auth-user,
+	// basic-auth-password and the AuthTokenSecret file. Defaults to
+	// /var/openfaas/secrets.
 	SecretMountPath string
+	// AuthTokenSecret is the name of the file under SecretMountPath (an
+	// OpenFaaS secret) holding the mailbox's API token: a file name,
+	// [A-Za-z0-9._-]+. Empty: no token; the management API and the web UI
+	// are off and requeue is open. Defaults to empty.
+	AuthTokenSecret string
+	// RequeueAuth makes POST /deadletter/<fn> need the token too when
+	// AuthTokenSecret is set; false keeps requeue open, e.g. for async
+	// chains through the queue-worker, which cannot add a header.
+	// Defaults to true.
+	RequeueAuth bool
 	// MaxInflight is the number of concurrent function invocations per
 	// connector, 1..10000. Defaults to 16.
 	MaxInflight int
@@ -96,6 +116,17 @@ type Config struct {
 	// DeadLetterFunction is X-Dead-Letter-Function's default; empty: dead
 	// letters are only stored.
 	DeadLetterFunction string
+	// AllowFunctions are the functions ("name" or "name.namespace") that
+	// requeue and replay may target; nil allows every function.
+	// Defaults to empty.
+	AllowFunctions []string
+	// AllowNamespaces are the namespaces that requeue and replay may
+	// target; nil allows every namespace. Defaults to empty.
+	AllowNamespaces []string
+	// MailboxFunction is the mailbox's own function ("name" or
+	// "name.namespace"), which it refuses to target: a message to itself
+	// would loop. Defaults to mailbox.
+	MailboxFunction string
 	// RetryCodes are the statuses retried. Defaults to 408, 429, 500,
 	// 502, 503 and 504.
 	RetryCodes []int
@@ -187,6 +218,24 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 		// Every requeue without headers would expire before its first
 		// delivery.
 		errs = append(errs, fmt.Errorf("config: default_ttl: %s is not above default_delay %s", c.DefaultTTL, c.DefaultDelay))
+	}
+
+	if !failed["allow_functions"] && !failed["mailbox_function"] {
+		self := names.Qualify(c.MailboxFunction, names.DefaultNamespace)
+		for _, fn := range c.AllowFunctions {
+			if names.Qualify(fn, names.DefaultNamespace) == self {
+				errs = append(errs, fmt.Errorf("config: allow_functions: %q is mailbox_function %q: the mailbox does not target itself", fn, c.MailboxFunction))
+			}
+		}
+	}
+	if !failed["allow_functions"] && !failed["allow_namespaces"] && len(c.AllowNamespaces) > 0 {
+		// Such a function could never be targeted.
+		for _, fn := range c.AllowFunctions {
+			_, ns, _ := strings.Cut(names.Qualify(fn, names.DefaultNamespace), ".")
+			if !slices.Contains(c.AllowNamespaces, ns) {
+				errs = append(errs, fmt.Errorf("config: allow_functions: %q is in namespace %s, which allow_namespaces does not list", fn, ns))
+			}
+		}
 	}
 
 	if err := errors.Join(errs...); err != nil {

@@ -33,12 +33,18 @@ func builtin() Config {
 		JetStreamStream:   "mailbox",
 		JetStreamConsumer: "connector",
 		JetStreamReplicas: 1,
+		DeadLetterMaxAge:  336 * time.Hour,
+		DeadLetterLimit:   100000,
+		ReplayRate:        Rate{N: 50, Per: time.Second},
 		StatusRetention:   24 * time.Hour,
 		NATSClusterID:     "faas-cluster",
 		ChannelPrefix:     "mailbox",
 		GatewayURL:        "http://gateway.openfaas:8080",
 		BasicAuth:         false,
 		SecretMountPath:   "/var/openfaas/secrets",
+		// No token: requeue is open, the management API and the UI off.
+		AuthTokenSecret:   "",
+		RequeueAuth:       true,
 		MaxInflight:       16,
 		UpstreamTimeout:   30 * time.Second,
 		DefaultMaxRetries: 10,
@@ -50,7 +56,11 @@ func builtin() Config {
 		RetryCodes:        []int{408, 429, 500, 502, 503, 504},
 		// The default dead_letter_function is empty: dead letters are
 		// only stored.
-		DeadLetterFunction:  "",
+		DeadLetterFunction: "",
+		// Every function may be targeted but the mailbox itself.
+		AllowFunctions:      nil,
+		AllowNamespaces:     nil,
+		MailboxFunction:     "mailbox",
 		NoSuchFunctionGrace: 60 * time.Second,
 		CallbackMaxRetries:  5,
 		CallbackDelay:       time.Second,
@@ -164,6 +174,14 @@ func TestLoadEmptyValue(t *testing.T) {
 		{"empty retry_codes is unset", "retry_codes", "", func(*Config) {}},
 		{"blank dead_letter_function is unset", "dead_letter_function", " ", func(*Config) {}},
 		{"empty callback_delay is unset", "callback_delay", "", func(*Config) {}},
+		{"blank auth_token_secret is unset", "auth_token_secret", " ", func(*Config) {}},
+		{"empty requeue_auth is unset", "requeue_auth", "", func(*Config) {}},
+		{"empty allow_functions is unset", "allow_functions", "", func(*Config) {}},
+		{"blank allow_namespaces is unset", "allow_namespaces", "  ", func(*Config) {}},
+		{"empty mailbox_function is unset", "mailbox_function", "", func(*Config) {}},
+		{"empty dead_letter_max_age is unset", "dead_letter_max_age", "", func(*Config) {}},
+		{"empty dead_letter_limit is unset", "dead_letter_limit", "", func(*Config) {}},
+		{"empty replay_rate is unset", "replay_rate", "", func(*Config) {}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -197,6 +215,12 @@ func TestLoadValid(t *testing.T) {
 		{"jetstream_replicas", "3", func(c *Config) { c.JetStreamReplicas = 3 }},
 		{"dead_letter_max_age", "336h", func(c *Config) { c.DeadLetterMaxAge = 336 * time.Hour }},
 		{"dead_letter_max_age", "60", func(c *Config) { c.DeadLetterMaxAge = time.Minute }},
+		{"dead_letter_max_age", "0", func(c *Config) { c.DeadLetterMaxAge = 0 }},
+		{"dead_letter_limit", "1", func(c *Config) { c.DeadLetterLimit = 1 }},
+		{"dead_letter_limit", "10000000", func(c *Config) { c.DeadLetterLimit = 10_000_000 }},
+		{"replay_rate", "10/s", func(c *Config) { c.ReplayRate = Rate{10, time.Second} }},
+		{"replay_rate", "600/m", func(c *Config) { c.ReplayRate = Rate{600, time.Minute} }},
+		{"replay_rate", "1/h", func(c *Config) { c.ReplayRate = Rate{1, time.Hour} }},
 		{"status_retention", "1h", func(c *Config) { c.StatusRetention = time.Hour }},
 		{"nats_url", "nats://127.0.0.1:4222", func(c *Config) { c.NATSURL = "nats://127.0.0.1:4222" }},
 		{"nats_url", "tls://nats.example.com:4443", func(c *Config) { c.NATSURL = "tls://nats.example.com:4443" }},
@@ -208,6 +232,11 @@ func TestLoadValid(t *testing.T) {
 		{"basic_auth", "1", func(c *Config) { c.BasicAuth = true }},
 		{"basic_auth", "0", func(c *Config) { c.BasicAuth = false }},
 		{"secret_mount_path", "/run/secrets", func(c *Config) { c.SecretMountPath = "/run/secrets" }},
+		{"auth_token_secret", "mailbox-token", func(c *Config) { c.AuthTokenSecret = "mailbox-token" }},
+		{"auth_token_secret", "Token_2.txt", func(c *Config) { c.AuthTokenSecret = "Token_2.txt" }},
+		{"auth_token_secret", "..token", func(c *Config) { c.AuthTokenSecret = "..token" }},
+		{"requeue_auth", "false", func(c *Config) { c.RequeueAuth = false }},
+		{"requeue_auth", "1", func(c *Config) { c.RequeueAuth = true }},
 		{"max_inflight", "1", func(c *Config) { c.MaxInflight = 1 }},
 		{"max_inflight", "10000", func(c *Config) { c.MaxInflight = 10000 }},
 		{"upstream_timeout", "1500ms", func(c *Config) { c.UpstreamTimeout = 1500 * time.Millisecond }},
@@ -229,6 +258,14 @@ func TestLoadValid(t *testing.T) {
 		{"default_ttl", "2000h", func(c *Config) { c.DefaultTTL = 2000 * time.Hour }},
 		{"dead_letter_function", "dlq", func(c *Config) { c.DeadLetterFunction = "dlq" }},
 		{"dead_letter_function", "dlq.openfaas-fn", func(c *Config) { c.DeadLetterFunction = "dlq.openfaas-fn" }},
+		{"allow_functions", "fn", func(c *Config) { c.AllowFunctions = []string{"fn"} }},
+		{"allow_functions", " fn , other.dev,fn.openfaas-fn ", func(c *Config) { c.AllowFunctions = []string{"fn", "other.dev", "fn.openfaas-fn"} }},
+		// Another namespace's function named like the mailbox is not it.
+		{"allow_functions", "mailbox.dev", func(c *Config) { c.AllowFunctions = []string{"mailbox.dev"} }},
+		{"allow_namespaces", "openfaas-fn", func(c *Config) { c.AllowNamespaces = []string{"openfaas-fn"} }},
+		{"allow_namespaces", "dev, team-a", func(c *Config) { c.AllowNamespaces = []string{"dev", "team-a"} }},
+		{"mailbox_function", "mb", func(c *Config) { c.MailboxFunction = "mb" }},
+		{"mailbox_function", "mailbox.openfaas", func(c *Config) { c.MailboxFunction = "mailbox.openfaas" }},
 		{"retry_codes", "429", func(c *Config) { c.RetryCodes = []int{429} }},
 		{"retry_codes", "429,503", func(c *Config) { c.RetryCodes = []int{429, 503} }},
 		{"retry_codes", " 500 , 502 ,504", func(c *Config) { c.RetryCodes = []int{500, 502, 504} }},
@@ -282,6 +319,32 @@ func TestLoadInvalid(t *testing.T) {
 		{"jetstream_replicas", "6", `config: jetstream_replicas: "6" is greater than 5`},
 		{"jetstream_replicas", "0", `config: jetstream_replicas: "0" is less than 1`},
 		{"dead_letter_max_age", "-1h", `config: dead_letter_max_age: "-1h" is negative`},
+		{"dead_letter_max_age", "14d", `config: dead_letter_max_age: "14d" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"dead_letter_limit", "0", `config: dead_letter_limit: "0" is less than 1`},
+		{"dead_letter_limit", "10000001", `config: dead_letter_limit: "10000001" is greater than 10000000`},
+		{"dead_letter_limit", "1e5", `config: dead_letter_limit: "1e5" is not an integer`},
+		{"replay_rate", "50", `config: replay_rate: "50" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
+		{"replay_rate", "0/s", `config: replay_rate: "0/s" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
+		{"replay_rate", "50/d", `config: replay_rate: "50/d" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
+		{"auth_token_secret", "tokens/mailbox", `config: auth_token_secret: "tokens/mailbox" has characters outside [A-Za-z0-9._-]`},
+		{"auth_token_secret", "/var/openfaas/secrets/token", `config: auth_token_secret: "/var/openfaas/secrets/token" has characters outside [A-Za-z0-9._-]`},
+		{"auth_token_secret", `a\b`, `config: auth_token_secret: "a\\b" has characters outside [A-Za-z0-9._-]`},
+		{"auth_token_secret", "..", `config: auth_token_secret: ".." is not a file name`},
+		{"auth_token_secret", ".", `config: auth_token_secret: "." is not a file name`},
+		{"auth_token_secret", "my token", `config: auth_token_secret: "my token" has characters outside [A-Za-z0-9._-]`},
+		{"requeue_auth", "no", `config: requeue_auth: "no" is not a boolean (true, false, 1 or 0)`},
+		{"allow_functions", "Fn", `config: allow_functions: "Fn" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"allow_functions", "fn,a.b.c", `config: allow_functions: "a.b.c" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"allow_functions", "fn,,other", `config: allow_functions: "fn,,other" has an empty entry`},
+		{"allow_functions", "fn,", `config: allow_functions: "fn," has an empty entry`},
+		{"allow_functions", "fn other", `config: allow_functions: "fn other" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"allow_functions", "mailbox", `config: allow_functions: "mailbox" is mailbox_function "mailbox": the mailbox does not target itself`},
+		{"allow_functions", "fn,mailbox.openfaas-fn", `config: allow_functions: "mailbox.openfaas-fn" is mailbox_function "mailbox": the mailbox does not target itself`},
+		{"allow_namespaces", "dev,Prod", `config: allow_namespaces: "Prod" is not a namespace (a DNS-1123 label)`},
+		{"allow_namespaces", "fn.dev", `config: allow_namespaces: "fn.dev" is not a namespace (a DNS-1123 label)`},
+		{"allow_namespaces", ",dev", `config: allow_namespaces: ",dev" has an empty entry`},
+		{"mailbox_function", "Mailbox", `config: mailbox_function: "Mailbox" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"mailbox_function", "mailbox.", `config: mailbox_function: "mailbox." is not <function> or <function>.<namespace> (DNS-1123 labels)`},
 		{"status_retention", "0", `config: status_retention: "0" is not greater than zero`},
 		{"nats_url", "http://nats:4222", `config: nats_url: "http://nats:4222" is not a nats:// or tls:// URL`},
 		{"nats_url", "nats://", `config: nats_url: "nats://" has no host`},
@@ -375,6 +438,10 @@ func TestLoadEmptyDefaultIsInvalid(t *testing.T) {
 		{"retry_codes", `config: retry_codes: "" is not an integer`},
 		{"default_backoff", `config: default_backoff: "" is not one of fixed, exponential`},
 		{"callback_delay", `config: callback_delay: "" is not a duration`},
+		{"mailbox_function", `config: mailbox_function: "" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"dead_letter_limit", `config: dead_letter_limit: "" is not an integer`},
+		{"replay_rate", `config: replay_rate: "" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
+		{"requeue_auth", `config: requeue_auth: "" is not a boolean (true, false, 1 or 0)`},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			t.Parallel()
@@ -420,6 +487,42 @@ func TestLoadCaps(t *testing.T) {
 				return
 			}
 			if errString(err) != tc.want {
+				t.Errorf("Load error =\n%s\nwant\n%s", errString(err), tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadTargets(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string // "" for success
+	}{
+		{"mailbox listed under its own name", []string{"allow_functions", "fn,mb.dev", "mailbox_function", "mb.dev"},
+			`config: allow_functions: "mb.dev" is mailbox_function "mb.dev": the mailbox does not target itself`},
+		{"mailbox listed with the default namespace", []string{"allow_functions", "mb.openfaas-fn", "mailbox_function", "mb"},
+			`config: allow_functions: "mb.openfaas-fn" is mailbox_function "mb": the mailbox does not target itself`},
+		{"the default mailbox_function may be listed once renamed", []string{"allow_functions", "mailbox", "mailbox_function", "mb"}, ""},
+		{"no self check when mailbox_function is invalid", []string{"allow_functions", "mailbox", "mailbox_function", "MB"},
+			`config: mailbox_function: "MB" is not <function> or <function>.<namespace> (DNS-1123 labels)`},
+		{"function in a listed namespace", []string{"allow_functions", "fn,other.dev", "allow_namespaces", "dev,openfaas-fn"}, ""},
+		{"function outside the listed namespaces", []string{"allow_functions", "fn,other.dev,x.prod", "allow_namespaces", "dev"},
+			`config: allow_functions: "fn" is in namespace openfaas-fn, which allow_namespaces does not list` + "\n" +
+				`config: allow_functions: "x.prod" is in namespace prod, which allow_namespaces does not list`},
+		{"no namespace check when allow_namespaces is invalid", []string{"allow_functions", "fn", "allow_namespaces", "Dev"},
+			`config: allow_namespaces: "Dev" is not a namespace (a DNS-1123 label)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Load(env(tc.env...), nil)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
 				t.Errorf("Load error =\n%s\nwant\n%s", errString(err), tc.want)
 			}
 		})
@@ -526,6 +629,13 @@ func TestFlags(t *testing.T) {
 			c.BasicAuth = true
 			c.KeepCredentials = true
 		}},
+		{"bool flag false beats env", []string{"--requeue-auth=false", "--auth-token-secret", "mailbox-token", "--replay-rate=5/s"},
+			env("requeue_auth", "true", "allow_functions", "fn"), func(c *Config) {
+				c.RequeueAuth = false
+				c.AuthTokenSecret = "mailbox-token"
+				c.ReplayRate = Rate{5, time.Second}
+				c.AllowFunctions = []string{"fn"} // from env
+			}},
 		{"bool flag with value", []string{"--basic-auth=false"}, env("basic_auth", "true"), func(c *Config) {
 			c.BasicAuth = false
 		}},
@@ -624,10 +734,13 @@ func TestSettings(t *testing.T) {
 	wantNames := []string{
 		"backend", "nats_url", "nats_credentials_file", "nats_cluster_id",
 		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
+		"dead_letter_limit", "replay_rate",
 		"status_retention", "channel_prefix", "gateway_url",
-		"basic_auth", "secret_mount_path", "max_inflight", "upstream_timeout",
+		"basic_auth", "secret_mount_path", "auth_token_secret", "requeue_auth",
+		"max_inflight", "upstream_timeout",
 		"default_max_retries", "default_delay", "max_retries_limit", "max_delay",
-		"default_backoff", "default_ttl", "dead_letter_function", "retry_codes",
+		"default_backoff", "default_ttl", "dead_letter_function",
+		"allow_functions", "allow_namespaces", "mailbox_function", "retry_codes",
 		"no_such_function_grace", "callback_max_retries", "callback_delay", "function_refresh",
 		"max_body_bytes", "keep_credentials", "listen", "data_dir", "log_level", "log_format",
 	}
@@ -644,10 +757,15 @@ func TestSettings(t *testing.T) {
 		}
 		// A setting without a default is one whose empty value means
 		// something: nats_url and nats_credentials_file say so with
-		// emptyIsValue; dead_letter_function's empty default is "no
-		// dead-letter function" (an empty value in the environment is
-		// unset, which is the same).
-		if s.Default == "" && !s.emptyIsValue && s.Name != "dead_letter_function" {
+		// emptyIsValue; for the others an empty value in the environment
+		// is unset, which is the same as their empty default.
+		emptyDefault := map[string]bool{
+			"dead_letter_function": true, // no dead-letter function
+			"auth_token_secret":    true, // no token
+			"allow_functions":      true, // every function
+			"allow_namespaces":     true, // every namespace
+		}
+		if s.Default == "" && !s.emptyIsValue && !emptyDefault[s.Name] {
 			t.Errorf("setting %q has no default", s.Name)
 		}
 		// Every built-in default parses.
@@ -663,6 +781,9 @@ func TestSettings(t *testing.T) {
 	nonDefault := map[string]string{
 		"backend": "jetstream", "nats_url": "tls://n:1", "nats_credentials_file": "/c", "nats_cluster_id": "c",
 		"jetstream_stream": "s", "jetstream_consumer": "k", "jetstream_replicas": "3", "dead_letter_max_age": "1h",
+		"dead_letter_limit": "5", "replay_rate": "1/m",
+		"auth_token_secret": "token", "requeue_auth": "false",
+		"allow_functions": "fn", "allow_namespaces": "dev", "mailbox_function": "mb",
 		"status_retention": "1m", "channel_prefix": "p",
 		"gateway_url": "http://g", "basic_auth": "true", "secret_mount_path": "/s", "max_inflight": "1",
 		"upstream_timeout": "1", "default_max_retries": "1", "default_delay": "1", "max_retries_limit": "20",

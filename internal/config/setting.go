@@ -139,10 +139,27 @@ func settings() []Setting {
 			},
 		},
 		{
-			Name: "dead_letter_max_age", Default: "0",
-			Usage: "JetStream: how long dead letters are kept; 0 keeps them until removed",
+			Name: "dead_letter_max_age", Default: "336h",
+			Usage: "how long dead letters are kept (either backend); older ones are removed; 0 keeps them until removed",
 			apply: func(c *Config, v string) (err error) {
 				c.DeadLetterMaxAge, err = parseDuration(v, false, 0)
+				return err
+			},
+		},
+		{
+			Name: "dead_letter_limit", Default: "100000",
+			Usage: "most dead letters kept, 1..10000000; past it the oldest are removed, logged and counted",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 10_000_000)
+				c.DeadLetterLimit = int(n)
+				return err
+			},
+		},
+		{
+			Name: "replay_rate", Default: "50/s",
+			Usage: "most dead letters a bulk replay puts back, written like the com.openfaas.mailbox.rate annotation (e.g. 50/s, 600/m)",
+			apply: func(c *Config, v string) (err error) {
+				c.ReplayRate, err = ParseRate(v)
 				return err
 			},
 		},
@@ -188,9 +205,35 @@ func settings() []Setting {
 		},
 		{
 			Name: "secret_mount_path", Default: "/var/openfaas/secrets",
-			Usage: "directory holding basic-auth-user and basic-auth-password",
+			Usage: "directory holding basic-auth-user, basic-auth-password and the auth_token_secret file",
 			apply: func(c *Config, v string) (err error) {
 				c.SecretMountPath, err = nonEmpty(v)
+				return err
+			},
+		},
+		{
+			Name: "auth_token_secret", Default: "",
+			Usage: "name of the secret file under secret_mount_path holding the mailbox's API token; empty: no token, the management API and the web UI are off and requeue is open",
+			apply: func(c *Config, v string) error {
+				if v != "" {
+					if err := checkChars(v, "A-Za-z0-9._-", func(r rune) bool {
+						return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+					}); err != nil {
+						return err
+					}
+					if v == "." || v == ".." {
+						return fmt.Errorf("%q is not a file name", v)
+					}
+				}
+				c.AuthTokenSecret = v
+				return nil
+			},
+		},
+		{
+			Name: "requeue_auth", Default: "true", isBool: true,
+			Usage: "with a token, POST /deadletter/<fn> needs it too; false keeps requeue open (e.g. for async chains through the queue-worker, which cannot add a header)",
+			apply: func(c *Config, v string) (err error) {
+				c.RequeueAuth, err = parseBool(v)
 				return err
 			},
 		},
@@ -269,6 +312,43 @@ func settings() []Setting {
 					return fmt.Errorf("%q is not <function> or <function>.<namespace> (DNS-1123 labels)", v)
 				}
 				c.DeadLetterFunction = v
+				return nil
+			},
+		},
+		{
+			Name: "allow_functions", Default: "",
+			Usage: "comma-separated functions (name or name.namespace) requeue and replay may target; empty: all",
+			apply: func(c *Config, v string) (err error) {
+				c.AllowFunctions, err = list(v, func(f string) error {
+					if !names.Valid(f) {
+						return fmt.Errorf("%q is not <function> or <function>.<namespace> (DNS-1123 labels)", f)
+					}
+					return nil
+				})
+				return err
+			},
+		},
+		{
+			Name: "allow_namespaces", Default: "",
+			Usage: "comma-separated namespaces requeue and replay may target; empty: all",
+			apply: func(c *Config, v string) (err error) {
+				c.AllowNamespaces, err = list(v, func(ns string) error {
+					if !names.ValidLabel(ns) {
+						return fmt.Errorf("%q is not a namespace (a DNS-1123 label)", ns)
+					}
+					return nil
+				})
+				return err
+			},
+		},
+		{
+			Name: "mailbox_function", Default: "mailbox",
+			Usage: "the mailbox's own function (name or name.namespace), which it refuses to target: a message to itself would loop",
+			apply: func(c *Config, v string) error {
+				if !names.Valid(v) {
+					return fmt.Errorf("%q is not <function> or <function>.<namespace> (DNS-1123 labels)", v)
+				}
+				c.MailboxFunction = v
 				return nil
 			},
 		},
@@ -439,6 +519,26 @@ func name(v string) (string, error) {
 	return v, checkChars(v, "A-Za-z0-9_-", func(r rune) bool {
 		return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-'
 	})
+}
+
+// list splits a comma-separated v, trimming each entry and checking it
+// with check; empty v is nil.
+func list(v string, check func(string) error) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []string
+	for e := range strings.SplitSeq(v, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			return nil, fmt.Errorf("%q has an empty entry", v)
+		}
+		if err := check(e); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
 }
 
 func nonEmpty(v string) (string, error) {

@@ -8,6 +8,10 @@ import "strings"
 // MaxLabelLen is the longest DNS-1123 label.
 const MaxLabelLen = 63
 
+// DefaultNamespace is where faas-netes and faasd put a function named
+// without a namespace.
+const DefaultNamespace = "openfaas-fn"
+
 // Valid reports whether s names a function: "name" or "name.namespace",
 // each part a DNS-1123 label.
 func Valid(s string) bool {
@@ -34,4 +38,14 @@ func ValidLabel(s string) bool {
 		}
 	}
 	return true
+}
+
+// Qualify returns "name.namespace" for a function name, adding
+// defaultNamespace to a name without one: "fn" and "fn.openfaas-fn" are
+// the same function when defaultNamespace is "openfaas-fn".
+func Qualify(s, defaultNamespace string) string {
+	if strings.Contains(s, ".") {
+		return s
+	}
+	return s + "." + defaultNamespace
 }

@@ -69,3 +69,16 @@ func TestValidLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestQualify(t *testing.T) {
+	for _, tt := range []struct{ in, ns, want string }{
+		{"fn", DefaultNamespace, "fn.openfaas-fn"},
+		{"fn", "dev", "fn.dev"},
+		{"fn.dev", DefaultNamespace, "fn.dev"},
+		{"fn.openfaas-fn", DefaultNamespace, "fn.openfaas-fn"},
+	} {
+		if got := Qualify(tt.in, tt.ns); got != tt.want {
+			t.Errorf("Qualify(%q, %q) = %q, want %q", tt.in, tt.ns, got, tt.want)
+		}
+	}
+}
