@@ -1,12 +1,15 @@
-// Command mailbox runs the whole mailbox in one process:
+// Command mailbox runs the whole mailbox in one process, and manages the
+// dead letters of a running one:
 //
 //	mailbox serve [flags]
+//	mailbox deadletters list|show|replay|purge [flags] [ids]
 //
-// serves the requeue API and runs the connector, on an embedded NATS server
+// mailbox serve serves the requeue API and runs the connector, on an embedded NATS server
 // with a file store: JetStream by default, NATS Streaming with
 // --backend stan (or on an external server given --nats-url). It suits single-node OpenFaaS (faasd) and local use. Every
 // flag falls back to the environment variable of the same name in
-// lower_snake_case (--gateway-url: gateway_url).
+// lower_snake_case (--gateway-url: gateway_url). mailbox deadletters (or
+// dl) is the client of the management API, in internal/cli.
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/cli"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/jsserver"
 	"github.com/openfaas/mailbox/internal/queue/stan"
@@ -48,22 +52,54 @@ const outageTolerance = 14 * 24 * time.Hour
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	err := run(ctx, os.Args[1:], os.Environ(), os.Stderr, nil)
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
+	err := command(ctx, os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr)
+	if code := exitCode(os.Args[1:], err); code != 0 {
 		fmt.Fprintln(os.Stderr, "mailbox:", err)
-		os.Exit(2)
+		os.Exit(code)
 	}
 }
 
+// command runs the command args name: deadletters (or dl) in
+// internal/cli, serve and anything else in run.
+func command(ctx context.Context, args, environ []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if isDeadLetters(args) {
+		return cli.DeadLetters(ctx, args[1:], environ, stdin, stdout, stderr)
+	}
+	return run(ctx, args, environ, stderr, nil)
+}
+
+func isDeadLetters(args []string) bool {
+	return len(args) > 0 && (args[0] == "deadletters" || args[0] == "dl")
+}
+
+// exitCode is 0 for success or -h, 2 for a bad command line or any error
+// of serve, 1 for a dead-letter command that failed.
+func exitCode(args []string, err error) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case !isDeadLetters(args):
+		return 2
+	}
+	if _, ok := errors.AsType[*cli.UsageError](err); ok {
+		return 2
+	}
+	return 1
+}
+
 const usage = `usage: mailbox serve [flags]
+       mailbox deadletters list|show|replay|purge [flags] [ids]
 
-Serves the requeue API (POST /deadletter/<function>) and delivers messages
-through the OpenFaaS gateway, on an embedded NATS server (JetStream, or NATS
-Streaming with --backend stan) unless --nats-url is given.
+mailbox serve serves the requeue API (POST /deadletter/<function>) and
+delivers messages through the OpenFaaS gateway, on an embedded NATS server
+(JetStream, or NATS Streaming with --backend stan) unless --nats-url is
+given.
 
-Flags (each falls back to the environment variable named after it):
+mailbox deadletters (or dl) lists, shows, replays and purges the dead
+letters of a running mailbox through its management API: see
+"mailbox deadletters -h".
+
+Flags of serve (each falls back to the environment variable named after it):
 `
 
 // run is main without the process: tests call it with their own
@@ -72,7 +108,7 @@ Flags (each falls back to the environment variable named after it):
 func run(ctx context.Context, args, environ []string, stderr io.Writer, ready func(addr string)) error {
 	if len(args) == 0 || args[0] != "serve" {
 		fmt.Fprint(stderr, usage)
-		return errors.New("unknown or missing command: want serve")
+		return errors.New("unknown or missing command: want serve or deadletters")
 	}
 	fs := flag.NewFlagSet("mailbox serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
