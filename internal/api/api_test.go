@@ -105,6 +105,21 @@ func (q *memQueue) Status(_ context.Context, id string) (status.Status, error) {
 	return s, nil
 }
 
+func (q *memQueue) Waiting(context.Context) (map[string]int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.statusErr != nil {
+		return nil, q.statusErr
+	}
+	out := map[string]int{}
+	for _, s := range q.statuses {
+		if status.Counted(s) {
+			out[s.Function]++
+		}
+	}
+	return out, nil
+}
+
 // status returns the latest status recorded for id.
 func (q *memQueue) status(id string) (status.Status, bool) {
 	q.mu.Lock()
