@@ -75,7 +75,8 @@ type Options struct {
 	// that answers Waiting keeps in memory to count them; past it the one
 	// updated longest ago is forgotten. Defaults to 1,000,000, as many
 	// statuses as the status stream keeps: about 225 bytes each, 215 MiB
-	// at most (status.TestIndexMemory).
+	// at most (measured as status.TestIndexMemory does, with 1,000,000
+	// ids).
 	StatusIndexLimit int
 }
 
