@@ -122,12 +122,12 @@ func New(o Options) (http.Handler, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(o.Registerer)
-	if err != nil {
-		return nil, err
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(o.Registerer, o.Queue, o.Logger)
+	if err != nil {
+		return nil, err
 	}
 	rec, err := status.NewRecorder(o.Queue, o.Registerer, o.Logger)
 	if err != nil {

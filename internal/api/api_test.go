@@ -20,6 +20,8 @@ import (
 
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/metricstest"
+	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -103,6 +105,21 @@ func (q *memQueue) Status(_ context.Context, id string) (status.Status, error) {
 		return status.Status{}, queue.ErrNoStatus
 	}
 	return s, nil
+}
+
+func (q *memQueue) Waiting(context.Context) (map[string]int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.statusErr != nil {
+		return nil, q.statusErr
+	}
+	out := map[string]int{}
+	for _, s := range q.statuses {
+		if status.Counted(s) {
+			out[s.Function]++
+		}
+	}
+	return out, nil
 }
 
 // status returns the latest status recorded for id.
@@ -839,10 +856,64 @@ func TestMetrics(t *testing.T) {
 				}
 			}
 			// Refused requeues are not counted per function.
-			if strings.Contains(text, `function="Fn"`) || strings.Count(text, `function=`) != 1 {
+			if strings.Contains(text, `function="Fn"`) || strings.Count(text, `mailbox_received_total{function=`) != 1 {
 				t.Errorf("metrics label refused requeues by function:\n%s", text)
 			}
 		})
+	}
+}
+
+func TestWaitingMetric(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := context.Background()
+	at := testNow.Add(-time.Minute)
+	for _, s := range []status.Status{
+		{ID: "a1", Function: "a", State: status.Waiting},
+		{ID: "a2", Function: "a", State: status.InFlight},
+		{ID: "b1", Function: "b", State: status.Waiting},
+		{ID: "c1", Function: "c", State: status.Delivered},
+		{ID: "a1-cb", Function: "a", Kind: envelope.KindCallback, State: status.Waiting},
+	} {
+		s.AcceptedAt, s.UpdatedAt = at, at
+		if err := b.queue.RecordStatus(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text := b.do(http.MethodGet, "/metrics", nil, nil).Body.String()
+	for _, want := range []string{"# TYPE mailbox_waiting gauge", `mailbox_waiting{function="a"} 2`, `mailbox_waiting{function="b"} 1`} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("/metrics lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, `mailbox_waiting{function="c"}`) {
+		t.Errorf("a function with nothing waiting is exported:\n%s", text)
+	}
+
+	// Past names.MaxLabels functions, the rest are counted as other.
+	for i := range names.MaxLabels + 1 {
+		s := status.Status{ID: fmt.Sprintf("z%d", i), Function: fmt.Sprintf("z%04d", i), State: status.Waiting, AcceptedAt: at, UpdatedAt: at}
+		if err := b.queue.RecordStatus(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a, b and the first 498 z functions have labels of their own.
+	if got := metricstest.Sum(t, b.reg, "mailbox_waiting", "function", names.Other); got != 3 {
+		t.Errorf("mailbox_waiting{function=other} = %v, want 3", got)
+	}
+	if got := metricstest.Sum(t, b.reg, "mailbox_waiting"); got != names.MaxLabels+1+3 {
+		t.Errorf("mailbox_waiting sums to %v, want %d", got, names.MaxLabels+1+3)
+	}
+
+	// Without counts, nothing is exported.
+	b.queue.mu.Lock()
+	b.queue.statusErr = queue.ErrUnavailable
+	b.queue.mu.Unlock()
+	if text := b.do(http.MethodGet, "/metrics", nil, nil).Body.String(); strings.Contains(text, "mailbox_waiting{") {
+		t.Errorf("mailbox_waiting exported while the queue is unavailable:\n%s", text)
+	}
+	if !strings.Contains(b.logs.String(), "mailbox_waiting not exported") {
+		t.Errorf("no debug log of the failed count:\n%s", b.logs.String())
 	}
 }
 

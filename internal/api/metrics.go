@@ -1,9 +1,14 @@
 package api
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,7 +26,7 @@ type metrics struct {
 	function    *names.Bounded
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, q queue.Queue, log *slog.Logger) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailbox_requeue_requests_total",
@@ -39,8 +44,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(64, 4, 8),
 		}),
 	}
+	waiting := &waitingCollector{
+		queue:    q,
+		function: m.function,
+		log:      log,
+		desc: prometheus.NewDesc("mailbox_waiting",
+			"Messages waiting or in flight, by function, as their latest statuses say (counts a bounded index; see the README).",
+			[]string{"function"}, nil),
+	}
 	var registered []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.requests, m.received, m.bodyBytes} {
+	for _, c := range []prometheus.Collector{m.requests, m.received, m.bodyBytes, waiting} {
 		if err := reg.Register(c); err != nil {
 			// Leave the registry as it was, so a caller that handles the
 			// error can retry on the same registry.
@@ -66,4 +79,39 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	return m, nil
+}
+
+// waitingTimeout bounds the read of mailbox_waiting at a scrape, which
+// waits for the backend's index to catch up.
+const waitingTimeout = 2 * time.Second
+
+// waitingCollector exports mailbox_waiting{function} when scraped, from
+// Queue.Waiting. When that fails (the broker is down, or the index has
+// not caught up within waitingTimeout) it exports nothing.
+type waitingCollector struct {
+	queue    queue.Queue
+	function *names.Bounded
+	log      *slog.Logger
+	desc     *prometheus.Desc
+}
+
+func (c *waitingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *waitingCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitingTimeout)
+	defer cancel()
+	counts, err := c.queue.Waiting(ctx)
+	if err != nil {
+		c.log.Debug("mailbox_waiting not exported", "error", err)
+		return
+	}
+	// In order, so that which names fit the bound does not depend on
+	// the map's order.
+	byLabel := map[string]int{}
+	for _, fn := range slices.Sorted(maps.Keys(counts)) {
+		byLabel[c.function.Label(fn)] += counts[fn]
+	}
+	for label, n := range byLabel {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), label)
+	}
 }

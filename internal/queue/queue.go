@@ -38,6 +38,12 @@ type Queue interface {
 	// is none (never recorded, or forgotten), ErrUnavailable while the
 	// broker cannot be reached.
 	Status(ctx context.Context, id string) (status.Status, error)
+	// Waiting counts, per function, the messages whose latest status is
+	// waiting or in flight (status.Counted), leaving out functions with
+	// none. It reads an index of the statuses, bounded as the backend
+	// says, which it starts on first use and waits (until ctx ends) to
+	// have caught up; ErrUnavailable while the broker cannot be reached.
+	Waiting(ctx context.Context) (map[string]int, error)
 	// MaxPayload is the largest encoded envelope the broker accepts.
 	MaxPayload() int
 	// Connected reports whether the broker is reachable now.

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -73,11 +74,12 @@ func callsWith(rec *gatewaytest.Recorder, id string) []gatewaytest.Call {
 
 // bundle is one mailbox under test.
 type bundle struct {
-	nats broker
-	gw   *gatewaytest.Gateway
-	cfg  config.Config
-	api  *httptest.Server
-	reg  *prometheus.Registry // the connector's
+	nats   broker
+	gw     *gatewaytest.Gateway
+	cfg    config.Config
+	api    *httptest.Server
+	apiReg *prometheus.Registry
+	reg    *prometheus.Registry // the connector's
 }
 
 // broker is an embedded NATS server for one backend.
@@ -165,6 +167,7 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.apiReg = apiReg
 	b.api = httptest.NewServer(h)
 	t.Cleanup(b.api.Close)
 	poll.Until(t, 10*time.Second, "API healthy", func() bool { return b.health() == http.StatusOK })
@@ -995,6 +998,38 @@ func TestMessageStatusFollowsTheMessage(t *testing.T) {
 		dead := b.waitStatus(t, bad.ID, "dead-lettered", func(a statusAnswer) bool { return a.Status == "dead-lettered" })
 		if dead.Reason != "max-retries" || dead.Retries != 2 || dead.LastStatus != http.StatusInternalServerError {
 			t.Fatalf("dead-lettered status %+v", dead)
+		}
+	})
+}
+
+func TestWaitingMetricCountsMessagesPerFunction(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		b.deploy("echo", nil, nil)
+		waiting := func(fn string) float64 { return metricstest.Sum(t, b.apiReg, "mailbox_waiting", "function", fn) }
+		for range 3 {
+			b.mustSchedule(t, "later", []byte("x"), "X-Delay-Duration", "1h")
+		}
+		b.mustSchedule(t, "other", []byte("x"), "X-Delay-Duration", "1h")
+		b.mustSchedule(t, "echo", []byte("x"), "X-Delay-Duration", "1s")
+		poll.Until(t, 15*time.Second, "the API counts the waiting messages", func() bool {
+			return waiting("later") == 3 && waiting("other") == 1 && waiting("echo") == 1
+		})
+		res, err := http.Get(b.api.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(text), `mailbox_waiting{function="later"} 3`+"\n") {
+			t.Fatalf("/metrics lacks mailbox_waiting{function=\"later\"} 3:\n%s", text)
+		}
+
+		b.startConnector(t)
+		poll.Until(t, 20*time.Second, "the delivered message is no longer counted", func() bool {
+			return waiting("echo") == 0
+		})
+		if waiting("later") != 3 || waiting("other") != 1 {
+			t.Fatalf("later %v, other %v; want 3 and 1 still waiting", waiting("later"), waiting("other"))
 		}
 	})
 }

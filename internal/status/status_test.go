@@ -129,9 +129,15 @@ func TestRecorderNeverBlocksAndCountsDrops(t *testing.T) {
 	r.Wait(ctx)
 	store.mu.Lock()
 	defer store.mu.Unlock()
-	for i, s := range store.got {
-		if s.ID == "same" && s.Retries != i {
-			t.Fatalf("stored %d as the %dth: out of order", s.Retries, i)
+	// Which ones dropped depends on when the shard's goroutine took the
+	// first; those stored keep the order recorded.
+	last := -1
+	for _, s := range store.got {
+		if s.ID == "same" {
+			if s.Retries <= last {
+				t.Fatalf("stored %d after %d: out of order", s.Retries, last)
+			}
+			last = s.Retries
 		}
 	}
 	if got := len(store.got) + int(testutil.ToFloat64(dropped)); got != n+1 {

@@ -9,7 +9,8 @@
 //     replicas, with explicit acks.
 //   - A dead-letter stream on <prefix>.deadletter with a configurable age.
 //   - A status stream on <prefix>.status.<id> keeping the last status of
-//     each message, each expiring on its own (per-message TTL).
+//     each message, each expiring on its own (per-message TTL). A process
+//     that counts waiting messages follows it with an ordered consumer.
 //   - Message ids (with the retry count, and the count of holds for a
 //     message put back without an attempt) are the de-duplication ids
 //     (Nats-Msg-Id): a requeue repeated after a timeout is stored once.
@@ -25,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +36,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // scheduleLead is how early a message is scheduled before it is due: more
@@ -68,6 +71,13 @@ type Options struct {
 	// DeadLetterMaxAge bounds how long dead letters are kept; zero keeps
 	// them until they are removed.
 	DeadLetterMaxAge time.Duration
+	// StatusIndexLimit bounds the waiting and in-flight messages a process
+	// that answers Waiting keeps in memory to count them; past it the one
+	// updated longest ago is forgotten. Defaults to 1,000,000, as many
+	// statuses as the status stream keeps: about 225 bytes each, 215 MiB
+	// at most (measured as status.TestIndexMemory does, with 1,000,000
+	// ids).
+	StatusIndexLimit int
 }
 
 // Queue is a JetStream backend. The NATS connection reconnects by itself;
@@ -82,8 +92,14 @@ type Queue struct {
 	// statusStream is set before ready.
 	statusStream jetstream.Stream
 	deadLetters  *prometheus.CounterVec
-	cancel       context.CancelFunc
-	done         chan struct{}
+	// index counts waiting messages per function from the status stream,
+	// started by the first Waiting.
+	index     *status.Index
+	indexOnce sync.Once
+	indexDone chan struct{}   // closed when the index stops following
+	ctx       context.Context // ends at Close
+	cancel    context.CancelFunc
+	done      chan struct{}
 }
 
 // Open validates o, connects in the background and returns at once, so a
@@ -109,6 +125,9 @@ func Open(o Options) (*Queue, error) {
 	if o.Replicas <= 0 {
 		o.Replicas = 1
 	}
+	if o.StatusIndexLimit <= 0 {
+		o.StatusIndexLimit = statusMaxMsgs
+	}
 	deadLetters, err := o.DeadLetterCounter()
 	if err != nil {
 		return nil, err
@@ -119,6 +138,7 @@ func Open(o Options) (*Queue, error) {
 		readyCh:     make(chan struct{}),
 		done:        make(chan struct{}),
 		deadLetters: deadLetters,
+		index:       status.NewIndex(o.StatusIndexLimit, true),
 	}
 	opts := []nats.Option{
 		nats.Name("mailbox"),
@@ -133,6 +153,8 @@ func Open(o Options) (*Queue, error) {
 			if err != nil { // nil: closed on purpose
 				q.log.Warn("disconnected from NATS", "error", err)
 			}
+			// Statuses stored meanwhile are read after the reconnect.
+			q.index.SetSynced(false)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			q.log.Info("reconnected to NATS", "url", nc.ConnectedUrl())
@@ -151,9 +173,8 @@ func Open(o Options) (*Queue, error) {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	q.nc, q.js = nc, js
-	ctx, cancel := context.WithCancel(context.Background())
-	q.cancel = cancel
-	go q.setUp(ctx)
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	go q.setUp(q.ctx)
 	return q, nil
 }
 
@@ -309,6 +330,10 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string) error {
 func (q *Queue) Close() error {
 	q.cancel()
 	<-q.done
+	q.indexOnce.Do(func() {}) // none starts after this
+	if q.indexDone != nil {
+		<-q.indexDone
+	}
 	q.nc.Close()
 	return nil
 }

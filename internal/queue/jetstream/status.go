@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -123,4 +124,118 @@ func wrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// Waiting counts, per function, the messages whose latest status is
+// waiting or in flight (status.Counted). The first call starts following
+// the status stream into an index; every call waits (until ctx ends) for
+// the index to have read the stream up to now.
+func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
+	if !q.Connected() {
+		return nil, queue.ErrUnavailable
+	}
+	q.indexOnce.Do(func() {
+		q.indexDone = make(chan struct{})
+		go q.followStatuses(q.ctx)
+	})
+	if err := q.index.WaitSynced(ctx); err != nil {
+		return nil, queue.ErrUnavailable
+	}
+	return q.index.Waiting(time.Now()), nil
+}
+
+// syncCheckEvery is how often an index that is not synced asks the server
+// whether it has read everything.
+const syncCheckEvery = 200 * time.Millisecond
+
+// followStatuses keeps the index following the status stream until ctx
+// ends, starting again with back-off whenever the consumer stops.
+func (q *Queue) followStatuses(ctx context.Context) {
+	defer close(q.indexDone)
+	backoff := 100 * time.Millisecond
+	for {
+		err := q.followOnce(ctx)
+		q.index.SetSynced(false)
+		if ctx.Err() != nil {
+			return
+		}
+		q.log.Warn("cannot follow the status stream, retrying", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// followOnce reads the last status of every id with an ordered consumer
+// (DeliverLastPerSubject), then every new one, into the index. nats.go
+// re-creates an ordered consumer by itself after a reconnect or a missed
+// heartbeat, from the stream sequence after the last one read, so a
+// reconnect reads only what is new. The index is synced once the
+// consumer's info reports nothing left to deliver and everything
+// delivered read, checked at once and every syncCheckEvery while not
+// synced (a disconnect marks it not synced). The message reporting no
+// more pending would be quicker but may be stale, read from the client's
+// buffer after a disconnect. followOnce returns when ctx ends or the
+// consumer stops.
+func (q *Queue) followOnce(ctx context.Context) error {
+	cons, err := q.js.OrderedConsumer(ctx, q.o.StatusStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{q.statusSubject(">")},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	var read struct {
+		consumer string // the consumer of the last message read
+		seq      uint64 // its consumer sequence
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		meta, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		if s, err := status.Decode(m.Data()); err != nil {
+			q.log.Warn("stored status is not one, ignored", "subject", m.Subject(), "seq", meta.Sequence.Stream, "error", err)
+		} else {
+			q.index.Put(s, time.Now())
+		}
+		mu.Lock()
+		read.consumer, read.seq = meta.Consumer, meta.Sequence.Consumer
+		mu.Unlock()
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		q.log.Debug("following the status stream", "error", err)
+	}))
+	if err != nil {
+		return err
+	}
+	defer cc.Stop()
+	caughtUp := func() bool {
+		ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
+		defer cancel()
+		info, err := cons.Info(ctx)
+		if err != nil || info.NumPending > 0 {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return info.Delivered.Consumer == 0 || (info.Name == read.consumer && info.Delivered.Consumer <= read.seq)
+	}
+	tick := time.NewTicker(syncCheckEvery)
+	defer tick.Stop()
+	for {
+		if !q.index.Synced() && q.nc.IsConnected() && caughtUp() {
+			q.index.SetSynced(true)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-cc.Closed():
+			return errors.New("status consumer stopped")
+		case <-tick.C:
+		}
+	}
 }

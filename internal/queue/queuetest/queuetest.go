@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime"
 	"sync"
@@ -97,6 +98,9 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"StatusLatestWins", testStatusLatestWins},
 		{"StatusRetention", testStatusRetention},
 		{"StatusSurvivesRestart", testStatusSurvivesRestart},
+		{"WaitingCounts", testWaitingCounts},
+		{"WaitingForgetsExpired", testWaitingForgetsExpired},
+		{"WaitingSurvivesRestart", testWaitingSurvivesRestart},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -435,6 +439,9 @@ func testUnavailable(t *testing.T, s Server) {
 	if _, err := q.Status(ctx, "nowhere"); !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Status without a broker: %v, want ErrUnavailable", err)
 	}
+	if _, err := q.Waiting(ctx); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("Waiting without a broker: %v, want ErrUnavailable", err)
+	}
 	if err := q.RecordStatus(ctx, step("nowhere", status.Waiting, time.Now(), 0)); !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("RecordStatus without a broker: %v, want ErrUnavailable", err)
 	}
@@ -666,4 +673,91 @@ func testStatusSurvivesRestart(t *testing.T, s Server) {
 	if got := waitStatus(t, open(t, s, defaults), "kept", status.DeadLettered); got.Reason != envelope.ReasonMaxRetries {
 		t.Fatalf("new client after restart %+v", got)
 	}
+}
+
+// of is step for function fn.
+func of(fn, id, state string, accepted time.Time, retries int) status.Status {
+	s := step(id, state, accepted, retries)
+	s.Function = fn
+	return s
+}
+
+// waitCounts polls until Waiting answers want, and fails with the last
+// answer otherwise: a backend may index what it stored a moment later.
+func waitCounts(t *testing.T, q queue.Queue, want map[string]int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		got, err := q.Waiting(ctx)
+		cancel()
+		if err == nil && maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Waiting = %v, %v; want %v", got, err, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func testWaitingCounts(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	waitCounts(t, q, map[string]int{})
+	life := time.Now().Add(-time.Minute)
+	route := of("dlq", "a1-dl", status.Waiting, life, 0)
+	route.Kind = envelope.KindDeadLetter // a call to dlq
+	callback := of("a", "a1-cb", status.Waiting, life, 0)
+	callback.Kind = envelope.KindCallback // a call to a URL, not to a
+	record(t, q,
+		of("a", "a1", status.Waiting, life, 0),
+		of("a", "a2", status.Waiting, life, 0), of("a", "a2", status.InFlight, life, 0),
+		of("a", "a3", status.Waiting, life, 2),
+		of("b", "b1", status.InFlight, life, 1),
+		of("c", "c1", status.Delivered, life, 0),
+		route, callback)
+	waitCounts(t, q, map[string]int{"a": 3, "b": 1, "dlq": 1})
+
+	// Final steps remove messages from the counts.
+	record(t, q, of("a", "a2", status.Delivered, life, 0), of("a", "a3", status.DeadLettered, life, 2),
+		of("b", "b1", status.Delivered, life, 1))
+	waitCounts(t, q, map[string]int{"a": 1, "dlq": 1})
+
+	// A late step of the same life counts nothing again.
+	record(t, q, of("a", "a2", status.InFlight, life, 0))
+	record(t, q, of("marker", "m", status.Waiting, time.Now(), 0))
+	waitCounts(t, q, map[string]int{"a": 1, "dlq": 1, "marker": 1})
+
+	// The id requeued again starts a new life, which counts.
+	record(t, q, of("a", "a2", status.Waiting, time.Now(), 0))
+	waitCounts(t, q, map[string]int{"a": 2, "dlq": 1, "marker": 1})
+}
+
+func testWaitingForgetsExpired(t *testing.T, s Server) {
+	o := defaults
+	o.StatusRetention = 2 * time.Second
+	q := open(t, s, o)
+	inFlight := of("fn", "flying", status.InFlight, time.Now(), 0)
+	wait := of("fn", "long", status.Waiting, time.Now(), 0)
+	wait.DueAt = time.Now().Add(3 * time.Second)
+	record(t, q, inFlight, wait)
+	waitCounts(t, q, map[string]int{"fn": 2})
+	// A waiting message counts until its retention after it is due.
+	waitCounts(t, q, map[string]int{})
+	if gone := time.Now(); gone.Before(wait.DueAt.Add(o.StatusRetention)) {
+		t.Fatalf("waiting message uncounted %v before its due time + retention", wait.DueAt.Add(o.StatusRetention).Sub(gone))
+	}
+}
+
+func testWaitingSurvivesRestart(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	record(t, q, of("fn", "before", status.Waiting, time.Now(), 0))
+	waitCounts(t, q, map[string]int{"fn": 1})
+	s.Restart(t)
+	poll.Until(t, 10*time.Second, "client reconnects", q.Connected)
+	// Statuses stored after the reconnect are followed too.
+	record(t, q, of("fn", "after", status.Waiting, time.Now(), 0), of("other", "x", status.InFlight, time.Now(), 0))
+	waitCounts(t, q, map[string]int{"fn": 2, "other": 1})
+	// A fresh client, as a new API process, counts them too.
+	waitCounts(t, open(t, s, defaults), map[string]int{"fn": 2, "other": 1})
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // MaxTier is the largest delay tier exponent: 2^20 s, about 12 days.
@@ -60,9 +61,10 @@ type Options struct {
 	// 1 s tier, about 20 MiB held at most per busy tier.
 	TierWindow int
 	// StatusIndexLimit bounds the statuses a process that answers Status
-	// keeps in memory; past it the least recently updated is forgotten.
-	// Defaults to 50,000: about 450 bytes each, 22 MiB at most
-	// (TestStatusIndexMemory).
+	// or Waiting keeps in memory; past it a final status is forgotten
+	// first, the one updated longest ago, then a waiting or in-flight one.
+	// Defaults to 50,000: about 540 bytes each, 26 MiB at most
+	// (status.TestIndexMemory).
 	StatusIndexLimit int
 }
 
@@ -77,7 +79,7 @@ type Queue struct {
 	changed chan struct{} // closed and replaced when cur changes
 
 	deadLetters *prometheus.CounterVec // nil without a Registerer
-	index       *statusIndex
+	index       *status.Index
 	indexOnce   sync.Once
 	maxPayload  atomic.Int64
 	closed      chan struct{}
@@ -126,7 +128,7 @@ func Open(o Options) (*Queue, error) {
 		closed:      make(chan struct{}),
 		done:        make(chan struct{}),
 		deadLetters: deadLetters,
-		index:       newStatusIndex(o.StatusIndexLimit),
+		index:       status.NewIndex(o.StatusIndexLimit, false),
 	}
 	q.maxPayload.Store(1 << 20) // NATS default until the server says otherwise
 	go q.run()

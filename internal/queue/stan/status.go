@@ -2,9 +2,7 @@ package stan
 
 import (
 	"bytes"
-	"container/list"
 	"context"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -18,8 +16,10 @@ import (
 // on one channel, <prefix>.status, and a process that answers lookups
 // keeps its own index of it: it subscribes from the start of the channel
 // the first time Status is called (and again after each reconnect), and
-// keeps the latest status of each id in memory, at most StatusIndexLimit
-// of them. The connector never calls Status, so it keeps no index.
+// keeps the latest status of each id in memory (a status.Index), at most
+// StatusIndexLimit of them. The same index counts the messages waiting or
+// in flight per function (Waiting). The connector calls neither, so it
+// keeps no index.
 
 // StatusChannel is the channel statuses are published on.
 func StatusChannel(prefix string) string { return prefix + ".status" }
@@ -50,18 +50,37 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 // Status looks id up in the index, starting the index on first use and
 // waiting (until ctx ends) for it to have read the channel up to now.
 func (q *Queue) Status(ctx context.Context, id string) (status.Status, error) {
-	if !q.Connected() {
-		return status.Status{}, queue.ErrUnavailable
+	if err := q.syncIndex(ctx); err != nil {
+		return status.Status{}, err
 	}
-	q.indexOnce.Do(func() { go q.runIndex() })
-	if err := q.index.waitSynced(ctx); err != nil {
-		return status.Status{}, queue.ErrUnavailable
-	}
-	s, ok := q.index.get(id, time.Now())
+	s, ok := q.index.Get(id, time.Now())
 	if !ok {
 		return status.Status{}, queue.ErrNoStatus
 	}
 	return s, nil
+}
+
+// Waiting counts, per function, the messages whose latest status in the
+// index is waiting or in flight (status.Counted), starting the index on
+// first use and waiting (until ctx ends) for it to have read the channel
+// up to now.
+func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
+	if err := q.syncIndex(ctx); err != nil {
+		return nil, err
+	}
+	return q.index.Waiting(time.Now()), nil
+}
+
+// syncIndex starts the index on first use and waits for it to be synced.
+func (q *Queue) syncIndex(ctx context.Context) error {
+	if !q.Connected() {
+		return queue.ErrUnavailable
+	}
+	q.indexOnce.Do(func() { go q.runIndex() })
+	if err := q.index.WaitSynced(ctx); err != nil {
+		return queue.ErrUnavailable
+	}
+	return nil
 }
 
 // runIndex keeps the index subscribed, one connection after another,
@@ -93,7 +112,7 @@ func (q *Queue) indexGeneration(g *generation) {
 	sub, err := g.sc.Subscribe(StatusChannel(q.o.Prefix), func(m *stango.Msg) {
 		if bytes.HasPrefix(m.Data, syncMark) {
 			if bytes.Equal(m.Data, token) {
-				q.index.setSynced(true)
+				q.index.SetSynced(true)
 			}
 			return
 		}
@@ -102,7 +121,7 @@ func (q *Queue) indexGeneration(g *generation) {
 			q.log.Warn("stored status is not one, ignored", "seq", m.Sequence, "error", err)
 			return
 		}
-		q.index.put(s, time.Now())
+		q.index.Put(s, time.Now())
 	}, stango.DeliverAllAvailable(), stango.MaxInflight(indexWindow))
 	if err != nil {
 		q.log.Warn("cannot subscribe to the status channel, retrying", "error", err)
@@ -114,7 +133,7 @@ func (q *Queue) indexGeneration(g *generation) {
 		return
 	}
 	defer func() {
-		q.index.setSynced(false)
+		q.index.SetSynced(false)
 		_ = sub.Close()
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), q.o.PublishTimeout)
@@ -132,118 +151,5 @@ func (q *Queue) indexGeneration(g *generation) {
 	select {
 	case <-g.lost:
 	case <-q.closed:
-	}
-}
-
-// statusIndex is the latest status of each id, least recently updated
-// first, at most limit of them.
-type statusIndex struct {
-	limit int
-
-	mu        sync.Mutex
-	byID      map[string]*list.Element // of status.Status
-	order     *list.List
-	lastSweep time.Time
-	synced    bool
-	changed   chan struct{} // closed and replaced when synced changes
-}
-
-func newStatusIndex(limit int) *statusIndex {
-	return &statusIndex{limit: limit, byID: map[string]*list.Element{}, order: list.New(), changed: make(chan struct{})}
-}
-
-// sweepEvery is how often put drops expired statuses.
-const sweepEvery = time.Minute
-
-// put keeps s unless the status known for its id supersedes it. At the
-// limit, the expired statuses go first, then the least recently updated.
-func (x *statusIndex) put(s status.Status, now time.Time) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if now.Sub(x.lastSweep) >= sweepEvery {
-		x.sweep(now)
-	}
-	if s.Expired(now) {
-		return
-	}
-	if el, ok := x.byID[s.ID]; ok {
-		if s.Supersedes(el.Value.(status.Status), now) {
-			el.Value = s
-			x.order.MoveToBack(el)
-		}
-		return
-	}
-	if len(x.byID) >= x.limit {
-		// A full index forgets its least recently updated entry; sweeping
-		// here, on every new id, would cost the whole index each time.
-		for len(x.byID) >= x.limit {
-			x.remove(x.order.Front())
-		}
-	}
-	x.byID[s.ID] = x.order.PushBack(s)
-}
-
-func (x *statusIndex) get(id string, now time.Time) (status.Status, bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	el, ok := x.byID[id]
-	if !ok {
-		return status.Status{}, false
-	}
-	s := el.Value.(status.Status)
-	if s.Expired(now) {
-		x.remove(el)
-		return status.Status{}, false
-	}
-	return s, true
-}
-
-func (x *statusIndex) sweep(now time.Time) {
-	x.lastSweep = now
-	for el := x.order.Front(); el != nil; {
-		next := el.Next()
-		if el.Value.(status.Status).Expired(now) {
-			x.remove(el)
-		}
-		el = next
-	}
-}
-
-func (x *statusIndex) remove(el *list.Element) {
-	delete(x.byID, el.Value.(status.Status).ID)
-	x.order.Remove(el)
-}
-
-func (x *statusIndex) len() int {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return len(x.byID)
-}
-
-func (x *statusIndex) setSynced(v bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.synced != v {
-		x.synced = v
-		close(x.changed)
-		x.changed = make(chan struct{})
-	}
-}
-
-// waitSynced returns nil once the index has read the channel up to the
-// time it subscribed.
-func (x *statusIndex) waitSynced(ctx context.Context) error {
-	for {
-		x.mu.Lock()
-		synced, changed := x.synced, x.changed
-		x.mu.Unlock()
-		if synced {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-changed:
-		}
 	}
 }

@@ -1,0 +1,356 @@
+package status
+
+import (
+	"container/heap"
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+)
+
+// Index is the latest status of each message id, built by a backend from
+// the statuses it stores, read in any order: a status replaces the one
+// held for its id only if it supersedes it (Supersedes). It also counts,
+// per function, the ids whose latest status is waiting or in flight
+// (Waiting), kept up to date on every change, so reading the counts costs
+// one step per function, not per id.
+//
+// An Index holds at most a limit of ids. When full, a new id makes it
+// forget a final status first, the one updated longest ago, and only when
+// it holds none of those the waiting or in-flight status updated longest
+// ago (which then no longer counts). An expired status is forgotten when
+// it expires (checked on every call, in order of expiry).
+//
+// An Index is synced once its backend has read what was stored up to the
+// moment it started reading (SetSynced); lookups wait for that
+// (WaitSynced).
+type Index struct {
+	limit      int
+	countsOnly bool
+
+	mu        sync.Mutex
+	byID      map[string]*entry
+	final     lru // final statuses, least recently updated first
+	open      lru // waiting and in flight, least recently updated first
+	expiry    expiryHeap
+	functions map[string]*function
+	synced    bool
+	changed   chan struct{} // closed and replaced when synced changes
+}
+
+// entry is one id: what Supersedes needs, its function, its place in a
+// list and in the expiry heap, and the whole status unless the index only
+// counts.
+type entry struct {
+	id         string
+	fn         *function
+	state      string // one of the State constants
+	accepted   time.Time
+	retries    int
+	holds      int
+	expires    int64 // Unix nanoseconds; math.MaxInt64 for never
+	full       *Status
+	prev, next *entry
+	heap       int32
+	counted    bool // waiting or in flight, and not a callback
+	isFinal    bool // in the final list, else in the open list
+}
+
+// function is one function name held by the index, shared by its ids.
+type function struct {
+	name    string
+	entries int // ids of the function held
+	open    int // of them, those counted
+}
+
+// NewIndex returns an empty Index holding at most limit ids. With
+// countsOnly it keeps only what the counts need: a final status removes
+// its id instead of being kept, and Get returns the id's state, function,
+// life and attempts only. countsOnly is for a backend that hands the index
+// an id's statuses in the order they superseded each other (JetStream
+// writes them conditionally), so that a late step cannot follow a final
+// one it no longer holds.
+func NewIndex(limit int, countsOnly bool) *Index {
+	x := &Index{
+		limit:      max(limit, 1),
+		countsOnly: countsOnly,
+		byID:       map[string]*entry{},
+		functions:  map[string]*function{},
+		changed:    make(chan struct{}),
+	}
+	x.final.init()
+	x.open.init()
+	return x
+}
+
+// Counted reports whether s counts among the messages of its function
+// waiting or in flight: a message or a routed dead letter (both are calls
+// to s.Function) that is not final. A callback is POSTed to a URL, not to
+// its Function, so it never counts.
+func Counted(s Status) bool { return !s.Final() && s.Kind != envelope.KindCallback }
+
+// Put keeps s as the status of s.ID unless the one held supersedes it. A
+// superseding status that has already expired, or (counting only) is
+// final, removes the id.
+func (x *Index) Put(s Status, now time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	gone := s.Expired(now) || (x.countsOnly && s.Final())
+	if e, ok := x.byID[s.ID]; ok {
+		if !s.Supersedes(e.status(), now) {
+			return
+		}
+		if gone {
+			x.remove(e)
+			return
+		}
+		x.set(e, s)
+		return
+	}
+	if gone {
+		return
+	}
+	for len(x.byID) >= x.limit {
+		x.remove(x.oldest())
+	}
+	e := &entry{id: s.ID, heap: -1}
+	x.byID[s.ID] = e
+	x.set(e, s)
+}
+
+// Get returns the status held for id.
+func (x *Index) Get(id string, now time.Time) (Status, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	e, ok := x.byID[id]
+	if !ok {
+		return Status{}, false
+	}
+	if e.full != nil {
+		return *e.full, true
+	}
+	return e.status(), true
+}
+
+// Waiting returns, per function, how many ids it holds whose latest status
+// is waiting or in flight (Counted); functions with none are left out.
+func (x *Index) Waiting(now time.Time) map[string]int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	out := make(map[string]int, len(x.functions))
+	for name, f := range x.functions {
+		if f.open > 0 {
+			out[name] = f.open
+		}
+	}
+	return out
+}
+
+// Len is how many ids the index holds.
+func (x *Index) Len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.byID)
+}
+
+// SetSynced marks the index as read up to now (true) or lagging (false).
+func (x *Index) SetSynced(v bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.synced != v {
+		x.synced = v
+		close(x.changed)
+		x.changed = make(chan struct{})
+	}
+}
+
+// Synced reports whether the index is marked as read up to now.
+func (x *Index) Synced() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.synced
+}
+
+// WaitSynced returns nil once the index is synced, or ctx's error.
+func (x *Index) WaitSynced(ctx context.Context) error {
+	for {
+		x.mu.Lock()
+		synced, changed := x.synced, x.changed
+		x.mu.Unlock()
+		if synced {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// status is what e holds of its status: enough for Supersedes.
+func (e *entry) status() Status {
+	s := Status{ID: e.id, Function: e.fn.name, State: e.state, AcceptedAt: e.accepted, Retries: e.retries, Holds: e.holds}
+	if e.expires != math.MaxInt64 {
+		s.ExpiresAt = time.Unix(0, e.expires).UTC()
+	}
+	return s
+}
+
+// set makes s the status of e, which is in byID, and updates the counts,
+// the lists and the expiry heap.
+func (x *Index) set(e *entry, s Status) {
+	if e.fn != nil {
+		if e.counted {
+			e.fn.open--
+		}
+		if e.fn.name != s.Function {
+			x.release(e.fn)
+			e.fn = nil
+		}
+		x.list(e).remove(e)
+	}
+	if e.fn == nil {
+		e.fn = x.acquire(s.Function)
+	}
+	e.state = canonical(s.State)
+	e.accepted, e.retries, e.holds = s.AcceptedAt, s.Retries, s.Holds
+	e.expires = math.MaxInt64
+	if !s.ExpiresAt.IsZero() {
+		e.expires = s.ExpiresAt.UnixNano()
+	}
+	e.full = nil
+	if !x.countsOnly {
+		full := s
+		full.Function = e.fn.name // one copy of the name for all its ids
+		e.full = &full
+	}
+	e.counted = Counted(s)
+	if e.counted {
+		e.fn.open++
+	}
+	e.isFinal = s.Final()
+	x.list(e).pushBack(e)
+	if e.heap < 0 {
+		heap.Push(&x.expiry, e)
+	} else {
+		heap.Fix(&x.expiry, int(e.heap))
+	}
+}
+
+func (x *Index) remove(e *entry) {
+	delete(x.byID, e.id)
+	x.list(e).remove(e)
+	heap.Remove(&x.expiry, int(e.heap))
+	if e.counted {
+		e.fn.open--
+	}
+	x.release(e.fn)
+}
+
+// oldest is the entry a full index forgets: the final status updated
+// longest ago, else the open one.
+func (x *Index) oldest() *entry {
+	if e := x.final.front(); e != nil {
+		return e
+	}
+	return x.open.front()
+}
+
+// expire removes what has expired at now, soonest first.
+func (x *Index) expire(now time.Time) {
+	at := now.UnixNano()
+	for len(x.expiry) > 0 && x.expiry[0].expires <= at {
+		x.remove(x.expiry[0])
+	}
+}
+
+func (x *Index) list(e *entry) *lru {
+	if e.isFinal {
+		return &x.final
+	}
+	return &x.open
+}
+
+func (x *Index) acquire(name string) *function {
+	f, ok := x.functions[name]
+	if !ok {
+		f = &function{name: name}
+		x.functions[name] = f
+	}
+	f.entries++
+	return f
+}
+
+func (x *Index) release(f *function) {
+	f.entries--
+	if f.entries == 0 {
+		delete(x.functions, f.name)
+	}
+}
+
+// canonical returns the constant for state, so that entries share it.
+func canonical(state string) string {
+	switch state {
+	case Waiting:
+		return Waiting
+	case InFlight:
+		return InFlight
+	case Delivered:
+		return Delivered
+	case DeadLettered:
+		return DeadLettered
+	}
+	return state
+}
+
+// lru is a doubly linked list of entries around a sentinel.
+type lru struct{ root entry }
+
+func (l *lru) init() { l.root.next, l.root.prev = &l.root, &l.root }
+
+func (l *lru) front() *entry {
+	if l.root.next == &l.root {
+		return nil
+	}
+	return l.root.next
+}
+
+func (l *lru) pushBack(e *entry) {
+	e.prev, e.next = l.root.prev, &l.root
+	l.root.prev.next = e
+	l.root.prev = e
+}
+
+func (l *lru) remove(e *entry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+// expiryHeap orders entries by expiry, soonest first.
+type expiryHeap []*entry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires < h[j].expires }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heap, h[j].heap = int32(i), int32(j)
+}
+func (h *expiryHeap) Push(v any) {
+	e := v.(*entry)
+	e.heap = int32(len(*h))
+	*h = append(*h, e)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	e.heap = -1
+	return e
+}
