@@ -144,8 +144,10 @@ func embed(cfg config.Config) (url string, shutdown func(), err error) {
 			Dir:       filepath.Join(cfg.DataDir, "nats"),
 			ClusterID: cfg.NATSClusterID,
 			Retention: cfg.MaxDelay + outageTolerance,
-			// Dead letters are kept until they are dealt with.
-			DeadLetterChannel: stan.DeadLetterChannel(cfg.ChannelPrefix),
+			// Dead letters are kept until they are dealt with, or a day
+			// past dead_letter_max_age when it is set.
+			DeadLetterChannel:   stan.DeadLetterChannel(cfg.ChannelPrefix),
+			DeadLetterRetention: cfg.DeadLetterMaxAge,
 			// A status is asked for until status_retention after the
 			// message's last step, at most max_delay after it was recorded.
 			StatusChannel: stan.StatusChannel(cfg.ChannelPrefix),

@@ -144,6 +144,17 @@ func (q *memQueue) Connected() bool {
 
 func (q *memQueue) Close() error { return nil }
 
+// The API does not use the dead-letter log: an empty one.
+func (q *memQueue) FollowDeadLetters(ctx context.Context, _ uint64, _ func(queue.Record)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+func (q *memQueue) LastDeadLetterSeq(context.Context) (uint64, error) { return 0, nil }
+func (q *memQueue) ReadDeadLetter(context.Context, uint64) (queue.Record, error) {
+	return queue.Record{}, queue.ErrNoDeadLetter
+}
+func (q *memQueue) RemoveDeadLetter(context.Context, queue.Removal) error { return nil }
+
 // stored returns copies of what was scheduled and dead-lettered.
 func (q *memQueue) stored() (scheduled, dead []*envelope.Envelope) {
 	q.mu.Lock()

@@ -21,17 +21,23 @@ type DeadLetterLog interface {
 	// then with each new record, until ctx ends (it returns ctx.Err()) or
 	// the connection to the broker is lost (ErrUnavailable; the caller
 	// follows again from the last seq it saw). A record already removed
-	// from the broker is skipped.
+	// from the broker is skipped. fn is not called once it has returned.
 	FollowDeadLetters(ctx context.Context, after uint64, fn func(Record)) error
 	// LastDeadLetterSeq is the seq of the newest record now, 0 when the
 	// log is empty; a follower that has seen it is up to date.
 	LastDeadLetterSeq(ctx context.Context) (uint64, error)
 	// ReadDeadLetter returns the dead letter stored at seq, or
-	// ErrNoDeadLetter when the broker no longer keeps it (removed,
-	// expired or never a dead letter).
+	// ErrNoDeadLetter when the broker no longer keeps it (deleted,
+	// expired, a removal, or never stored). It does not look for a
+	// removal later in the log: NATS Streaming cannot delete, so it
+	// still returns a removed record, and so may JetStream when a
+	// process stopped between a removal and the delete that follows it.
+	// Whether a dead letter is removed is for the index that follows
+	// the log to say.
 	ReadDeadLetter(ctx context.Context, seq uint64) (Record, error)
 	// RemoveDeadLetter appends r to the log; it returns nil once the
-	// broker has acknowledged it. Removing a record twice is harmless.
+	// broker has acknowledged it (JetStream then deletes the record at
+	// r.Seq). Removing a record twice is harmless.
 	RemoveDeadLetter(ctx context.Context, r Removal) error
 }
 

@@ -50,6 +50,8 @@ type Queue interface {
 	Connected() bool
 	// Close releases the connection. It is safe to call more than once.
 	Close() error
+	// DeadLetterLog lists, reads and removes what DeadLetter stored.
+	DeadLetterLog
 }
 
 // Handler processes one due message. ctx carries the backend's deadline

@@ -28,9 +28,15 @@ type Options struct {
 	// be tolerated, because NATS Streaming discards by age even unacked
 	// messages. Defaults to 30 days.
 	Retention time.Duration
-	// DeadLetterChannel is kept without an age limit: dead letters are
-	// never dropped silently. Defaults to mailbox.deadletter.
+	// DeadLetterChannel holds the dead-letter log. Defaults to
+	// mailbox.deadletter.
 	DeadLetterChannel string
+	// DeadLetterRetention is how long the mailbox keeps a dead letter
+	// before it removes it itself, with a removal that is counted. The
+	// channel drops records DeadLetterRetention + 24h old, a backstop for
+	// what the mailbox missed. Zero (the default) sets no age limit: dead
+	// letters are never dropped silently.
+	DeadLetterRetention time.Duration
 	// StatusChannel holds message statuses, which are worth keeping only
 	// while GET /messages/<id> may still answer them: StatusMaxAge, and
 	// the last StatusMaxMsgs, so that an index replaying it stays quick.
@@ -91,11 +97,7 @@ func Start(o Options) (*Server, error) {
 	sopts.MaxBytes = 0
 	sopts.MaxAge = o.Retention
 	sopts.MaxSubscriptions = 0
-	// A negative per-channel limit means none at all.
-	sopts.PerChannel = map[string]*stores.ChannelLimits{
-		o.DeadLetterChannel: {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: -1}},
-		o.StatusChannel:     {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: o.StatusMaxAge, MaxMsgs: o.StatusMaxMsgs}},
-	}
+	sopts.PerChannel = perChannel(o)
 	// Detect a dead client within seconds rather than the default five
 	// minutes, so its unacknowledged messages go to a live replica.
 	sopts.ClientHBInterval = 2 * time.Second
@@ -114,6 +116,24 @@ func Start(o Options) (*Server, error) {
 		return nil, fmt.Errorf("stanserver: start: %w", err)
 	}
 	return &Server{stan: s}, nil
+}
+
+// deadLetterBackstop is how much longer than DeadLetterRetention the
+// dead-letter channel keeps a record.
+const deadLetterBackstop = 24 * time.Hour
+
+// perChannel is the limits of the channels that differ from the server's.
+// A channel's age limit may exceed the server's; a negative one means
+// none at all.
+func perChannel(o Options) map[string]*stores.ChannelLimits {
+	deadLetterAge := time.Duration(-1)
+	if o.DeadLetterRetention > 0 {
+		deadLetterAge = o.DeadLetterRetention + deadLetterBackstop
+	}
+	return map[string]*stores.ChannelLimits{
+		o.DeadLetterChannel: {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: deadLetterAge}},
+		o.StatusChannel:     {MsgStoreLimits: stores.MsgStoreLimits{MaxAge: o.StatusMaxAge, MaxMsgs: o.StatusMaxMsgs}},
+	}
 }
 
 // URL is the nats:// address clients connect to.

@@ -11,10 +11,23 @@ import (
 	"github.com/openfaas/mailbox/internal/stanserver"
 )
 
-// Messages expire after Retention, except dead letters.
+// Messages expire after Retention, except dead letters: kept with no age
+// limit, or a day past their own retention, however short Retention is.
 func TestDeadLettersOutliveRetention(t *testing.T) {
 	t.Parallel()
-	s, err := stanserver.Start(stanserver.Options{Dir: t.TempDir(), Retention: time.Second, DeadLetterChannel: "mb.deadletter"})
+	for _, retention := range []time.Duration{0, time.Second} {
+		t.Run(retention.String(), func(t *testing.T) {
+			t.Parallel()
+			deadLettersOutliveRetention(t, retention)
+		})
+	}
+}
+
+func deadLettersOutliveRetention(t *testing.T, deadLetterRetention time.Duration) {
+	s, err := stanserver.Start(stanserver.Options{
+		Dir: t.TempDir(), Retention: time.Second,
+		DeadLetterChannel: "mb.deadletter", DeadLetterRetention: deadLetterRetention,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver"
+	"github.com/openfaas/mailbox/internal/queue"
 )
 
 // Server is an embedded server owned by one test; it keeps its address and
@@ -37,7 +38,8 @@ func Start(t testing.TB) *Server {
 	})}
 }
 
-// DeadLetters reads every message of the dead-letter stream.
+// DeadLetters reads every dead letter the dead-letter stream keeps,
+// skipping removals.
 func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
@@ -64,6 +66,9 @@ func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
 		m, err := st.GetMsg(ctx, seq)
 		if err != nil {
 			continue // deleted
+		}
+		if r, err := queue.DecodeRecord(seq, m.Time, m.Data); err == nil && r.Removal != nil {
+			continue
 		}
 		e, err := envelope.Decode(m.Data)
 		if err != nil {

@@ -7,7 +7,9 @@
 //     <prefix>.due in the same stream and purges the schedule.
 //   - A durable pull consumer on <prefix>.due, shared by connector
 //     replicas, with explicit acks.
-//   - A dead-letter stream on <prefix>.deadletter with a configurable age.
+//   - A dead-letter stream on <prefix>.deadletter: a log of dead letters
+//     and of removals, each removal followed by the delete of the record
+//     it removes (deadletters.go).
 //   - A status stream on <prefix>.status.<id> keeping the last status of
 //     each message, each expiring on its own (per-message TTL). A process
 //     that counts waiting messages follows it with an ordered consumer.
@@ -68,8 +70,11 @@ type Options struct {
 	Consumer string
 	// Replicas of each stream: 1, or 3 or 5 on a cluster. Defaults to 1.
 	Replicas int
-	// DeadLetterMaxAge bounds how long dead letters are kept; zero keeps
-	// them until they are removed.
+	// DeadLetterMaxAge is the dead-letter retention. The mailbox removes
+	// older dead letters itself; a removal expires (Nats-TTL) this long
+	// after it was stored, and the stream drops any record
+	// DeadLetterMaxAge + 24h old, as a backstop. Zero keeps dead letters,
+	// and removals, until they are removed.
 	DeadLetterMaxAge time.Duration
 	// StatusIndexLimit bounds the waiting and in-flight messages a process
 	// that answers Waiting keeps in memory to count them; past it the one
@@ -89,9 +94,10 @@ type Queue struct {
 	js      jetstream.JetStream
 	ready   atomic.Bool   // streams and consumer exist
 	readyCh chan struct{} // closed once ready
-	// statusStream is set before ready.
-	statusStream jetstream.Stream
-	deadLetters  *prometheus.CounterVec
+	// statusStream and deadLetterStream are set before ready.
+	statusStream     jetstream.Stream
+	deadLetterStream jetstream.Stream
+	deadLetters      *prometheus.CounterVec
 	// index counts waiting messages per function from the status stream,
 	// started by the first Waiting.
 	index     *status.Index
@@ -227,15 +233,7 @@ func (q *Queue) ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.Stream, err)
 	}
-	_, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       q.o.DeadLetterStream,
-		Subjects:   []string{q.deadLetterSubject()},
-		Storage:    jetstream.FileStorage,
-		Retention:  jetstream.LimitsPolicy,
-		Replicas:   q.o.Replicas,
-		MaxAge:     q.o.DeadLetterMaxAge,
-		Duplicates: 2 * time.Minute,
-	})
+	q.deadLetterStream, err = q.js.CreateOrUpdateStream(ctx, q.deadLetterStreamConfig())
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.DeadLetterStream, err)
 	}
@@ -309,13 +307,13 @@ func (q *Queue) encode(e *envelope.Envelope) ([]byte, error) {
 }
 
 // publish returns once the stream has stored m (on a quorum of replicas).
-func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string) error {
+func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...jetstream.PublishOpt) error {
 	if !q.Connected() {
 		return queue.ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
-	_, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID))
+	_, err := q.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID(msgID))...)
 	switch {
 	case err == nil:
 		return nil

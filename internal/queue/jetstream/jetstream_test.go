@@ -33,6 +33,8 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 
 func (s server) Deduplicates() bool { return true }
 
+func (s server) DeletesDeadLetters() bool { return true }
+
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 	return jsservertest.DeadLetters(t, s.URL(), "mailbox-deadletter")
 }

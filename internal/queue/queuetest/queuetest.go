@@ -71,6 +71,10 @@ type Server interface {
 	// Deduplicates reports whether the backend stores a message scheduled
 	// twice with the same id and retry count once (JetStream's Nats-Msg-Id).
 	Deduplicates() bool
+	// DeletesDeadLetters reports whether RemoveDeadLetter deletes the
+	// removed record, so that ReadDeadLetter no longer finds it
+	// (JetStream); otherwise only the log says it is removed.
+	DeletesDeadLetters() bool
 }
 
 // Exercise runs the suite. newServer starts a fresh broker for each test.
@@ -89,6 +93,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"ConsumerCrash", testConsumerCrash},
 		{"ServerRestart", testServerRestart},
 		{"DeadLetter", testDeadLetter},
+		{"DeadLetterLog", testDeadLetterLog},
 		{"TooLarge", testTooLarge},
 		{"Unavailable", testUnavailable},
 		{"BoundedBacklog", testBoundedBacklog},
@@ -414,6 +419,168 @@ func testDeadLetter(t *testing.T, s Server) {
 	}
 }
 
+func deadLetter(t *testing.T, q queue.Queue, id string) *envelope.Envelope {
+	t.Helper()
+	e := message(id, time.Now())
+	e.Retries, e.Reason, e.DeadAt, e.LastStatus = 3, envelope.ReasonMaxRetries, time.Now().UTC(), 500
+	if err := q.DeadLetter(context.Background(), e); err != nil {
+		t.Fatalf("DeadLetter(%s): %v", id, err)
+	}
+	return e
+}
+
+// follower records what FollowDeadLetters hands it.
+type follower struct {
+	mu   sync.Mutex
+	recs []queue.Record
+	done chan error // FollowDeadLetters's result
+	stop context.CancelFunc
+}
+
+// follow runs FollowDeadLetters from after until the test ends or stop.
+func follow(t *testing.T, q queue.Queue, after uint64) *follower {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &follower{done: make(chan error, 1), stop: cancel}
+	go func() {
+		f.done <- q.FollowDeadLetters(ctx, after, func(r queue.Record) {
+			r.Data = bytes.Clone(r.Data)
+			f.mu.Lock()
+			f.recs = append(f.recs, r)
+			f.mu.Unlock()
+		})
+	}()
+	t.Cleanup(cancel)
+	return f
+}
+
+func (f *follower) records() []queue.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]queue.Record(nil), f.recs...)
+}
+
+// waitRecords polls until f has n records and returns them.
+func (f *follower) waitRecords(t *testing.T, n int) []queue.Record {
+	t.Helper()
+	var recs []queue.Record
+	poll.Until(t, 15*time.Second, fmt.Sprintf("%d records followed", n), func() bool {
+		recs = f.records()
+		return len(recs) >= n
+	})
+	return recs
+}
+
+// result waits for FollowDeadLetters to return.
+func (f *follower) result(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-f.done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("FollowDeadLetters did not return")
+		return nil
+	}
+}
+
+func lastSeq(t *testing.T, q queue.Queue) uint64 {
+	t.Helper()
+	seq, err := q.LastDeadLetterSeq(context.Background())
+	if err != nil {
+		t.Fatalf("LastDeadLetterSeq: %v", err)
+	}
+	return seq
+}
+
+func testDeadLetterLog(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	ctx := context.Background()
+	start := time.Now()
+	if seq := lastSeq(t, q); seq != 0 {
+		t.Fatalf("LastDeadLetterSeq of an empty log = %d, want 0", seq)
+	}
+	if _, err := q.ReadDeadLetter(ctx, 1); !errors.Is(err, queue.ErrNoDeadLetter) {
+		t.Fatalf("ReadDeadLetter(1) of an empty log: %v, want ErrNoDeadLetter", err)
+	}
+	deadLetter(t, q, "dl1")
+	deadLetter(t, q, "dl2")
+
+	all := follow(t, q, 0)
+	recs := all.waitRecords(t, 2)
+	for i, id := range []string{"dl1", "dl2"} {
+		r := recs[i]
+		e, err := envelope.Decode(r.Data)
+		if err != nil || e.ID != id || r.Removal != nil || r.Seq == 0 || (i > 0 && r.Seq <= recs[i-1].Seq) ||
+			r.Time.Before(start.Add(-time.Minute)) || r.Time.After(time.Now().Add(time.Minute)) {
+			t.Fatalf("record %d: %+v (%v), want dead letter %s after the one before", i, r, err, id)
+		}
+	}
+	first, second := recs[0], recs[1]
+	if seq := lastSeq(t, q); seq != second.Seq {
+		t.Fatalf("LastDeadLetterSeq = %d, want %d", seq, second.Seq)
+	}
+	got, err := q.ReadDeadLetter(ctx, first.Seq)
+	if err != nil {
+		t.Fatalf("ReadDeadLetter(%d): %v", first.Seq, err)
+	}
+	if got.Seq != first.Seq || got.Removal != nil || !bytes.Equal(got.Data, first.Data) {
+		t.Fatalf("ReadDeadLetter(%d) = %+v, want the followed record %+v", first.Seq, got, first)
+	}
+	if e, err := envelope.Decode(got.Data); err != nil || string(e.Body) != "body of dl1" || e.Reason != envelope.ReasonMaxRetries {
+		t.Fatalf("ReadDeadLetter(%d): envelope %+v, %v", first.Seq, e, err)
+	}
+
+	removal := queue.Removal{Seq: first.Seq, Cause: queue.RemovedPurged, By: "suite"}
+	if err := q.RemoveDeadLetter(ctx, removal); err != nil {
+		t.Fatalf("RemoveDeadLetter: %v", err)
+	}
+	rm := all.waitRecords(t, 3)[2]
+	if rm.Removal == nil || *rm.Removal != removal || rm.Data != nil || rm.Seq <= second.Seq {
+		t.Fatalf("record after the removal: %+v, want removal %+v after seq %d", rm, removal, second.Seq)
+	}
+	if seq := lastSeq(t, q); seq != rm.Seq {
+		t.Fatalf("LastDeadLetterSeq after a removal = %d, want %d", seq, rm.Seq)
+	}
+	for _, seq := range []uint64{rm.Seq, rm.Seq + 100} {
+		if _, err := q.ReadDeadLetter(ctx, seq); !errors.Is(err, queue.ErrNoDeadLetter) {
+			t.Fatalf("ReadDeadLetter(%d), a removal or past the log: %v, want ErrNoDeadLetter", seq, err)
+		}
+	}
+	if s.DeletesDeadLetters() {
+		if _, err := q.ReadDeadLetter(ctx, first.Seq); !errors.Is(err, queue.ErrNoDeadLetter) {
+			t.Fatalf("ReadDeadLetter of a removed dead letter: %v, want ErrNoDeadLetter", err)
+		}
+	}
+	if got, err := q.ReadDeadLetter(ctx, second.Seq); err != nil || !bytes.Equal(got.Data, second.Data) {
+		t.Fatalf("ReadDeadLetter(%d), not removed: %+v, %v", second.Seq, got, err)
+	}
+	// Another process removing the same record.
+	if err := q.RemoveDeadLetter(ctx, queue.Removal{Seq: first.Seq, Cause: queue.RemovedReplayed, By: "other"}); err != nil {
+		t.Fatalf("RemoveDeadLetter again: %v", err)
+	}
+
+	// A follower resuming after seq starts there.
+	later := follow(t, q, second.Seq)
+	if r := later.waitRecords(t, 1)[0]; r.Seq != rm.Seq || r.Removal == nil {
+		t.Fatalf("first record after %d: %+v, want the removal at %d", second.Seq, r, rm.Seq)
+	}
+
+	// Once stopped, a follower returns ctx's error and hears nothing more.
+	all.stop()
+	if err := all.result(t); !errors.Is(err, context.Canceled) {
+		t.Fatalf("FollowDeadLetters after its ctx ended: %v, want context.Canceled", err)
+	}
+	stopped := len(all.records())
+	deadLetter(t, q, "dl3")
+	poll.Until(t, 15*time.Second, "a running follower sees the new dead letter", func() bool {
+		recs := later.records()
+		e, err := envelope.Decode(recs[len(recs)-1].Data)
+		return err == nil && e.ID == "dl3"
+	})
+	if n := len(all.records()); n != stopped {
+		t.Fatalf("stopped follower got %d more records", n-stopped)
+	}
+}
+
 func testTooLarge(t *testing.T, s Server) {
 	q := open(t, s, defaults)
 	e := message("big", time.Now())
@@ -429,10 +596,28 @@ func testTooLarge(t *testing.T, s Server) {
 
 func testUnavailable(t *testing.T, s Server) {
 	q := open(t, s, defaults)
+	deadLetter(t, q, "before")
+	f := follow(t, q, 0)
+	f.waitRecords(t, 1)
 	s.Stop()
+	if err := f.result(t); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("FollowDeadLetters when the broker stops: %v, want ErrUnavailable", err)
+	}
 	poll.Until(t, 15*time.Second, "client notices the broker is gone", func() bool { return !q.Connected() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if err := q.FollowDeadLetters(ctx, 0, func(queue.Record) {}); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("FollowDeadLetters without a broker: %v, want ErrUnavailable", err)
+	}
+	if _, err := q.LastDeadLetterSeq(ctx); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("LastDeadLetterSeq without a broker: %v, want ErrUnavailable", err)
+	}
+	if _, err := q.ReadDeadLetter(ctx, 1); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("ReadDeadLetter without a broker: %v, want ErrUnavailable", err)
+	}
+	if err := q.RemoveDeadLetter(ctx, queue.Removal{Seq: 1, Cause: queue.RemovedPurged, By: "suite"}); !errors.Is(err, queue.ErrUnavailable) {
+		t.Fatalf("RemoveDeadLetter without a broker: %v, want ErrUnavailable", err)
+	}
 	if err := q.Schedule(ctx, message("nowhere", time.Now())); !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Schedule without a broker: %v, want ErrUnavailable", err)
 	}

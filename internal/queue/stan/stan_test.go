@@ -31,6 +31,8 @@ func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
 
 func (s server) Deduplicates() bool { return false }
 
+func (s server) DeletesDeadLetters() bool { return false }
+
 func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 	return stanservertest.DeadLetters(t, s.URL(), "mailbox")
 }

@@ -14,6 +14,7 @@ import (
 	stango "github.com/nats-io/stan.go"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/stanserver"
 )
@@ -34,9 +35,9 @@ func Start(t testing.TB) *Server {
 	})}
 }
 
-// DeadLetters reads the dead-letter channel of the NATS Streaming server
-// at natsURL (cluster faas-cluster) from the start until it has been quiet
-// for a moment.
+// DeadLetters reads the dead letters of the dead-letter channel of the
+// NATS Streaming server at natsURL (cluster faas-cluster), removed or not,
+// skipping removals, from the start until it has been quiet for a moment.
 func DeadLetters(t testing.TB, natsURL, prefix string) []*envelope.Envelope {
 	t.Helper()
 	sc, err := stango.Connect("faas-cluster", "reader-"+nuid.Next(), stango.NatsURL(natsURL))
@@ -50,6 +51,9 @@ func DeadLetters(t testing.TB, natsURL, prefix string) []*envelope.Envelope {
 		last = time.Now()
 	)
 	sub, err := sc.Subscribe(stan.DeadLetterChannel(prefix), func(m *stango.Msg) {
+		if r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data); err == nil && r.Removal != nil {
+			return
+		}
 		e, err := envelope.Decode(m.Data)
 		if err != nil {
 			t.Errorf("dead letter %d: %v", m.Sequence, err)

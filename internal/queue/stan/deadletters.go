@@ -1,0 +1,220 @@
+package stan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	stango "github.com/nats-io/stan.go"
+
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// The dead-letter log is the dead-letter channel: dead letters and
+// removals in the order they were stored. NATS Streaming cannot delete a
+// message, so a removal is only a record in the log, and a removed dead
+// letter stays until the channel's age limit drops it; ReadDeadLetter
+// still returns it. The index following the log decides what is removed.
+
+// followWindow is how many records the server sends a follower ahead of
+// its acknowledgements: a dead letter may be as large as MaxPayload.
+const followWindow = 128
+
+// emptyLogWait is how long LastDeadLetterSeq waits for the newest record
+// before it takes the log for empty.
+//
+// NATS Streaming never says that a channel is empty: a subscription that
+// starts at the last message simply receives nothing. The server sends
+// that message from its own goroutine right after it confirms the
+// subscription, so on a server that answers at all it arrives within
+// milliseconds. Proving absence without a wait would take a fence: a
+// message published to a second channel and subscribed to after this
+// subscription, relying on the server starting subscriptions one at a
+// time on one connection. That is the server's implementation, not its
+// protocol, and would add a channel of markers. A short wait, paid only
+// while the log is empty, is the plainer trade.
+const emptyLogWait = 500 * time.Millisecond
+
+// FollowDeadLetters subscribes to the dead-letter channel on the current
+// connection and returns ErrUnavailable when the connection to NATS
+// drops, even for a moment: a message the server sent meanwhile is lost
+// and would come again only after its ack wait, out of order.
+func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(queue.Record)) error {
+	g := q.connected()
+	if g == nil {
+		return queue.ErrUnavailable
+	}
+	nc := g.sc.NatsConn()
+	// Listening before checking: a drop after the check is still heard.
+	dropped := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	defer nc.RemoveStatusListener(dropped)
+	if !nc.IsConnected() {
+		return queue.ErrUnavailable
+	}
+	start := stango.DeliverAllAvailable()
+	if after > 0 {
+		start = stango.StartAtSequence(after + 1)
+	}
+	// mu makes fn's calls end before FollowDeadLetters returns: the
+	// client may still be in the callback when it unsubscribes. last
+	// skips what the server sends again after its ack wait (fn was slow)
+	// and, if the channel is shorter than after, what precedes after.
+	// Past the first record, sequences follow one another: a gap means a
+	// record was lost on the way, and the caller follows again from last.
+	var (
+		mu      sync.Mutex
+		stopped bool
+		first   = true
+		last    = after
+		gap     = make(chan error, 1)
+	)
+	sub, err := g.sc.Subscribe(q.deadLetterChannel(), func(m *stango.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped || m.Sequence <= last {
+			return
+		}
+		if !first && m.Sequence != last+1 {
+			stopped = true
+			gap <- fmt.Errorf("%w: following dead letters: got record %d after %d", queue.ErrUnavailable, m.Sequence, last)
+			return
+		}
+		first, last = false, m.Sequence
+		r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data)
+		if err != nil {
+			q.log.Warn("dead-letter record skipped", "seq", m.Sequence, "error", err)
+			return
+		}
+		fn(r)
+	}, start, stango.MaxInflight(followWindow))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: following dead letters: %v", queue.ErrUnavailable, err)
+	}
+	defer func() {
+		_ = sub.Unsubscribe()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+	}()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-dropped:
+		return fmt.Errorf("%w: following dead letters: connection lost", queue.ErrUnavailable)
+	case <-g.lost:
+		return fmt.Errorf("%w: following dead letters: connection lost", queue.ErrUnavailable)
+	case <-q.closed:
+		return fmt.Errorf("%w: following dead letters: queue closed", queue.ErrUnavailable)
+	case err := <-gap:
+		return err
+	}
+}
+
+// connected returns the current connection if NATS is reachable on it.
+func (q *Queue) connected() *generation {
+	g := q.current()
+	if g == nil || !g.sc.NatsConn().IsConnected() {
+		return nil
+	}
+	return g
+}
+
+// LastDeadLetterSeq subscribes at the last record and reads its
+// sequence; when none arrives within emptyLogWait the log is empty.
+func (q *Queue) LastDeadLetterSeq(ctx context.Context) (uint64, error) {
+	g := q.connected()
+	if g == nil {
+		return 0, queue.ErrUnavailable
+	}
+	m, err := q.firstDeadLetter(ctx, g, stango.StartWithLastReceived(), emptyLogWait)
+	if err != nil || m == nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// ReadDeadLetter subscribes at seq and takes the first record the server
+// sends: a later one when seq is no longer kept.
+func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, error) {
+	g := q.connected()
+	if g == nil {
+		return queue.Record{}, queue.ErrUnavailable
+	}
+	// Past the last record the server would wait for the next one.
+	last, err := q.LastDeadLetterSeq(ctx)
+	if err != nil {
+		return queue.Record{}, err
+	}
+	if seq == 0 || seq > last {
+		return queue.Record{}, queue.ErrNoDeadLetter
+	}
+	// A record at or before last arrives at once, unless every record
+	// expired meanwhile.
+	m, err := q.firstDeadLetter(ctx, g, stango.StartAtSequence(seq), q.o.PublishTimeout)
+	switch {
+	case err != nil:
+		return queue.Record{}, err
+	case m == nil:
+		return queue.Record{}, fmt.Errorf("%w: dead letter %d: not sent within %v", queue.ErrUnavailable, seq, q.o.PublishTimeout)
+	case m.Sequence != seq:
+		return queue.Record{}, queue.ErrNoDeadLetter // dropped by the channel's age limit
+	}
+	r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data)
+	if err != nil || r.Removal != nil {
+		return queue.Record{}, queue.ErrNoDeadLetter
+	}
+	return r, nil
+}
+
+// firstDeadLetter subscribes to the dead-letter channel from start and
+// returns the first message the server sends, or nil when none arrives
+// within wait.
+func (q *Queue) firstDeadLetter(ctx context.Context, g *generation, start stango.SubscriptionOption, wait time.Duration) (*stango.Msg, error) {
+	got := make(chan *stango.Msg, 1)
+	sub, err := g.sc.Subscribe(q.deadLetterChannel(), func(m *stango.Msg) {
+		select {
+		case got <- m:
+		default:
+		}
+	}, start, stango.MaxInflight(1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: dead-letter channel: %v", queue.ErrUnavailable, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case m := <-got:
+		return m, nil
+	case <-timer.C:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-g.lost:
+		return nil, fmt.Errorf("%w: dead-letter channel: connection lost", queue.ErrUnavailable)
+	case <-q.closed:
+		return nil, queue.ErrUnavailable
+	}
+}
+
+// RemoveDeadLetter publishes r to the dead-letter channel.
+func (q *Queue) RemoveDeadLetter(ctx context.Context, r queue.Removal) error {
+	if r.Seq == 0 {
+		return errors.New("stan: removal of dead letter 0")
+	}
+	data, err := queue.EncodeRemoval(r)
+	if err != nil {
+		return err
+	}
+	g := q.current()
+	if g == nil {
+		return queue.ErrUnavailable
+	}
+	return q.publish(ctx, g, q.deadLetterChannel(), data)
+}
