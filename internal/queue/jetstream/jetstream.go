@@ -277,11 +277,21 @@ func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
 	// A message put back without an attempt keeps its Retries; its Holds
 	// tell that store from the one before, which the duplicate window
 	// would otherwise drop.
-	dedup := e.ID + "." + attempt
+	dedup := life(e) + "." + attempt
 	if e.Holds > 0 {
 		dedup += ".h" + strconv.Itoa(e.Holds)
 	}
 	return q.publish(ctx, m, dedup)
+}
+
+// life names e's life for de-duplication: its id, and how many times it
+// was replayed from the dead letters, so that a replayed message's stores
+// are not taken for its earlier life's.
+func life(e *envelope.Envelope) string {
+	if e.Replays == 0 {
+		return e.ID
+	}
+	return e.ID + ".r" + strconv.Itoa(e.Replays)
 }
 
 // DeadLetter stores e in the dead-letter stream.
@@ -292,7 +302,7 @@ func (q *Queue) DeadLetter(ctx context.Context, e *envelope.Envelope) error {
 	}
 	m := nats.NewMsg(q.deadLetterSubject())
 	m.Data = data
-	return q.publish(ctx, m, e.ID+".dead")
+	return q.publish(ctx, m, life(e)+".dead")
 }
 
 func (q *Queue) encode(e *envelope.Envelope) ([]byte, error) {
