@@ -20,10 +20,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
+	"github.com/openfaas/mailbox/internal/ui"
 )
 
 // retryAfterSeconds is sent with 503 answers: long enough for a broker
@@ -63,6 +67,20 @@ type Options struct {
 	// to 24h.
 	StatusRetention time.Duration
 
+	// Targets refuses requeues to functions the mailbox may not target;
+	// nil allows every function.
+	Targets *auth.Targets
+
+	// Guard, when set, asks for the token on the management API, on
+	// GET /messages/<id> and, with RequeueAuth, on requeues. It must be
+	// set with DeadLetters and UI.
+	Guard       *auth.Guard
+	RequeueAuth bool
+	// DeadLetters serves the management API under /deadletters, and UI
+	// the web page under /ui; nil turns them off.
+	DeadLetters *deadletter.Store
+	UI          http.Handler
+
 	// Logger receives operational logs; request bodies are never logged.
 	// Defaults to discarding logs.
 	Logger *slog.Logger
@@ -90,6 +108,9 @@ func (o *Options) validate() error {
 	if o.MaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxBodyBytes is %d, must be >= 0", o.MaxBodyBytes))
 	}
+	if (o.DeadLetters != nil || o.UI != nil) && o.Guard == nil {
+		errs = append(errs, errors.New("Guard is required with DeadLetters or UI: they are never served without a token"))
+	}
 	if o.Registerer == nil {
 		errs = append(errs, errors.New("Registerer is required"))
 	}
@@ -113,6 +134,11 @@ type handler struct {
 	ops             http.Handler
 	status          *status.Recorder
 	retention       time.Duration
+	deadLetterStore *deadletter.Store
+	ui              http.Handler
+	targets         *auth.Targets
+	guard           *auth.Guard
+	requeueAuth     bool
 }
 
 // New returns the requeue API handler. It fails when o is invalid or its
@@ -147,6 +173,11 @@ func New(o Options) (http.Handler, error) {
 		ops:             Ops(o.Queue, o.Gatherer),
 		status:          rec,
 		retention:       o.StatusRetention,
+		deadLetterStore: o.DeadLetters,
+		ui:              o.UI,
+		targets:         o.Targets,
+		guard:           o.Guard,
+		requeueAuth:     o.RequeueAuth,
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -163,7 +194,23 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		code := h.requeue(w, r, path)
 		h.metrics.requests.WithLabelValues(strconv.Itoa(code)).Inc()
 	case path == "/messages" || strings.HasPrefix(path, messagesPrefix):
-		h.messageStatus(w, r, path)
+		if h.guard == nil || h.guard.Authorize(w, r, auth.Management, nil) {
+			h.messageStatus(w, r, path)
+		}
+	case path == deadLettersPath || strings.HasPrefix(path, deadLettersPrefix):
+		if h.deadLetterStore == nil {
+			writeError(w, http.StatusNotFound, "", "the management API is off: set auth_token_secret to turn it on")
+			return
+		}
+		if h.guard.Authorize(w, r, auth.Management, nil) {
+			h.deadLetters(w, r, path)
+		}
+	case path == ui.Prefix || strings.HasPrefix(path, ui.Prefix+"/"):
+		if h.ui == nil {
+			writeError(w, http.StatusNotFound, "", "the web page is off: set auth_token_secret to turn it on")
+			return
+		}
+		h.ui.ServeHTTP(w, r)
 	case path == "/healthz" || path == "/metrics" || path == "/_metrics":
 		h.ops.ServeHTTP(w, r)
 	default:
@@ -235,6 +282,9 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		w.Header().Set("Allow", "POST, PUT")
 		return writeError(w, http.StatusMethodNotAllowed, "", "method "+r.Method+" not allowed: use POST or PUT")
 	}
+	if code, ok := h.authorizeRequeue(w, r); !ok {
+		return code
+	}
 	function, err := messageType(path)
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
@@ -244,6 +294,13 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	p, err := parseParams(r.Header, h.defaults)
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
+	}
+	if err := h.checkTargets(function, p.policy.DeadLetterFunction); err != nil {
+		code := http.StatusForbidden
+		if errors.Is(err, errLoop) {
+			code = http.StatusBadRequest
+		}
+		return writeFieldError(w, code, err)
 	}
 	if p.id == "" {
 		if p.id, err = newMessageID(); err != nil {
@@ -320,6 +377,58 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		MaxRetries: policy.MaxRetries,
 		DueAt:      e.DueAt.Format(time.RFC3339Nano),
 	})
+}
+
+// authorizeRequeue asks for the token when requeues need it. A signed
+// request's body is read first, within the body limit, for its signature.
+func (h *handler) authorizeRequeue(w http.ResponseWriter, r *http.Request) (int, bool) {
+	if h.guard == nil || !h.requeueAuth {
+		return 0, true
+	}
+	var body []byte
+	if r.Header.Get(auth.HeaderSignature) != "" {
+		limit := h.bodyLimit()
+		if limit <= 0 {
+			w.Header().Set("Retry-After", retryAfterSeconds)
+			return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later"), false
+		}
+		var err error
+		if body, err = auth.ReadBody(w, r, limit); err != nil {
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body is larger than the limit of %d bytes", limit)), false
+			}
+			return writeError(w, http.StatusBadRequest, "", "cannot read request body"), false
+		}
+	}
+	if !h.guard.Authorize(w, r, auth.Requeue, body) {
+		return http.StatusUnauthorized, false
+	}
+	return 0, true
+}
+
+// errLoop marks a message whose dead letters would go back to it.
+var errLoop = errors.New("loop")
+
+// checkTargets refuses a message the mailbox may not deliver: to a
+// function outside the allow-list or to the mailbox itself, or whose
+// dead-letter function is one of those or the message's own target.
+func (h *handler) checkTargets(function, deadLetterFunction string) error {
+	if h.targets == nil {
+		return nil
+	}
+	if err := h.targets.Check(function); err != nil {
+		return &fieldError{field: "function", msg: err.Error()}
+	}
+	if deadLetterFunction == "" {
+		return nil
+	}
+	if names.Qualify(deadLetterFunction, names.DefaultNamespace) == names.Qualify(function, names.DefaultNamespace) {
+		return &fieldError{field: envelope.HeaderDeadLetterFunction, msg: fmt.Sprintf("%s is the message's own function: its dead letters would come back to it", deadLetterFunction), err: errLoop}
+	}
+	if err := h.targets.Check(deadLetterFunction); err != nil {
+		return &fieldError{field: envelope.HeaderDeadLetterFunction, msg: err.Error()}
+	}
+	return nil
 }
 
 // queueError answers a failed queue write. Only a message the broker can

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -28,7 +29,11 @@ const (
 type fieldError struct {
 	field string
 	msg   string
+	// err, if set, is what errors.Is finds.
+	err error
 }
+
+func (e *fieldError) Unwrap() error { return e.err }
 
 func (e *fieldError) Error() string {
 	if e.field == "" {
@@ -261,6 +266,8 @@ func keptHeaders(h http.Header, keepCredentials bool) http.Header {
 		envelope.HeaderRetries, envelope.HeaderMaxRetries, envelope.HeaderDelay, envelope.HeaderMessageID,
 		envelope.HeaderBackoff, envelope.HeaderMaxDelay, envelope.HeaderTTL,
 		envelope.HeaderDeadLetterFunction, envelope.HeaderCallbackURL,
+		// Signs this request to the mailbox, not the message.
+		auth.HeaderSignature,
 	}
 	for _, name := range drop {
 		out.Del(name)

@@ -74,13 +74,20 @@ func (h *handler) messageStatus(w http.ResponseWriter, r *http.Request, path str
 	})
 }
 
-// statusID returns the message id of a /messages/<id> path: an id as
-// X-Mailbox-Message-Id takes it, or such an id with -dl (its routed dead
-// letter) or -cb (its callback) after it.
+// statusID returns the message id of a /messages/<id> path.
 func statusID(escapedPath string) (string, error) {
 	id, _ := strings.CutPrefix(escapedPath, messagesPrefix)
-	if escapedPath == "/messages" || id == "" {
-		return "", &fieldError{field: "id", msg: "missing message id: use /messages/<id>"}
+	if escapedPath == "/messages" {
+		id = ""
+	}
+	return id, checkMessageID(id)
+}
+
+// checkMessageID accepts an id as X-Mailbox-Message-Id takes it, or such
+// an id with -dl (its routed dead letter) or -cb (its callback) after it.
+func checkMessageID(id string) error {
+	if id == "" {
+		return &fieldError{field: "id", msg: "missing message id: use /messages/<id> or /deadletters/<id>"}
 	}
 	base := id
 	if b, ok := strings.CutSuffix(id, "-dl"); ok {
@@ -89,7 +96,7 @@ func statusID(escapedPath string) (string, error) {
 		base = b
 	}
 	if !isMessageID(id) && !isMessageID(base) {
-		return "", &fieldError{field: "id", msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-' (as %s)", echo(id), maxMessageIDLen, envelope.HeaderMessageID)}
+		return &fieldError{field: "id", msg: fmt.Sprintf("%s must be 1 to %d of A-Z, a-z, 0-9, '_' or '-' (as %s)", echo(id), maxMessageIDLen, envelope.HeaderMessageID)}
 	}
-	return id, nil
+	return nil
 }

@@ -82,6 +82,10 @@ func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, bo
 	return false
 }
 
+// Count counts a refusal under e that the caller answers itself, as the
+// web page does by sending a browser to its sign-in form.
+func (g *Guard) Count(e Endpoint) { g.unauthorized.WithLabelValues(string(e)).Inc() }
+
 // Unauthorized answers 401 with WWW-Authenticate: Bearer realm="mailbox"
 // and the JSON body {"error": err, "field": the header err is about}, and
 // counts the refusal under e.

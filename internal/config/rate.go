@@ -13,6 +13,14 @@ type Rate struct {
 	Per time.Duration
 }
 
+// PerSecond is r as events a second; 0 for the zero Rate.
+func (r Rate) PerSecond() float64 {
+	if r.Per <= 0 {
+		return 0
+	}
+	return float64(r.N) / r.Per.Seconds()
+}
+
 // String writes r as ParseRate reads it, e.g. "50/s"; "0" for the zero
 // Rate.
 func (r Rate) String() string {

@@ -52,3 +52,21 @@ func TestParseRate(t *testing.T) {
 		t.Errorf("Rate{}.String() = %q, want 0", s)
 	}
 }
+
+func TestRatePerSecond(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want float64
+	}{{"50/s", 50}, {"600/m", 10}, {"36/h", 0.01}} {
+		r, err := ParseRate(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.PerSecond(); got != c.want {
+			t.Errorf("%s: PerSecond() = %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := (Rate{}).PerSecond(); got != 0 {
+		t.Errorf("zero Rate: PerSecond() = %v", got)
+	}
+}

@@ -51,6 +51,9 @@ const (
 	ReasonNoSuchFunction = "no-such-function"
 )
 
+// Reasons are every reason a dead letter may have.
+var Reasons = []string{ReasonMaxRetries, ReasonRejected, ReasonExpired, ReasonNoSuchFunction, ReasonMalformed}
+
 // Kinds of message.
 const (
 	// KindMessage is a message for a function (the empty string, so that
