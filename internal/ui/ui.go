@@ -1,0 +1,362 @@
+// Package ui is the mailbox's web page at /ui: waiting and dead-letter
+// counts, a searchable list of dead letters, one dead letter's details,
+// and replay and purge buttons. It is rendered on the server from
+// templates embedded in the binary; its one script asks for confirmation
+// before a replay or a purge.
+//
+// A user signs in with the API token and gets a session cookie
+// (auth.Token.SessionCookie). The cookie is SameSite=Strict, so another
+// site cannot make a browser send it along with a forged form post; every
+// POST also has to come from this origin when the browser says where it
+// comes from.
+package ui
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/deadletter"
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/names"
+)
+
+//go:embed assets
+var assets embed.FS
+
+var pages = template.Must(template.ParseFS(assets, "assets/pages.html"))
+
+// Prefix is the path the page is served under.
+const Prefix = "/ui"
+
+// pageSize is how many dead letters one page lists.
+const pageSize = 50
+
+// callTimeout bounds the work behind one page.
+const callTimeout = 15 * time.Second
+
+// Options configure the page.
+type Options struct {
+	// Store serves the dead letters. Required.
+	Store *deadletter.Store
+	// Waiting counts the messages waiting, by function. Required.
+	Waiting func(ctx context.Context) (map[string]int, error)
+	// Token signs users in; Guard checks their session. Required.
+	Token *auth.Token
+	Guard *auth.Guard
+	// Logger defaults to discarding logs.
+	Logger *slog.Logger
+}
+
+type handler struct {
+	o      Options
+	static http.Handler
+	log    *slog.Logger
+}
+
+// New returns the handler of everything under Prefix.
+func New(o Options) (http.Handler, error) {
+	if o.Store == nil || o.Waiting == nil || o.Token == nil || o.Guard == nil {
+		return nil, errors.New("ui: Store, Waiting, Token and Guard are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	static, err := fs.Sub(assets, "assets")
+	if err != nil {
+		return nil, err
+	}
+	return &handler{o: o, log: o.Logger, static: http.StripPrefix(Prefix+"/static/", http.FileServerFS(static))}, nil
+}
+
+// page is what every template gets.
+type page struct {
+	Title    string
+	SignedIn bool
+	Notice   string
+	Error    string
+	Refresh  bool
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "same-origin")
+	path := strings.TrimPrefix(r.URL.EscapedPath(), Prefix)
+	switch {
+	case strings.HasPrefix(path, "/static/"):
+		if path == "/static/ui.css" || path == "/static/ui.js" {
+			h.static.ServeHTTP(w, r)
+			return
+		}
+		http.NotFound(w, r)
+		return
+	case path == "/login":
+		h.login(w, r)
+		return
+	}
+	if r.Method == http.MethodPost && !sameOrigin(r) {
+		h.render(w, http.StatusForbidden, "login", loginPage{page: page{Title: "Sign in", Error: "The form was sent from another site."}})
+		return
+	}
+	if err := h.o.Token.Check(r, nil, true); err != nil {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			// A browser is sent to sign in; the refusal is counted all
+			// the same.
+			h.o.Guard.Count(auth.UI)
+			http.Redirect(w, r, Prefix+"/login", http.StatusSeeOther)
+			return
+		}
+		h.o.Guard.Unauthorized(w, auth.UI, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	switch {
+	case path == "" || path == "/":
+		h.overview(ctx, w, r)
+	case path == "/logout" && r.Method == http.MethodPost:
+		c := h.o.Token.SessionCookie(r.TLS != nil)
+		c.MaxAge, c.Value = -1, ""
+		http.SetCookie(w, c)
+		http.Redirect(w, r, Prefix+"/login", http.StatusSeeOther)
+	case path == "/bulk" && r.Method == http.MethodPost:
+		h.bulk(ctx, w, r)
+	case strings.HasPrefix(path, "/jobs/"):
+		h.job(w, strings.TrimPrefix(path, "/jobs/"))
+	case strings.HasPrefix(path, "/deadletters/"):
+		h.deadLetter(ctx, w, r, strings.TrimPrefix(path, "/deadletters/"))
+	default:
+		h.render(w, http.StatusNotFound, "job", jobPage{page: page{Title: "Not found", SignedIn: true, Error: "No such page."}})
+	}
+}
+
+// sameOrigin reports whether a POST came from this origin, as far as the
+// browser says (Origin, or Sec-Fetch-Site): one without either header is
+// not a browser's cross-site post.
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	return err == nil && u.Host == r.Host
+}
+
+type loginPage struct{ page }
+
+func (h *handler) login(w http.ResponseWriter, r *http.Request) {
+	p := loginPage{page: page{Title: "Sign in"}}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		h.render(w, http.StatusOK, "login", p)
+	case http.MethodPost:
+		if !sameOrigin(r) {
+			p.Error = "The form was sent from another site."
+			h.render(w, http.StatusForbidden, "login", p)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 4096)
+		if err := r.ParseForm(); err != nil || !h.o.Token.Matches(r.PostForm.Get("token")) {
+			h.o.Guard.Count(auth.UI)
+			p.Error = "That is not the mailbox's token."
+			h.render(w, http.StatusUnauthorized, "login", p)
+			return
+		}
+		http.SetCookie(w, h.o.Token.SessionCookie(r.TLS != nil))
+		http.Redirect(w, r, Prefix, http.StatusSeeOther)
+	default:
+		w.Header().Set("Allow", "GET, HEAD, POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+type functionCount struct {
+	Function string
+	Count    int
+}
+
+type overviewPage struct {
+	page
+	Waiting      []functionCount
+	WaitingError string
+	Counts       []deadletter.Count
+	Filter       deadletter.Filter
+	Reasons      []string
+	Items        []deadletter.Entry
+	Total        int
+	Next         string
+}
+
+func (h *handler) overview(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	p := overviewPage{
+		page:    page{Title: "Dead letters", SignedIn: true, Notice: q.Get("notice")},
+		Filter:  deadletter.Filter{Function: q.Get("function"), Reason: q.Get("reason"), Query: q.Get("q")},
+		Reasons: envelope.Reasons,
+	}
+	if p.Filter.Function != "" && !names.Valid(p.Filter.Function) {
+		p.Error = fmt.Sprintf("%q is not a function name.", p.Filter.Function)
+		p.Filter.Function = ""
+	}
+	before, _ := strconv.ParseUint(q.Get("cursor"), 10, 64)
+	list, err := h.o.Store.List(ctx, p.Filter, before, pageSize)
+	if err != nil {
+		h.log.Warn("ui: listing dead letters", "error", err)
+		p.Error = "The dead letters cannot be read now; try again shortly."
+	}
+	p.Items, p.Total, p.Counts = list.Items, list.Total, list.Counts
+	if list.Next != 0 {
+		next := url.Values{"cursor": {strconv.FormatUint(list.Next, 10)}}
+		for k, v := range map[string]string{"function": p.Filter.Function, "reason": p.Filter.Reason, "q": p.Filter.Query} {
+			if v != "" {
+				next.Set(k, v)
+			}
+		}
+		p.Next = Prefix + "?" + next.Encode()
+	}
+	waiting, err := h.o.Waiting(ctx)
+	if err != nil {
+		p.WaitingError = "the queue cannot be read now"
+	}
+	for fn, n := range waiting {
+		p.Waiting = append(p.Waiting, functionCount{fn, n})
+	}
+	slices.SortFunc(p.Waiting, func(a, b functionCount) int {
+		if a.Count != b.Count {
+			return b.Count - a.Count
+		}
+		return strings.Compare(a.Function, b.Function)
+	})
+	h.render(w, http.StatusOK, "overview", p)
+}
+
+type header struct{ Name, Value string }
+
+type detailPage struct {
+	page
+	Letter  deadletter.Entry
+	Message *envelope.Envelope
+	Headers []header
+	Text    bool
+	Body    string
+}
+
+func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http.Request, rest string) {
+	id, action, _ := strings.Cut(rest, "/")
+	switch {
+	case action == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		entry, e, err := h.o.Store.Get(ctx, id)
+		if err != nil {
+			h.back(w, r, "", h.failure(err))
+			return
+		}
+		p := detailPage{page: page{Title: "Dead letter " + id, SignedIn: true}, Letter: entry, Message: e}
+		for _, name := range slices.Sorted(func(yield func(string) bool) {
+			for k := range e.Header {
+				if !yield(k) {
+					return
+				}
+			}
+		}) {
+			for _, v := range e.Header[name] {
+				p.Headers = append(p.Headers, header{name, v})
+			}
+		}
+		if p.Text = utf8.Valid(e.Body); p.Text {
+			p.Body = string(e.Body)
+		}
+		h.render(w, http.StatusOK, "detail", p)
+	case action == "replay" && r.Method == http.MethodPost:
+		out, err := h.o.Store.Replay(ctx, id, 0)
+		if err != nil {
+			h.back(w, r, "", h.failure(err))
+			return
+		}
+		h.back(w, r, fmt.Sprintf("Replayed %s to %s.", id, out.Function), "")
+	case action == "purge" && r.Method == http.MethodPost:
+		if _, err := h.o.Store.Remove(ctx, id); err != nil {
+			h.back(w, r, "", h.failure(err))
+			return
+		}
+		h.back(w, r, fmt.Sprintf("Purged %s.", id), "")
+	default:
+		http.Error(w, "not found", http.StatusNotFound)
+	}
+}
+
+// back sends the browser to the overview with a notice, or shows an error
+// there.
+func (h *handler) back(w http.ResponseWriter, r *http.Request, notice, failure string) {
+	if failure != "" {
+		h.render(w, http.StatusOK, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: failure}})
+		return
+	}
+	http.Redirect(w, r, Prefix+"?"+url.Values{"notice": {notice}}.Encode(), http.StatusSeeOther)
+}
+
+// failure is what a user is told of err.
+func (h *handler) failure(err error) string {
+	switch {
+	case errors.Is(err, deadletter.ErrNotFound), errors.Is(err, deadletter.ErrNotReplayable), errors.Is(err, deadletter.ErrRefused):
+		return err.Error()
+	}
+	h.log.Warn("ui: dead-letter operation failed", "error", err)
+	return "The queue cannot be reached now; try again shortly."
+}
+
+type jobPage struct {
+	page
+	Job *deadletter.Job
+}
+
+func (h *handler) bulk(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	if err := r.ParseForm(); err != nil {
+		h.back(w, r, "", "The form could not be read.")
+		return
+	}
+	f := deadletter.Filter{Function: r.PostForm.Get("function"), Reason: r.PostForm.Get("reason"), Query: r.PostForm.Get("q")}
+	job, err := h.o.Store.Start(ctx, r.PostForm.Get("action"), f, 0)
+	if err != nil {
+		h.back(w, r, "", h.failure(err))
+		return
+	}
+	http.Redirect(w, r, Prefix+"/jobs/"+job.ID, http.StatusSeeOther)
+}
+
+func (h *handler) job(w http.ResponseWriter, id string) {
+	job, err := h.o.Store.Job(id)
+	if err != nil {
+		h.render(w, http.StatusNotFound, "job", jobPage{page: page{Title: "No such job", SignedIn: true, Error: err.Error()}})
+		return
+	}
+	h.render(w, http.StatusOK, "job", jobPage{
+		page: page{Title: "Bulk " + job.Action, SignedIn: true, Refresh: job.State == deadletter.JobRunning},
+		Job:  &job,
+	})
+}
+
+func (h *handler) render(w http.ResponseWriter, code int, name string, data any) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	if err := pages.ExecuteTemplate(w, name, data); err != nil {
+		h.log.Warn("ui: rendering", "page", name, "error", err)
+	}
+}
