@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,6 +31,20 @@ type options struct {
 	maxRetries   *int
 	defaultDelay *time.Duration
 	delay        *time.Duration
+	token        string
+}
+
+// WithToken sends the mailbox's API token (Authorization: Bearer), which
+// a mailbox with auth_token_secret set asks for. Read it from the secret
+// the function is given, e.g. /var/openfaas/secrets/mailbox-token.
+func WithToken(token string) Option {
+	return func(o *options) error {
+		if token = strings.TrimSpace(token); token == "" {
+			return errors.New("requeue: WithToken: the token is empty")
+		}
+		o.token = token
+		return nil
+	}
 }
 
 // WithDefaultMaxRetries sets X-Max-Retries when the request being handled
@@ -87,6 +102,8 @@ func WithDelay(d time.Duration) Option {
 //   - Content-Type: the incoming value, else left out
 //   - X-Dead-Letter-Reason, -From, -Time and -Retries: the incoming
 //     values, on a dead letter routed to this function
+//   - Authorization: the WithToken token, else left out (the incoming
+//     request's credentials are never passed on)
 //
 // An incoming control header that is given more than once, or an
 // X-Retries that is not a non-negative integer, is an error naming the
@@ -153,6 +170,9 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 
 	if ct := in.Get("Content-Type"); ct != "" {
 		out.Set("Content-Type", ct)
+	}
+	if o.token != "" {
+		out.Set("Authorization", "Bearer "+o.token)
 	}
 	// A dead letter the mailbox routed to this function stays one when
 	// requeued, so the mailbox never routes it again (no cycles).

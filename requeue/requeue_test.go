@@ -191,7 +191,7 @@ func TestUnavailableMailboxSaysWhenToRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	h, err := service.API(cfg, q, reg, quiet)
+	h, err := service.API(cfg, q, reg, nil, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,5 +306,31 @@ func TestRetryAfter(t *testing.T) {
 		if got := requeue.RetryAfter(v, now); got != want {
 			t.Errorf("RetryAfter(%q) = %s, want %s", v, got, want)
 		}
+	}
+}
+
+func TestTokenIsSentAndNeeded(t *testing.T) {
+	t.Parallel()
+	fn, got := recorder()
+	m := mailboxtest.Start(t, mailboxtest.Options{Token: "s3cret", Functions: map[string]http.Handler{"fn": fn}})
+
+	_, err := requeue.Request(t.Context(), nil, m.URL, "fn", incoming("Authorization", "Bearer the-callers-own"), []byte("x"), requeue.WithDelay(0))
+	if rerr, ok := errors.AsType[*requeue.Error](err); !ok || rerr.StatusCode != http.StatusUnauthorized || rerr.Field != "Authorization" {
+		t.Fatalf("Request without WithToken = %v, want a 401 naming Authorization", err)
+	}
+	res, err := requeue.Request(t.Context(), nil, m.URL, "fn", incoming(), []byte("x"), requeue.WithDelay(0), requeue.WithToken("s3cret\n"))
+	if err != nil || res.Status != requeue.StatusScheduled {
+		t.Fatalf("Request with WithToken = %+v, %v", res, err)
+	}
+	select {
+	case d := <-got:
+		if a := d.header.Get("Authorization"); a != "" {
+			t.Fatalf("the function received the mailbox's token: Authorization %q", a)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the message was not delivered")
+	}
+	if _, err := requeue.Header(nil, requeue.WithToken(" ")); err == nil {
+		t.Fatal("WithToken with an empty token: no error")
 	}
 }

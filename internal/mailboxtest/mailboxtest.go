@@ -11,12 +11,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/gatewaytest"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
@@ -36,6 +39,9 @@ type Options struct {
 	// API and the connector, over the test defaults: backend jetstream,
 	// upstream_timeout 5s.
 	Env map[string]string
+	// Token, if set, is the mailbox's API token (auth_token_secret): the
+	// requeue API and the management API then need it.
+	Token string
 }
 
 // Mailbox is one mailbox owned by a test; everything stops when the test
@@ -77,6 +83,13 @@ func Start(t testing.TB, o Options) *Mailbox {
 		"gateway_url":      gw.URL(),
 		"upstream_timeout": "5s",
 	}
+	if o.Token != "" {
+		secrets := t.TempDir()
+		if err := os.WriteFile(filepath.Join(secrets, "mailbox-token"), []byte(o.Token), 0o600); err != nil {
+			t.Fatalf("mailboxtest: %v", err)
+		}
+		env["secret_mount_path"], env["auth_token_secret"] = secrets, "mailbox-token"
+	}
 	for k, v := range o.Env {
 		env[k] = v
 	}
@@ -93,7 +106,17 @@ func Start(t testing.TB, o Options) *Mailbox {
 		t.Fatalf("mailboxtest: %v", err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	h, err := service.API(cfg, q, apiReg, quiet)
+	var store *deadletter.Store
+	if service.Management(cfg) {
+		if store, err = service.DeadLetters(cfg, q, apiReg, quiet); err != nil {
+			t.Fatalf("mailboxtest: %v", err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		stopped := make(chan error, 1)
+		go func() { stopped <- store.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-stopped })
+	}
+	h, err := service.API(cfg, q, apiReg, store, quiet)
 	if err != nil {
 		t.Fatalf("mailboxtest: %v", err)
 	}
