@@ -48,7 +48,7 @@ func run(ctx context.Context, environ []string, logs io.Writer, ready func(addr 
 	}
 	defer c.Queue.Close()
 
-	return service.Run(ctx, cfg.Listen, api.Ops(c.Queue, c.Registry), c.Dispatcher, func(addr string) {
+	return service.Run(ctx, cfg.Listen, api.Ops(c.Queue, c.Registry), c, func(addr string) {
 		logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

@@ -5,10 +5,12 @@
 package function
 
 import (
+	"context"
 	"io"
 	"net/http"
 
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/service"
 )
 
@@ -30,10 +32,29 @@ func New(environ []string, logs io.Writer) (h http.Handler, close func() error, 
 	if err != nil {
 		return nil, nil, err
 	}
-	h, err = service.API(cfg, q, reg, logger)
+	// The management API and the web page serve the dead letters from a
+	// store this process runs; without a token they are off.
+	var store *deadletter.Store
+	if service.Management(cfg) {
+		if store, err = service.DeadLetters(cfg, q, reg, logger); err != nil {
+			_ = q.Close()
+			return nil, nil, err
+		}
+	}
+	h, err = service.API(cfg, q, reg, store, logger)
 	if err != nil {
 		_ = q.Close()
 		return nil, nil, err
 	}
-	return h, q.Close, nil
+	if store == nil {
+		return h, q.Close, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- store.Run(ctx) }()
+	return h, func() error {
+		cancel()
+		<-stopped
+		return q.Close()
+	}, nil
 }

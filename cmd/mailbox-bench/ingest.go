@@ -113,7 +113,7 @@ func newIngestRig(ctx context.Context, b *broker, o options) (rig *ingestRig, er
 	if err := waitFor(ctx, 15*time.Second, "API queue connected", apiQueue.Connected); err != nil {
 		return nil, err
 	}
-	h, err := service.API(cfg, apiQueue, reg, quiet)
+	h, err := service.API(cfg, apiQueue, reg, nil, quiet)
 	if err != nil {
 		return nil, err
 	}

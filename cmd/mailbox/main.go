@@ -177,12 +177,12 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return err
 	}
 	defer c.Queue.Close()
-	h, err := service.API(cfg, c.Queue, c.Registry, logger)
+	h, err := service.API(cfg, c.Queue, c.Registry, c.DeadLetters, logger)
 	if err != nil {
 		return err
 	}
 
-	return service.Run(ctx, cfg.Listen, h, c.Dispatcher, func(addr string) {
+	return service.Run(ctx, cfg.Listen, h, c, func(addr string) {
 		logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

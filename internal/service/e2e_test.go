@@ -74,12 +74,13 @@ func callsWith(rec *gatewaytest.Recorder, id string) []gatewaytest.Call {
 
 // bundle is one mailbox under test.
 type bundle struct {
-	nats   broker
-	gw     *gatewaytest.Gateway
-	cfg    config.Config
-	api    *httptest.Server
+	nats broker
+	gw   *gatewaytest.Gateway
+	cfg  config.Config
+	api  *httptest.Server
+	reg  *prometheus.Registry // the connector's
+	// apiReg is the API's, and its dead-letter store's.
 	apiReg *prometheus.Registry
-	reg    *prometheus.Registry // the connector's
 }
 
 // broker is an embedded NATS server for one backend.
@@ -137,7 +138,7 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 		b.nats = stanBroker{stanservertest.Start(t)}
 	}
 	secrets := t.TempDir()
-	for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": gatewayPassword} {
+	for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": gatewayPassword, "mailbox-token": apiToken} {
 		if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -149,6 +150,7 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 		"basic_auth":        "true",
 		"secret_mount_path": secrets,
 		"upstream_timeout":  "5s",
+		"auth_token_secret": "mailbox-token",
 	}
 	maps.Copy(env, extra)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
@@ -157,17 +159,24 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	}
 	b.cfg = cfg
 
-	apiReg := prometheus.NewRegistry()
-	q, err := service.OpenQueue(cfg, apiReg, quiet)
+	b.apiReg = prometheus.NewRegistry()
+	q, err := service.OpenQueue(cfg, b.apiReg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
-	h, err := service.API(cfg, q, apiReg, quiet)
+	store, err := service.DeadLetters(cfg, q, b.apiReg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.apiReg = apiReg
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- store.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-stopped })
+	h, err := service.API(cfg, q, b.apiReg, store, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b.api = httptest.NewServer(h)
 	t.Cleanup(b.api.Close)
 	poll.Until(t, 10*time.Second, "API healthy", func() bool { return b.health() == http.StatusOK })
@@ -239,6 +248,7 @@ func (b *bundle) requeue(t *testing.T, fn string, body []byte, headers ...string
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+apiToken)
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])
 	}
@@ -947,7 +957,12 @@ type statusAnswer struct {
 // status GETs /messages/<id>.
 func (b *bundle) status(t *testing.T, id string) (int, statusAnswer) {
 	t.Helper()
-	res, err := http.Get(b.api.URL + "/messages/" + id)
+	req, err := http.NewRequest(http.MethodGet, b.api.URL+"/messages/"+id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,14 +13,16 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/openfaas/faas-provider/auth"
+	provider "github.com/openfaas/faas-provider/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/openfaas/mailbox/internal/api"
+	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/dispatch"
 	"github.com/openfaas/mailbox/internal/invoke"
@@ -28,6 +30,8 @@ import (
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
 	"github.com/openfaas/mailbox/internal/queue/stan"
+	"github.com/openfaas/mailbox/internal/status"
+	"github.com/openfaas/mailbox/internal/ui"
 )
 
 // UserAgent identifies the mailbox to functions.
@@ -102,18 +106,77 @@ func Defaults(cfg config.Config) delivery.Defaults {
 	}
 }
 
-// API returns the requeue API served by mailbox-fn and the standalone
-// server.
-func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, logger *slog.Logger) (http.Handler, error) {
-	return api.New(api.Options{
+// API returns the mailbox's HTTP API, served by mailbox-fn and the
+// standalone server: requeue, message status and, when a token is
+// configured, the management API and the web page, serving store (which
+// the caller runs; nil without a token).
+func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *deadletter.Store, logger *slog.Logger) (http.Handler, error) {
+	token, err := auth.Load(cfg.SecretMountPath, cfg.AuthTokenSecret)
+	if err != nil {
+		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
+	}
+	targets, err := Targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	o := api.Options{
 		Queue:           q,
 		Defaults:        Defaults(cfg),
 		MaxBodyBytes:    cfg.MaxBodyBytes,
 		KeepCredentials: cfg.KeepCredentials,
 		StatusRetention: cfg.StatusRetention,
+		Targets:         targets,
 		Registerer:      reg,
 		Gatherer:        reg,
 		Logger:          logger,
+	}
+	if token != nil {
+		if store == nil {
+			return nil, errors.New("service: a token is configured but no dead-letter store is given")
+		}
+		guard, err := auth.NewGuard(token, reg)
+		if err != nil {
+			return nil, err
+		}
+		o.Guard, o.RequeueAuth, o.DeadLetters = guard, cfg.RequeueAuth, store
+		if o.UI, err = ui.New(ui.Options{Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger}); err != nil {
+			return nil, err
+		}
+	}
+	return api.New(o)
+}
+
+// Management reports whether cfg turns the management API and the web
+// page on: whether an API process needs a dead-letter store.
+func Management(cfg config.Config) bool { return cfg.AuthTokenSecret != "" }
+
+// Targets is what the mailbox may deliver to: allow_functions and
+// allow_namespaces, never mailbox_function.
+func Targets(cfg config.Config) (*auth.Targets, error) {
+	return auth.NewTargets(cfg.AllowFunctions, cfg.AllowNamespaces, cfg.MailboxFunction)
+}
+
+// DeadLetters returns the store of q's dead letters: the connector runs
+// one to apply retention and the limit, and an API process with the
+// management API one to serve them.
+func DeadLetters(cfg config.Config, q queue.Queue, reg prometheus.Registerer, logger *slog.Logger) (*deadletter.Store, error) {
+	targets, err := Targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := status.NewRecorder(q, reg, logger)
+	if err != nil {
+		return nil, err
+	}
+	return deadletter.New(deadletter.Options{
+		Queue:      q,
+		Retention:  cfg.DeadLetterMaxAge,
+		Limit:      cfg.DeadLetterLimit,
+		ReplayRate: cfg.ReplayRate.PerSecond(),
+		Allow:      targets.Check,
+		Status:     rec,
+		Registerer: reg,
+		Logger:     logger,
 	})
 }
 
@@ -192,11 +255,11 @@ const limitHorizon = 10 * time.Second
 
 // Credentials reads the gateway's basic-auth credentials from
 // secret_mount_path when basic_auth is set, and nil otherwise.
-func Credentials(cfg config.Config) (*auth.BasicAuthCredentials, error) {
+func Credentials(cfg config.Config) (*provider.BasicAuthCredentials, error) {
 	if !cfg.BasicAuth {
 		return nil, nil
 	}
-	reader := auth.ReadBasicAuthFromDisk{SecretMountPath: cfg.SecretMountPath}
+	reader := provider.ReadBasicAuthFromDisk{SecretMountPath: cfg.SecretMountPath}
 	creds, err := reader.Read()
 	if err != nil {
 		return nil, fmt.Errorf("config: secret_mount_path: basic_auth is set but the credentials cannot be read: %w", err)
@@ -231,14 +294,16 @@ func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration
 	return nil
 }
 
-// Run serves h on listen and delivers messages with d until ctx ends or
-// either fails: the first to fail stops the other. On shutdown the server
+// Run serves h on listen, delivers messages with c's dispatcher and keeps
+// c's dead letters until ctx ends or one fails: the first to fail stops
+// the others. On shutdown the server
 // stops accepting first, then deliveries in flight finish. ready, if not
 // nil, gets the bound address.
-func Run(ctx context.Context, listen string, h http.Handler, d *dispatch.Dispatcher, ready func(addr string)) error {
+func Run(ctx context.Context, listen string, h http.Handler, c *Connector, ready func(addr string)) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return Serve(ctx, listen, h, 10*time.Second, ready) })
-	g.Go(func() error { return d.Run(ctx) })
+	g.Go(func() error { return c.Dispatcher.Run(ctx) })
+	g.Go(func() error { return c.DeadLetters.Run(ctx) })
 	return g.Wait()
 }
 
@@ -251,11 +316,13 @@ func SetDefaultLogger(logger *slog.Logger) {
 }
 
 // Connector is what a process that delivers needs: its metrics registry,
-// the queue and the dispatcher. Close the queue when done.
+// the queue, the dispatcher and the dead-letter store that keeps the dead
+// letters within their retention and limit. Close the queue when done.
 type Connector struct {
-	Registry   *prometheus.Registry
-	Queue      queue.Queue
-	Dispatcher *dispatch.Dispatcher
+	Registry    *prometheus.Registry
+	Queue       queue.Queue
+	Dispatcher  *dispatch.Dispatcher
+	DeadLetters *deadletter.Store
 }
 
 // OpenConnector assembles a Connector from cfg, for the connector and the
@@ -274,5 +341,10 @@ func OpenConnector(cfg config.Config, logger *slog.Logger) (*Connector, error) {
 		_ = q.Close()
 		return nil, err
 	}
-	return &Connector{Registry: reg, Queue: q, Dispatcher: d}, nil
+	store, err := DeadLetters(cfg, q, reg, logger)
+	if err != nil {
+		_ = q.Close()
+		return nil, err
+	}
+	return &Connector{Registry: reg, Queue: q, Dispatcher: d, DeadLetters: store}, nil
 }
