@@ -263,7 +263,7 @@ func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http
 	case action == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		entry, e, err := h.o.Store.Get(ctx, id)
 		if err != nil {
-			h.back(w, r, "", h.failure(err))
+			h.fail(w, err)
 			return
 		}
 		p := detailPage{page: page{Title: "Dead letter " + id, SignedIn: true}, Letter: entry, Message: e}
@@ -285,39 +285,41 @@ func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http
 	case action == "replay" && r.Method == http.MethodPost:
 		out, err := h.o.Store.Replay(ctx, id, 0)
 		if err != nil {
-			h.back(w, r, "", h.failure(err))
+			h.fail(w, err)
 			return
 		}
-		h.back(w, r, fmt.Sprintf("Replayed %s to %s.", id, out.Function), "")
+		done(w, r, fmt.Sprintf("Replayed %s to %s.", id, out.Function))
 	case action == "purge" && r.Method == http.MethodPost:
 		if _, err := h.o.Store.Remove(ctx, id); err != nil {
-			h.back(w, r, "", h.failure(err))
+			h.fail(w, err)
 			return
 		}
-		h.back(w, r, fmt.Sprintf("Purged %s.", id), "")
+		done(w, r, fmt.Sprintf("Purged %s.", id))
 	default:
 		http.Error(w, "not found", http.StatusNotFound)
 	}
 }
 
-// back sends the browser to the overview with a notice, or shows an error
-// there.
-func (h *handler) back(w http.ResponseWriter, r *http.Request, notice, failure string) {
-	if failure != "" {
-		h.render(w, http.StatusOK, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: failure}})
-		return
-	}
+// done sends the browser to the overview with a notice.
+func done(w http.ResponseWriter, r *http.Request, notice string) {
 	http.Redirect(w, r, Prefix+"?"+url.Values{"notice": {notice}}.Encode(), http.StatusSeeOther)
 }
 
-// failure is what a user is told of err.
-func (h *handler) failure(err error) string {
+// fail shows what went wrong with err, with the status the API would
+// answer.
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	code, msg := http.StatusServiceUnavailable, "The queue cannot be reached now; try again shortly."
 	switch {
-	case errors.Is(err, deadletter.ErrNotFound), errors.Is(err, deadletter.ErrNotReplayable), errors.Is(err, deadletter.ErrRefused):
-		return err.Error()
+	case errors.Is(err, deadletter.ErrNotFound):
+		code, msg = http.StatusNotFound, err.Error()
+	case errors.Is(err, deadletter.ErrRefused):
+		code, msg = http.StatusForbidden, err.Error()
+	case errors.Is(err, deadletter.ErrNotReplayable):
+		code, msg = http.StatusConflict, err.Error()
+	default:
+		h.log.Warn("ui: dead-letter operation failed", "error", err)
 	}
-	h.log.Warn("ui: dead-letter operation failed", "error", err)
-	return "The queue cannot be reached now; try again shortly."
+	h.render(w, code, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: msg}})
 }
 
 type jobPage struct {
@@ -328,13 +330,18 @@ type jobPage struct {
 func (h *handler) bulk(ctx context.Context, w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	if err := r.ParseForm(); err != nil {
-		h.back(w, r, "", "The form could not be read.")
+		h.render(w, http.StatusBadRequest, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: "The form could not be read."}})
+		return
+	}
+	action := r.PostForm.Get("action")
+	if action != deadletter.ActionReplay && action != deadletter.ActionPurge {
+		h.render(w, http.StatusBadRequest, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: fmt.Sprintf("%q is neither replay nor purge.", action)}})
 		return
 	}
 	f := deadletter.Filter{Function: r.PostForm.Get("function"), Reason: r.PostForm.Get("reason"), Query: r.PostForm.Get("q")}
-	job, err := h.o.Store.Start(ctx, r.PostForm.Get("action"), f, 0)
+	job, err := h.o.Store.Start(ctx, action, f, 0)
 	if err != nil {
-		h.back(w, r, "", h.failure(err))
+		h.fail(w, err)
 		return
 	}
 	http.Redirect(w, r, Prefix+"/jobs/"+job.ID, http.StatusSeeOther)

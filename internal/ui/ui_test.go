@@ -1,0 +1,247 @@
+package ui_test
+
+// The page's handlers on a real JetStream backend. The browser test
+// (internal/service, browser_test.go) clicks through it in Chromium;
+// these check what a browser does not show: refusals, headers, errors.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/deadletter"
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
+	"github.com/openfaas/mailbox/internal/metricstest"
+	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/jetstream"
+	"github.com/openfaas/mailbox/internal/ui"
+)
+
+const token = "ui-test-token"
+
+type bundle struct {
+	srv   *httptest.Server
+	reg   *prometheus.Registry
+	q     queue.Queue
+	token *auth.Token
+	// waitingErr, when set, is what the page's waiting counts fail with.
+	waitingErr error
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	nats := jsservertest.Start(t)
+	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: nats.URL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	b := &bundle{reg: prometheus.NewRegistry(), q: q}
+	store, err := deadletter.New(deadletter.Options{Queue: q, Limit: 100, Registerer: b.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- store.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-stopped })
+	if b.token, err = auth.NewToken(token); err != nil {
+		t.Fatal(err)
+	}
+	guard, err := auth.NewGuard(b.token, b.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ui.New(ui.Options{
+		Store: store, Token: b.token, Guard: guard,
+		Waiting: func(ctx context.Context) (map[string]int, error) {
+			if b.waitingErr != nil {
+				return nil, b.waitingErr
+			}
+			return q.Waiting(ctx)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.srv = httptest.NewServer(h)
+	t.Cleanup(b.srv.Close)
+	poll.Until(t, 10*time.Second, "JetStream ready", q.Connected)
+	return b
+}
+
+// client does not follow redirects, so that tests see them.
+var client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// do sends a request, signed in unless signedIn is false, with header as
+// pairs, and returns the answer and its body.
+func (b *bundle) do(t *testing.T, method, path string, form url.Values, signedIn bool, header ...string) (*http.Response, string) {
+	t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, b.srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if signedIn {
+		req.AddCookie(b.token.SessionCookie(false))
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	data, _ := io.ReadAll(res.Body)
+	return res, string(data)
+}
+
+func (b *bundle) refused(t *testing.T) float64 {
+	return metricstest.Sum(t, b.reg, "mailbox_unauthorized_total", "endpoint", "ui")
+}
+
+func TestSignIn(t *testing.T) {
+	b := setup(t)
+
+	res, _ := b.do(t, http.MethodGet, "/ui", nil, false)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/ui/login" {
+		t.Fatalf("GET /ui without a session: %d to %q, want 303 to /ui/login", res.StatusCode, res.Header.Get("Location"))
+	}
+	if n := b.refused(t); n != 1 {
+		t.Fatalf("refusals counted: %v, want 1", n)
+	}
+	res, _ = b.do(t, http.MethodPost, "/ui/deadletters/x/purge", url.Values{}, false)
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("POST without a session: %d, want 401", res.StatusCode)
+	}
+	res, page := b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {"wrong"}}, false)
+	if res.StatusCode != http.StatusUnauthorized || !strings.Contains(page, "not the mailbox&#39;s token") || len(res.Cookies()) != 0 {
+		t.Fatalf("wrong token: %d, cookies %v", res.StatusCode, res.Cookies())
+	}
+	if n := b.refused(t); n != 3 {
+		t.Fatalf("refusals counted: %v, want 3", n)
+	}
+
+	res, _ = b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false)
+	cookies := res.Cookies()
+	if res.StatusCode != http.StatusSeeOther || len(cookies) != 1 {
+		t.Fatalf("right token: %d, cookies %v", res.StatusCode, cookies)
+	}
+	c := cookies[0]
+	if c.Name != auth.CookieSession || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, token) {
+		t.Fatalf("session cookie %+v", c)
+	}
+	res, page = b.do(t, http.MethodGet, "/ui", nil, true)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "No dead letters.") {
+		t.Fatalf("GET /ui signed in: %d\n%s", res.StatusCode, page)
+	}
+	for name, want := range map[string]string{
+		"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+		"X-Frame-Options":         "DENY",
+		"Cache-Control":           "no-store",
+	} {
+		if got := res.Header.Get(name); got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+	}
+
+	res, _ = b.do(t, http.MethodPost, "/ui/logout", url.Values{}, true)
+	if res.StatusCode != http.StatusSeeOther || len(res.Cookies()) != 1 || res.Cookies()[0].MaxAge >= 0 {
+		t.Fatalf("sign out: %d, cookies %+v", res.StatusCode, res.Cookies())
+	}
+}
+
+func TestFormsFromAnotherSiteAreRefused(t *testing.T) {
+	b := setup(t)
+	for _, h := range [][]string{
+		{"Origin", "https://evil.example"},
+		{"Sec-Fetch-Site", "cross-site"},
+	} {
+		res, page := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, h...)
+		if res.StatusCode != http.StatusForbidden || !strings.Contains(page, "another site") {
+			t.Errorf("POST with %s: %s: %d", h[0], h[1], res.StatusCode)
+		}
+		res, _ = b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false, h...)
+		if res.StatusCode != http.StatusForbidden || len(res.Cookies()) != 0 {
+			t.Errorf("sign-in with %s: %s: %d", h[0], h[1], res.StatusCode)
+		}
+	}
+	// The same origin is fine.
+	res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, "Origin", b.srv.URL)
+	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "/ui/jobs/") {
+		t.Fatalf("same-origin bulk purge: %d to %q", res.StatusCode, res.Header.Get("Location"))
+	}
+}
+
+func TestPagesAndFailures(t *testing.T) {
+	b := setup(t)
+	dead := &envelope.Envelope{ID: "m1", Function: "fn", Reason: envelope.ReasonRejected, DeadAt: time.Now(),
+		Header: map[string][]string{"X-Trace": {"<script>alert(1)</script>"}}, Body: []byte{0xff, 0xfe}}
+	if err := b.q.DeadLetter(t.Context(), dead); err != nil {
+		t.Fatal(err)
+	}
+
+	res, page := b.do(t, http.MethodGet, "/ui/deadletters/m1", nil, true)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "2 bytes of binary data") ||
+		strings.Contains(page, "<script>alert") || !strings.Contains(page, "&lt;script&gt;") {
+		t.Fatalf("details of m1: %d\n%s", res.StatusCode, page)
+	}
+	res, page = b.do(t, http.MethodGet, "/ui/deadletters/nobody", nil, true)
+	if res.StatusCode != http.StatusNotFound || !strings.Contains(page, "no such dead letter") {
+		t.Fatalf("details of an unknown id: %d\n%s", res.StatusCode, page)
+	}
+	res, page = b.do(t, http.MethodPost, "/ui/deadletters/nobody/replay", url.Values{}, true)
+	if res.StatusCode != http.StatusNotFound || !strings.Contains(page, "no such dead letter") {
+		t.Fatalf("replay of an unknown id: %d\n%s", res.StatusCode, page)
+	}
+	res, page = b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"explode"}}, true)
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(page, "neither replay nor purge") {
+		t.Fatalf("bulk with an unknown action: %d\n%s", res.StatusCode, page)
+	}
+	res, page = b.do(t, http.MethodGet, "/ui/jobs/nope", nil, true)
+	if res.StatusCode != http.StatusNotFound || !strings.Contains(page, "no job nope") {
+		t.Fatalf("unknown job: %d\n%s", res.StatusCode, page)
+	}
+	res, _ = b.do(t, http.MethodGet, "/ui/nothing-here", nil, true)
+	if res.StatusCode != http.StatusNotFound {
+		t.Fatalf("unknown page: %d", res.StatusCode)
+	}
+	res, page = b.do(t, http.MethodGet, "/ui/static/ui.js", nil, false)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "data-confirm") {
+		t.Fatalf("ui.js: %d", res.StatusCode)
+	}
+	res, _ = b.do(t, http.MethodGet, "/ui/static/pages.html", nil, false)
+	if res.StatusCode != http.StatusNotFound {
+		t.Fatalf("templates served as static files: %d", res.StatusCode)
+	}
+	res, page = b.do(t, http.MethodGet, "/ui?function=Bad_Name", nil, true)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "is not a function name") || !strings.Contains(page, "m1") {
+		t.Fatalf("bad function filter: %d\n%s", res.StatusCode, page)
+	}
+
+	// A queue that cannot count waiting messages still shows the dead
+	// letters.
+	b.waitingErr = errors.New("down")
+	res, page = b.do(t, http.MethodGet, "/ui", nil, true)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "Not available now") || !strings.Contains(page, "m1") {
+		t.Fatalf("waiting counts failing: %d\n%s", res.StatusCode, page)
+	}
+}
