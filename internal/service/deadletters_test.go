@@ -365,5 +365,18 @@ func TestManagementRefusals(t *testing.T) {
 		if n := metricstest.Sum(t, b.apiReg, "mailbox_unauthorized_total"); n != 3 {
 			t.Errorf("mailbox_unauthorized_total = %v, want 3", n)
 		}
+
+		// NATS down: 503, retry later.
+		b.nats.Stop()
+		for _, c := range []struct{ method, path string }{
+			{http.MethodGet, "/deadletters"},
+			{http.MethodPost, "/deadletters/ok1/replay"},
+			{http.MethodDelete, "/deadletters/ok1"},
+		} {
+			poll.Until(t, 20*time.Second, c.method+" "+c.path+" answered 503 while NATS is down", func() bool {
+				l = list{}
+				return b.call(t, c.method, c.path, &l) == http.StatusServiceUnavailable && l.Error != ""
+			})
+		}
 	})
 }
