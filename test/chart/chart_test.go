@@ -57,8 +57,11 @@ var (
 		"nats_cluster_id": "faas-cluster",
 		"channel_prefix":  "mailbox",
 	}
-	jetstreamOnly = []string{"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age"}
-	common        = map[string]string{
+	jetstreamOnly = []string{"jetstream_stream", "jetstream_consumer", "jetstream_replicas"}
+	// functionOnly are the function's settings from the values, which the
+	// connector (no API) never gets.
+	functionOnly = []string{"replay_rate", "requeue_auth", "auth_token_secret"}
+	common       = map[string]string{
 		"gateway_url":       defaultGateway,
 		"basic_auth":        "true",
 		"secret_mount_path": secretMountPath,
@@ -67,7 +70,18 @@ var (
 		"upstream_timeout":  "30s",
 		"log_level":         "info",
 		"log_format":        "json",
+		// Dead letters, on either backend: the connector removes what is
+		// past them.
+		"dead_letter_max_age": "336h",
+		"dead_letter_limit":   "100000",
+		"mailbox_function":    "mailbox.openfaas-fn",
 	}
+	// sharedSettings are the settings the function and the connector must
+	// agree on; the chart gives both the same.
+	sharedSettings = []string{"backend", "nats_url", "nats_cluster_id", "channel_prefix",
+		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
+		"dead_letter_limit", "allow_functions", "allow_namespaces", "mailbox_function",
+		"upstream_timeout"}
 )
 
 func env(maps_ ...map[string]string) map[string]string {
@@ -104,7 +118,7 @@ var wants = map[string]want{
 	"default": {
 		kinds:        kinds(nil),
 		connectorEnv: env(common, stanEnv),
-		absentEnv:    append([]string{"nats_credentials_file"}, jetstreamOnly...),
+		absentEnv:    append([]string{"nats_credentials_file", "allow_functions", "allow_namespaces"}, jetstreamOnly...),
 		replicas:     1,
 	},
 	"ce": {
@@ -118,7 +132,7 @@ var wants = map[string]want{
 		connectorEnv: env(common, map[string]string{
 			"backend": "jetstream", "nats_url": openfaasNATSURL,
 			"jetstream_stream": "mailbox", "jetstream_consumer": "connector",
-			"jetstream_replicas": "1", "dead_letter_max_age": "0",
+			"jetstream_replicas": "1",
 		}),
 		absentEnv: []string{"nats_cluster_id", "nats_credentials_file"},
 		replicas:  1,
@@ -161,8 +175,9 @@ var wants = map[string]want{
 			"backend": "jetstream", "nats_url": openfaasNATSURL, "jetstream_replicas": "3",
 			"gateway_url": "https://gateway.example.com", "log_format": "text",
 			"nats_credentials_file": "/var/mailbox/nats/nats.creds",
+			"allow_namespaces":      "openfaas-fn,team-a",
 		}),
-		absentEnv:      []string{"nats_cluster_id"},
+		absentEnv:      []string{"nats_cluster_id", "allow_functions"},
 		replicas:       3,
 		functionCreate: true,
 	},
@@ -383,7 +398,7 @@ func TestConnectorDeployment(t *testing.T) {
 					t.Errorf("env %s = %q, want %q", k, env[k], v)
 				}
 			}
-			for _, k := range w.absentEnv {
+			for _, k := range append(slices.Clone(w.absentEnv), functionOnly...) {
 				if v, ok := env[k]; ok {
 					t.Errorf("env %s = %q, want it absent", k, v)
 				}
@@ -685,12 +700,18 @@ func TestFunction(t *testing.T) {
 
 			d := one[*appsv1.Deployment](t, r, connectorName)
 			connector := envMap(t, container(t, d.Spec.Template.Spec, "connector"))
-			shared := []string{"backend", "nats_url", "nats_cluster_id", "channel_prefix",
-				"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
-				"upstream_timeout"}
-			for _, k := range shared {
+			for _, k := range sharedSettings {
 				if fn.Spec.Environment[k] != connector[k] {
 					t.Errorf("%s: function %q, connector %q", k, fn.Spec.Environment[k], connector[k])
+				}
+			}
+			if fn.Spec.Environment["replay_rate"] != "50/s" || fn.Spec.Environment["requeue_auth"] != "true" {
+				t.Errorf("replay_rate %q, requeue_auth %q; want the defaults 50/s and true",
+					fn.Spec.Environment["replay_rate"], fn.Spec.Environment["requeue_auth"])
+			}
+			if s := fn.Spec.Environment["auth_token_secret"]; s != "" {
+				if !slices.Contains(fn.Spec.Secrets, s) || cfg.AuthTokenSecret != s || cfg.SecretMountPath != secretMountPath {
+					t.Errorf("auth_token_secret %q (read from %s) with secrets %v", s, cfg.SecretMountPath, fn.Spec.Secrets)
 				}
 			}
 			if f := fn.Spec.Environment["nats_credentials_file"]; f != "" {
@@ -736,5 +757,188 @@ func TestCEValuesAreTheDefaults(t *testing.T) {
 	}
 	if def != ce {
 		t.Errorf("values-ce.yaml renders differently from the defaults:\n%s\n---\n%s", def, ce)
+	}
+}
+
+// withFunction adds the Function to a case, so that the function's
+// settings render as an object.
+func withFunction(c valuesCase, set ...string) valuesCase {
+	c.set = append(slices.Clone(c.set), "function.create=true", "function.image=registry.example.com/mailbox:0.1.0")
+	c.set = append(c.set, set...)
+	return c
+}
+
+// processEnv renders the case and returns the function's and the
+// connector's settings, each checked by the mailbox's configuration loader.
+func processEnv(t *testing.T, c valuesCase) (fnEnv, connEnv map[string]string, fnCfg, connCfg config.Config, fn *function) {
+	t.Helper()
+	r := render(t, c)
+	fns := find[*function](r)
+	if len(fns) != 1 {
+		t.Fatalf("%d Functions, want 1", len(fns))
+	}
+	fn = fns[0]
+	d := one[*appsv1.Deployment](t, r, connectorName)
+	connEnv = envMap(t, container(t, d.Spec.Template.Spec, "connector"))
+	fnCfg = checkSettings(t, "function", fn.Spec.Environment, nil, watchdogSettings...)
+	connCfg = checkSettings(t, "connector", connEnv, map[string]string{"listen": ":8081"})
+	return fn.Spec.Environment, connEnv, fnCfg, connCfg, fn
+}
+
+// TestDeadLetterSettings: the function and the connector both get
+// dead_letter_max_age and dead_letter_limit, on either backend, 336h and
+// 100000 by default, and the values deadLetters.* when set (a number from a
+// values file too, which helm reads as a float).
+func TestDeadLetterSettings(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		c        valuesCase
+		maxAge   string
+		age      time.Duration
+		limit    string
+		rate     string
+		perSec   float64
+		backend  string
+		wantFail bool
+	}{
+		{c: withFunction(valuesCase{name: "stan"}), maxAge: "336h", age: 336 * time.Hour, limit: "100000", rate: "50/s", perSec: 50, backend: "stan"},
+		{c: withFunction(valuesCase{name: "pro", files: []string{"values-pro.yaml"}}), maxAge: "336h", age: 336 * time.Hour, limit: "100000", rate: "50/s", perSec: 50, backend: "jetstream"},
+		{c: withFunction(valuesCase{name: "durable", files: []string{"values-durable.yaml"}}), maxAge: "336h", age: 336 * time.Hour, limit: "100000", rate: "50/s", perSec: 50, backend: "jetstream"},
+		{c: withFunction(valuesCase{name: "stan-set"}, "deadLetters.maxAge=0", "deadLetters.limit=10000000", "deadLetters.replayRate=600/m"),
+			maxAge: "0", age: 0, limit: "10000000", rate: "600/m", perSec: 10, backend: "stan"},
+		{c: valuesCase{name: "jetstream-json", files: []string{"values-durable.yaml"},
+			set:  []string{"function.create=true", "function.image=registry.example.com/mailbox:0.1.0"},
+			json: []string{`deadLetters={"maxAge":"720h","limit":10000000,"replayRate":"5/s"}`}},
+			maxAge: "720h", age: 720 * time.Hour, limit: "10000000", rate: "5/s", perSec: 5, backend: "jetstream"},
+	} {
+		t.Run(tc.c.name, func(t *testing.T) {
+			t.Parallel()
+			fnEnv, connEnv, fnCfg, connCfg, _ := processEnv(t, tc.c)
+			for what, env := range map[string]map[string]string{"function": fnEnv, "connector": connEnv} {
+				if env["backend"] != tc.backend || env["dead_letter_max_age"] != tc.maxAge || env["dead_letter_limit"] != tc.limit {
+					t.Errorf("%s: backend %q, dead_letter_max_age %q, dead_letter_limit %q; want %s, %s, %s", what,
+						env["backend"], env["dead_letter_max_age"], env["dead_letter_limit"], tc.backend, tc.maxAge, tc.limit)
+				}
+			}
+			for what, cfg := range map[string]config.Config{"function": fnCfg, "connector": connCfg} {
+				if cfg.DeadLetterMaxAge != tc.age || strconv.Itoa(cfg.DeadLetterLimit) != tc.limit {
+					t.Errorf("%s: the mailbox reads max age %s and limit %d, want %s and %s", what, cfg.DeadLetterMaxAge, cfg.DeadLetterLimit, tc.age, tc.limit)
+				}
+			}
+			if fnEnv["replay_rate"] != tc.rate || fnCfg.ReplayRate.PerSecond() != tc.perSec {
+				t.Errorf("function: replay_rate %q (%v/s), want %s", fnEnv["replay_rate"], fnCfg.ReplayRate.PerSecond(), tc.rate)
+			}
+		})
+	}
+}
+
+// TestAuthToken: auth.tokenSecret mounts the secret on the Function and
+// names it in the function's auth_token_secret (the connector has no API,
+// so neither); requeueAuth sets requeue_auth; without a Function, NOTES.txt
+// tells faas-cli the same.
+func TestAuthToken(t *testing.T) {
+	t.Parallel()
+	t.Run("token", func(t *testing.T) {
+		t.Parallel()
+		fnEnv, connEnv, fnCfg, _, fn := processEnv(t, withFunction(valuesCase{name: "token"}, "auth.tokenSecret=mailbox-token"))
+		if !slices.Equal(fn.Spec.Secrets, []string{"mailbox-token"}) {
+			t.Errorf("secrets %v, want [mailbox-token]", fn.Spec.Secrets)
+		}
+		if fnEnv["auth_token_secret"] != "mailbox-token" || fnCfg.AuthTokenSecret != "mailbox-token" || fnCfg.SecretMountPath != secretMountPath {
+			t.Errorf("auth_token_secret %q, the mailbox reads %q under %s", fnEnv["auth_token_secret"], fnCfg.AuthTokenSecret, fnCfg.SecretMountPath)
+		}
+		if !fnCfg.RequeueAuth || fnEnv["requeue_auth"] != "true" {
+			t.Errorf("requeue_auth %q: want requeues to need the token by default", fnEnv["requeue_auth"])
+		}
+		for _, k := range functionOnly {
+			if v, ok := connEnv[k]; ok {
+				t.Errorf("connector: %s = %q, a setting of the API only", k, v)
+			}
+		}
+	})
+	t.Run("token and NATS credentials", func(t *testing.T) {
+		t.Parallel()
+		_, _, _, _, fn := processEnv(t, withFunction(valuesCase{name: "both"},
+			"auth.tokenSecret=mailbox-token", "auth.requeueAuth=false", "nats.credentials.secretName=mailbox-nats"))
+		if !slices.Equal(fn.Spec.Secrets, []string{"mailbox-nats", "mailbox-token"}) {
+			t.Errorf("secrets %v, want [mailbox-nats mailbox-token]", fn.Spec.Secrets)
+		}
+		if fn.Spec.Environment["requeue_auth"] != "false" {
+			t.Errorf("requeue_auth %q with auth.requeueAuth=false", fn.Spec.Environment["requeue_auth"])
+		}
+	})
+	t.Run("no token", func(t *testing.T) {
+		t.Parallel()
+		fnEnv, _, fnCfg, _, fn := processEnv(t, withFunction(valuesCase{name: "none"}))
+		if len(fn.Spec.Secrets) != 0 || fnCfg.AuthTokenSecret != "" {
+			t.Errorf("secrets %v, auth_token_secret %q; want none by default", fn.Spec.Secrets, fnEnv["auth_token_secret"])
+		}
+	})
+	t.Run("notes", func(t *testing.T) {
+		t.Parallel()
+		_, notes, err := renderErr(t, valuesCase{name: "notes", set: []string{"auth.tokenSecret=mailbox-token"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range []string{"--secret mailbox-token", "-e auth_token_secret=mailbox-token", "-e requeue_auth=true",
+			"-e dead_letter_max_age=336h", "-e dead_letter_limit=100000", `-H "Authorization: Bearer $TOKEN"`,
+			"/function/mailbox/deadletters", "/function/mailbox/ui"} {
+			if !strings.Contains(notes, w) {
+				t.Errorf("NOTES.txt lacks %q:\n%s", w, notes)
+			}
+		}
+		_, notes, err = renderErr(t, valuesCase{name: "notes-open"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range []string{"auth.tokenSecret=mailbox-token", "faas-cli secret create mailbox-token"} {
+			if !strings.Contains(notes, w) {
+				t.Errorf("NOTES.txt without a token lacks %q:\n%s", w, notes)
+			}
+		}
+		if strings.Contains(notes, "Authorization") || strings.Contains(notes, "auth_token_secret") {
+			t.Errorf("NOTES.txt without a token mentions one:\n%s", notes)
+		}
+	})
+}
+
+// TestTargets: the allow lists reach the function and the connector
+// comma-joined, and mailbox_function names the chart's own function.
+func TestTargets(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		c                 valuesCase
+		functions, spaces string
+		self              string
+	}{
+		{c: withFunction(valuesCase{name: "lists"}, "auth.allowFunctions={tweetpic,resize.team-a}", "auth.allowNamespaces={openfaas-fn,team-a}"),
+			functions: "tweetpic,resize.team-a", spaces: "openfaas-fn,team-a", self: "mailbox.openfaas-fn"},
+		{c: valuesCase{name: "json", set: []string{"function.create=true", "function.image=x", "function.name=mb", "function.namespace=fns"},
+			json: []string{`auth={"allowFunctions":["tweetpic.fns"]}`}},
+			functions: "tweetpic.fns", self: "mb.fns"},
+		{c: withFunction(valuesCase{name: "own name"}, "auth.mailboxFunction=requeue"), self: "requeue"},
+	} {
+		t.Run(tc.c.name, func(t *testing.T) {
+			t.Parallel()
+			fnEnv, connEnv, fnCfg, connCfg, _ := processEnv(t, tc.c)
+			for what, env := range map[string]map[string]string{"function": fnEnv, "connector": connEnv} {
+				for k, want := range map[string]string{"allow_functions": tc.functions, "allow_namespaces": tc.spaces, "mailbox_function": tc.self} {
+					if v, ok := env[k]; v != want || (want == "" && ok) {
+						t.Errorf("%s: %s = %q (set %v), want %q", what, k, v, ok, want)
+					}
+				}
+			}
+			for what, cfg := range map[string]config.Config{"function": fnCfg, "connector": connCfg} {
+				if got := strings.Join(cfg.AllowFunctions, ","); got != tc.functions {
+					t.Errorf("%s: the mailbox reads allow_functions %q, want %q", what, got, tc.functions)
+				}
+				if got := strings.Join(cfg.AllowNamespaces, ","); got != tc.spaces {
+					t.Errorf("%s: the mailbox reads allow_namespaces %q, want %q", what, got, tc.spaces)
+				}
+				if cfg.MailboxFunction != tc.self {
+					t.Errorf("%s: the mailbox reads mailbox_function %q, want %q", what, cfg.MailboxFunction, tc.self)
+				}
+			}
+		})
 	}
 }

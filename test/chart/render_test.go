@@ -39,11 +39,12 @@ const (
 var kubeVersion = &chartutil.KubeVersion{Version: "v1.31.0", Major: "1", Minor: "31"}
 
 // valuesCase is one way of installing the chart: -f files (relative to the
-// chart) and --set values, as on helm's command line.
+// chart), --set and --set-json values, as on helm's command line.
 type valuesCase struct {
 	name  string
 	files []string
 	set   []string
+	json  []string // --set-json: numbers arrive as float64, as from a file
 }
 
 // installCases are the ways the chart README installs the chart, plus
@@ -73,13 +74,15 @@ var installCases = []valuesCase{
 		"metrics.serviceMonitor.enabled=true",
 		"gateway.url=https://gateway.example.com",
 		"logFormat=text",
+		"auth.tokenSecret=mailbox-token",
+		"auth.allowNamespaces={openfaas-fn,team-a}",
 	}},
 }
 
 // mergeValues merges the case's values the way helm's -f and --set do.
 func mergeValues(t *testing.T, c valuesCase) map[string]any {
 	t.Helper()
-	opts := values.Options{Values: c.set}
+	opts := values.Options{Values: c.set, JSONValues: c.json}
 	for _, f := range c.files {
 		opts.ValueFiles = append(opts.ValueFiles, filepath.Join(chartDir, f))
 	}

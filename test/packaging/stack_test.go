@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/test/internal/fnbuild"
 )
 
@@ -179,5 +180,71 @@ func checkScaling(t *testing.T, name string, labels *map[string]string) {
 	if err1 != nil || err2 != nil || lo < 1 || hi < lo {
 		t.Errorf("%s: com.openfaas.scale.min %q and max %q, want 1 <= min <= max", name,
 			(*labels)["com.openfaas.scale.min"], (*labels)["com.openfaas.scale.max"])
+	}
+}
+
+// TestStackTokenExample: the commented-out token lines of the mailbox
+// function, once uncommented as stack.yml says, still decode strictly as
+// go-sdk's stack, mount the secret the mailbox reads its token from, and
+// are settings the mailbox accepts. The function's name is also the
+// mailbox's default mailbox_function, so that it never targets itself.
+func TestStackTokenExample(t *testing.T) {
+	t.Setenv("REGISTRY", "")
+	t.Setenv("TAG", "")
+	root := repoRoot(t)
+	raw, err := os.ReadFile(filepath.Join(root, "stack.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	uncomment := map[string]string{
+		"      # auth_token_secret: mailbox-token\n": "      auth_token_secret: mailbox-token\n",
+		"      # requeue_auth: \"true\"\n":           "      requeue_auth: \"true\"\n",
+		"    # secrets: [mailbox-token]\n":           "    secrets: [mailbox-token]\n",
+	}
+	for from, to := range uncomment {
+		if strings.Count(text, from) != 1 {
+			t.Fatalf("stack.yml does not have the line %q once", strings.TrimSpace(from))
+		}
+		text = strings.Replace(text, from, to, 1)
+	}
+	file := filepath.Join(t.TempDir(), "stack.yml")
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := fnbuild.LoadStack(file)
+	if err != nil {
+		t.Fatalf("stack.yml with the token lines uncommented: %v", err)
+	}
+	fn := s.Functions["mailbox"]
+	if !slices.Equal(fn.Secrets, []string{"mailbox-token"}) {
+		t.Errorf("secrets %q, want [mailbox-token]", fn.Secrets)
+	}
+
+	// The mailbox's own settings (of-watchdog's left out) load, and it
+	// reads the token from the file OpenFaaS mounts the secret as.
+	var environ []string
+	for k, v := range fn.Environment {
+		switch k {
+		case "read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval":
+			continue
+		}
+		environ = append(environ, k+"="+v)
+	}
+	cfg, err := config.Load(config.Environ(environ), nil)
+	if err != nil {
+		t.Fatalf("the mailbox rejects the environment: %v", err)
+	}
+	if cfg.AuthTokenSecret != "mailbox-token" || !cfg.RequeueAuth || cfg.SecretMountPath != "/var/openfaas/secrets" {
+		t.Errorf("auth_token_secret %q, requeue_auth %v, secret_mount_path %q; want mailbox-token, true, OpenFaaS's /var/openfaas/secrets",
+			cfg.AuthTokenSecret, cfg.RequeueAuth, cfg.SecretMountPath)
+	}
+	if _, ok := s.Functions[cfg.MailboxFunction]; !ok {
+		t.Errorf("mailbox_function defaults to %q, not the function stack.yml deploys", cfg.MailboxFunction)
+	}
+
+	// As shipped, the lines stay commented: requeues stay open.
+	if env := loadStack(t).Functions["mailbox"].Environment; env["auth_token_secret"] != "" {
+		t.Errorf("stack.yml sets auth_token_secret %q; the token is optional", env["auth_token_secret"])
 	}
 }

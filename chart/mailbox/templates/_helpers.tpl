@@ -82,26 +82,61 @@ so that a bad combination fails lint, template and install alike.
 {{- if and .Values.function.create (not .Values.function.image) -}}
 {{- fail "function.image: required when function.create is true (the image faas-cli build -f stack.yml built)" -}}
 {{- end -}}
+{{- $self := include "mailbox.qualify" (include "mailbox.mailboxFunction" .) -}}
+{{- range .Values.auth.allowFunctions -}}
+{{- if eq (include "mailbox.qualify" .) $self -}}
+{{- fail (printf "auth.allowFunctions: %q is the mailbox itself (%s), which it never targets" . $self) -}}
+{{- end -}}
+{{- $ns := include "mailbox.qualify" . | splitList "." | last -}}
+{{- if and $.Values.auth.allowNamespaces (not (has $ns $.Values.auth.allowNamespaces)) -}}
+{{- fail (printf "auth.allowFunctions: %q is in namespace %s, which auth.allowNamespaces does not list" . $ns) -}}
+{{- end -}}
+{{- end -}}
 {{- range $k, $v := .Values.function.environment -}}
-{{- if or (hasKey (include "mailbox.backendEnv" $ | fromYaml) $k) (eq $k "nats_credentials_file") -}}
-{{- fail (printf "function.environment.%s: set by the chart from the backend values; change those instead" $k) -}}
+{{- if or (hasKey (include "mailbox.functionEnv" $ | fromYaml) $k) (has $k (include "mailbox.optionalKeys" $ | fromYamlArray)) -}}
+{{- fail (printf "function.environment.%s: set by the chart from its values; change those instead" $k) -}}
 {{- end -}}
 {{- end -}}
 {{- range $k, $v := .Values.connector.environment -}}
-{{- if or (hasKey (include "mailbox.backendEnv" $ | fromYaml) $k) (has $k (list "nats_credentials_file" "gateway_url" "basic_auth" "secret_mount_path" "max_inflight" "listen")) -}}
+{{- if or (hasKey (include "mailbox.sharedEnv" $ | fromYaml) $k) (has $k (include "mailbox.optionalKeys" $ | fromYamlArray)) (has $k (list "gateway_url" "basic_auth" "secret_mount_path" "max_inflight" "listen")) -}}
 {{- fail (printf "connector.environment.%s: set by the chart from its values; change those instead" $k) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
+Settings the chart sets only when their value is not empty, so not always
+keys of mailbox.sharedEnv or mailbox.functionEnv; they come from the values
+only, never from function.environment or connector.environment, so that
+the function and the connector cannot disagree on them.
+*/}}
+{{- define "mailbox.optionalKeys" -}}
+- nats_credentials_file
+- auth_token_secret
+- allow_functions
+- allow_namespaces
+{{- end -}}
+
+{{/* mailbox_function: auth.mailboxFunction, or function.name.function.namespace. */}}
+{{- define "mailbox.mailboxFunction" -}}
+{{- .Values.auth.mailboxFunction | default (printf "%s.%s" .Values.function.name .Values.function.namespace) -}}
+{{- end -}}
+
+{{/* A function name with the default namespace (openfaas-fn) added when it has none, as the mailbox compares them. */}}
+{{- define "mailbox.qualify" -}}
+{{- if contains "." . }}{{ . }}{{ else }}{{ printf "%s.openfaas-fn" . }}{{ end -}}
+{{- end -}}
+
+{{/*
 The settings the connector and the mailbox function must share, as a YAML
 map of setting name to string: the backend, NATS, and for JetStream the
-stream, consumer, replicas and dead-letter age, plus upstream_timeout (the
-ack wait is computed from it) and logging. Settings of the other backend
-are left out.
+stream, consumer and replicas, plus upstream_timeout (the ack wait is
+computed from it), the dead letters' retention and limit (both processes
+apply them; on JetStream the age also sets the dead-letter stream's age
+limit), what the mailbox may target, and logging. Settings of the other
+backend, and empty allow lists, are left out.
 */}}
-{{- define "mailbox.backendEnv" -}}
+{{- define "mailbox.sharedEnv" -}}
 backend: {{ .Values.backend | quote }}
 nats_url: {{ include "mailbox.natsURL" . | quote }}
 channel_prefix: {{ .Values.channelPrefix | quote }}
@@ -111,11 +146,35 @@ nats_cluster_id: {{ .Values.nats.clusterID | quote }}
 jetstream_stream: {{ .Values.jetstream.stream | quote }}
 jetstream_consumer: {{ .Values.jetstream.consumer | quote }}
 jetstream_replicas: {{ include "mailbox.jetstreamReplicas" . | quote }}
-dead_letter_max_age: {{ .Values.jetstream.deadLetterMaxAge | toString | quote }}
 {{- end }}
+dead_letter_max_age: {{ .Values.deadLetters.maxAge | toString | quote }}
+dead_letter_limit: {{ int64 .Values.deadLetters.limit | toString | quote }}
+{{- with .Values.auth.allowFunctions }}
+allow_functions: {{ join "," . | quote }}
+{{- end }}
+{{- with .Values.auth.allowNamespaces }}
+allow_namespaces: {{ join "," . | quote }}
+{{- end }}
+mailbox_function: {{ include "mailbox.mailboxFunction" . | quote }}
 upstream_timeout: {{ .Values.connector.upstreamTimeout | toString | quote }}
 log_level: {{ .Values.logLevel | quote }}
 log_format: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/*
+The mailbox function's settings from the values: the shared ones, plus the
+API's own: replay_rate, requeue_auth and, with auth.tokenSecret,
+auth_token_secret (the secret is mounted at the default secret_mount_path,
+/var/openfaas/secrets). nats_credentials_file is added by whoever mounts the
+credentials.
+*/}}
+{{- define "mailbox.functionEnv" -}}
+{{ include "mailbox.sharedEnv" . }}
+replay_rate: {{ .Values.deadLetters.replayRate | quote }}
+requeue_auth: {{ .Values.auth.requeueAuth | toString | quote }}
+{{- with .Values.auth.tokenSecret }}
+auth_token_secret: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "mailbox.connectorImage" -}}
