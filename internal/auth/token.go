@@ -118,14 +118,15 @@ func (t *Token) Sign(body []byte) string {
 // in with the token. Its value is the hex HMAC-SHA256 of
 // "mailbox-ui-session" keyed with the token, so the token itself is never
 // in a cookie; changing the token ends every session. It is HttpOnly,
-// SameSite=Strict (see the package documentation), for Path /, and lasts
-// as long as the browser session. secure sets Secure: pass true when the
-// UI is served over HTTPS.
+// SameSite=Strict (see the package documentation) and lasts as long as the
+// browser session. It has no Path: the browser scopes it to the directory
+// of the sign-in form's URL, the UI's own (/function/mailbox/ui behind the
+// gateway), so other functions on the gateway never receive it. secure
+// sets Secure: pass true when the UI is served over HTTPS.
 func (t *Token) SessionCookie(secure bool) *http.Cookie {
 	return &http.Cookie{
 		Name:     CookieSession,
 		Value:    hex.EncodeToString(t.session),
-		Path:     "/",
 		HttpOnly: true,
 		Secure:   secure,
 		SameSite: http.SameSiteStrictMode,

@@ -224,7 +224,7 @@ func TestSessionCookie(t *testing.T) {
 
 	for _, secure := range []bool{false, true} {
 		c := tok.SessionCookie(secure)
-		if c.Name != "mailbox_session" || c.Value != wantValue || c.Path != "/" ||
+		if c.Name != "mailbox_session" || c.Value != wantValue || c.Path != "" ||
 			!c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Secure != secure {
 			t.Errorf("SessionCookie(%v) = %+v", secure, c)
 		}

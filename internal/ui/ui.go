@@ -83,6 +83,10 @@ func New(o Options) (http.Handler, error) {
 
 // page is what every template gets.
 type page struct {
+	// Root is the relative URL of the page's root (/ui/) from this page.
+	// Every link is relative: behind the gateway the page is at
+	// /function/mailbox/ui/, of which the mailbox sees only /ui/.
+	Root     string
 	Title    string
 	SignedIn bool
 	Notice   string
@@ -96,6 +100,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Referrer-Policy", "same-origin")
 	path := strings.TrimPrefix(r.URL.EscapedPath(), Prefix)
 	switch {
+	case path == "":
+		// The page's root is /ui/, so that its relative links resolve
+		// under it; "ui/" from /ui (or /function/mailbox/ui) is that.
+		w.Header().Set("Location", "ui/")
+		w.WriteHeader(http.StatusMovedPermanently)
+		return
 	case strings.HasPrefix(path, "/static/"):
 		if path == "/static/ui.css" || path == "/static/ui.js" {
 			h.static.ServeHTTP(w, r)
@@ -108,7 +118,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodPost && !sameOrigin(r) {
-		h.render(w, http.StatusForbidden, "login", loginPage{page: page{Title: "Sign in", Error: "The form was sent from another site."}})
+		h.render(w, r, http.StatusForbidden, "login", &loginPage{page: page{Title: "Sign in", Error: "The form was sent from another site."}})
 		return
 	}
 	if err := h.o.Token.Check(r, nil, true); err != nil {
@@ -116,7 +126,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// A browser is sent to sign in; the refusal is counted all
 			// the same.
 			h.o.Guard.Count(auth.UI)
-			http.Redirect(w, r, Prefix+"/login", http.StatusSeeOther)
+			seeOther(w, r, "login")
 			return
 		}
 		h.o.Guard.Unauthorized(w, auth.UI, err)
@@ -125,21 +135,21 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
 	defer cancel()
 	switch {
-	case path == "" || path == "/":
+	case path == "/":
 		h.overview(ctx, w, r)
 	case path == "/logout" && r.Method == http.MethodPost:
 		c := h.o.Token.SessionCookie(r.TLS != nil)
 		c.MaxAge, c.Value = -1, ""
 		http.SetCookie(w, c)
-		http.Redirect(w, r, Prefix+"/login", http.StatusSeeOther)
+		seeOther(w, r, "login")
 	case path == "/bulk" && r.Method == http.MethodPost:
 		h.bulk(ctx, w, r)
 	case strings.HasPrefix(path, "/jobs/"):
-		h.job(w, strings.TrimPrefix(path, "/jobs/"))
+		h.job(w, r, strings.TrimPrefix(path, "/jobs/"))
 	case strings.HasPrefix(path, "/deadletters/"):
 		h.deadLetter(ctx, w, r, strings.TrimPrefix(path, "/deadletters/"))
 	default:
-		h.render(w, http.StatusNotFound, "job", jobPage{page: page{Title: "Not found", SignedIn: true, Error: "No such page."}})
+		h.render(w, r, http.StatusNotFound, "job", &jobPage{page: page{Title: "Not found", SignedIn: true, Error: "No such page."}})
 	}
 }
 
@@ -158,28 +168,52 @@ func sameOrigin(r *http.Request) bool {
 	return err == nil && u.Host == r.Host
 }
 
+// pageData is a page's template data.
+type pageData interface{ base() *page }
+
+func (p *page) base() *page { return p }
+
+// root is the relative URL of /ui/ from r's URL: "./" from /ui/ and the
+// pages beside it, "../" from one level down, and so on.
+func root(r *http.Request) string {
+	depth := strings.Count(strings.TrimPrefix(r.URL.EscapedPath(), Prefix+"/"), "/")
+	if depth == 0 {
+		return "./"
+	}
+	return strings.Repeat("../", depth)
+}
+
+// seeOther redirects to to, a URL relative to /ui/, by a relative
+// Location, which the browser resolves against the URL it asked for.
+// (http.Redirect would make it absolute from the path the mailbox sees,
+// without the gateway's /function/mailbox.)
+func seeOther(w http.ResponseWriter, r *http.Request, to string) {
+	w.Header().Set("Location", root(r)+to)
+	w.WriteHeader(http.StatusSeeOther)
+}
+
 type loginPage struct{ page }
 
 func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	p := loginPage{page: page{Title: "Sign in"}}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		h.render(w, http.StatusOK, "login", p)
+		h.render(w, r, http.StatusOK, "login", &p)
 	case http.MethodPost:
 		if !sameOrigin(r) {
 			p.Error = "The form was sent from another site."
-			h.render(w, http.StatusForbidden, "login", p)
+			h.render(w, r, http.StatusForbidden, "login", &p)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
 		if err := r.ParseForm(); err != nil || !h.o.Token.Matches(r.PostForm.Get("token")) {
 			h.o.Guard.Count(auth.UI)
 			p.Error = "That is not the mailbox's token."
-			h.render(w, http.StatusUnauthorized, "login", p)
+			h.render(w, r, http.StatusUnauthorized, "login", &p)
 			return
 		}
 		http.SetCookie(w, h.o.Token.SessionCookie(r.TLS != nil))
-		http.Redirect(w, r, Prefix, http.StatusSeeOther)
+		seeOther(w, r, "")
 	default:
 		w.Header().Set("Allow", "GET, HEAD, POST")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -228,7 +262,7 @@ func (h *handler) overview(ctx context.Context, w http.ResponseWriter, r *http.R
 				next.Set(k, v)
 			}
 		}
-		p.Next = Prefix + "?" + next.Encode()
+		p.Next = "?" + next.Encode()
 	}
 	waiting, err := h.o.Waiting(ctx)
 	if err != nil {
@@ -243,7 +277,7 @@ func (h *handler) overview(ctx context.Context, w http.ResponseWriter, r *http.R
 		}
 		return strings.Compare(a.Function, b.Function)
 	})
-	h.render(w, http.StatusOK, "overview", p)
+	h.render(w, r, http.StatusOK, "overview", &p)
 }
 
 type header struct{ Name, Value string }
@@ -263,7 +297,7 @@ func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http
 	case action == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		entry, e, err := h.o.Store.Get(ctx, id)
 		if err != nil {
-			h.fail(w, err)
+			h.fail(w, r, err)
 			return
 		}
 		p := detailPage{page: page{Title: "Dead letter " + id, SignedIn: true}, Letter: entry, Message: e}
@@ -281,17 +315,17 @@ func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http
 		if p.Text = utf8.Valid(e.Body); p.Text {
 			p.Body = string(e.Body)
 		}
-		h.render(w, http.StatusOK, "detail", p)
+		h.render(w, r, http.StatusOK, "detail", &p)
 	case action == "replay" && r.Method == http.MethodPost:
 		out, err := h.o.Store.Replay(ctx, id, 0)
 		if err != nil {
-			h.fail(w, err)
+			h.fail(w, r, err)
 			return
 		}
 		done(w, r, fmt.Sprintf("Replayed %s to %s.", id, out.Function))
 	case action == "purge" && r.Method == http.MethodPost:
 		if _, err := h.o.Store.Remove(ctx, id); err != nil {
-			h.fail(w, err)
+			h.fail(w, r, err)
 			return
 		}
 		done(w, r, fmt.Sprintf("Purged %s.", id))
@@ -302,12 +336,12 @@ func (h *handler) deadLetter(ctx context.Context, w http.ResponseWriter, r *http
 
 // done sends the browser to the overview with a notice.
 func done(w http.ResponseWriter, r *http.Request, notice string) {
-	http.Redirect(w, r, Prefix+"?"+url.Values{"notice": {notice}}.Encode(), http.StatusSeeOther)
+	seeOther(w, r, "?"+url.Values{"notice": {notice}}.Encode())
 }
 
 // fail shows what went wrong with err, with the status the API would
 // answer.
-func (h *handler) fail(w http.ResponseWriter, err error) {
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := http.StatusServiceUnavailable, "The queue cannot be reached now; try again shortly."
 	switch {
 	case errors.Is(err, deadletter.ErrNotFound):
@@ -319,7 +353,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 	default:
 		h.log.Warn("ui: dead-letter operation failed", "error", err)
 	}
-	h.render(w, code, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: msg}})
+	h.render(w, r, code, "job", &jobPage{page: page{Title: "Not done", SignedIn: true, Error: msg}})
 }
 
 type jobPage struct {
@@ -330,36 +364,37 @@ type jobPage struct {
 func (h *handler) bulk(ctx context.Context, w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	if err := r.ParseForm(); err != nil {
-		h.render(w, http.StatusBadRequest, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: "The form could not be read."}})
+		h.render(w, r, http.StatusBadRequest, "job", &jobPage{page: page{Title: "Not done", SignedIn: true, Error: "The form could not be read."}})
 		return
 	}
 	action := r.PostForm.Get("action")
 	if action != deadletter.ActionReplay && action != deadletter.ActionPurge {
-		h.render(w, http.StatusBadRequest, "job", jobPage{page: page{Title: "Not done", SignedIn: true, Error: fmt.Sprintf("%q is neither replay nor purge.", action)}})
+		h.render(w, r, http.StatusBadRequest, "job", &jobPage{page: page{Title: "Not done", SignedIn: true, Error: fmt.Sprintf("%q is neither replay nor purge.", action)}})
 		return
 	}
 	f := deadletter.Filter{Function: r.PostForm.Get("function"), Reason: r.PostForm.Get("reason"), Query: r.PostForm.Get("q")}
 	job, err := h.o.Store.Start(ctx, action, f, 0)
 	if err != nil {
-		h.fail(w, err)
+		h.fail(w, r, err)
 		return
 	}
-	http.Redirect(w, r, Prefix+"/jobs/"+job.ID, http.StatusSeeOther)
+	seeOther(w, r, "jobs/"+job.ID)
 }
 
-func (h *handler) job(w http.ResponseWriter, id string) {
+func (h *handler) job(w http.ResponseWriter, r *http.Request, id string) {
 	job, err := h.o.Store.Job(id)
 	if err != nil {
-		h.render(w, http.StatusNotFound, "job", jobPage{page: page{Title: "No such job", SignedIn: true, Error: err.Error()}})
+		h.render(w, r, http.StatusNotFound, "job", &jobPage{page: page{Title: "No such job", SignedIn: true, Error: err.Error()}})
 		return
 	}
-	h.render(w, http.StatusOK, "job", jobPage{
+	h.render(w, r, http.StatusOK, "job", &jobPage{
 		page: page{Title: "Bulk " + job.Action, SignedIn: true, Refresh: job.State == deadletter.JobRunning},
 		Job:  &job,
 	})
 }
 
-func (h *handler) render(w http.ResponseWriter, code int, name string, data any) {
+func (h *handler) render(w http.ResponseWriter, r *http.Request, code int, name string, data pageData) {
+	data.base().Root = root(r)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)

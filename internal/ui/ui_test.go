@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -30,6 +31,8 @@ import (
 
 const token = "ui-test-token"
 
+var quiet = slog.New(slog.DiscardHandler)
+
 type bundle struct {
 	srv   *httptest.Server
 	reg   *prometheus.Registry
@@ -42,13 +45,13 @@ type bundle struct {
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	nats := jsservertest.Start(t)
-	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: nats.URL()}})
+	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: nats.URL(), Logger: quiet}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() })
 	b := &bundle{reg: prometheus.NewRegistry(), q: q}
-	store, err := deadletter.New(deadletter.Options{Queue: q, Limit: 100, Registerer: b.reg})
+	store, err := deadletter.New(deadletter.Options{Queue: q, Limit: 100, Registerer: b.reg, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,12 +124,22 @@ func (b *bundle) refused(t *testing.T) float64 {
 func TestSignIn(t *testing.T) {
 	b := setup(t)
 
+	// Every URL is relative: behind the gateway the page is at
+	// /function/mailbox/ui/, and the mailbox sees /ui/.
 	res, _ := b.do(t, http.MethodGet, "/ui", nil, false)
-	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/ui/login" {
-		t.Fatalf("GET /ui without a session: %d to %q, want 303 to /ui/login", res.StatusCode, res.Header.Get("Location"))
+	if res.StatusCode != http.StatusMovedPermanently || res.Header.Get("Location") != "ui/" {
+		t.Fatalf("GET /ui: %d to %q, want 301 to ui/", res.StatusCode, res.Header.Get("Location"))
 	}
-	if n := b.refused(t); n != 1 {
-		t.Fatalf("refusals counted: %v, want 1", n)
+	res, _ = b.do(t, http.MethodGet, "/ui/", nil, false)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "./login" {
+		t.Fatalf("GET /ui/ without a session: %d to %q, want 303 to ./login", res.StatusCode, res.Header.Get("Location"))
+	}
+	res, _ = b.do(t, http.MethodGet, "/ui/deadletters/m1", nil, false)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "../login" {
+		t.Fatalf("GET /ui/deadletters/m1 without a session: %d to %q, want 303 to ../login", res.StatusCode, res.Header.Get("Location"))
+	}
+	if n := b.refused(t); n != 2 {
+		t.Fatalf("refusals counted: %v, want 2", n)
 	}
 	res, _ = b.do(t, http.MethodPost, "/ui/deadletters/x/purge", url.Values{}, false)
 	if res.StatusCode != http.StatusUnauthorized {
@@ -136,22 +149,27 @@ func TestSignIn(t *testing.T) {
 	if res.StatusCode != http.StatusUnauthorized || !strings.Contains(page, "not the mailbox&#39;s token") || len(res.Cookies()) != 0 {
 		t.Fatalf("wrong token: %d, cookies %v", res.StatusCode, res.Cookies())
 	}
-	if n := b.refused(t); n != 3 {
-		t.Fatalf("refusals counted: %v, want 3", n)
+	if n := b.refused(t); n != 4 {
+		t.Fatalf("refusals counted: %v, want 4", n)
 	}
 
 	res, _ = b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false)
 	cookies := res.Cookies()
-	if res.StatusCode != http.StatusSeeOther || len(cookies) != 1 {
-		t.Fatalf("right token: %d, cookies %v", res.StatusCode, cookies)
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "./" || len(cookies) != 1 {
+		t.Fatalf("right token: %d to %q, cookies %v", res.StatusCode, res.Header.Get("Location"), cookies)
 	}
 	c := cookies[0]
-	if c.Name != auth.CookieSession || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, token) {
+	// No Path: the browser scopes the cookie to the page's directory, not
+	// to every function on the gateway.
+	if c.Name != auth.CookieSession || c.Path != "" || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, token) {
 		t.Fatalf("session cookie %+v", c)
 	}
-	res, page = b.do(t, http.MethodGet, "/ui", nil, true)
+	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "No dead letters.") {
-		t.Fatalf("GET /ui signed in: %d\n%s", res.StatusCode, page)
+		t.Fatalf("GET /ui/ signed in: %d\n%s", res.StatusCode, page)
+	}
+	if strings.Contains(page, `="/`) {
+		t.Fatalf("the page has an absolute link:\n%s", page)
 	}
 	for name, want := range map[string]string{
 		"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
@@ -186,7 +204,7 @@ func TestFormsFromAnotherSiteAreRefused(t *testing.T) {
 	}
 	// The same origin is fine.
 	res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, "Origin", b.srv.URL)
-	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "/ui/jobs/") {
+	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "./jobs/") {
 		t.Fatalf("same-origin bulk purge: %d to %q", res.StatusCode, res.Header.Get("Location"))
 	}
 }
@@ -201,6 +219,7 @@ func TestPagesAndFailures(t *testing.T) {
 
 	res, page := b.do(t, http.MethodGet, "/ui/deadletters/m1", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "2 bytes of binary data") ||
+		!strings.Contains(page, `action="../deadletters/m1/replay"`) || !strings.Contains(page, `href="../static/ui.css"`) ||
 		strings.Contains(page, "<script>alert") || !strings.Contains(page, "&lt;script&gt;") {
 		t.Fatalf("details of m1: %d\n%s", res.StatusCode, page)
 	}
@@ -232,7 +251,7 @@ func TestPagesAndFailures(t *testing.T) {
 	if res.StatusCode != http.StatusNotFound {
 		t.Fatalf("templates served as static files: %d", res.StatusCode)
 	}
-	res, page = b.do(t, http.MethodGet, "/ui?function=Bad_Name", nil, true)
+	res, page = b.do(t, http.MethodGet, "/ui/?function=Bad_Name", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "is not a function name") || !strings.Contains(page, "m1") {
 		t.Fatalf("bad function filter: %d\n%s", res.StatusCode, page)
 	}
@@ -240,7 +259,7 @@ func TestPagesAndFailures(t *testing.T) {
 	// A queue that cannot count waiting messages still shows the dead
 	// letters.
 	b.waitingErr = errors.New("down")
-	res, page = b.do(t, http.MethodGet, "/ui", nil, true)
+	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "Not available now") || !strings.Contains(page, "m1") {
 		t.Fatalf("waiting counts failing: %d\n%s", res.StatusCode, page)
 	}
