@@ -943,6 +943,7 @@ func TestNewInvalidOptions(t *testing.T) {
 		{"negative max body", func(o *Options) { o.MaxBodyBytes = -1 }, "MaxBodyBytes"},
 		{"nil registerer", func(o *Options) { o.Registerer = nil }, "Registerer"},
 		{"nil gatherer", func(o *Options) { o.Gatherer = nil }, "Gatherer"},
+		{"page without a guard", func(o *Options) { o.UI = http.NotFoundHandler() }, "Guard is required"},
 	}
 	// valid returns working options on a fresh registry, so that only the
 	// option under test is wrong.

@@ -1,0 +1,140 @@
+package api
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/metricstest"
+)
+
+const testToken = "api-test-token"
+
+// withToken guards the handler with testToken; requeue needs it when
+// requeueAuth is true.
+func withToken(t *testing.T, requeueAuth bool) func(*Options) {
+	return func(o *Options) {
+		token, err := auth.NewToken(testToken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Guard, err = auth.NewGuard(token, o.Registerer); err != nil {
+			t.Fatal(err)
+		}
+		o.RequeueAuth = requeueAuth
+	}
+}
+
+func TestManagementAndPageOffWithoutToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for _, path := range []string{"/deadletters", "/deadletters/x", "/ui", "/ui/login"} {
+		w := b.do(http.MethodGet, path, nil, nil)
+		body := wantError(t, w, http.StatusNotFound, "")
+		if !strings.Contains(body["error"].(string), "auth_token_secret") {
+			t.Errorf("GET %s: %v, want it to say how to turn it on", path, body)
+		}
+	}
+	// Requeue and status stay open.
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil); w.Code != http.StatusAccepted {
+		t.Fatalf("requeue without a token configured: %d", w.Code)
+	}
+}
+
+func TestRequeueNeedsTheToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withToken(t, true))
+	unauthorized := func(endpoint string) float64 {
+		return metricstest.Sum(t, b.reg, "mailbox_unauthorized_total", "endpoint", endpoint)
+	}
+	token, _ := auth.NewToken(testToken)
+
+	for _, c := range []struct {
+		name   string
+		header http.Header
+		field  string
+	}{
+		{"none", nil, "Authorization"},
+		{"wrong bearer", http.Header{"Authorization": {"Bearer nope"}}, "Authorization"},
+		{"wrong signature", http.Header{auth.HeaderSignature: {token.Sign([]byte("other body"))}}, auth.HeaderSignature},
+	} {
+		w := b.do(http.MethodPost, "/deadletter/fn", []byte("body"), c.header)
+		wantError(t, w, http.StatusUnauthorized, c.field)
+		if w.Header().Get("WWW-Authenticate") == "" {
+			t.Errorf("%s: no WWW-Authenticate", c.name)
+		}
+	}
+	wantNothingStored(t, b.queue)
+	if n := unauthorized("requeue"); n != 3 {
+		t.Fatalf("mailbox_unauthorized_total{endpoint=requeue} = %v, want 3", n)
+	}
+	if n := metricstest.Sum(t, b.reg, "mailbox_requeue_requests_total", "code", "401"); n != 3 {
+		t.Fatalf("mailbox_requeue_requests_total{code=401} = %v, want 3", n)
+	}
+
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("body"), http.Header{"Authorization": {"Bearer " + testToken}}); w.Code != http.StatusAccepted {
+		t.Fatalf("with the bearer token: %d %s", w.Code, w.Body)
+	}
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("signed body"), http.Header{auth.HeaderSignature: {token.Sign([]byte("signed body"))}})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("with a signature: %d %s", w.Code, w.Body)
+	}
+	scheduled, _ := b.queue.stored()
+	if len(scheduled) != 2 || string(scheduled[1].Body) != "signed body" || scheduled[1].Header.Get(auth.HeaderSignature) != "" || scheduled[0].Header.Get("Authorization") != "" {
+		t.Fatalf("stored %d; the signed one: body %q, headers %v", len(scheduled), scheduled[1].Body, scheduled[1].Header)
+	}
+
+	// The status of a message needs the token too.
+	wantError(t, b.do(http.MethodGet, "/messages/abc", nil, nil), http.StatusUnauthorized, "Authorization")
+	if n := unauthorized("management"); n != 1 {
+		t.Fatalf("mailbox_unauthorized_total{endpoint=management} = %v, want 1", n)
+	}
+}
+
+func TestRequeueOpenWithRequeueAuthOff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withToken(t, false))
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil); w.Code != http.StatusAccepted {
+		t.Fatalf("requeue without the token, requeue_auth off: %d %s", w.Code, w.Body)
+	}
+	wantError(t, b.do(http.MethodGet, "/messages/abc", nil, nil), http.StatusUnauthorized, "Authorization")
+}
+
+func TestRequeueTargets(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *Options) {
+		targets, err := auth.NewTargets([]string{"allowed", "dlq"}, nil, "mailbox")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Targets = targets
+	})
+	for _, c := range []struct {
+		name, fn, dlf string
+		code          int
+		field         string
+	}{
+		{"the mailbox itself", "mailbox", "", http.StatusForbidden, "function"},
+		{"not allowed", "other", "", http.StatusForbidden, "function"},
+		{"its own dead-letter function", "allowed", "allowed.openfaas-fn", http.StatusBadRequest, "X-Dead-Letter-Function"},
+		{"dead letters to the mailbox", "allowed", "mailbox", http.StatusForbidden, "X-Dead-Letter-Function"},
+		{"dead letters to a function not allowed", "allowed", "other", http.StatusForbidden, "X-Dead-Letter-Function"},
+	} {
+		h := http.Header{}
+		if c.dlf != "" {
+			h.Set("X-Dead-Letter-Function", c.dlf)
+		}
+		w := b.do(http.MethodPost, "/deadletter/"+c.fn, []byte("x"), h)
+		if w.Code != c.code {
+			t.Errorf("%s: %d %s, want %d", c.name, w.Code, w.Body, c.code)
+			continue
+		}
+		wantError(t, w, c.code, c.field)
+	}
+	wantNothingStored(t, b.queue)
+	h := http.Header{"X-Dead-Letter-Function": {"dlq"}}
+	if w := b.do(http.MethodPost, "/deadletter/allowed", []byte("x"), h); w.Code != http.StatusAccepted {
+		t.Fatalf("allowed, with an allowed dead-letter function: %d %s", w.Code, w.Body)
+	}
+}
