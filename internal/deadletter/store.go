@@ -76,9 +76,12 @@ type Store struct {
 	jobs    *jobs
 	// full is signalled when the index holds more than Limit entries.
 	full chan struct{}
-	// running is closed once Run has started; runCtx is Run's.
-	running chan struct{}
-	runCtx  context.Context
+	// running is closed once Run has started; runCtx is Run's. The first
+	// sync closes follow (once) for Run to start following the log.
+	running    chan struct{}
+	runCtx     context.Context
+	follow     chan struct{}
+	followOnce sync.Once
 
 	m *metrics
 }
@@ -127,6 +130,7 @@ func New(o Options) (*Store, error) {
 		advance: make(chan struct{}),
 		full:    make(chan struct{}, 1),
 		running: make(chan struct{}),
+		follow:  make(chan struct{}),
 		jobs:    newJobs(),
 	}
 	var err error
@@ -168,24 +172,45 @@ func (c keptCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Run follows the log and applies retention and the limit until ctx ends.
-// It returns nil then; it never gives up on an unreachable broker.
+// Run applies retention and the limit, and serves the operations, until
+// ctx ends. It returns nil then; it never gives up on an unreachable
+// broker. The log is followed from the first operation or sweep on (a
+// sweep comes SweepEvery after the start), not at once: a process that
+// starts should not add its reading of the log to its start-up, and on
+// NATS Streaming subscribing while the connector's durable
+// subscriptions start makes the server deliver a message published then
+// twice, or late.
 func (s *Store) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.runCtx = ctx
 	s.mu.Unlock()
 	close(s.running)
 	var wg sync.WaitGroup
-	wg.Go(func() { s.follow(ctx) })
 	wg.Go(func() { s.keep(ctx) })
+	select {
+	case <-ctx.Done():
+	case <-s.follow:
+		wg.Go(func() { s.followLog(ctx) })
+	}
 	wg.Wait()
 	s.jobs.wait()
 	return nil
 }
 
-// follow reads the log into the index, again from where it stopped after
-// each loss of the broker.
-func (s *Store) follow(ctx context.Context) {
+// startFollowing has Run follow the log, if it is running.
+func (s *Store) startFollowing() error {
+	select {
+	case <-s.running:
+	default:
+		return ErrNotRunning
+	}
+	s.followOnce.Do(func() { close(s.follow) })
+	return nil
+}
+
+// followLog reads the log into the index, again from where it stopped
+// after each loss of the broker.
+func (s *Store) followLog(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		s.mu.Lock()
@@ -232,6 +257,9 @@ func (s *Store) apply(r queue.Record) {
 
 // sync waits until the index has read the log up to its newest record.
 func (s *Store) sync(ctx context.Context) error {
+	if err := s.startFollowing(); err != nil {
+		return err
+	}
 	head, err := s.q.LastDeadLetterSeq(ctx)
 	if err != nil {
 		return err
