@@ -154,10 +154,18 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // sameOrigin reports whether a POST came from this origin, as far as the
-// browser says (Origin, or Sec-Fetch-Site): one without either header is
-// not a browser's cross-site post.
+// browser says: Sec-Fetch-Site when it sends it, else Origin, which must
+// name the host the browser asked. Behind the gateway that host is not
+// r.Host (the gateway and the provider make a new request to the
+// function) but the gateway's, which it passes as X-Forwarded-Host. A
+// page on another site can set neither header, and a request with
+// neither is not a browser's cross-site post.
 func sameOrigin(r *http.Request) bool {
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return true
+	case "":
+	default:
 		return false
 	}
 	origin := r.Header.Get("Origin")
@@ -165,7 +173,11 @@ func sameOrigin(r *http.Request) bool {
 		return true
 	}
 	u, err := url.Parse(origin)
-	return err == nil && u.Host == r.Host
+	if err != nil {
+		return false
+	}
+	forwarded, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Host"), ",")
+	return u.Host == r.Host || (forwarded != "" && u.Host == strings.TrimSpace(forwarded))
 }
 
 // pageData is a page's template data.

@@ -202,10 +202,23 @@ func TestFormsFromAnotherSiteAreRefused(t *testing.T) {
 			t.Errorf("sign-in with %s: %s: %d", h[0], h[1], res.StatusCode)
 		}
 	}
-	// The same origin is fine.
-	res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, "Origin", b.srv.URL)
-	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "./jobs/") {
-		t.Fatalf("same-origin bulk purge: %d to %q", res.StatusCode, res.Header.Get("Location"))
+	// A forwarded host must be the Origin's, not any host.
+	res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, "Origin", "https://evil.example", "X-Forwarded-Host", "gateway:8080")
+	if res.StatusCode != http.StatusForbidden {
+		t.Errorf("POST from evil.example forwarded for gateway:8080: %d", res.StatusCode)
+	}
+	// The same origin is fine: asked directly, through the gateway (which
+	// passes its host as X-Forwarded-Host; the function sees its own
+	// address as Host), or said so by the browser.
+	for _, h := range [][]string{
+		{"Origin", b.srv.URL},
+		{"Origin", "http://gateway:8080", "X-Forwarded-Host", "gateway:8080"},
+		{"Origin", "http://gateway:8080", "Sec-Fetch-Site", "same-origin"},
+	} {
+		res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, h...)
+		if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "./jobs/") {
+			t.Fatalf("same-origin bulk purge with %q: %d to %q", h, res.StatusCode, res.Header.Get("Location"))
+		}
 	}
 }
 
