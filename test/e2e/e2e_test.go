@@ -11,6 +11,8 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,6 +76,9 @@ var scenarios = []struct {
 	{"GatewayCredentialsFromSecrets", true, testCredentials},
 	{"GatewayRestart", true, testGatewayRestart},
 	{"NATSRestart", true, testNATSRestart},
+	// Last: it deploys the mailbox again, with a token that the example
+	// function, requeuing itself, does not send.
+	{"DeadLetterManagement", true, testDeadLetterManagement},
 }
 
 func run(t *testing.T, backend string) {
@@ -650,4 +655,158 @@ func testNATSRestart(t *testing.T, b *bed.Bed) {
 		return err
 	})
 	waitHistories(t, 30*time.Second, bed.Flaky, delivered, id)
+}
+
+// testDeadLetterManagement: the mailbox deployed with a token (an OpenFaaS
+// secret named in auth_token_secret) answers its management API and its
+// web page through the gateway, at /function/mailbox/.
+func testDeadLetterManagement(t *testing.T, b *bed.Bed) {
+	ctx := context.Background()
+	token, secret := "e2e-"+strconv.FormatInt(time.Now().UnixNano(), 36), "mailbox-token"
+	t.Cleanup(func() {
+		if err := b.UpdateMailbox(ctx, nil); err != nil {
+			t.Error(err)
+		}
+	})
+	// As faas-cli secret create, then deploy with the secret and
+	// auth_token_secret; requeue_auth is on by default.
+	if status, err := b.Client.CreateSecret(ctx, types.Secret{Name: secret, Value: token}); err != nil || status >= 300 {
+		t.Fatalf("creating secret %s through the gateway: %d %v", secret, status, err)
+	}
+	if err := b.UpdateMailbox(ctx, []string{secret}, "auth_token_secret="+secret); err != nil {
+		t.Fatal(err)
+	}
+	mb := "/function/" + bed.Mailbox
+	call := func(method, path string, want int, into any) {
+		t.Helper()
+		req, err := http.NewRequest(method, bed.GatewayURL+mb+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := bed.HTTPClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != want || (into != nil && json.Unmarshal(body, into) != nil) {
+			t.Fatalf("%s %s answered %d %s, want %d", method, mb+path, res.StatusCode, body, want)
+		}
+	}
+
+	// A requeue needs the token...
+	res, answer, err := post(mb+"/deadletter/"+bed.Slow, "x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("requeue without the token answered %d %s, want 401", res.StatusCode, answer)
+	}
+	// ...and with it, past its X-Max-Retries, is a dead letter at once.
+	const body = "dead-letter-management"
+	var dead struct{ ID, Status, Reason string }
+	until(t, 30*time.Second, "the mailbox dead-lettering a requeue", func() error {
+		res, answer, err := post(mb+"/deadletter/"+bed.Slow, body, map[string]string{
+			"Authorization": "Bearer " + token, "X-Retries": "2", "X-Max-Retries": "1", "X-E2e": "kept"})
+		if err == nil && (res.StatusCode != http.StatusOK || json.Unmarshal(answer, &dead) != nil || dead.Status != "dead-lettered") {
+			err = fmt.Errorf("answered %d %s, want 200 dead-lettered", res.StatusCode, answer)
+		}
+		return err
+	})
+	id := dead.ID
+
+	type count struct {
+		Function, Reason string
+		Count            int
+	}
+	var list struct {
+		Items  []struct{ ID, Function, Reason string }
+		Total  int
+		Counts []count
+	}
+	call(http.MethodGet, "/deadletters?function="+bed.Slow, http.StatusOK, &list)
+	if list.Total != 1 || len(list.Items) != 1 || list.Items[0].ID != id || list.Items[0].Reason != envelope.ReasonMaxRetries ||
+		!slices.Contains(list.Counts, count{bed.Slow, envelope.ReasonMaxRetries, 1}) {
+		t.Fatalf("dead letters of %s: %+v, want %s alone, counted once", bed.Slow, list, id)
+	}
+	var detail struct {
+		ID, Body string
+		Header   http.Header
+	}
+	call(http.MethodGet, "/deadletters/"+id, http.StatusOK, &detail)
+	if detail.ID != id || detail.Body != body || detail.Header.Get("X-E2e") != "kept" || detail.Header.Get("Authorization") != "" {
+		t.Fatalf("dead letter %s shown as %+v, want its body, its X-E2e header and no Authorization", id, detail)
+	}
+
+	// The web page, as a browser gets it: redirected to sign in, every hop
+	// under /function/mailbox/ui/.
+	ui := mb + "/ui"
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hops []string
+	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(req *http.Request, via []*http.Request) error {
+		r := req.Response
+		hops = append(hops, fmt.Sprintf("%d %q %s", r.StatusCode, r.Header.Get("Location"), req.URL.Path))
+		if !strings.HasPrefix(req.URL.Path, ui+"/") {
+			return fmt.Errorf("redirected out of %s/: %v", ui, hops)
+		}
+		return nil
+	}}
+	res, err = browser.Get(bed.GatewayURL + ui)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	want := []string{`301 "ui/" ` + ui + "/", `303 "./login" ` + ui + "/login"}
+	if res.StatusCode != http.StatusOK || !slices.Equal(hops, want) {
+		t.Fatalf("GET %s: %d after redirects %q, want 200 after %q", ui, res.StatusCode, hops, want)
+	}
+	// Signing in sets the session cookie for the page's directory, and
+	// leads to the overview.
+	hops = nil
+	req, err := http.NewRequest(http.MethodPost, bed.GatewayURL+ui+"/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	// A browser sends its origin with every form post.
+	req.Header.Set("Origin", bed.GatewayURL)
+	res, err = browser.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	want = []string{`303 "./" ` + ui + "/"}
+	if res.StatusCode != http.StatusOK || !slices.Equal(hops, want) {
+		t.Fatalf("signing in: %d after redirects %q, want 200 after %q:\n%s", res.StatusCode, hops, want, page)
+	}
+	cookie := slices.IndexFunc(res.Request.Response.Cookies(), func(c *http.Cookie) bool {
+		return c.Name == "mailbox_session" && c.Path == "" && c.HttpOnly
+	})
+	if cookie < 0 {
+		t.Fatalf("signing in set cookies %q, want an HttpOnly mailbox_session without a Path", res.Request.Response.Header.Values("Set-Cookie"))
+	}
+	if !strings.Contains(string(page), id) || strings.Contains(string(page), `="/`) {
+		t.Fatalf("the overview at %s does not list %s, or has a link from the root (=\"/):\n%s", ui+"/", id, page)
+	}
+
+	// Replayed, the message is delivered again with its body, and is no
+	// longer a dead letter.
+	var replayed struct{ ID, Status string }
+	call(http.MethodPost, "/deadletters/"+id+"/replay", http.StatusAccepted, &replayed)
+	if replayed.ID != id || replayed.Status != "replayed" {
+		t.Fatalf("replay of %s answered %+v", id, replayed)
+	}
+	calls := waitHistories(t, 30*time.Second, bed.Slow, "0:200", id)[id]
+	if calls[0].Body != body {
+		t.Fatalf("replayed message delivered with body %q, want %q", calls[0].Body, body)
+	}
+	call(http.MethodGet, "/deadletters?function="+bed.Slow, http.StatusOK, &list)
+	if list.Total != 0 || len(list.Items) != 0 {
+		t.Fatalf("dead letters of %s after the replay: %+v, want none", bed.Slow, list)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,7 @@ const (
 // faas-cli deploy would, and waits until each is ready.
 func (b *Bed) deployFunctions(ctx context.Context) error {
 	specs := []types.FunctionDeployment{
-		b.fromStack(Mailbox, append(b.mailboxEnv(), "healthcheck_interval=1s")...),
+		b.mailboxSpec(nil),
 		b.fromStack(RateLimited,
 			"api_url=http://"+apiAddress+"/work",
 			"mailbox_url="+GatewayURL+"/function/"+Mailbox,
@@ -76,6 +77,31 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// mailboxSpec is the mailbox function's deployment: stack.yml's, pointed
+// at the bed's NATS, with env put over its environment and secrets.
+func (b *Bed) mailboxSpec(secrets []string, env ...string) types.FunctionDeployment {
+	spec := b.fromStack(Mailbox, slices.Concat(b.mailboxEnv(), []string{"healthcheck_interval=1s"}, env)...)
+	spec.Secrets = append(spec.Secrets, secrets...)
+	return spec
+}
+
+// UpdateMailbox deploys the mailbox function again through the gateway, as
+// faas-cli deploy does after stack.yml changed: with the bed's settings,
+// env put over them, and secrets (created beforehand, as with faas-cli
+// secret create). It returns once the new process is ready. Without
+// arguments it restores the bed's deployment.
+func (b *Bed) UpdateMailbox(ctx context.Context, secrets []string, env ...string) error {
+	spec := b.mailboxSpec(secrets, env...)
+	status, err := b.Client.Update(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("update %s: %w", Mailbox, err)
+	}
+	if status != http.StatusAccepted && status != http.StatusOK {
+		return fmt.Errorf("update %s: gateway answered %d", Mailbox, status)
+	}
+	return b.waitReady(ctx, Mailbox)
 }
 
 // fromStack is the deployment faas-cli makes of a stack.yml function, with
