@@ -138,3 +138,28 @@ func TestRequeueTargets(t *testing.T) {
 		t.Fatalf("allowed, with an allowed dead-letter function: %d %s", w.Code, w.Body)
 	}
 }
+
+// With keep_credentials the caller's own Authorization is kept for the
+// function, but never the mailbox's token.
+func TestTokenNeverStored(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *Options) {
+		withToken(t, true)(o)
+		o.KeepCredentials = true
+	})
+	token, _ := auth.NewToken(testToken)
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("a"), http.Header{"Authorization": {"Bearer " + testToken}}); w.Code != http.StatusAccepted {
+		t.Fatalf("with the token: %d %s", w.Code, w.Body)
+	}
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("b"), http.Header{
+		"Authorization":      {"Basic Zm46c2VjcmV0"},
+		auth.HeaderSignature: {token.Sign([]byte("b"))},
+	})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("signed, with the caller's own credentials: %d %s", w.Code, w.Body)
+	}
+	scheduled, _ := b.queue.stored()
+	if len(scheduled) != 2 || scheduled[0].Header.Get("Authorization") != "" || scheduled[1].Header.Get("Authorization") != "Basic Zm46c2VjcmV0" {
+		t.Fatalf("stored Authorization headers: %q, %q", scheduled[0].Header.Get("Authorization"), scheduled[1].Header.Get("Authorization"))
+	}
+}

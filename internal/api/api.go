@@ -24,7 +24,6 @@ import (
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
-	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 	"github.com/openfaas/mailbox/internal/ui"
@@ -295,9 +294,15 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
 	}
-	if err := h.checkTargets(function, p.policy.DeadLetterFunction); err != nil {
+	// A routed dead letter is never routed again: its dead-letter
+	// function cannot loop.
+	deadLetterFunction := p.policy.DeadLetterFunction
+	if p.routed {
+		deadLetterFunction = ""
+	}
+	if err := h.checkTargets(function, deadLetterFunction); err != nil {
 		code := http.StatusForbidden
-		if errors.Is(err, errLoop) {
+		if errors.Is(err, auth.ErrLoop) {
 			code = http.StatusBadRequest
 		}
 		return writeFieldError(w, code, err)
@@ -328,6 +333,9 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		return writeError(w, http.StatusBadRequest, "", "cannot read request body")
 	}
 
+	if h.guard != nil {
+		h.guard.StripToken(r.Header)
+	}
 	now := h.now().UTC()
 	e := &envelope.Envelope{
 		ID:         p.id,
@@ -406,29 +414,14 @@ func (h *handler) authorizeRequeue(w http.ResponseWriter, r *http.Request) (int,
 	return 0, true
 }
 
-// errLoop marks a message whose dead letters would go back to it.
-var errLoop = errors.New("loop")
-
-// checkTargets refuses a message the mailbox may not deliver: to a
-// function outside the allow-list or to the mailbox itself, or whose
-// dead-letter function is one of those or the message's own target.
+// checkTargets refuses a message the mailbox may not deliver
+// (auth.Targets.CheckMessage), naming the header it is about.
 func (h *handler) checkTargets(function, deadLetterFunction string) error {
-	if h.targets == nil {
-		return nil
+	err := h.targets.CheckMessage(function, deadLetterFunction)
+	if te, ok := errors.AsType[*auth.TargetError](err); ok {
+		return &fieldError{field: te.Field, msg: te.Error(), err: err}
 	}
-	if err := h.targets.Check(function); err != nil {
-		return &fieldError{field: "function", msg: err.Error()}
-	}
-	if deadLetterFunction == "" {
-		return nil
-	}
-	if names.Qualify(deadLetterFunction, names.DefaultNamespace) == names.Qualify(function, names.DefaultNamespace) {
-		return &fieldError{field: envelope.HeaderDeadLetterFunction, msg: fmt.Sprintf("%s is the message's own function: its dead letters would come back to it", deadLetterFunction), err: errLoop}
-	}
-	if err := h.targets.Check(deadLetterFunction); err != nil {
-		return &fieldError{field: envelope.HeaderDeadLetterFunction, msg: err.Error()}
-	}
-	return nil
+	return err
 }
 
 // queueError answers a failed queue write. Only a message the broker can

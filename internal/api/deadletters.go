@@ -208,7 +208,14 @@ func (h *handler) startJob(ctx context.Context, w http.ResponseWriter, r *http.R
 	if err != nil {
 		return h.managementError(w, err)
 	}
-	w.Header().Set("Location", jobsPrefix+job.ID)
+	// Relative, as the API may be served under a prefix (the gateway's
+	// /function/mailbox): from /deadletters/replay it is jobs/<id>, from
+	// /deadletters deadletters/jobs/<id>.
+	location := "jobs/" + job.ID
+	if action == deadletter.ActionPurge {
+		location = "deadletters/jobs/" + job.ID
+	}
+	w.Header().Set("Location", location)
 	return writeJSON(w, http.StatusAccepted, jobResponse{Job: job, Location: jobsPrefix + job.ID})
 }
 
@@ -263,6 +270,8 @@ func (h *handler) managementError(w http.ResponseWriter, err error) int {
 		return writeError(w, http.StatusNotFound, "id", err.Error())
 	case errors.Is(err, deadletter.ErrNotReplayable):
 		return writeError(w, http.StatusConflict, "id", err.Error())
+	case errors.Is(err, deadletter.ErrBusy):
+		return writeError(w, http.StatusConflict, "", err.Error())
 	case errors.Is(err, deadletter.ErrRefused):
 		return writeError(w, http.StatusForbidden, "function", err.Error())
 	case errors.Is(err, queue.ErrTooLarge):

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -80,6 +81,16 @@ func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, bo
 	}
 	g.Unauthorized(w, e, err)
 	return false
+}
+
+// StripToken removes the Authorization header from h when it carries the
+// token: the mailbox's credential, never to be stored with a message or
+// passed on to a function, even with keep_credentials.
+func (g *Guard) StripToken(h http.Header) {
+	scheme, cred, _ := strings.Cut(h.Get("Authorization"), " ")
+	if strings.EqualFold(scheme, "Bearer") && g.token.Matches(strings.TrimSpace(cred)) {
+		h.Del("Authorization")
+	}
 }
 
 // Count counts a refusal under e that the caller answers itself, as the

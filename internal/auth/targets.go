@@ -70,3 +70,43 @@ func (t *Targets) Check(function string) error {
 	}
 	return nil
 }
+
+// ErrLoop is wrapped by CheckMessage's error for a message whose dead
+// letters would go back to its own function.
+var ErrLoop = errors.New("loop")
+
+// TargetError is CheckMessage's refusal: Field is the header it is about,
+// "function" for the message's own function.
+type TargetError struct {
+	Field string
+	err   error
+}
+
+func (e *TargetError) Error() string { return e.err.Error() }
+func (e *TargetError) Unwrap() error { return e.err }
+
+// CheckMessage returns nil when the mailbox may deliver a message for
+// function whose dead letters go to deadLetterFunction (empty: none), on
+// a requeue and on a replay alike: both must pass Check, and they must
+// differ, or its dead letters would come back to it (ErrLoop). A nil t
+// allows every function, but not a loop.
+func (t *Targets) CheckMessage(function, deadLetterFunction string) error {
+	if t != nil {
+		if err := t.Check(function); err != nil {
+			return &TargetError{Field: "function", err: err}
+		}
+	}
+	if deadLetterFunction == "" {
+		return nil
+	}
+	const field = "X-Dead-Letter-Function"
+	if names.Qualify(deadLetterFunction, names.DefaultNamespace) == names.Qualify(function, names.DefaultNamespace) {
+		return &TargetError{Field: field, err: fmt.Errorf("%w: %s is the message's own function: its dead letters would come back to it", ErrLoop, deadLetterFunction)}
+	}
+	if t != nil {
+		if err := t.Check(deadLetterFunction); err != nil {
+			return &TargetError{Field: field, err: err}
+		}
+	}
+	return nil
+}

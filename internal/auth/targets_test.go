@@ -98,3 +98,41 @@ func TestNewTargetsErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckMessage(t *testing.T) {
+	t.Parallel()
+	targets, err := auth.NewTargets([]string{"fn", "dlq"}, nil, "mailbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name          string
+		targets       *auth.Targets
+		function, dlf string
+		field         string // "" when allowed
+		loop          bool
+	}{
+		{"allowed", targets, "fn", "dlq", "", false},
+		{"no dead-letter function", targets, "fn", "", "", false},
+		{"function not allowed", targets, "other", "dlq", "function", false},
+		{"the mailbox", targets, "mailbox", "", "function", false},
+		{"its own dead-letter function", targets, "fn", "fn.openfaas-fn", "X-Dead-Letter-Function", true},
+		{"dead letters to the mailbox", targets, "fn", "mailbox", "X-Dead-Letter-Function", false},
+		{"dead letters not allowed", targets, "fn", "other", "X-Dead-Letter-Function", false},
+		{"no targets: anything", nil, "other", "mailbox", "", false},
+		{"no targets: still no loop", nil, "fn.team", "fn.team", "X-Dead-Letter-Function", true},
+	} {
+		err := c.targets.CheckMessage(c.function, c.dlf)
+		te, ok := errors.AsType[*auth.TargetError](err)
+		switch {
+		case c.field == "" && err != nil:
+			t.Errorf("%s: %v, want nil", c.name, err)
+		case c.field != "" && (!ok || te.Field != c.field):
+			t.Errorf("%s: %v, want a TargetError about %s", c.name, err, c.field)
+		case c.field != "" && errors.Is(err, auth.ErrLoop) != c.loop:
+			t.Errorf("%s: %v: ErrLoop %v, want %v", c.name, err, errors.Is(err, auth.ErrLoop), c.loop)
+		case c.field != "" && !c.loop && !errors.Is(err, auth.ErrRefused):
+			t.Errorf("%s: %v does not wrap ErrRefused", c.name, err)
+		}
+	}
+}

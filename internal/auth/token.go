@@ -39,6 +39,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // The names a request carries its credentials under.
@@ -114,12 +115,15 @@ func (t *Token) Sign(body []byte) string {
 	return "sha256=" + hex.EncodeToString(t.mac(body))
 }
 
+// SessionMaxAge is how long a browser keeps the UI's session cookie.
+const SessionMaxAge = 12 * time.Hour
+
 // SessionCookie is the UI's session cookie, to set once a user has signed
 // in with the token. Its value is the hex HMAC-SHA256 of
 // "mailbox-ui-session" keyed with the token, so the token itself is never
 // in a cookie; changing the token ends every session. It is HttpOnly,
-// SameSite=Strict (see the package documentation) and lasts as long as the
-// browser session. It has no Path: the browser scopes it to the directory
+// SameSite=Strict (see the package documentation); the browser keeps it
+// for SessionMaxAge, and the mailbox accepts it until the token changes. It has no Path: the browser scopes it to the directory
 // of the sign-in form's URL, the UI's own (/function/mailbox/ui behind the
 // gateway), so other functions on the gateway never receive it. secure
 // sets Secure: pass true when the UI is served over HTTPS.
@@ -127,6 +131,7 @@ func (t *Token) SessionCookie(secure bool) *http.Cookie {
 	return &http.Cookie{
 		Name:     CookieSession,
 		Value:    hex.EncodeToString(t.session),
+		MaxAge:   int(SessionMaxAge.Seconds()),
 		HttpOnly: true,
 		Secure:   secure,
 		SameSite: http.SameSiteStrictMode,

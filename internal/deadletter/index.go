@@ -118,6 +118,13 @@ type countKey struct{ function, reason string }
 type Gone struct {
 	Seq   uint64
 	Cause string
+	// n tells this removal from an earlier one of the id in goneOrder.
+	n uint64
+}
+
+type goneRef struct {
+	id string
+	n  uint64
 }
 
 // index is the dead letters of the log as far as it has been read. It is
@@ -127,14 +134,17 @@ type index struct {
 	// until compact drops them.
 	seqs    []uint64
 	entries map[uint64]*Entry
-	// byID is the newest kept dead letter of each id.
+	// byID is the newest kept dead letter of each id; dups counts the
+	// older ones kept with the same id, only for ids that have some.
 	byID   map[string]uint64
+	dups   map[string]int
 	counts map[countKey]int
 	// gone remembers, per id, the last removal of a dead letter that has
 	// no newer one, so that repeating a replay or a delete after a
-	// timeout is answered as done; goneOrder bounds it.
+	// timeout is answered as done; goneOrder, oldest first, bounds it.
 	gone      map[string]Gone
-	goneOrder []string
+	goneOrder []goneRef
+	goneN     uint64
 	goneLimit int
 	// applied is the seq of the last record read.
 	applied uint64
@@ -144,6 +154,7 @@ func newIndex(goneLimit int) *index {
 	return &index{
 		entries:   map[uint64]*Entry{},
 		byID:      map[string]uint64{},
+		dups:      map[string]int{},
 		counts:    map[countKey]int{},
 		gone:      map[string]Gone{},
 		goneLimit: goneLimit,
@@ -156,13 +167,21 @@ func (x *index) apply(r queue.Record) (removed *Entry) {
 	if r.Seq > x.applied {
 		x.applied = r.Seq
 	}
-	if r.Removal != nil {
+	switch {
+	case r.Removal != nil:
 		e, ok := x.entries[r.Removal.Seq]
 		if !ok {
+			// Removed before this index read it (JetStream deletes the
+			// record): still remembered, so that a repeat is answered.
+			if _, kept := x.byID[r.Removal.ID]; r.Removal.ID != "" && !kept {
+				x.forget(r.Removal.ID, Gone{Seq: r.Removal.Seq, Cause: r.Removal.Cause})
+			}
 			return nil
 		}
 		x.drop(e, r.Removal.Cause)
 		return e
+	case r.Data == nil:
+		return nil // a record the backend could not read: only passed
 	}
 	if _, ok := x.entries[r.Seq]; ok {
 		return nil // read again after a re-follow
@@ -170,12 +189,31 @@ func (x *index) apply(r queue.Record) (removed *Entry) {
 	e := entryOf(r)
 	x.entries[e.Seq] = e
 	x.seqs = append(x.seqs, e.Seq)
-	if old, ok := x.byID[e.ID]; !ok || old < e.Seq {
+	if old, ok := x.byID[e.ID]; ok {
+		x.dups[e.ID]++
+		x.byID[e.ID] = max(old, e.Seq)
+	} else {
 		x.byID[e.ID] = e.Seq
 	}
 	delete(x.gone, e.ID)
 	x.counts[countKey{e.Function, e.Reason}]++
 	return nil
+}
+
+// forget remembers that id's last dead letter went as g, forgetting the
+// oldest such memory past goneLimit.
+func (x *index) forget(id string, g Gone) {
+	x.goneN++
+	g.n = x.goneN
+	x.gone[id] = g
+	x.goneOrder = append(x.goneOrder, goneRef{id, g.n})
+	for len(x.goneOrder) > x.goneLimit {
+		old := x.goneOrder[0]
+		if x.gone[old.id].n == old.n {
+			delete(x.gone, old.id)
+		}
+		x.goneOrder = x.goneOrder[1:]
+	}
 }
 
 func (x *index) drop(e *Entry, cause string) {
@@ -184,25 +222,24 @@ func (x *index) drop(e *Entry, cause string) {
 	if x.counts[k]--; x.counts[k] <= 0 {
 		delete(x.counts, k)
 	}
-	if x.byID[e.ID] == e.Seq {
+	switch {
+	case x.dups[e.ID] == 0:
 		delete(x.byID, e.ID)
-		// An older dead letter with the same id, if kept, is the one
-		// found by id now.
+		x.forget(e.ID, Gone{Seq: e.Seq, Cause: cause})
+	case x.byID[e.ID] == e.Seq:
+		// The newest of several went: the next older one is found by id
+		// now. Rare (an id dead, replayed and dead again, all kept), so
+		// a scan is fine.
 		for i := sort.Search(len(x.seqs), func(i int) bool { return x.seqs[i] >= e.Seq }) - 1; i >= 0; i-- {
 			if o, ok := x.entries[x.seqs[i]]; ok && o.ID == e.ID {
 				x.byID[e.ID] = o.Seq
 				break
 			}
 		}
-	}
-	if _, kept := x.byID[e.ID]; !kept {
-		if _, known := x.gone[e.ID]; !known {
-			x.goneOrder = append(x.goneOrder, e.ID)
-		}
-		x.gone[e.ID] = Gone{Seq: e.Seq, Cause: cause}
-		for len(x.goneOrder) > x.goneLimit {
-			delete(x.gone, x.goneOrder[0])
-			x.goneOrder = x.goneOrder[1:]
+		fallthrough
+	default:
+		if x.dups[e.ID]--; x.dups[e.ID] == 0 {
+			delete(x.dups, e.ID)
 		}
 	}
 	if len(x.seqs) > 1024 && len(x.seqs) > 2*len(x.entries) {
@@ -213,7 +250,9 @@ func (x *index) drop(e *Entry, cause string) {
 // compact drops the seqs of removed entries.
 func (x *index) compact() {
 	x.seqs = slices.DeleteFunc(x.seqs, func(s uint64) bool { _, ok := x.entries[s]; return !ok })
-	x.goneOrder = slices.Clip(x.goneOrder)
+	// goneOrder is a queue cut from the front: copy it to drop what was
+	// cut.
+	x.goneOrder = slices.Clone(x.goneOrder)
 }
 
 // byIDOf returns the newest kept dead letter with id.

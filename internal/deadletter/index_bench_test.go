@@ -68,3 +68,17 @@ func BenchmarkListPage(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkIndexRemoveAll removes 100,000 dead letters, oldest first, as a
+// bulk purge or a catch-up through removals does.
+func BenchmarkIndexRemoveAll(b *testing.B) {
+	const n = 100_000
+	for b.Loop() {
+		b.StopTimer()
+		x := indexed(b, n)
+		b.StartTimer()
+		for i := range n {
+			x.apply(queue.Record{Seq: uint64(n + i + 1), Removal: &queue.Removal{Seq: uint64(i + 1), Cause: queue.RemovedPurged}})
+		}
+	}
+}

@@ -93,7 +93,7 @@ func TestIndexRemovals(t *testing.T) {
 	if _, ok := x.byIDOf("m1"); ok {
 		t.Fatal("m1 still found after both were removed")
 	}
-	if g := x.gone["m1"]; g != (Gone{Seq: 1, Cause: queue.RemovedPurged}) {
+	if g := x.gone["m1"]; g.Seq != 1 || g.Cause != queue.RemovedPurged {
 		t.Fatalf("gone m1 = %+v", g)
 	}
 	if len(x.countList()) != 0 || x.applied != 5 {
@@ -109,9 +109,27 @@ func TestIndexRemovals(t *testing.T) {
 	if got := x.countList(); len(got) != 1 || got[0].Count != 1 {
 		t.Fatalf("counts after reading 6 twice: %v", got)
 	}
-	// A removal of a seq never indexed changes nothing.
-	if x.apply(removal(7, 99, queue.RemovedPurged)) != nil {
+	// A removal of a seq never indexed removes nothing, but remembers
+	// its id as gone (JetStream deleted the record before this index
+	// read it) unless a dead letter with that id is kept.
+	r := removal(7, 99, queue.RemovedPurged)
+	r.Removal.ID = "m9"
+	if x.apply(r) != nil {
 		t.Fatal("removal of an unknown seq returned an entry")
+	}
+	if g, ok := x.gone["m9"]; !ok || g.Cause != queue.RemovedPurged {
+		t.Fatalf("gone m9 = %+v, %v", g, ok)
+	}
+	r = removal(8, 98, queue.RemovedPurged)
+	r.Removal.ID = "m1"
+	x.apply(r)
+	if _, gone := x.gone["m1"]; gone {
+		t.Fatal("m1 is kept but remembered as gone after a removal of an unknown seq")
+	}
+	// A record the backend could not read moves the index on.
+	x.apply(queue.Record{Seq: 12})
+	if x.applied != 12 || len(x.entries) != 1 {
+		t.Fatalf("after a bare record: applied %d, %d entries", x.applied, len(x.entries))
 	}
 }
 
@@ -129,6 +147,32 @@ func TestIndexRemembersABoundedNumberOfGoneIDs(t *testing.T) {
 	}
 	if _, ok := x.gone["m5"]; !ok {
 		t.Fatal("the newest gone id is forgotten")
+	}
+
+	// An id removed twice is remembered from its last removal: A, B, C
+	// with A removed again last keeps all three.
+	x = newIndex(3)
+	seq := uint64(0)
+	gone := func(id string) {
+		seq++
+		x.apply(record(t, seq, id, "a", envelope.ReasonMaxRetries, t0))
+		seq++
+		x.apply(removal(seq, seq-1, queue.RemovedPurged))
+	}
+	for _, id := range []string{"A", "B", "C", "A"} {
+		gone(id)
+	}
+	for _, id := range []string{"A", "B", "C"} {
+		if _, ok := x.gone[id]; !ok {
+			t.Fatalf("%s forgotten: %v", id, x.gone)
+		}
+	}
+	gone("D") // now B goes: A's memory is its second removal
+	if _, ok := x.gone["B"]; ok {
+		t.Fatal("B, the oldest, still remembered")
+	}
+	if _, ok := x.gone["A"]; !ok {
+		t.Fatal("A forgotten by the slot of its first removal")
 	}
 }
 

@@ -66,18 +66,24 @@ type jobs struct {
 
 func newJobs() *jobs { return &jobs{byID: map[string]*Job{}} }
 
-func (j *jobs) add(job *Job) {
+// add keeps job, unless another job is running: then it returns that
+// one's id.
+func (j *jobs) add(job *Job) (running string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	for _, id := range j.order {
+		if j.byID[id].State == JobRunning {
+			return id
+		}
+	}
 	j.byID[job.ID] = job
 	j.order = append(j.order, job.ID)
+	// Only the new job runs: the oldest ones past maxJobs have ended.
 	for len(j.order) > maxJobs {
-		if old := j.byID[j.order[0]]; old.State == JobRunning {
-			break
-		}
 		delete(j.byID, j.order[0])
 		j.order = j.order[1:]
 	}
+	return ""
 }
 
 func (j *jobs) update(job *Job, f func(*Job)) {
@@ -91,6 +97,10 @@ func (j *jobs) wait() { j.wg.Wait() }
 // ErrNotRunning means the store's Run has not started, or has ended: a
 // job would have nothing to run in.
 var ErrNotRunning = errors.New("deadletter: store is not running")
+
+// ErrBusy means a bulk job is running in this process: two at once could
+// replay one dead letter twice (NATS Streaming does not de-duplicate).
+var ErrBusy = errors.New("a bulk job is running")
 
 // Start begins a bulk action on every dead letter matching f now and
 // returns the job as it starts. A replay goes at ReplayRate; each dead
@@ -121,7 +131,9 @@ func (s *Store) Start(ctx context.Context, action string, f Filter, retries int)
 		ID: nuid.Next(), Action: action, Filter: f, Retries: retries,
 		State: JobRunning, Matched: len(seqs), StartedAt: s.o.Now().UTC(),
 	}
-	s.jobs.add(job)
+	if running := s.jobs.add(job); running != "" {
+		return Job{}, fmt.Errorf("%w: %s; wait for it to end (GET /deadletters/jobs/%s)", ErrBusy, running, running)
+	}
 	s.jobs.wg.Go(func() { s.run(runCtx, job, seqs) })
 	return s.Job(job.ID)
 }
@@ -211,7 +223,7 @@ func (s *Store) take(ctx context.Context, job *Job, seq uint64) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if job.Action == ActionPurge {
-		return true, s.remove(ctx, seq, queue.RemovedPurged)
+		return true, s.remove(ctx, c, queue.RemovedPurged)
 	}
 	_, err := s.replay(ctx, c, job.Retries)
 	if errors.Is(err, ErrNotFound) {

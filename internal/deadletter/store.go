@@ -31,9 +31,10 @@ type Options struct {
 	// ReplayRate bounds how many dead letters a bulk replay puts back
 	// per second. Defaults to 50.
 	ReplayRate float64
-	// Allow refuses a replay to a function the mailbox may not target;
-	// nil allows every function.
-	Allow func(function string) error
+	// Allow refuses a replay the mailbox may not make, given the
+	// message's function and dead-letter function (auth.Targets'
+	// CheckMessage, as for a requeue); nil allows every one.
+	Allow func(function, deadLetterFunction string) error
 	// Status records where replayed messages are; nil records nothing.
 	Status *status.Recorder
 	// SweepEvery is how often retention is applied (the limit is applied
@@ -264,6 +265,16 @@ func (s *Store) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	unsure := head == 0 && len(s.x.entries) > 0
+	s.mu.Unlock()
+	if unsure {
+		// The log reads as empty, yet dead letters are kept. NATS
+		// Streaming says "empty" when its last record does not come in
+		// time; acting on a partial index could remove or replay the
+		// wrong dead letters.
+		return fmt.Errorf("%w: the dead-letter log reads as empty while the index keeps dead letters", queue.ErrUnavailable)
+	}
 	for {
 		s.mu.Lock()
 		applied, advance := s.x.applied, s.advance
@@ -323,7 +334,7 @@ func (s *Store) sweep(ctx context.Context) error {
 		cause   string
 	}{{expired, queue.RemovedExpired}, {over, queue.RemovedLimit}} {
 		for _, e := range batch.entries {
-			if err := s.remove(ctx, e.Seq, batch.cause); err != nil {
+			if err := s.remove(ctx, *e, batch.cause); err != nil {
 				return err
 			}
 		}
@@ -331,8 +342,8 @@ func (s *Store) sweep(ctx context.Context) error {
 	return nil
 }
 
-func (s *Store) remove(ctx context.Context, seq uint64, cause string) error {
-	return s.q.RemoveDeadLetter(ctx, queue.Removal{Seq: seq, Cause: cause, By: s.token})
+func (s *Store) remove(ctx context.Context, e Entry, cause string) error {
+	return s.q.RemoveDeadLetter(ctx, queue.Removal{Seq: e.Seq, ID: e.ID, Cause: cause, By: s.token})
 }
 
 // Counts are the dead letters kept, by function and reason, largest
@@ -428,18 +439,18 @@ func (s *Store) Replay(ctx context.Context, id string, retries int) (Outcome, er
 // Remove deletes the newest dead letter with id. Repeating it answers
 // Repeated.
 func (s *Store) Remove(ctx context.Context, id string) (Outcome, error) {
-	e, err := s.live(ctx, id, "")
+	e, err := s.live(ctx, id, queue.RemovedPurged)
 	if err != nil || e == nil {
 		return Outcome{ID: id, Status: queue.RemovedPurged, Repeated: err == nil}, err
 	}
-	if err := s.remove(ctx, e.Seq, queue.RemovedPurged); err != nil {
+	if err := s.remove(ctx, *e, queue.RemovedPurged); err != nil {
 		return Outcome{}, err
 	}
 	return Outcome{ID: id, Function: e.Function, Status: queue.RemovedPurged}, nil
 }
 
 // live returns the newest kept dead letter with id, or nil when the last
-// one went with cause (any cause when cause is ""), or ErrNotFound.
+// one went with cause, or ErrNotFound (saying how it went otherwise).
 func (s *Store) live(ctx context.Context, id, cause string) (*Entry, error) {
 	if err := s.sync(ctx); err != nil {
 		return nil, err
@@ -451,7 +462,7 @@ func (s *Store) live(ctx context.Context, id, cause string) (*Entry, error) {
 		return &c, nil
 	}
 	if g, ok := s.x.gone[id]; ok {
-		if cause == "" || g.Cause == cause {
+		if g.Cause == cause {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("%w: %s (it was %s)", ErrNotFound, id, g.Cause)
@@ -471,6 +482,11 @@ func (s *Store) replay(ctx context.Context, e Entry, retries int) (Outcome, erro
 	if err != nil {
 		return Outcome{}, fmt.Errorf("%w: %s: %v", ErrNotReplayable, e.ID, err)
 	}
+	if dead.ID != e.ID {
+		// The broker's log was reset under the index: another message
+		// now has this seq.
+		return Outcome{}, fmt.Errorf("%w: %s (seq %d now holds %s)", ErrNotFound, e.ID, e.Seq, dead.ID)
+	}
 	if err := s.allow(dead); err != nil {
 		return Outcome{}, err
 	}
@@ -481,7 +497,7 @@ func (s *Store) replay(ctx context.Context, e Entry, retries int) (Outcome, erro
 	if err := s.q.Schedule(ctx, next); err != nil {
 		return Outcome{}, err
 	}
-	if err := s.remove(ctx, e.Seq, queue.RemovedReplayed); err != nil {
+	if err := s.remove(ctx, e, queue.RemovedReplayed); err != nil {
 		return Outcome{}, err
 	}
 	if s.o.Status != nil {
@@ -491,16 +507,19 @@ func (s *Store) replay(ctx context.Context, e Entry, retries int) (Outcome, erro
 	return Outcome{ID: next.ID, Function: next.Function, Status: queue.RemovedReplayed, Retries: next.Retries, DueAt: next.DueAt}, nil
 }
 
-// allow refuses a replay the mailbox must not make: to a function it may
-// not target, or to the message's own dead-letter function (a loop).
+// allow refuses a replay the mailbox must not make (Options.Allow). A
+// routed dead letter is never routed again, so its dead-letter function
+// does not count.
 func (s *Store) allow(e *envelope.Envelope) error {
-	if e.DeadLetterFunction != "" && e.DeadLetterFunction == e.Function {
-		return fmt.Errorf("%w: %s is the message's own dead-letter function", ErrRefused, e.Function)
+	if s.o.Allow == nil {
+		return nil
 	}
-	if s.o.Allow != nil {
-		if err := s.o.Allow(e.Function); err != nil {
-			return fmt.Errorf("%w: %v", ErrRefused, err)
-		}
+	deadLetterFunction := e.DeadLetterFunction
+	if e.Kind != envelope.KindMessage {
+		deadLetterFunction = ""
+	}
+	if err := s.o.Allow(e.Function, deadLetterFunction); err != nil {
+		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	return nil
 }

@@ -251,6 +251,8 @@ func route(dead *envelope.Envelope, p Policy, now time.Time) *envelope.Envelope 
 		Body:       dead.Body,
 		AcceptedAt: now,
 		DueAt:      now,
+		// As for a callback: each life of the message routes its own.
+		Replays: dead.Replays,
 	}
 }
 
@@ -286,6 +288,9 @@ func callback(e *envelope.Envelope, p Policy, outcome string, attempts int, r Re
 		Body:       body,
 		AcceptedAt: now,
 		DueAt:      now,
+		// Its message's life: a replayed message's callback is not the
+		// earlier life's, which a backend that de-duplicates would drop.
+		Replays: e.Replays,
 	}
 }
 

@@ -828,6 +828,13 @@ func TestCallbackAndRoute(t *testing.T) {
 	if d.Route.CallbackURL != "" {
 		t.Errorf("Route carries callback URL %q", d.Route.CallbackURL)
 	}
+
+	// A replayed message's route and callback belong to its new life.
+	e.Replays = 2
+	d = Decide(e, p, Result{Status: 503}, now, 0)
+	if d.Route.Replays != 2 || d.Callback.Replays != 2 {
+		t.Errorf("replayed twice: route has Replays %d, callback %d; want 2", d.Route.Replays, d.Callback.Replays)
+	}
 }
 
 // TestCallbackRetries: a callback resolves to the callback policy and

@@ -66,7 +66,10 @@ const (
 
 // Removal removes the dead letter at Seq.
 type Removal struct {
-	Seq   uint64 `json:"seq"`
+	Seq uint64 `json:"seq"`
+	// ID is the removed dead letter's message id, for a reader that never
+	// saw the record (JetStream deletes it).
+	ID    string `json:"id,omitempty"`
 	Cause string `json:"cause"`
 	// By names the process that removed it. Several processes may remove
 	// the same record; the first removal in the log is the one that

@@ -201,6 +201,10 @@ func TestDeadLettersListShowReplayAndPurge(t *testing.T) {
 		if got := listed(b.list(t, "")); fmt.Sprint(got) != "[a2 b1]" {
 			t.Fatalf("after replaying a1: %v", got)
 		}
+		// a1 was replayed, not purged: a purge of it is not "repeated".
+		if code := b.call(t, http.MethodDelete, "/deadletters/a1", &o); code != http.StatusNotFound || !strings.Contains(o.Error, "replayed") {
+			t.Fatalf("purge of the replayed a1: %d %+v", code, o)
+		}
 
 		if code := b.call(t, http.MethodDelete, "/deadletters/b1", &o); code != http.StatusOK || o.Status != "purged" || o.Repeated {
 			t.Fatalf("purge b1: %d %+v", code, o)
@@ -287,6 +291,28 @@ func TestBulkReplayAndPurge(t *testing.T) {
 		}
 		if removed("replayed") != n || removed("purged") != 2 {
 			t.Fatalf("removed_total: replayed %v, purged %v", removed("replayed"), removed("purged"))
+		}
+	})
+}
+
+func TestOneBulkJobAtATime(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"replay_rate": "1/s"}, func(t *testing.T, b *bundle) {
+		for i := range 3 {
+			b.bury(t, "kappa", fmt.Sprintf("k%d", i), "x")
+		}
+		var first, second job
+		if code := b.call(t, http.MethodPost, "/deadletters/replay?function=kappa", &first); code != http.StatusAccepted {
+			t.Fatalf("first bulk replay: %d %+v", code, first)
+		}
+		// At one a second, the first job runs for seconds.
+		if code := b.call(t, http.MethodDelete, "/deadletters?function=kappa", &second); code != http.StatusConflict || !strings.Contains(second.Error, first.ID) {
+			t.Fatalf("a second job while the first runs: %d %+v, want 409 naming %s", code, second, first.ID)
+		}
+		if j := b.waitJob(t, first.Location); j.Done != 3 {
+			t.Fatalf("first job ended %+v", j)
+		}
+		if code := b.call(t, http.MethodDelete, "/deadletters?function=kappa", &second); code != http.StatusAccepted {
+			t.Fatalf("a job after the first ended: %d %+v", code, second)
 		}
 	})
 }

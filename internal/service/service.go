@@ -173,7 +173,7 @@ func DeadLetters(cfg config.Config, q queue.Queue, reg prometheus.Registerer, lo
 		Retention:  cfg.DeadLetterMaxAge,
 		Limit:      cfg.DeadLetterLimit,
 		ReplayRate: cfg.ReplayRate.PerSecond(),
-		Allow:      targets.Check,
+		Allow:      targets.CheckMessage,
 		Status:     rec,
 		Registerer: reg,
 		Logger:     logger,

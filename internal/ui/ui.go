@@ -138,7 +138,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/":
 		h.overview(ctx, w, r)
 	case path == "/logout" && r.Method == http.MethodPost:
-		c := h.o.Token.SessionCookie(r.TLS != nil)
+		c := h.o.Token.SessionCookie(secure(r))
 		c.MaxAge, c.Value = -1, ""
 		http.SetCookie(w, c)
 		seeOther(w, r, "login")
@@ -178,6 +178,12 @@ func sameOrigin(r *http.Request) bool {
 	}
 	forwarded, _, _ := strings.Cut(r.Header.Get("X-Forwarded-Host"), ",")
 	return u.Host == r.Host || (forwarded != "" && u.Host == strings.TrimSpace(forwarded))
+}
+
+// secure reports whether the browser reached the page over HTTPS: directly,
+// or through the gateway or an ingress that ends TLS and says so.
+func secure(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
 // pageData is a page's template data.
@@ -224,7 +230,7 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 			h.render(w, r, http.StatusUnauthorized, "login", &p)
 			return
 		}
-		http.SetCookie(w, h.o.Token.SessionCookie(r.TLS != nil))
+		http.SetCookie(w, h.o.Token.SessionCookie(secure(r)))
 		seeOther(w, r, "")
 	default:
 		w.Header().Set("Allow", "GET, HEAD, POST")
@@ -360,7 +366,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code, msg = http.StatusNotFound, err.Error()
 	case errors.Is(err, deadletter.ErrRefused):
 		code, msg = http.StatusForbidden, err.Error()
-	case errors.Is(err, deadletter.ErrNotReplayable):
+	case errors.Is(err, deadletter.ErrNotReplayable), errors.Is(err, deadletter.ErrBusy):
 		code, msg = http.StatusConflict, err.Error()
 	default:
 		h.log.Warn("ui: dead-letter operation failed", "error", err)

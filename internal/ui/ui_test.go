@@ -164,6 +164,14 @@ func TestSignIn(t *testing.T) {
 	if c.Name != auth.CookieSession || c.Path != "" || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, token) {
 		t.Fatalf("session cookie %+v", c)
 	}
+	if c.Secure || c.MaxAge != int(auth.SessionMaxAge.Seconds()) {
+		t.Fatalf("session cookie over plain HTTP: Secure %v, MaxAge %d", c.Secure, c.MaxAge)
+	}
+	// Through a gateway or ingress that ended TLS, the cookie is Secure.
+	res, _ = b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false, "X-Forwarded-Proto", "https")
+	if cs := res.Cookies(); len(cs) != 1 || !cs[0].Secure {
+		t.Fatalf("sign-in forwarded over HTTPS: cookies %+v, want one Secure", cs)
+	}
 	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "No dead letters.") {
 		t.Fatalf("GET /ui/ signed in: %d\n%s", res.StatusCode, page)

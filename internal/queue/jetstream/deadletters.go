@@ -19,8 +19,8 @@ import (
 // they were stored. A removal is published first and the record it
 // removes deleted after, so a process that stops in between leaves the
 // record present but already removed in the log. Removals expire on their
-// own (Nats-TTL) after the dead-letter retention, by when the records
-// they remove are gone.
+// own (Nats-TTL) when the stream's age limit would have dropped the
+// records they remove: the dead-letter retention and the backstop.
 
 // deadLetterBackstop is how much longer than the dead-letter retention
 // the stream keeps a record: the mailbox removes expired dead letters
@@ -103,8 +103,9 @@ func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(que
 		}
 		r, err := queue.DecodeRecord(md.Sequence.Stream, md.Timestamp, m.Data())
 		if err != nil {
+			// Passed on bare, so that the follower still counts it read.
 			q.log.Warn("dead-letter record skipped", "seq", md.Sequence.Stream, "error", err)
-			return
+			r = queue.Record{Seq: md.Sequence.Stream, Time: md.Timestamp}
 		}
 		fn(r)
 	}, jetstream.PullMaxMessages(followWindow), jetstream.ConsumeErrHandler(onErr))
@@ -192,7 +193,7 @@ func (q *Queue) RemoveDeadLetter(ctx context.Context, r queue.Removal) error {
 	var opts []jetstream.PublishOpt
 	if q.o.DeadLetterMaxAge > 0 {
 		// Whole seconds, rounded up: the server's TTL resolution.
-		ttl := (q.o.DeadLetterMaxAge + time.Second - 1).Truncate(time.Second)
+		ttl := (q.o.DeadLetterMaxAge + deadLetterBackstop + time.Second - 1).Truncate(time.Second)
 		opts = append(opts, jetstream.WithMsgTTL(ttl))
 	}
 	seq := strconv.FormatUint(r.Seq, 10)

@@ -146,12 +146,14 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 	if g == nil {
 		return queue.Record{}, queue.ErrUnavailable
 	}
-	// Past the last record the server would wait for the next one.
+	// Past the last record the server would wait for the next one. A
+	// last of 0 may be a server slow to answer, not an empty log: then
+	// only a wait tells.
 	last, err := q.LastDeadLetterSeq(ctx)
 	if err != nil {
 		return queue.Record{}, err
 	}
-	if seq == 0 || seq > last {
+	if seq == 0 || (last > 0 && seq > last) {
 		return queue.Record{}, queue.ErrNoDeadLetter
 	}
 	// A record at or before last arrives at once, unless every record
@@ -160,6 +162,8 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 	switch {
 	case err != nil:
 		return queue.Record{}, err
+	case m == nil && last == 0:
+		return queue.Record{}, queue.ErrNoDeadLetter
 	case m == nil:
 		return queue.Record{}, fmt.Errorf("%w: dead letter %d: not sent within %v", queue.ErrUnavailable, seq, q.o.PublishTimeout)
 	case m.Sequence != seq:
