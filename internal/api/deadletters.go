@@ -37,8 +37,8 @@ const (
 	maxPageSize     = 500
 )
 
-// listResponse is the answer of GET /deadletters.
-type listResponse struct {
+// DeadLetterPage is the answer of GET /deadletters.
+type DeadLetterPage struct {
 	Items []deadletter.Entry `json:"items"`
 	// NextCursor, when not empty, is the cursor of the next page.
 	NextCursor string             `json:"next_cursor,omitempty"`
@@ -46,8 +46,8 @@ type listResponse struct {
 	Counts     []deadletter.Count `json:"counts"`
 }
 
-// detailResponse is the answer of GET /deadletters/<id>.
-type detailResponse struct {
+// DeadLetterDetail is the answer of GET /deadletters/<id>.
+type DeadLetterDetail struct {
 	deadletter.Entry
 	Header         http.Header      `json:"header,omitempty"`
 	Body           *string          `json:"body,omitempty"`
@@ -149,7 +149,7 @@ func (h *handler) listDeadLetters(ctx context.Context, w http.ResponseWriter, r 
 	if err != nil {
 		return h.managementError(w, err)
 	}
-	out := listResponse{Items: page.Items, Total: page.Total, Counts: page.Counts}
+	out := DeadLetterPage{Items: page.Items, Total: page.Total, Counts: page.Counts}
 	if out.Items == nil {
 		out.Items = []deadletter.Entry{}
 	}
@@ -164,7 +164,7 @@ func (h *handler) showDeadLetter(ctx context.Context, w http.ResponseWriter, id 
 	if err != nil {
 		return h.managementError(w, err)
 	}
-	out := detailResponse{
+	out := DeadLetterDetail{
 		Entry: entry, Header: e.Header, Policy: e.Policy, DueAt: e.DueAt,
 		FirstAttemptAt: e.FirstAttemptAt, LastAttemptAt: e.LastAttemptAt,
 		LastError: e.LastError, LastResponse: e.LastResponse, Deaths: e.Deaths,

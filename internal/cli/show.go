@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
 )
 
 func (c *command) show(ctx context.Context, args []string) error {
@@ -110,7 +112,7 @@ func (c *command) printDetail(d detail) error {
 }
 
 // policyText is the settings p sets, "max_retries 5, delay 10s".
-func policyText(p policy) string {
+func policyText(p envelope.Policy) string {
 	var parts []string
 	if p.MaxRetries != nil {
 		parts = append(parts, "max_retries "+strconv.Itoa(*p.MaxRetries))
