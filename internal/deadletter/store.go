@@ -265,16 +265,6 @@ func (s *Store) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	unsure := head == 0 && len(s.x.entries) > 0
-	s.mu.Unlock()
-	if unsure {
-		// The log reads as empty, yet dead letters are kept. NATS
-		// Streaming says "empty" when its last record does not come in
-		// time; acting on a partial index could remove or replay the
-		// wrong dead letters.
-		return fmt.Errorf("%w: the dead-letter log reads as empty while the index keeps dead letters", queue.ErrUnavailable)
-	}
 	for {
 		s.mu.Lock()
 		applied, advance := s.x.applied, s.advance

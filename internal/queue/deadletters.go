@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,7 +43,9 @@ type DeadLetterLog interface {
 }
 
 // Record is one entry of the dead-letter log: a dead letter (Data is an
-// encoded envelope) or a removal (Removal is set, Data nil).
+// encoded envelope), a removal (Removal is set, Data nil), or neither: a
+// record that holds no dead letter (a marker, or bytes that could not be
+// read), which a reader only counts as read.
 type Record struct {
 	// Seq is the record's position in the log, from 1, increasing.
 	Seq uint64
@@ -84,6 +87,11 @@ var ErrNoDeadLetter = errors.New("queue: no such dead letter")
 // as an envelope (whose first byte is its version, 0x01).
 const removalMark = "removal:"
 
+// Marker is a record that holds nothing: a backend that cannot tell an
+// empty log from a slow one (NATS Streaming) appends one, so that the log
+// always has a last record.
+var Marker = []byte("marker:")
+
 // EncodeRemoval returns r as stored in the log.
 func EncodeRemoval(r Removal) ([]byte, error) {
 	data, err := json.Marshal(r)
@@ -93,11 +101,15 @@ func EncodeRemoval(r Removal) ([]byte, error) {
 	return append([]byte(removalMark), data...), nil
 }
 
-// DecodeRecord turns stored bytes into a Record: a Removal when they carry
-// the removal mark, otherwise a dead letter whose bytes are kept as they
-// are (they are decoded, and found malformed, only when read).
+// DecodeRecord turns stored bytes into a Record: nothing for a Marker, a
+// Removal when they carry the removal mark, otherwise a dead letter whose
+// bytes are kept as they are (they are decoded, and found malformed, only
+// when read).
 func DecodeRecord(seq uint64, t time.Time, data []byte) (Record, error) {
 	r := Record{Seq: seq, Time: t}
+	if bytes.Equal(data, Marker) {
+		return r, nil
+	}
 	if len(data) < len(removalMark) || string(data[:len(removalMark)]) != removalMark {
 		r.Data = data
 		return r, nil

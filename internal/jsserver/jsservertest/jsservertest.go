@@ -39,7 +39,7 @@ func Start(t testing.TB) *Server {
 }
 
 // DeadLetters reads every dead letter the dead-letter stream keeps,
-// skipping removals.
+// skipping removals and markers.
 func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
 	t.Helper()
 	nc, err := nats.Connect(natsURL)
@@ -67,7 +67,7 @@ func DeadLetters(t testing.TB, natsURL, stream string) []*envelope.Envelope {
 		if err != nil {
 			continue // deleted
 		}
-		if r, err := queue.DecodeRecord(seq, m.Time, m.Data); err == nil && r.Removal != nil {
+		if r, err := queue.DecodeRecord(seq, m.Time, m.Data); err == nil && r.Data == nil {
 			continue
 		}
 		e, err := envelope.Decode(m.Data)

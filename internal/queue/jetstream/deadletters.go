@@ -168,7 +168,7 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 		return queue.Record{}, fmt.Errorf("%w: dead letter %d: %v", queue.ErrUnavailable, seq, err)
 	}
 	r, err := queue.DecodeRecord(m.Sequence, m.Time, m.Data)
-	if err != nil || r.Removal != nil {
+	if err != nil || r.Data == nil {
 		return queue.Record{}, queue.ErrNoDeadLetter
 	}
 	return r, nil

@@ -443,6 +443,9 @@ func follow(t *testing.T, q queue.Queue, after uint64) *follower {
 	f := &follower{done: make(chan error, 1), stop: cancel}
 	go func() {
 		f.done <- q.FollowDeadLetters(ctx, after, func(r queue.Record) {
+			if r.Data == nil && r.Removal == nil {
+				return // a marker: part of the log, but no dead letter
+			}
 			r.Data = bytes.Clone(r.Data)
 			f.mu.Lock()
 			f.recs = append(f.recs, r)
@@ -495,8 +498,11 @@ func testDeadLetterLog(t *testing.T, s Server) {
 	q := open(t, s, defaults)
 	ctx := context.Background()
 	start := time.Now()
-	if seq := lastSeq(t, q); seq != 0 {
-		t.Fatalf("LastDeadLetterSeq of an empty log = %d, want 0", seq)
+	// An empty log has no last record, or a marker (a backend that
+	// cannot tell an empty log from a slow server writes one), written
+	// once: asking again finds the same.
+	if empty := lastSeq(t, q); lastSeq(t, q) != empty {
+		t.Fatalf("LastDeadLetterSeq of an empty log moved from %d on asking again", empty)
 	}
 	if _, err := q.ReadDeadLetter(ctx, 1); !errors.Is(err, queue.ErrNoDeadLetter) {
 		t.Fatalf("ReadDeadLetter(1) of an empty log: %v, want ErrNoDeadLetter", err)

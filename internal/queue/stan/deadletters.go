@@ -24,18 +24,15 @@ import (
 const followWindow = 128
 
 // emptyLogWait is how long LastDeadLetterSeq waits for the newest record
-// before it takes the log for empty.
+// before it takes the log for empty, or the server for slow.
 //
 // NATS Streaming never says that a channel is empty: a subscription that
-// starts at the last message simply receives nothing. The server sends
-// that message from its own goroutine right after it confirms the
-// subscription, so on a server that answers at all it arrives within
-// milliseconds. Proving absence without a wait would take a fence: a
-// message published to a second channel and subscribed to after this
-// subscription, relying on the server starting subscriptions one at a
-// time on one connection. That is the server's implementation, not its
-// protocol, and would add a channel of markers. A short wait, paid only
-// while the log is empty, is the plainer trade.
+// starts at the last message simply receives nothing. So when nothing
+// comes, LastDeadLetterSeq appends a queue.Marker and asks again: the log
+// then has a last record, which comes. The marker is written once for an
+// empty log (after that it is the last record, until a dead letter comes
+// or the channel's age limit drops it), and again only when the server
+// is slower than the wait.
 const emptyLogWait = 500 * time.Millisecond
 
 // FollowDeadLetters subscribes to the dead-letter channel on the current
@@ -126,15 +123,28 @@ func (q *Queue) connected() *generation {
 }
 
 // LastDeadLetterSeq subscribes at the last record and reads its
-// sequence; when none arrives within emptyLogWait the log is empty.
+// sequence. When none arrives within emptyLogWait it appends a marker and
+// reads again (see emptyLogWait), so it never mistakes a slow server for
+// an empty log.
 func (q *Queue) LastDeadLetterSeq(ctx context.Context) (uint64, error) {
 	g := q.connected()
 	if g == nil {
 		return 0, queue.ErrUnavailable
 	}
 	m, err := q.firstDeadLetter(ctx, g, stango.StartWithLastReceived(), emptyLogWait)
-	if err != nil || m == nil {
+	if err != nil {
 		return 0, err
+	}
+	if m == nil {
+		if err := q.publish(ctx, g, q.deadLetterChannel(), queue.Marker); err != nil {
+			return 0, err
+		}
+		if m, err = q.firstDeadLetter(ctx, g, stango.StartWithLastReceived(), q.o.PublishTimeout); err != nil {
+			return 0, err
+		}
+		if m == nil {
+			return 0, fmt.Errorf("%w: dead-letter channel: its last record was not sent within %v", queue.ErrUnavailable, q.o.PublishTimeout)
+		}
 	}
 	return m.Sequence, nil
 }
@@ -146,14 +156,12 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 	if g == nil {
 		return queue.Record{}, queue.ErrUnavailable
 	}
-	// Past the last record the server would wait for the next one. A
-	// last of 0 may be a server slow to answer, not an empty log: then
-	// only a wait tells.
+	// Past the last record the server would wait for the next one.
 	last, err := q.LastDeadLetterSeq(ctx)
 	if err != nil {
 		return queue.Record{}, err
 	}
-	if seq == 0 || (last > 0 && seq > last) {
+	if seq == 0 || seq > last {
 		return queue.Record{}, queue.ErrNoDeadLetter
 	}
 	// A record at or before last arrives at once, unless every record
@@ -162,16 +170,14 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 	switch {
 	case err != nil:
 		return queue.Record{}, err
-	case m == nil && last == 0:
-		return queue.Record{}, queue.ErrNoDeadLetter
 	case m == nil:
 		return queue.Record{}, fmt.Errorf("%w: dead letter %d: not sent within %v", queue.ErrUnavailable, seq, q.o.PublishTimeout)
 	case m.Sequence != seq:
 		return queue.Record{}, queue.ErrNoDeadLetter // dropped by the channel's age limit
 	}
 	r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data)
-	if err != nil || r.Removal != nil {
-		return queue.Record{}, queue.ErrNoDeadLetter
+	if err != nil || r.Data == nil {
+		return queue.Record{}, queue.ErrNoDeadLetter // a removal or a marker
 	}
 	return r, nil
 }

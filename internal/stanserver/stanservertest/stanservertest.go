@@ -37,7 +37,7 @@ func Start(t testing.TB) *Server {
 
 // DeadLetters reads the dead letters of the dead-letter channel of the
 // NATS Streaming server at natsURL (cluster faas-cluster), removed or not,
-// skipping removals, from the start until it has been quiet for a moment.
+// skipping removals and markers, from the start until it has been quiet for a moment.
 func DeadLetters(t testing.TB, natsURL, prefix string) []*envelope.Envelope {
 	t.Helper()
 	sc, err := stango.Connect("faas-cluster", "reader-"+nuid.Next(), stango.NatsURL(natsURL))
@@ -51,7 +51,7 @@ func DeadLetters(t testing.TB, natsURL, prefix string) []*envelope.Envelope {
 		last = time.Now()
 	)
 	sub, err := sc.Subscribe(stan.DeadLetterChannel(prefix), func(m *stango.Msg) {
-		if r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data); err == nil && r.Removal != nil {
+		if r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data); err == nil && r.Data == nil {
 			return
 		}
 		e, err := envelope.Decode(m.Data)
