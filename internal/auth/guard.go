@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/metric"
 )
 
 // Endpoint is the kind of endpoint a Guard protects: the endpoint label of
@@ -53,16 +55,9 @@ func UnauthorizedCounter(reg prometheus.Registerer) (*prometheus.CounterVec, err
 		Name: "mailbox_unauthorized_total",
 		Help: "Requests refused for a missing or wrong token, signature or session, by endpoint (requeue, management, ui).",
 	}, []string{"endpoint"})
-	if err := reg.Register(c); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return nil, fmt.Errorf("auth: registering metrics: %w", err)
-		}
-		existing, ok := already.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, fmt.Errorf("auth: registering metrics: %w", err)
-		}
-		c = existing
+	c, err := metric.Shared(reg, c)
+	if err != nil {
+		return nil, fmt.Errorf("auth: registering metrics: %w", err)
 	}
 	for _, e := range []Endpoint{Requeue, Management, UI} {
 		c.WithLabelValues(string(e))

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/metric"
 	"github.com/openfaas/mailbox/internal/status"
 )
 
@@ -78,18 +79,7 @@ func DeadLetterCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error
 		Name: "mailbox_dead_letters_total",
 		Help: "Messages stored as dead letters, by function and reason.",
 	}, []string{"function", "reason"})
-	if err := reg.Register(c); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return nil, err
-		}
-		existing, ok := already.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, err
-		}
-		return existing, nil
-	}
-	return c, nil
+	return metric.Shared(reg, c)
 }
 
 // Options are the settings every backend takes; each backend's own Options

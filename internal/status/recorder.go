@@ -2,13 +2,14 @@ package status
 
 import (
 	"context"
-	"errors"
 	"hash/fnv"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/metric"
 )
 
 // Store keeps statuses: queue.Queue.
@@ -141,16 +142,5 @@ func DroppedCounter(reg prometheus.Registerer) (prometheus.Counter, error) {
 		Name: "mailbox_status_dropped_total",
 		Help: "Message statuses not stored: the buffer was full or the broker did not take them.",
 	})
-	if err := reg.Register(c); err != nil {
-		var already prometheus.AlreadyRegisteredError
-		if !errors.As(err, &already) {
-			return nil, err
-		}
-		existing, ok := already.ExistingCollector.(prometheus.Counter)
-		if !ok {
-			return nil, err
-		}
-		return existing, nil
-	}
-	return c, nil
+	return metric.Shared[prometheus.Counter](reg, c)
 }
