@@ -114,8 +114,8 @@ type Count struct {
 
 type countKey struct{ function, reason string }
 
-// Gone is how a dead letter that is no longer kept went.
-type Gone struct {
+// gone is how a dead letter that is no longer kept went.
+type gone struct {
 	Seq   uint64
 	Cause string
 	// n tells this removal from an earlier one of the id in goneOrder.
@@ -142,7 +142,7 @@ type index struct {
 	// gone remembers, per id, the last removal of a dead letter that has
 	// no newer one, so that repeating a replay or a delete after a
 	// timeout is answered as done; goneOrder, oldest first, bounds it.
-	gone      map[string]Gone
+	gone      map[string]gone
 	goneOrder []goneRef
 	goneN     uint64
 	goneLimit int
@@ -156,7 +156,7 @@ func newIndex(goneLimit int) *index {
 		byID:      map[string]uint64{},
 		dups:      map[string]int{},
 		counts:    map[countKey]int{},
-		gone:      map[string]Gone{},
+		gone:      map[string]gone{},
 		goneLimit: goneLimit,
 	}
 }
@@ -174,7 +174,7 @@ func (x *index) apply(r queue.Record) (removed *Entry) {
 			// Removed before this index read it (JetStream deletes the
 			// record): still remembered, so that a repeat is answered.
 			if _, kept := x.byID[r.Removal.ID]; r.Removal.ID != "" && !kept {
-				x.forget(r.Removal.ID, Gone{Seq: r.Removal.Seq, Cause: r.Removal.Cause})
+				x.forget(r.Removal.ID, gone{Seq: r.Removal.Seq, Cause: r.Removal.Cause})
 			}
 			return nil
 		}
@@ -202,7 +202,7 @@ func (x *index) apply(r queue.Record) (removed *Entry) {
 
 // forget remembers that id's last dead letter went as g, forgetting the
 // oldest such memory past goneLimit.
-func (x *index) forget(id string, g Gone) {
+func (x *index) forget(id string, g gone) {
 	x.goneN++
 	g.n = x.goneN
 	x.gone[id] = g
@@ -225,7 +225,7 @@ func (x *index) drop(e *Entry, cause string) {
 	switch {
 	case x.dups[e.ID] == 0:
 		delete(x.byID, e.ID)
-		x.forget(e.ID, Gone{Seq: e.Seq, Cause: cause})
+		x.forget(e.ID, gone{Seq: e.Seq, Cause: cause})
 	case x.byID[e.ID] == e.Seq:
 		// The newest of several went: the next older one is found by id
 		// now. Rare (an id dead, replayed and dead again, all kept), so
