@@ -309,6 +309,9 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
 	}
+	if err := checkText(r.Header, h.keepCredentials); err != nil {
+		return writeFieldError(w, http.StatusBadRequest, err)
+	}
 	// A routed dead letter is never routed again: its dead-letter
 	// function cannot loop.
 	deadLetterFunction := p.policy.DeadLetterFunction
