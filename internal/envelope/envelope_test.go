@@ -158,7 +158,7 @@ func FuzzEnvelopeDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded envelope does not decode: %v", err)
 		}
-		if !reflect.DeepEqual(comparable(back), comparable(e)) {
+		if !reflect.DeepEqual(roundTripForm(back), roundTripForm(e)) {
 			t.Fatalf("round trip changed the envelope:\n got %+v\nwant %+v", back, e)
 		}
 		if again, _ := envelope.Encode(back); !bytes.Equal(again, encoded) {
@@ -167,9 +167,9 @@ func FuzzEnvelopeDecode(f *testing.F) {
 	})
 }
 
-// comparable is e as a round trip may give it back with the same meaning:
+// roundTripForm is e as a round trip may give it back with the same meaning:
 // an empty map, slice or body is left out by Encode and reads back as nil.
-func comparable(e *envelope.Envelope) *envelope.Envelope {
+func roundTripForm(e *envelope.Envelope) *envelope.Envelope {
 	c := *e
 	if len(c.Header) == 0 {
 		c.Header = nil
