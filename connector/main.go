@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/openfaas/mailbox/internal/api"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/service"
 )
@@ -48,7 +47,11 @@ func run(ctx context.Context, environ []string, logs io.Writer, ready func(addr 
 	}
 	defer c.Queue.Close()
 
-	return service.Run(ctx, cfg.Listen, api.Ops(c.Queue, c.Registry), c, func(addr string) {
+	ops, err := service.Ops(cfg, c.Queue, c.Registry)
+	if err != nil {
+		return err
+	}
+	return service.Run(ctx, cfg, ops, c, func(addr string) {
 		logger.Info("connector started", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

@@ -77,7 +77,8 @@ type Error struct {
 	// Message is the mailbox's "error" field, or the start of the answer
 	// when it was not the mailbox's JSON (a gateway's 404 or 502, say).
 	Message string
-	// Field is the header the mailbox named, if any (X-Max-Retries, say).
+	// Field is the header the mailbox named, if any (X-Max-Retries, say),
+	// or "path" for the function name in the path.
 	Field string
 	// RetryAfter is the answer's Retry-After in seconds, 0 if none.
 	RetryAfter time.Duration

@@ -150,7 +150,7 @@ func TestRefusalCarriesTheMailboxsMessage(t *testing.T) {
 		{"limit exceeded", "fn", incoming("X-Max-Retries", "20000"), nil, 400, "X-Max-Retries", "above the limit"},
 		{"bad carried delay", "fn", incoming("X-Delay-Duration", "soon"), nil, 400, "X-Delay-Duration", "soon"},
 		{"bad message id", "fn", incoming("X-Mailbox-Message-Id", "a b"), nil, 400, "X-Mailbox-Message-Id", "must be"},
-		{"bad function name", "-fn", incoming(), nil, 400, "", "DNS-1123"},
+		{"bad function name", "-fn", incoming(), nil, 400, "path", "DNS-1123"},
 		{"body too large", "fn", incoming(), make([]byte, 2<<20), 413, "", "larger than the limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -182,7 +182,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		return err
 	}
 
-	return service.Run(ctx, cfg.Listen, h, c, func(addr string) {
+	return service.Run(ctx, cfg, h, c, func(addr string) {
 		logger.Info("mailbox serving", "listen", addr, "gateway_url", cfg.GatewayURL, "backend", cfg.Backend)
 		if ready != nil {
 			ready(addr)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/metricstest"
 )
@@ -161,5 +163,63 @@ func TestTokenNeverStored(t *testing.T) {
 	scheduled, _ := b.queue.stored()
 	if len(scheduled) != 2 || scheduled[0].Header.Get("Authorization") != "" || scheduled[1].Header.Get("Authorization") != "Basic Zm46c2VjcmV0" {
 		t.Fatalf("stored Authorization headers: %q, %q", scheduled[0].Header.Get("Authorization"), scheduled[1].Header.Get("Authorization"))
+	}
+}
+
+// TestMetricsAuth: with MetricsAuth, /metrics and /_metrics answer only a
+// bearer token; a signature (of the empty body, or any other), a session
+// cookie or nothing is a 401. /healthz stays open for probes.
+func TestMetricsAuth(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *Options) {
+		withToken(t, true)(o)
+		o.MetricsAuth = true
+	})
+	token, _ := auth.NewToken(testToken)
+	for _, path := range []string{"/metrics", "/_metrics"} {
+		for _, c := range []struct {
+			name   string
+			header http.Header
+		}{
+			{"none", nil},
+			{"wrong bearer", http.Header{"Authorization": {"Bearer nope"}}},
+			{"signature of the empty body", http.Header{auth.HeaderSignature: {token.Sign(nil)}}},
+			{"session cookie", http.Header{"Cookie": {token.SessionCookie(false).String()}}},
+		} {
+			w := b.do(http.MethodGet, path, nil, c.header)
+			wantError(t, w, http.StatusUnauthorized, "Authorization")
+			if strings.Contains(w.Body.String(), "mailbox_requeue_requests_total") {
+				t.Fatalf("GET %s with %s: the metrics were shown", path, c.name)
+			}
+		}
+		w := b.do(http.MethodGet, path, nil, http.Header{"Authorization": {"Bearer " + testToken}})
+		if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "mailbox_requeue_requests_total") {
+			t.Fatalf("GET %s with the token: %d %q", path, w.Code, w.Body)
+		}
+	}
+	if got := metricstest.Sum(t, b.reg, "mailbox_unauthorized_total", "endpoint", "metrics"); got != 8 {
+		t.Errorf("mailbox_unauthorized_total{endpoint=metrics} = %v, want 8", got)
+	}
+	if w := b.do(http.MethodGet, "/healthz", nil, nil); w.Code != http.StatusOK {
+		t.Fatalf("/healthz without a token: %d, want 200", w.Code)
+	}
+}
+
+// TestMetricsOpenByDefault: with a token but without MetricsAuth, /metrics
+// answers without one, as Prometheus expects.
+func TestMetricsOpenByDefault(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withToken(t, true))
+	if w := b.do(http.MethodGet, "/metrics", nil, nil); w.Code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d, want 200", w.Code)
+	}
+}
+
+func TestMetricsAuthNeedsGuard(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	_, err := New(Options{Queue: &memQueue{}, Registerer: reg, Gatherer: reg, Defaults: testDefaults(), MetricsAuth: true})
+	if err == nil || !strings.Contains(err.Error(), "MetricsAuth") {
+		t.Fatalf("New with MetricsAuth and no Guard: %v, want an error naming MetricsAuth", err)
 	}
 }

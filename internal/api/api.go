@@ -75,6 +75,9 @@ type Options struct {
 	// set with DeadLetters and UI.
 	Guard       *auth.Guard
 	RequeueAuth bool
+	// MetricsAuth makes /metrics and /_metrics ask Guard for the bearer
+	// token. Defaults to false: open, as Prometheus expects.
+	MetricsAuth bool
 	// DeadLetters serves the management API under /deadletters, and UI
 	// the web page under /ui; nil turns them off.
 	DeadLetters *deadletter.Store
@@ -109,6 +112,9 @@ func (o *Options) validate() error {
 	}
 	if (o.DeadLetters != nil || o.UI != nil) && o.Guard == nil {
 		errs = append(errs, errors.New("Guard is required with DeadLetters or UI: they are never served without a token"))
+	}
+	if o.MetricsAuth && o.Guard == nil {
+		errs = append(errs, errors.New("Guard is required with MetricsAuth"))
 	}
 	if o.Registerer == nil {
 		errs = append(errs, errors.New("Registerer is required"))
@@ -161,6 +167,10 @@ func New(o Options) (http.Handler, error) {
 	if o.StatusRetention <= 0 {
 		o.StatusRetention = 24 * time.Hour
 	}
+	var metricsGuard *auth.Guard
+	if o.MetricsAuth {
+		metricsGuard = o.Guard
+	}
 	h := &handler{
 		queue:           o.Queue,
 		defaults:        o.Defaults,
@@ -169,7 +179,7 @@ func New(o Options) (http.Handler, error) {
 		log:             o.Logger,
 		now:             o.Now,
 		metrics:         m,
-		ops:             Ops(o.Queue, o.Gatherer),
+		ops:             Ops(o.Queue, o.Gatherer, metricsGuard),
 		status:          rec,
 		retention:       o.StatusRetention,
 		deadLetterStore: o.DeadLetters,
@@ -219,8 +229,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Ops serves what every mailbox process answers, the connector included:
 // GET /healthz (200 only while the broker is connected) and the Prometheus
-// metrics at /metrics and, as the original mailbox did, /_metrics.
-func Ops(q queue.Queue, g prometheus.Gatherer) http.Handler {
+// metrics at /metrics and, as the original mailbox did, /_metrics. With
+// metricsGuard the metrics need its bearer token (metrics_auth); nil
+// leaves them open, as Prometheus expects.
+func Ops(q queue.Queue, g prometheus.Gatherer, metricsGuard *auth.Guard) http.Handler {
 	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.EscapedPath()
@@ -232,6 +244,9 @@ func Ops(q queue.Queue, g prometheus.Gatherer) http.Handler {
 			return
 		}
 		if path != "/healthz" {
+			if metricsGuard != nil && !metricsGuard.AuthorizeBearer(w, r, auth.Metrics) {
+				return
+			}
 			metrics.ServeHTTP(w, r)
 			return
 		}
@@ -292,6 +307,9 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// up to MaxBodyBytes first.
 	p, err := parseParams(r.Header, h.defaults)
 	if err != nil {
+		return writeFieldError(w, http.StatusBadRequest, err)
+	}
+	if err := checkText(r.Header, h.keepCredentials); err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
 	}
 	// A routed dead letter is never routed again: its dead-letter

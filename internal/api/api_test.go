@@ -336,7 +336,7 @@ func TestPathValidation(t *testing.T) {
 			b := setup(t, nil)
 			w := b.do(http.MethodPost, tt.target, []byte("x"), nil)
 			if tt.want == "" {
-				wantError(t, w, http.StatusBadRequest, "")
+				wantError(t, w, http.StatusBadRequest, "path")
 				wantNothingStored(t, b.queue)
 				return
 			}
@@ -996,5 +996,25 @@ func TestNewRegistrationConflict(t *testing.T) {
 		Name: "mailbox_requeue_requests_total", Help: "x",
 	}, []string{"code"})) {
 		t.Fatal("mailbox_requeue_requests_total is still registered after New failed")
+	}
+}
+
+// TestRequeueRefusesHeaderNotUTF8 (found by FuzzRequeueRequest): HTTP
+// lets a header value carry bytes that are not UTF-8, but the envelope
+// stores headers as JSON text, which would turn them into U+FFFD: the
+// function would get other bytes than were sent. Such a request is
+// refused, naming the header, rather than changed.
+func TestRequeueRefusesHeaderNotUTF8(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"X-Custom", "Content-Type", envelope.HeaderCallbackURL} {
+		b := setup(t, nil)
+		w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{name: {"http://a/\xd7"}})
+		wantError(t, w, http.StatusBadRequest, name)
+		wantNothingStored(t, b.queue)
+	}
+	// Credentials that are not kept are not stored, so not checked.
+	b := setup(t, nil)
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{"Cookie": {"c=\xd7"}, "X-Text": {"ünïcödé ✓"}}); w.Code != http.StatusAccepted {
+		t.Fatalf("status %d, want 202 (body %q)", w.Code, w.Body)
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/config"
@@ -25,7 +28,11 @@ const (
 	maxEchoLen = 64
 )
 
-// fieldError is a client error that names the header it is about.
+// fieldPath is the field of an error about the request's path.
+const fieldPath = "path"
+
+// fieldError is a client error that names the header it is about, or
+// fieldPath.
 type fieldError struct {
 	field string
 	msg   string
@@ -49,18 +56,18 @@ func (e *fieldError) Error() string {
 func messageType(escapedPath string) (string, error) {
 	name, ok := strings.CutPrefix(escapedPath, deadletterPrefix)
 	if !ok {
-		return "", &fieldError{msg: "path must be /deadletter/<function> or /deadletter/<function>.<namespace>"}
+		return "", &fieldError{field: fieldPath, msg: "must be /deadletter/<function> or /deadletter/<function>.<namespace>"}
 	}
 	if name == "" {
-		return "", &fieldError{msg: "missing function name: use /deadletter/<function>"}
+		return "", &fieldError{field: fieldPath, msg: "missing function name: use /deadletter/<function>"}
 	}
 	parts := strings.Split(name, ".")
 	if len(parts) > 2 {
-		return "", &fieldError{msg: fmt.Sprintf("message type %s must be <function> or <function>.<namespace>", echo(name))}
+		return "", &fieldError{field: fieldPath, msg: fmt.Sprintf("message type %s must be <function> or <function>.<namespace>", echo(name))}
 	}
 	for _, p := range parts {
 		if !names.ValidLabel(p) {
-			return "", &fieldError{msg: fmt.Sprintf("message type %s: %s is not a DNS-1123 label (lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit)", echo(name), echo(p))}
+			return "", &fieldError{field: fieldPath, msg: fmt.Sprintf("message type %s: %s is not a DNS-1123 label (lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit)", echo(name), echo(p))}
 		}
 	}
 	return name, nil
@@ -280,6 +287,25 @@ func keptHeaders(h http.Header, keepCredentials bool) http.Header {
 		return nil
 	}
 	return out
+}
+
+// checkText refuses a header value that is not UTF-8. HTTP allows such
+// bytes (obs-text), but the envelope keeps headers, and the callback URL,
+// as JSON text, where they would become U+FFFD: the function would get
+// other bytes than were sent. Credentials that are not kept are not
+// checked.
+func checkText(h http.Header, keepCredentials bool) error {
+	for _, name := range slices.Sorted(maps.Keys(h)) {
+		if !keepCredentials && (name == "Authorization" || name == "Cookie") {
+			continue
+		}
+		for _, v := range h[name] {
+			if !utf8.ValidString(v) {
+				return &fieldError{field: name, msg: "is not valid UTF-8: the mailbox stores headers as text and would change it"}
+			}
+		}
+	}
+	return nil
 }
 
 // echo quotes a caller-supplied value for an error message, shortened.

@@ -23,6 +23,7 @@ const (
 	Requeue    Endpoint = "requeue"    // POST /deadletter/<fn>
 	Management Endpoint = "management" // the management API
 	UI         Endpoint = "ui"         // the web UI
+	Metrics    Endpoint = "metrics"    // /metrics with metrics_auth
 )
 
 // Guard checks requests against a Token, answers those it refuses and
@@ -53,13 +54,13 @@ func NewGuard(token *Token, reg prometheus.Registerer) (*Guard, error) {
 func UnauthorizedCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mailbox_unauthorized_total",
-		Help: "Requests refused for a missing or wrong token, signature or session, by endpoint (requeue, management, ui).",
+		Help: "Requests refused for a missing or wrong token, signature or session, by endpoint (requeue, management, ui, metrics).",
 	}, []string{"endpoint"})
 	c, err := metric.Shared(reg, c)
 	if err != nil {
 		return nil, fmt.Errorf("auth: registering metrics: %w", err)
 	}
-	for _, e := range []Endpoint{Requeue, Management, UI} {
+	for _, e := range []Endpoint{Requeue, Management, UI, Metrics} {
 		c.WithLabelValues(string(e))
 	}
 	return c, nil
@@ -78,12 +79,35 @@ func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, bo
 	return false
 }
 
+// AuthorizeBearer returns true when r carries Authorization: Bearer
+// <token>, the one credential it accepts: what a scraper can send, and no
+// signature or cookie, which are made for other requests. Otherwise it
+// answers with Unauthorized, counting under e, and returns false.
+func (g *Guard) AuthorizeBearer(w http.ResponseWriter, r *http.Request, e Endpoint) bool {
+	if g.bearer(r.Header) {
+		return true
+	}
+	err := errMissingBearer
+	if r.Header.Get("Authorization") != "" {
+		err = ErrBadToken
+	}
+	g.Unauthorized(w, e, err)
+	return false
+}
+
+var errMissingBearer = &Error{"Authorization", "missing token: send Authorization: Bearer <token>"}
+
+// bearer reports whether h carries Authorization: Bearer <token>.
+func (g *Guard) bearer(h http.Header) bool {
+	scheme, cred, _ := strings.Cut(h.Get("Authorization"), " ")
+	return strings.EqualFold(scheme, "Bearer") && g.token.Matches(strings.TrimSpace(cred))
+}
+
 // StripToken removes the Authorization header from h when it carries the
 // token: the mailbox's credential, never to be stored with a message or
 // passed on to a function, even with keep_credentials.
 func (g *Guard) StripToken(h http.Header) {
-	scheme, cred, _ := strings.Cut(h.Get("Authorization"), " ")
-	if strings.EqualFold(scheme, "Bearer") && g.token.Matches(strings.TrimSpace(cred)) {
+	if g.bearer(h) {
 		h.Del("Authorization")
 	}
 }

@@ -129,7 +129,7 @@ func TestGuardSharesTheCounter(t *testing.T) {
 	refuse(b, auth.Management)
 	refuse(b, auth.UI)
 	a.Count(auth.UI) // a refusal the caller answers itself
-	for e, want := range map[auth.Endpoint]float64{auth.Requeue: 0, auth.Management: 2, auth.UI: 2} {
+	for e, want := range map[auth.Endpoint]float64{auth.Requeue: 0, auth.Management: 2, auth.UI: 2, auth.Metrics: 0} {
 		if n := unauthorized(t, reg, e); n != want {
 			t.Errorf("mailbox_unauthorized_total{endpoint=%q} = %v, want %v", e, n, want)
 		}
@@ -140,8 +140,8 @@ func TestGuardSharesTheCounter(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "mailbox_unauthorized_total" && len(mf.GetMetric()) != 3 {
-			t.Errorf("%d series, want 3", len(mf.GetMetric()))
+		if mf.GetName() == "mailbox_unauthorized_total" && len(mf.GetMetric()) != 4 {
+			t.Errorf("%d series, want 4", len(mf.GetMetric()))
 		}
 	}
 }
@@ -224,4 +224,46 @@ func TestReadBody(t *testing.T) {
 			t.Errorf("Check: %v", err)
 		}
 	})
+}
+
+// TestAuthorizeBearer: only Authorization: Bearer <token> passes; a
+// signature (even of the empty body, which is what a GET has) or the
+// session cookie does not.
+func TestAuthorizeBearer(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	g := newGuard(t, reg)
+	session := newToken(t, secret).SessionCookie(false)
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		cookie bool
+		want   bool
+	}{
+		{name: "bearer", header: map[string]string{"Authorization": "Bearer " + secret}, want: true},
+		{name: "bearer, any case", header: map[string]string{"Authorization": "bearer " + secret}, want: true},
+		{name: "wrong bearer", header: map[string]string{"Authorization": "Bearer " + secret + "x"}},
+		{name: "basic", header: map[string]string{"Authorization": "Basic " + secret}},
+		{name: "signature of the empty body", header: map[string]string{auth.HeaderSignature: sign(secret, nil)}},
+		{name: "session cookie", cookie: true},
+		{name: "nothing"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		for k, v := range tc.header {
+			r.Header.Set(k, v)
+		}
+		if tc.cookie {
+			r.AddCookie(session)
+		}
+		w := httptest.NewRecorder()
+		if got := g.AuthorizeBearer(w, r, auth.Metrics); got != tc.want {
+			t.Errorf("%s: AuthorizeBearer = %v, want %v", tc.name, got, tc.want)
+		}
+		if !tc.want && (w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), `"field":"Authorization"`)) {
+			t.Errorf("%s: answered %d %q, want 401 naming Authorization", tc.name, w.Code, w.Body)
+		}
+	}
+	if n := unauthorized(t, reg, auth.Metrics); n != 5 {
+		t.Errorf("mailbox_unauthorized_total{endpoint=metrics} = %v, want 5", n)
+	}
 }

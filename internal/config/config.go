@@ -149,6 +149,15 @@ type Config struct {
 	// Listen is the host:port the standalone server, or the connector's
 	// metrics, listens on. Defaults to 127.0.0.1:8090.
 	Listen string
+	// ReadTimeout bounds reading one request, headers and body, on
+	// Listen; WriteTimeout the time from the end of its headers to the end
+	// of its answer. The names are of-watchdog's, whose values mailbox-fn
+	// shares. Default 10s and 15s.
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	// MetricsAuth makes /metrics need the token as a bearer token; it
+	// needs AuthTokenSecret. Defaults to false, as Prometheus expects.
+	MetricsAuth bool
 	// DataDir is where the standalone binary's embedded NATS server stores
 	// its data. Defaults to ./mailbox-data.
 	DataDir string
@@ -236,6 +245,10 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 				errs = append(errs, fmt.Errorf("config: allow_functions: %q is in namespace %s, which allow_namespaces does not list", fn, ns))
 			}
 		}
+	}
+
+	if !failed["metrics_auth"] && !failed["auth_token_secret"] && c.MetricsAuth && c.AuthTokenSecret == "" {
+		errs = append(errs, errors.New("config: metrics_auth: true needs a token: set auth_token_secret"))
 	}
 
 	if err := errors.Join(errs...); err != nil {

@@ -68,9 +68,14 @@ func builtin() Config {
 		MaxBodyBytes:        1 << 20,
 		KeepCredentials:     false,
 		Listen:              "127.0.0.1:8090",
-		DataDir:             "./mailbox-data",
-		LogLevel:            slog.LevelInfo,
-		LogFormat:           "json",
+		// Every server bounds its clients (internal/httpserver).
+		ReadTimeout:  10 * time.Second,
+		WriteTimeout: 15 * time.Second,
+		// /metrics is open, as Prometheus expects.
+		MetricsAuth: false,
+		DataDir:     "./mailbox-data",
+		LogLevel:    slog.LevelInfo,
+		LogFormat:   "json",
 	}
 }
 
@@ -236,6 +241,9 @@ func TestLoadValid(t *testing.T) {
 		{"auth_token_secret", "Token_2.txt", func(c *Config) { c.AuthTokenSecret = "Token_2.txt" }},
 		{"auth_token_secret", "..token", func(c *Config) { c.AuthTokenSecret = "..token" }},
 		{"requeue_auth", "false", func(c *Config) { c.RequeueAuth = false }},
+		{"read_timeout", "3", func(c *Config) { c.ReadTimeout = 3 * time.Second }},
+		{"read_timeout", "1m30s", func(c *Config) { c.ReadTimeout = 90 * time.Second }},
+		{"write_timeout", "20s", func(c *Config) { c.WriteTimeout = 20 * time.Second }},
 		{"requeue_auth", "1", func(c *Config) { c.RequeueAuth = true }},
 		{"max_inflight", "1", func(c *Config) { c.MaxInflight = 1 }},
 		{"max_inflight", "10000", func(c *Config) { c.MaxInflight = 10000 }},
@@ -326,6 +334,10 @@ func TestLoadInvalid(t *testing.T) {
 		{"replay_rate", "50", `config: replay_rate: "50" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
 		{"replay_rate", "0/s", `config: replay_rate: "0/s" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
 		{"replay_rate", "50/d", `config: replay_rate: "50/d" is not a rate: N/s, N/m or N/h with N an integer of at least 1 (e.g. 10/s, 600/m)`},
+		{"read_timeout", "0", `config: read_timeout: "0" is not greater than zero`},
+		{"read_timeout", "-1s", `config: read_timeout: "-1s" is negative`},
+		{"write_timeout", "10 s", `config: write_timeout: "10 s" is not a duration (e.g. 60 for seconds, or 1m30s)`},
+		{"metrics_auth", "yes", `config: metrics_auth: "yes" is not a boolean (true, false, 1 or 0)`},
 		{"auth_token_secret", "tokens/mailbox", `config: auth_token_secret: "tokens/mailbox" has characters outside [A-Za-z0-9._-]`},
 		{"auth_token_secret", "/var/openfaas/secrets/token", `config: auth_token_secret: "/var/openfaas/secrets/token" has characters outside [A-Za-z0-9._-]`},
 		{"auth_token_secret", `a\b`, `config: auth_token_secret: "a\\b" has characters outside [A-Za-z0-9._-]`},
@@ -512,6 +524,11 @@ func TestLoadTargets(t *testing.T) {
 		{"function outside the listed namespaces", []string{"allow_functions", "fn,other.dev,x.prod", "allow_namespaces", "dev"},
 			`config: allow_functions: "fn" is in namespace openfaas-fn, which allow_namespaces does not list` + "\n" +
 				`config: allow_functions: "x.prod" is in namespace prod, which allow_namespaces does not list`},
+		{"metrics_auth without a token", []string{"metrics_auth", "true"},
+			`config: metrics_auth: true needs a token: set auth_token_secret`},
+		{"metrics_auth with a token", []string{"metrics_auth", "true", "auth_token_secret", "mailbox-token"}, ""},
+		{"no metrics_auth check when auth_token_secret is invalid", []string{"metrics_auth", "true", "auth_token_secret", "a/b"},
+			`config: auth_token_secret: "a/b" has characters outside [A-Za-z0-9._-]`},
 		{"no namespace check when allow_namespaces is invalid", []string{"allow_functions", "fn", "allow_namespaces", "Dev"},
 			`config: allow_namespaces: "Dev" is not a namespace (a DNS-1123 label)`},
 	} {
@@ -742,7 +759,8 @@ func TestSettings(t *testing.T) {
 		"default_backoff", "default_ttl", "dead_letter_function",
 		"allow_functions", "allow_namespaces", "mailbox_function", "retry_codes",
 		"no_such_function_grace", "callback_max_retries", "callback_delay", "function_refresh",
-		"max_body_bytes", "keep_credentials", "listen", "data_dir", "log_level", "log_format",
+		"max_body_bytes", "keep_credentials", "listen", "read_timeout", "write_timeout", "metrics_auth",
+		"data_dir", "log_level", "log_format",
 	}
 	settings := Settings()
 	if len(settings) != len(wantNames) {
@@ -791,6 +809,7 @@ func TestSettings(t *testing.T) {
 		"dead_letter_function": "dlq.openfaas-fn", "retry_codes": "429", "no_such_function_grace": "0",
 		"callback_max_retries": "0", "callback_delay": "5s", "function_refresh": "1m",
 		"max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
+		"read_timeout": "1", "write_timeout": "1", "metrics_auth": "true",
 		"data_dir": "/d", "log_level": "debug", "log_format": "text",
 	}
 	for _, s := range settings {
@@ -799,12 +818,20 @@ func TestSettings(t *testing.T) {
 			t.Errorf("setting %q has no non-default value in this test", s.Name)
 			continue
 		}
-		got, err := Load(env(s.Name, v), nil)
+		// What a setting needs besides itself.
+		needs := map[string][]string{"metrics_auth": {"auth_token_secret", "token"}}
+		got, err := Load(env(append([]string{s.Name, v}, needs[s.Name]...)...), nil)
 		if err != nil {
 			t.Errorf("Load(%s=%s): %v", s.Name, v, err)
 			continue
 		}
-		if equal(got, builtin()) && s.Name != "backend" { // backend has one value today
+		base := builtin()
+		if len(needs[s.Name]) > 0 {
+			if base, err = Load(env(needs[s.Name]...), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if equal(got, base) && s.Name != "backend" { // backend has one value today
 			t.Errorf("Load(%s=%s) did not change the Config", s.Name, v)
 		}
 	}

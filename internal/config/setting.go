@@ -431,6 +431,30 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "read_timeout", Default: "10s",
+			Usage: "longest a client may take to send one request, headers and body, to listen (raise it with max_body_bytes for slow clients); in mailbox-fn, of-watchdog's setting of the same name",
+			apply: func(c *Config, v string) (err error) {
+				c.ReadTimeout, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
+			Name: "write_timeout", Default: "15s",
+			Usage: "longest from the end of a request's headers on listen to the end of its answer: reading the body, storing and answering; in mailbox-fn, of-watchdog's setting of the same name",
+			apply: func(c *Config, v string) (err error) {
+				c.WriteTimeout, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
+			Name: "metrics_auth", Default: "false", isBool: true,
+			Usage: "/metrics and /_metrics need Authorization: Bearer <token> (auth_token_secret, which must then be set, also on the connector); false leaves them open, as Prometheus expects",
+			apply: func(c *Config, v string) (err error) {
+				c.MetricsAuth, err = parseBool(v)
+				return err
+			},
+		},
+		{
 			Name: "data_dir", Default: "./mailbox-data",
 			Usage: "data directory of the standalone binary's embedded NATS server",
 			apply: func(c *Config, v string) (err error) {

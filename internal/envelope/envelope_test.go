@@ -2,6 +2,7 @@ package envelope_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net/http"
 	"reflect"
@@ -96,22 +97,88 @@ func TestDecodeRejectsBadInput(t *testing.T) {
 	}
 }
 
-func FuzzDecode(f *testing.F) {
-	good, _ := envelope.Encode(full())
-	f.Add(good)
-	f.Add([]byte{envelope.Version, 2, '{', '}'})
+// FuzzEnvelopeDecode feeds Decode what a broker might hold: envelopes,
+// truncated or altered ones, and bytes that are none. Decode never
+// panics, and what it decodes survives another round trip unchanged:
+// decode(encode(e)) == e, and encoding it again gives the same bytes.
+func FuzzEnvelopeDecode(f *testing.F) {
+	for _, e := range []*envelope.Envelope{
+		full(),
+		{ID: "x", Function: "f"},
+		{ID: "ünï-cödé", Function: "fn", Header: http.Header{"X-Emoji": {"✓ 🙂"}}, Body: []byte("\x00\xff")},
+		{ID: "big", Function: "fn", Retries: 1<<31 - 1, Policy: envelope.Policy{
+			MaxRetries: new(1<<31 - 1), Delay: new(time.Duration(1<<63 - 1)), TTL: new(time.Duration(1)),
+			CallbackURL: "http://gateway:8080/function/cb?token=%25s3cret", DeadLetterFunction: "dlq.openfaas-fn",
+		}},
+		{ID: "dead", Function: "fn", Kind: envelope.KindDeadLetter, Reason: envelope.ReasonMalformed, Replays: 3,
+			Deaths: []envelope.Death{{Reason: envelope.ReasonExpired, Retries: 2}}},
+		{ID: "zone", Function: "fn", AcceptedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("", -3*3600-30*60))},
+	} {
+		data, err := envelope.Encode(e)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	// Bytes that are no envelope, or a hand-made one.
+	for _, raw := range []string{"", "\x01", "\x02{}", "\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01{}"} {
+		f.Add([]byte(raw))
+	}
+	for _, meta := range []string{
+		`{}`,
+		`{"retries":1e400}`,
+		`{"retries":-1,"holds":99999999999999999999}`,
+		`{"header":{}}`,
+		`{"header":{"a":null,"b":[],"C":["\u0000"]}}`,
+		"{\"id\":\"\xd7\",\"function\":\"\\ud800\"}",
+		`{"due_at":"10000-01-01T00:00:00Z"}`,
+		`{"accepted_at":"2026-01-01T00:00:00+23:59"}`,
+		`{"delay":-1,"ttl":0,"max_delay":9223372036854775807}`,
+		`{"deaths":[],"replays":1}`,
+		`{"id":"a","id":"b"}`,
+		`[]`,
+		`null`,
+	} {
+		data := binary.AppendUvarint([]byte{envelope.Version}, uint64(len(meta)))
+		f.Add(append(append(data, meta...), "body"...))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := envelope.Decode(data)
 		if err != nil {
+			if !errors.Is(err, envelope.ErrFormat) {
+				t.Fatalf("Decode error %v is not ErrFormat", err)
+			}
 			return
 		}
-		// Whatever decodes must encode and decode to the same envelope.
-		again, err := envelope.Encode(e)
+		encoded, err := envelope.Encode(e)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("what decodes does not encode: %v", err)
 		}
-		if _, err := envelope.Decode(again); err != nil {
+		back, err := envelope.Decode(encoded)
+		if err != nil {
 			t.Fatalf("re-encoded envelope does not decode: %v", err)
 		}
+		if !reflect.DeepEqual(roundTripForm(back), roundTripForm(e)) {
+			t.Fatalf("round trip changed the envelope:\n got %+v\nwant %+v", back, e)
+		}
+		if again, _ := envelope.Encode(back); !bytes.Equal(again, encoded) {
+			t.Fatalf("encoding is not stable:\n%q\n%q", again, encoded)
+		}
 	})
+}
+
+// roundTripForm is e as a round trip may give it back with the same meaning:
+// an empty map, slice or body is left out by Encode and reads back as nil.
+func roundTripForm(e *envelope.Envelope) *envelope.Envelope {
+	c := *e
+	if len(c.Header) == 0 {
+		c.Header = nil
+	}
+	if len(c.Body) == 0 {
+		c.Body = nil
+	}
+	if len(c.Deaths) == 0 {
+		c.Deaths = nil
+	}
+	return &c
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/dispatch"
+	"github.com/openfaas/mailbox/internal/httpserver"
 	"github.com/openfaas/mailbox/internal/invoke"
 	"github.com/openfaas/mailbox/internal/limit"
 	"github.com/openfaas/mailbox/internal/queue"
@@ -138,12 +139,39 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		if err != nil {
 			return nil, err
 		}
-		o.Guard, o.RequeueAuth, o.DeadLetters = guard, cfg.RequeueAuth, store
+		o.Guard, o.RequeueAuth, o.MetricsAuth, o.DeadLetters = guard, cfg.RequeueAuth, cfg.MetricsAuth, store
 		if o.UI, err = ui.New(ui.Options{Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger}); err != nil {
 			return nil, err
 		}
 	}
 	return api.New(o)
+}
+
+// Ops returns what the connector serves, /healthz and /metrics; with
+// metrics_auth, /metrics needs the token.
+func Ops(cfg config.Config, q queue.Queue, reg *prometheus.Registry) (http.Handler, error) {
+	if !cfg.MetricsAuth {
+		return api.Ops(q, reg, nil), nil
+	}
+	token, err := auth.Load(cfg.SecretMountPath, cfg.AuthTokenSecret)
+	if err != nil {
+		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
+	}
+	if token == nil {
+		// config.Load refuses this; a Config built otherwise must not
+		// serve the metrics open when asked not to.
+		return nil, errors.New("config: metrics_auth: true needs a token: set auth_token_secret")
+	}
+	guard, err := auth.NewGuard(token, reg)
+	if err != nil {
+		return nil, err
+	}
+	return api.Ops(q, reg, guard), nil
+}
+
+// HTTP is the bounds of the server on listen (see httpserver).
+func HTTP(cfg config.Config) httpserver.Options {
+	return httpserver.Options{ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout}
 }
 
 // Management reports whether cfg turns the management API and the web
@@ -267,15 +295,15 @@ func Credentials(cfg config.Config) (*provider.BasicAuthCredentials, error) {
 	return creds, nil
 }
 
-// Serve serves h on addr until ctx ends, then stops accepting requests and
-// waits up to grace for those in flight. ready, if not nil, receives the
-// bound address once the listener is open.
-func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration, ready func(addr string)) error {
+// Serve serves h on addr, bounded by o, until ctx ends, then stops
+// accepting requests and waits up to grace for those in flight. ready, if
+// not nil, receives the bound address once the listener is open.
+func Serve(ctx context.Context, addr string, h http.Handler, o httpserver.Options, grace time.Duration, ready func(addr string)) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := httpserver.New(h, o)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -294,14 +322,14 @@ func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration
 	return nil
 }
 
-// Run serves h on listen, delivers messages with c's dispatcher and keeps
-// c's dead letters until ctx ends or one fails: the first to fail stops
-// the others. On shutdown the server
-// stops accepting first, then deliveries in flight finish. ready, if not
-// nil, gets the bound address.
-func Run(ctx context.Context, listen string, h http.Handler, c *Connector, ready func(addr string)) error {
+// Run serves h on cfg.Listen, bounded by HTTP(cfg), delivers messages
+// with c's dispatcher and keeps c's dead letters until ctx ends or one
+// fails: the first to fail stops the others. On shutdown the server stops
+// accepting first, then deliveries in flight finish. ready, if not nil,
+// gets the bound address.
+func Run(ctx context.Context, cfg config.Config, h http.Handler, c *Connector, ready func(addr string)) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return Serve(ctx, listen, h, 10*time.Second, ready) })
+	g.Go(func() error { return Serve(ctx, cfg.Listen, h, HTTP(cfg), 10*time.Second, ready) })
 	g.Go(func() error { return c.Dispatcher.Run(ctx) })
 	g.Go(func() error { return c.DeadLetters.Run(ctx) })
 	return g.Wait()

@@ -66,18 +66,36 @@ type config struct {
 	// healthcheck_interval, which defaults to write_timeout as in
 	// of-watchdog.
 	grace time.Duration
-	// drain bounds the wait for requests in flight after that:
-	// write_timeout, 10s by default as in of-watchdog.
+	// drain bounds the wait for requests in flight after that, and each
+	// answer (the server's write timeout): write_timeout, 10s by default
+	// as in of-watchdog.
 	drain time.Duration
+	// read bounds reading each request, body included: read_timeout, 10s
+	// by default as in of-watchdog.
+	read time.Duration
 }
 
 const (
 	defaultUpstreamURL  = "http://127.0.0.1:8082"
 	defaultWriteTimeout = 10 * time.Second
+	defaultReadTimeout  = 10 * time.Second
 )
 
-// loadConfig reads upstream_url, write_timeout and healthcheck_interval.
-// A value that is set but bad is an error naming it, not a default.
+// The server's other bounds, as the mailbox's own servers set them
+// (internal/httpserver of the mailbox module, of which this module has
+// its own copy).
+const (
+	idleTimeout       = 90 * time.Second
+	readHeaderTimeout = 10 * time.Second
+	// maxHeaderBytes: larger headers are answered 431.
+	maxHeaderBytes = 64 << 10
+)
+
+// loadConfig reads upstream_url, read_timeout, write_timeout and
+// healthcheck_interval. A value that is set but bad is an error naming
+// it, not a default. A zero read or write timeout is refused: of-watchdog
+// reads it as no limit, which lets a client that sends or reads one byte
+// at a time hold a connection for ever.
 func loadConfig(environ []string) (config, error) {
 	env := map[string]string{}
 	for _, kv := range environ {
@@ -86,7 +104,7 @@ func loadConfig(environ []string) (config, error) {
 		}
 	}
 	var errs []error
-	c := config{drain: defaultWriteTimeout}
+	c := config{drain: defaultWriteTimeout, read: defaultReadTimeout}
 
 	upstream := env["upstream_url"]
 	if upstream == "" {
@@ -102,10 +120,23 @@ func loadConfig(environ []string) (config, error) {
 		c.listen = u.Host
 	}
 
-	if v := env["write_timeout"]; v != "" {
-		if c.drain, err = parseDuration(v); err != nil {
-			errs = append(errs, fmt.Errorf("write_timeout: %w", err))
+	for _, t := range []struct {
+		name string
+		to   *time.Duration
+	}{{"write_timeout", &c.drain}, {"read_timeout", &c.read}} {
+		v := env[t.name]
+		if v == "" {
+			continue
 		}
+		d, err := parseDuration(v)
+		if err == nil && d == 0 {
+			err = fmt.Errorf("%q is not above zero", v)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.name, err))
+			continue
+		}
+		*t.to = d
 	}
 	c.grace = c.drain
 	if v := env["healthcheck_interval"]; v != "" {
@@ -141,7 +172,23 @@ func serve(ctx context.Context, cfg config, h http.Handler, logs io.Writer, read
 	if err != nil {
 		return fmt.Errorf("upstream_url: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// Bounded as of-watchdog bounds its own server: read_timeout for the
+	// request, write_timeout (the drain) for the answer; never unbounded.
+	read, write := cfg.read, cfg.drain
+	if read <= 0 {
+		read = defaultReadTimeout
+	}
+	if write <= 0 {
+		write = defaultWriteTimeout
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadTimeout:       read,
+		WriteTimeout:      write,
+		IdleTimeout:       idleTimeout,
+		ReadHeaderTimeout: min(readHeaderTimeout, read),
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(logs, "handler: serving on %s\n", ln.Addr())

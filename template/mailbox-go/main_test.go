@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,13 +16,13 @@ func TestLoadConfig(t *testing.T) {
 		env  []string
 		want config
 	}{
-		{nil, config{listen: "127.0.0.1:8082", grace: 10 * time.Second, drain: 10 * time.Second}},
+		{nil, config{listen: "127.0.0.1:8082", grace: 10 * time.Second, drain: 10 * time.Second, read: 10 * time.Second}},
 		{[]string{"upstream_url=http://127.0.0.1:9000/", "write_timeout=30s"},
-			config{listen: "127.0.0.1:9000", grace: 30 * time.Second, drain: 30 * time.Second}},
-		{[]string{"write_timeout=15", "healthcheck_interval=2s"},
-			config{listen: "127.0.0.1:8082", grace: 2 * time.Second, drain: 15 * time.Second}},
-		{[]string{"upstream_url=", "write_timeout="},
-			config{listen: "127.0.0.1:8082", grace: 10 * time.Second, drain: 10 * time.Second}},
+			config{listen: "127.0.0.1:9000", grace: 30 * time.Second, drain: 30 * time.Second, read: 10 * time.Second}},
+		{[]string{"write_timeout=15", "healthcheck_interval=2s", "read_timeout=5"},
+			config{listen: "127.0.0.1:8082", grace: 2 * time.Second, drain: 15 * time.Second, read: 5 * time.Second}},
+		{[]string{"upstream_url=", "write_timeout=", "read_timeout="},
+			config{listen: "127.0.0.1:8082", grace: 10 * time.Second, drain: 10 * time.Second, read: 10 * time.Second}},
 	} {
 		got, err := loadConfig(tc.env)
 		if err != nil || got != tc.want {
@@ -40,6 +41,9 @@ func TestLoadConfigRejectsBadValues(t *testing.T) {
 		"write_timeout=soon":                   "write_timeout",
 		"write_timeout=-1":                     "write_timeout",
 		"healthcheck_interval=-1s":             "healthcheck_interval",
+		"read_timeout=soon":                    "read_timeout",
+		"read_timeout=0":                       "read_timeout",
+		"write_timeout=0":                      "write_timeout",
 	} {
 		if _, err := loadConfig([]string{env}); err == nil || !strings.Contains(err.Error(), setting) {
 			t.Errorf("loadConfig(%q) = %v, want an error naming %s", env, err, setting)
@@ -160,4 +164,90 @@ func get(t *testing.T, url string) int {
 	}
 	res.Body.Close()
 	return res.StatusCode
+}
+
+// serveForTest serves h with cfg until the test ends and returns the
+// address.
+func serveForTest(t *testing.T, cfg config, h http.Handler) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg.listen = "127.0.0.1:0"
+	go func() { done <- serve(ctx, cfg, h, io.Discard, func(a string) { addrc <- a }) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return <-addrc
+}
+
+// TestServeCutsOffSlowBody: a client sending its body one byte at a time
+// loses the connection after read_timeout, instead of holding it and the
+// handler's goroutine.
+func TestServeCutsOffSlowBody(t *testing.T) {
+	t.Parallel()
+	readErr := make(chan error, 1)
+	addr := serveForTest(t, config{read: 200 * time.Millisecond, drain: 5 * time.Second}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		readErr <- err
+	}))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A million bytes at one per 20 ms would take five and a half hours.
+	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 1000000\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if _, err := conn.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		_, _ = io.Copy(io.Discard, conn)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server still held the dribbling connection after 10s")
+	}
+	if err := <-readErr; err == nil {
+		t.Fatal("the handler read the whole body, want a read error")
+	}
+}
+
+// TestServeRefusesLargeHeaders: headers over the limit are answered 431.
+func TestServeRefusesLargeHeaders(t *testing.T) {
+	t.Parallel()
+	addr := serveForTest(t, config{read: 5 * time.Second, drain: 5 * time.Second}, http.NotFoundHandler())
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Over 64 KiB and the 4 KiB net/http adds, under its 1 MiB default.
+	req.Header.Set("X-Big", strings.Repeat("a", 72<<10))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", res.StatusCode)
+	}
 }

@@ -7,13 +7,14 @@ package consume
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -182,38 +183,50 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 // as a dead letter with reason malformed and acknowledged, never dropped;
 // ok is false then.
 func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
-	e, err := envelope.Decode(m.Data())
-	if err == nil {
+	e, decodeErr := envelope.Decode(m.Data())
+	if decodeErr == nil {
 		return e, true
 	}
 	now := time.Now().UTC()
 	dead := &envelope.Envelope{
-		ID:         nuid.Next(),
+		ID:         MalformedID(m.Data()),
 		Body:       m.Data(),
 		AcceptedAt: now,
-		LastError:  err.Error(),
+		LastError:  decodeErr.Error(),
 		Reason:     envelope.ReasonMalformed,
 		DeadAt:     now,
 	}
-	err = d.DeadLetter(d.Pool.ctx, dead)
+	err := d.DeadLetter(d.Pool.ctx, dead)
 	// Wrapped in an envelope, bytes near the size limit no longer fit: keep
 	// what fits rather than never acknowledging them.
 	for errors.Is(err, queue.ErrTooLarge) && len(dead.Body) > 0 {
 		dead.Body = dead.Body[:len(dead.Body)/2]
-		dead.LastError = fmt.Sprintf("%s (body cut to its first %d bytes to fit)", err, len(dead.Body))
+		dead.LastError = fmt.Sprintf("%s (body cut to its first %d bytes to fit)", decodeErr, len(dead.Body))
 		err = d.DeadLetter(d.Pool.ctx, dead)
 	}
 	if err != nil {
-		d.Log.Warn("cannot store malformed message as a dead letter", "error", err)
+		d.Log.Warn("cannot store malformed message as a dead letter", "dead_letter_id", dead.ID, "decode_error", decodeErr, "error", err)
 		m.Release()
 		return nil, false
 	}
 	if d.DeadLetters != nil {
 		d.DeadLetters.WithLabelValues("", envelope.ReasonMalformed).Inc()
 	}
-	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", err)
+	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", decodeErr)
 	Ack(d.Log, m, dead.ID)
 	return nil, false
+}
+
+// MalformedID is the id of the dead letter that bytes which are not an
+// envelope become: "malformed-" and the first 128 bits of their SHA-256,
+// in hex. It is the same each time the broker delivers the bytes again
+// (after a lost acknowledgement, or a crash between storing the dead
+// letter and acknowledging), so a backend that de-duplicates on the id
+// (JetStream) stores one dead letter and every index shows one. Identical
+// garbage published twice is one dead letter too: its bytes are kept.
+func MalformedID(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "malformed-" + hex.EncodeToString(sum[:16])
 }
 
 // Ack acknowledges m, logging a failure: the message will be delivered

@@ -99,6 +99,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"BoundedBacklog", testBoundedBacklog},
 		{"Deduplicates", testDeduplicates},
 		{"Malformed", testMalformed},
+		{"MalformedRedelivered", testMalformedRedelivered},
 		{"StatusRecordAndRead", testStatusRecordAndRead},
 		{"StatusLatestWins", testStatusLatestWins},
 		{"StatusRetention", testStatusRetention},
@@ -736,6 +737,41 @@ func testMalformed(t *testing.T, s Server) {
 	poll.Until(t, 5*time.Second, "mailbox_dead_letters_total{reason=malformed} = 1", func() bool {
 		return testutil.ToFloat64(c.WithLabelValues("", envelope.ReasonMalformed)) == 1
 	})
+}
+
+// testMalformedRedelivered: the same bytes delivered twice, as after a
+// lost acknowledgement, make dead letters with one id: one dead letter
+// where the backend de-duplicates on it.
+func testMalformedRedelivered(t *testing.T, s Server) {
+	reg := prometheus.NewRegistry()
+	o := defaults
+	o.Registerer = reg
+	q := open(t, s, o)
+	consume(t, q, func(context.Context, *envelope.Envelope) error { return nil })
+	c, err := queue.DeadLetterCounter(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := []byte("not an envelope, twice")
+	s.PublishRaw(t, garbage)
+	s.PublishRaw(t, garbage)
+	// Counted once each is stored (or found a duplicate).
+	poll.Until(t, 15*time.Second, "both copies handled", func() bool {
+		return testutil.ToFloat64(c.WithLabelValues("", envelope.ReasonMalformed)) == 2
+	})
+	dead := s.DeadLetters(t)
+	want := 2
+	if s.Deduplicates() {
+		want = 1
+	}
+	if len(dead) != want {
+		t.Fatalf("%d dead letters, want %d", len(dead), want)
+	}
+	for _, d := range dead {
+		if d.ID != dead[0].ID || d.Reason != envelope.ReasonMalformed || !bytes.Equal(d.Body, garbage) {
+			t.Fatalf("dead letters %+v, want the garbage with one id", dead)
+		}
+	}
 }
 
 // step is a status of message id, of the life accepted at accepted, after
