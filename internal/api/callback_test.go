@@ -1,0 +1,85 @@
+package api
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/openfaas/mailbox/internal/callback"
+	"github.com/openfaas/mailbox/internal/envelope"
+)
+
+// testGateway is the gateway_url of the API tests' callback policy.
+const testGateway = "http://gateway.test:8080"
+
+// testCallbacks allows the gateway and the hosts the tests name.
+func testCallbacks(t testing.TB) *callback.Policy {
+	t.Helper()
+	p, err := callback.New(callback.Options{
+		GatewayURL: testGateway,
+		AllowHosts: []string{"cb", "cb.example.com", "cb.example.com:8443"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestRequeueRefusesCallbacksInside: X-Callback-Url may name the gateway's
+// functions and callback_allow_hosts only; anything else, a live port on
+// loopback and the cloud metadata address first, is a 400 naming the
+// header, and nothing is stored.
+func TestRequeueRefusesCallbacksInside(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	live := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { calls.Add(1) }))
+	defer live.Close()
+	_, port, _ := net.SplitHostPort(live.Listener.Addr().String())
+	for _, u := range []string{
+		"http://127.0.0.1:" + port + "/",
+		"http://localhost:" + port + "/",
+		"http://[::1]:" + port + "/",
+		"http://169.254.169.254/latest/meta-data/",
+		"http://[fd00:ec2::254]/",
+		"http://10.0.0.1/",
+		"http://kubernetes.default.svc/",
+		testGateway + "/system/functions",
+		testGateway + "/function/../system/functions",
+		"http://gateway.test:8081/function/done",
+	} {
+		t.Run(u, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderCallbackURL: {u}})
+			if w.Code != http.StatusBadRequest {
+				t.Fatalf("status = %d, want 400 (body %q)", w.Code, w.Body)
+			}
+			if got := decodeJSON(t, w)["field"]; got != envelope.HeaderCallbackURL {
+				t.Errorf("field = %v, want %s", got, envelope.HeaderCallbackURL)
+			}
+			if s, d := b.queue.stored(); len(s)+len(d) != 0 {
+				t.Errorf("stored %d messages and %d dead letters, want none", len(s), len(d))
+			}
+		})
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("the live listener got %d requests", n)
+	}
+}
+
+// TestRequeueCallbackToTheGateway: a callback to a function through the
+// gateway needs no setting.
+func TestRequeueCallbackToTheGateway(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	u := testGateway + "/function/done?token=1"
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderCallbackURL: {u}})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+	}
+	if s, _ := b.queue.stored(); len(s) != 1 || s[0].CallbackURL != u {
+		t.Fatalf("stored %+v, want the message with its callback URL whole", s)
+	}
+}
