@@ -244,9 +244,22 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		}
 		return err
 	}
+	targets, err := Targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	callbacks, err := Callbacks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	invoker := invoke.New(cfg.GatewayURL, invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight), UserAgent).
+		WithCallbackClient(callbacks.Client(cfg.UpstreamTimeout, cfg.CallbackMaxInflight))
 	return dispatch.New(dispatch.Options{
 		Queue:             q,
-		Invoker:           invoke.New(cfg.GatewayURL, invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight), UserAgent),
+		Invoker:           invoker,
+		Targets:           targets,
+		Callbacks:         callbacks,
+		CallbackSlots:     cfg.CallbackMaxInflight,
 		Functions:         functions,
 		Limiter:           limiter,
 		Defaults:          Defaults(cfg),
