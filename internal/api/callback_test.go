@@ -1,14 +1,17 @@
 package api
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // testGateway is the gateway_url of the API tests' callback policy.
@@ -81,5 +84,38 @@ func TestRequeueCallbackToTheGateway(t *testing.T) {
 	}
 	if s, _ := b.queue.stored(); len(s) != 1 || s[0].CallbackURL != u {
 		t.Fatalf("stored %+v, want the message with its callback URL whole", s)
+	}
+}
+
+// TestCallbackStatusIsNoOracle: GET /messages/<id>-cb says where the
+// callback is, never what its endpoint answered: the status code and the
+// reason would tell whether a port answered.
+func TestCallbackStatusIsNoOracle(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	at := testNow.Add(-time.Minute)
+	for _, s := range []status.Status{
+		{ID: "m1-cb", Function: "fn", Kind: envelope.KindCallback, State: status.DeadLettered, Reason: envelope.ReasonRejected, LastStatus: 404, Retries: 0},
+		{ID: "m2-cb", Function: "fn", Kind: envelope.KindCallback, State: status.Delivered, LastStatus: 204},
+	} {
+		s.AcceptedAt, s.UpdatedAt = at, at
+		if err := b.queue.RecordStatus(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, state := range map[string]string{"m1-cb": status.DeadLettered, "m2-cb": status.Delivered} {
+		w := b.do(http.MethodGet, "/messages/"+id, nil, nil)
+		if w.Code != http.StatusOK {
+			t.Fatalf("GET %s answered %d %s", id, w.Code, w.Body)
+		}
+		m := decodeJSON(t, w)
+		if m["status"] != state || m["kind"] != envelope.KindCallback {
+			t.Errorf("%s: %s, want %s", id, w.Body, state)
+		}
+		for _, k := range []string{"last_status", "reason"} {
+			if v, ok := m[k]; ok {
+				t.Errorf("%s shows %s = %v: %s", id, k, v, w.Body)
+			}
+		}
 	}
 }

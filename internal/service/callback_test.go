@@ -147,3 +147,32 @@ func TestSlowCallbackDoesNotDelayDeliveries(t *testing.T) {
 		poll.Until(t, 8*time.Second, "deliveries while a callback hangs", func() bool { return plain.Len() == 5 })
 	})
 }
+
+// TestCallbackQueryRedactedWhereShown: a callback URL's query may hold a
+// secret. The dead letter's detail shows it redacted; the callback itself
+// still gets the URL whole.
+func TestCallbackQueryRedactedWhereShown(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		var query atomic.Value
+		b.gw.Deploy("done", http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { query.Store(r.URL.RawQuery) }), nil)
+		u := b.gw.URL() + "/function/done?token=s3cret"
+		code, a, _ := b.requeue(t, "fn", []byte("x"), "X-Mailbox-Message-Id", "redact-1", "X-Retries", "3", "X-Max-Retries", "2",
+			"X-Callback-Url", u)
+		if code != http.StatusOK || a.Status != "dead-lettered" {
+			t.Fatalf("requeue answered %d %+v, want 200 dead-lettered", code, a)
+		}
+		b.startConnector(t)
+		poll.Until(t, 15*time.Second, "the callback called", func() bool { return query.Load() != nil })
+		if q := query.Load(); q != "token=s3cret" {
+			t.Errorf("the callback got query %q, want the URL whole", q)
+		}
+		var detail map[string]any
+		if code := b.call(t, http.MethodGet, "/deadletters/redact-1", &detail); code != http.StatusOK {
+			t.Fatalf("GET /deadletters/redact-1 answered %d %+v", code, detail)
+		}
+		policy, _ := detail["policy"].(map[string]any)
+		if got, want := policy["callback_url"], b.gw.URL()+"/function/done?REDACTED"; got != want {
+			t.Errorf("callback_url shown as %v, want %s", got, want)
+		}
+	})
+}
