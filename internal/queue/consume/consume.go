@@ -167,6 +167,9 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 			return
 		}
 		defer release()
+	} else if d.stopping() {
+		m.Release()
+		return
 	}
 	ctx, cancel := context.WithTimeout(d.Pool.ctx, d.HandlerTimeout)
 	defer cancel()
@@ -176,6 +179,15 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 		return
 	}
 	Ack(d.Log, m, e.ID)
+}
+
+func (d *Deliverer) stopping() bool {
+	select {
+	case <-d.Pool.stopping:
+		return true
+	default:
+		return false
+	}
 }
 
 // slot takes a delivery slot, waiting until startBy at most; ok is false
