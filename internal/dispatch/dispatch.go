@@ -356,15 +356,19 @@ func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery
 	fn := d.m.function.Label(e.Function)
 	if e.Kind == envelope.KindCallback {
 		// A callback is not a delivery to the function it reports on.
-		d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
 		if dec.Action == delivery.DeadLetter {
 			d.m.deadLetters.WithLabelValues(fn, dec.Next.Reason).Inc()
 		}
-		if dec.Action == delivery.DeadLetter && dec.Next.Reason == envelope.ReasonRefused {
+		switch {
+		case dec.Action == delivery.DeadLetter && dec.Next.Reason == envelope.ReasonRefused:
 			log.Warn("callback refused: kept as a dead letter, not called", "url", callback.Redact(e.CallbackURL), "error", dec.Next.LastError)
-			return nil
+		case dec.Action == delivery.Retry && dec.Next.Retries == e.Retries:
+			log.Debug("callback held back: no callback slot free", "due_at", dec.Next.DueAt)
+		default:
+			// Only calls made are counted.
+			d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
+			log.Debug("callback", "url", callback.Redact(e.CallbackURL), "action", dec.Action.String())
 		}
-		log.Debug("callback", "url", callback.Redact(e.CallbackURL), "action", dec.Action.String())
 		return nil
 	}
 	switch {
