@@ -32,7 +32,7 @@ var alwaysRefused = []rangeOf{
 		"fd00:ec2::254/128",  // AWS over IPv6
 		"fd00:ec2::23/128",   // AWS EKS pod identity over IPv6
 	)},
-	{"an unspecified address", prefixes("0.0.0.0/8", "::/128")},
+	{"an unspecified or this-network address", prefixes("0.0.0.0/8", "::/128")},
 	{"a multicast or broadcast address", prefixes("224.0.0.0/4", "255.255.255.255/32", "ff00::/8")},
 }
 

@@ -142,7 +142,11 @@ func FuzzDialContext(f *testing.F) {
 		named := (h == "gateway.openfaas" && ps == "8080") || (h == "hooks.example.com" && (ps == "80" || ps == "443")) ||
 			(h == "10.0.0.7" && ps == "9000")
 		wild := !named && strings.HasSuffix(h, ".partner.example") && (ps == "80" || ps == "443")
-		never := target.IsUnspecified() || target.IsMulticast() || target.String() == "169.254.169.254" || target.String() == "fd00:ec2::254"
+		// 0.0.0.0/8 is "this network", which netip does not call
+		// unspecified but the kernel may route to this host.
+		thisNetwork := target.Is4() && target.As4()[0] == 0
+		never := target.IsUnspecified() || thisNetwork || target.IsMulticast() || target == netip.MustParseAddr("255.255.255.255") ||
+			target.String() == "169.254.169.254" || target.String() == "fd00:ec2::254"
 		inside := target.IsLoopback() || target.IsPrivate() || target.IsLinkLocalUnicast() || target.IsLinkLocalMulticast()
 		switch {
 		case !named && !wild, never, wild && inside:
