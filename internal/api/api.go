@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -70,6 +71,9 @@ type Options struct {
 	// nil allows every function.
 	Targets *auth.Targets
 
+	// Callbacks is where X-Callback-Url may point. Required.
+	Callbacks *callback.Policy
+
 	// Guard, when set, asks for the token on the management API, on
 	// GET /messages/<id> and, with RequeueAuth, on requeues. It must be
 	// set with DeadLetters and UI.
@@ -110,6 +114,9 @@ func (o *Options) validate() error {
 	if o.MaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxBodyBytes is %d, must be >= 0", o.MaxBodyBytes))
 	}
+	if o.Callbacks == nil {
+		errs = append(errs, errors.New("Callbacks is required"))
+	}
 	if (o.DeadLetters != nil || o.UI != nil) && o.Guard == nil {
 		errs = append(errs, errors.New("Guard is required with DeadLetters or UI: they are never served without a token"))
 	}
@@ -142,6 +149,7 @@ type handler struct {
 	deadLetterStore *deadletter.Store
 	ui              http.Handler
 	targets         *auth.Targets
+	callbacks       *callback.Policy
 	guard           *auth.Guard
 	requeueAuth     bool
 }
@@ -185,6 +193,7 @@ func New(o Options) (http.Handler, error) {
 		deadLetterStore: o.DeadLetters,
 		ui:              o.UI,
 		targets:         o.Targets,
+		callbacks:       o.Callbacks,
 		guard:           o.Guard,
 		requeueAuth:     o.RequeueAuth,
 	}
@@ -305,7 +314,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	}
 	// Headers before the body: a bad request is refused without reading
 	// up to MaxBodyBytes first.
-	p, err := parseParams(r.Header, h.defaults)
+	p, err := parseParams(r.Header, h.defaults, h.callbacks)
 	if err != nil {
 		return writeFieldError(w, http.StatusBadRequest, err)
 	}

@@ -210,6 +210,7 @@ func setup(t *testing.T, adjust func(*Options)) *bundle {
 	o := Options{
 		Queue:        b.queue,
 		Defaults:     testDefaults(),
+		Callbacks:    testCallbacks(t),
 		MaxBodyBytes: 1 << 16,
 		Registerer:   b.reg,
 		Gatherer:     b.reg,
@@ -944,6 +945,7 @@ func TestNewInvalidOptions(t *testing.T) {
 		{"nil registerer", func(o *Options) { o.Registerer = nil }, "Registerer"},
 		{"nil gatherer", func(o *Options) { o.Gatherer = nil }, "Gatherer"},
 		{"page without a guard", func(o *Options) { o.UI = http.NotFoundHandler() }, "Guard is required"},
+		{"no callback policy", func(o *Options) { o.Callbacks = nil }, "Callbacks is required"},
 	}
 	// valid returns working options on a fresh registry, so that only the
 	// option under test is wrong.
@@ -952,6 +954,7 @@ func TestNewInvalidOptions(t *testing.T) {
 		return Options{
 			Queue:      &memQueue{},
 			Defaults:   testDefaults(),
+			Callbacks:  testCallbacks(t),
 			Registerer: reg,
 			Gatherer:   reg,
 		}
@@ -981,6 +984,7 @@ func TestNewRegistrationConflict(t *testing.T) {
 	reg.MustRegister(prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mailbox_requeue_body_bytes", Help: "taken"}))
 	_, err := New(Options{
 		Queue:      &memQueue{},
+		Callbacks:  testCallbacks(t),
 		Registerer: reg,
 		Gatherer:   reg,
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/names"
@@ -164,8 +165,11 @@ func (h *handler) showDeadLetter(ctx context.Context, w http.ResponseWriter, id 
 	if err != nil {
 		return h.managementError(w, err)
 	}
+	policy := e.Policy
+	// Its query may hold a secret; the stored message keeps it whole.
+	policy.CallbackURL = callback.Redact(policy.CallbackURL)
 	out := DeadLetterDetail{
-		Entry: entry, Header: e.Header, Policy: e.Policy, DueAt: e.DueAt,
+		Entry: entry, Header: e.Header, Policy: policy, DueAt: e.DueAt,
 		FirstAttemptAt: e.FirstAttemptAt, LastAttemptAt: e.LastAttemptAt,
 		LastError: e.LastError, LastResponse: e.LastResponse, Deaths: e.Deaths,
 	}

@@ -123,7 +123,9 @@ func FuzzRequeueRequest(f *testing.F) {
 
 	q := &memQueue{maxPayload: 1 << 20, connected: true}
 	reg := prometheus.NewRegistry()
+	callbacks := testCallbacks(f)
 	h, err := New(Options{
+		Callbacks:    callbacks,
 		Queue:        q,
 		Defaults:     testDefaults(),
 		MaxBodyBytes: 1 << 16,
@@ -152,7 +154,7 @@ func FuzzRequeueRequest(f *testing.F) {
 		if pathErr != nil {
 			mustNameField(t, pathErr)
 		}
-		_, paramErr := parseParams(header, testDefaults())
+		_, paramErr := parseParams(header, testDefaults(), callbacks)
 		if paramErr != nil {
 			mustNameField(t, paramErr)
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -88,7 +88,7 @@ type requeueParams struct {
 
 // parseParams reads the control headers of h. An absent header is unset;
 // a present but bad one is an error naming it, never a silent fallback.
-func parseParams(h http.Header, d delivery.Defaults) (requeueParams, error) {
+func parseParams(h http.Header, d delivery.Defaults, callbacks *callback.Policy) (requeueParams, error) {
 	var p requeueParams
 	for _, f := range []struct {
 		name  string
@@ -134,13 +134,10 @@ func parseParams(h http.Header, d delivery.Defaults) (requeueParams, error) {
 			return nil
 		}},
 		{envelope.HeaderCallbackURL, func(v string) error {
-			u, err := url.Parse(v)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return &fieldError{field: envelope.HeaderCallbackURL, msg: fmt.Sprintf("%s is not an absolute http or https URL", echo(v))}
-			}
-			if u.User != nil {
-				// It would be stored on the broker with the message.
-				return &fieldError{field: envelope.HeaderCallbackURL, msg: "must not hold credentials (user:password@)"}
+			// The gateway's functions and callback_allow_hosts only: the
+			// connector would POST wherever a caller says.
+			if err := callbacks.Check(v); err != nil {
+				return &fieldError{field: envelope.HeaderCallbackURL, msg: err.Error(), err: err}
 			}
 			p.policy.CallbackURL = v
 			return nil

@@ -209,7 +209,7 @@ func TestParseParams(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := parseParams(canonical(tt.header), d)
+			got, err := parseParams(canonical(tt.header), d, testCallbacks(t))
 			if tt.wantField != "" {
 				fe, ok := err.(*fieldError)
 				if !ok {

@@ -57,6 +57,14 @@ func (h *handler) messageStatus(w http.ResponseWriter, r *http.Request, path str
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later")
 	}
+	if s.Kind == envelope.KindCallback {
+		// A callback's endpoint is the caller's choice: its status code and
+		// the reason it was given up (rejected or out of retries) would
+		// tell the caller whether something answered there. Where the
+		// callback is (waiting, in flight, delivered, dead-lettered) is
+		// all that is shown.
+		s.LastStatus, s.Reason = 0, ""
+	}
 	return writeJSON(w, http.StatusOK, statusResponse{
 		ID:         s.ID,
 		Function:   s.Function,

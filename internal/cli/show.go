@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/envelope"
 )
 
@@ -126,7 +127,7 @@ func policyText(p envelope.Policy) string {
 		}
 	}
 	for _, s := range []struct{ name, v string }{
-		{"backoff", p.Backoff}, {"dead_letter_function", p.DeadLetterFunction}, {"callback_url", p.CallbackURL},
+		{"backoff", p.Backoff}, {"dead_letter_function", p.DeadLetterFunction}, {"callback_url", callback.Redact(p.CallbackURL)},
 	} {
 		if s.v != "" {
 			parts = append(parts, s.name+" "+oneLine(s.v))

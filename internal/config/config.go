@@ -137,6 +137,13 @@ type Config struct {
 	// Default 5 and 1s.
 	CallbackMaxRetries int
 	CallbackDelay      time.Duration
+	// CallbackAllowHosts are the hosts callbacks may go to besides the
+	// gateway's functions (callback.ParseHost). Defaults to empty: the
+	// gateway only.
+	CallbackAllowHosts []string
+	// CallbackMaxInflight bounds concurrent callbacks per connector,
+	// apart from MaxInflight. Defaults to 4.
+	CallbackMaxInflight int
 	// FunctionRefresh is how often the connector reads the functions'
 	// annotations. Defaults to 30s.
 	FunctionRefresh time.Duration

@@ -64,6 +64,7 @@ func builtin() Config {
 		NoSuchFunctionGrace: 60 * time.Second,
 		CallbackMaxRetries:  5,
 		CallbackDelay:       time.Second,
+		CallbackMaxInflight: 4,
 		FunctionRefresh:     30 * time.Second,
 		MaxBodyBytes:        1 << 20,
 		KeepCredentials:     false,
@@ -285,6 +286,11 @@ func TestLoadValid(t *testing.T) {
 		{"callback_max_retries", "100", func(c *Config) { c.CallbackMaxRetries = 100 }},
 		{"callback_delay", "250ms", func(c *Config) { c.CallbackDelay = 250 * time.Millisecond }},
 		{"callback_delay", "10", func(c *Config) { c.CallbackDelay = 10 * time.Second }},
+		{"callback_allow_hosts", "hooks.example.com, *.partner.example:8443,10.0.0.7:9000,[fd00::7]", func(c *Config) {
+			c.CallbackAllowHosts = []string{"hooks.example.com", "*.partner.example:8443", "10.0.0.7:9000", "[fd00::7]"}
+		}},
+		{"callback_max_inflight", "1", func(c *Config) { c.CallbackMaxInflight = 1 }},
+		{"callback_max_inflight", "32", func(c *Config) { c.CallbackMaxInflight = 32 }},
 		{"function_refresh", "1s", func(c *Config) { c.FunctionRefresh = time.Second }},
 		{"function_refresh", "300", func(c *Config) { c.FunctionRefresh = 5 * time.Minute }},
 		{"max_body_bytes", "1", func(c *Config) { c.MaxBodyBytes = 1 }},
@@ -410,6 +416,11 @@ func TestLoadInvalid(t *testing.T) {
 		{"callback_max_retries", "-1", `config: callback_max_retries: "-1" is less than 0`},
 		{"callback_max_retries", "101", `config: callback_max_retries: "101" is greater than 100`},
 		{"callback_max_retries", "five", `config: callback_max_retries: "five" is not an integer`},
+		{"callback_allow_hosts", "*", `config: callback_allow_hosts: "*" is not a host name or IP address (want host, host:port, [ipv6]:port or *.domain[:port])`},
+		{"callback_allow_hosts", "http://h/", `config: callback_allow_hosts: "http://h/" has a bad port (want host, host:port, [ipv6]:port or *.domain[:port])`},
+		{"callback_allow_hosts", "a,,b", `config: callback_allow_hosts: "a,,b" has an empty entry`},
+		{"callback_max_inflight", "0", `config: callback_max_inflight: "0" is less than 1`},
+		{"callback_max_inflight", "33", `config: callback_max_inflight: "33" is greater than 32`},
 		{"callback_delay", "0", `config: callback_delay: "0" is not greater than zero`},
 		{"callback_delay", "0s", `config: callback_delay: "0s" is not greater than zero`},
 		{"callback_delay", "-1s", `config: callback_delay: "-1s" is negative`},
@@ -758,7 +769,8 @@ func TestSettings(t *testing.T) {
 		"default_max_retries", "default_delay", "max_retries_limit", "max_delay",
 		"default_backoff", "default_ttl", "dead_letter_function",
 		"allow_functions", "allow_namespaces", "mailbox_function", "retry_codes",
-		"no_such_function_grace", "callback_max_retries", "callback_delay", "function_refresh",
+		"no_such_function_grace", "callback_max_retries", "callback_delay",
+		"callback_allow_hosts", "callback_max_inflight", "function_refresh",
 		"max_body_bytes", "keep_credentials", "listen", "read_timeout", "write_timeout", "metrics_auth",
 		"data_dir", "log_level", "log_format",
 	}
@@ -782,6 +794,7 @@ func TestSettings(t *testing.T) {
 			"auth_token_secret":    true, // no token
 			"allow_functions":      true, // every function
 			"allow_namespaces":     true, // every namespace
+			"callback_allow_hosts": true, // the gateway only
 		}
 		if s.Default == "" && !s.emptyIsValue && !emptyDefault[s.Name] {
 			t.Errorf("setting %q has no default", s.Name)
@@ -808,6 +821,7 @@ func TestSettings(t *testing.T) {
 		"max_delay": "1h", "default_backoff": "exponential", "default_ttl": "24h",
 		"dead_letter_function": "dlq.openfaas-fn", "retry_codes": "429", "no_such_function_grace": "0",
 		"callback_max_retries": "0", "callback_delay": "5s", "function_refresh": "1m",
+		"callback_allow_hosts": "h", "callback_max_inflight": "2",
 		"max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
 		"read_timeout": "1", "write_timeout": "1", "metrics_auth": "true",
 		"data_dir": "/d", "log_level": "debug", "log_format": "text",

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/names"
 )
 
@@ -392,6 +393,26 @@ func settings() []Setting {
 			Usage: "first wait before a callback is retried; it doubles up to max_delay",
 			apply: func(c *Config, v string) (err error) {
 				c.CallbackDelay, err = parseDuration(v, true, 0)
+				return err
+			},
+		},
+		{
+			Name: "callback_allow_hosts", Default: "",
+			Usage: "comma-separated hosts X-Callback-Url may name besides the gateway's functions: host (default port), host:port, *.domain[:port]; a wildcard reaches public addresses only; empty: the gateway only",
+			apply: func(c *Config, v string) (err error) {
+				c.CallbackAllowHosts, err = list(v, func(h string) error {
+					_, err := callback.ParseHost(h)
+					return err
+				})
+				return err
+			},
+		},
+		{
+			Name: "callback_max_inflight", Default: "4",
+			Usage: "concurrent callbacks per connector, 1..32, apart from max_inflight: a slow callback never holds a delivery",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 32)
+				c.CallbackMaxInflight = int(n)
 				return err
 			},
 		},

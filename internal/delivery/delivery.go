@@ -179,6 +179,25 @@ func Expired(e *envelope.Envelope, p Policy, now time.Time) (d Decision, ok bool
 	return deadLetter(&next, p, envelope.ReasonExpired, e.Retries, Result{}, now), true
 }
 
+// Refuse decides, before any call, that e is not delivered at all: the
+// connector found its function or its callback URL to be one the mailbox
+// may not call (why says which; it becomes LastError). It is a dead
+// letter with reason refused, no attempt recorded, never routed and never
+// called back: its route or callback could go where the refusal forbids.
+//
+//	condition                                  | Action     | Next
+//	-------------------------------------------+------------+-------------------------------
+//	function or callback URL refused           | DeadLetter | reason refused, no route or callback
+//
+// e is never modified.
+func Refuse(e *envelope.Envelope, why string, now time.Time) Decision {
+	next := *e
+	next.Reason = envelope.ReasonRefused
+	next.DeadAt = now
+	next.LastError = why
+	return Decision{Action: DeadLetter, Next: &next}
+}
+
 // Defer puts e back until the given time without an attempt (Holds+1): a
 // rate or concurrency limit of its function held it. slot is the
 // rate-limit slot reserved for it, or zero.

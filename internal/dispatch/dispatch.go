@@ -1,8 +1,16 @@
-// Package dispatch is the connector's work on one due message: invoke the
-// function through the gateway, ask delivery.Decide what follows, and store
-// that outcome (a retry or a dead letter) before the message is
-// acknowledged. It records the message's status (in flight before the
-// call, then the outcome) in the background.
+// Package dispatch is the connector's work on one due message: check it
+// may be delivered at all, invoke the function through the gateway (or
+// POST the callback), ask delivery.Decide what follows, and store that
+// outcome (a retry or a dead letter) before the message is acknowledged.
+// It records the message's status (in flight before the call, then the
+// outcome) in the background.
+//
+// Whatever is on NATS is checked again: anyone who can publish there can
+// put a message on the queue without the API's checks, so a message for a
+// function the mailbox may not target, or with a callback URL the callback
+// policy refuses, is a dead letter with reason refused and no call is
+// made. Callbacks have slots of their own (Options.CallbackSlots), apart
+// from the queue's delivery slots.
 package dispatch
 
 import (
@@ -19,6 +27,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -66,6 +76,17 @@ type Options struct {
 	// CallbackBodyLimit is the most of a function's answer kept for a
 	// message's callback.
 	CallbackBodyLimit int
+	// Targets are the functions messages may go to: the same as the
+	// API's. Required.
+	Targets *auth.Targets
+	// Callbacks is where callbacks may go: the same as the API's.
+	// Required.
+	Callbacks *callback.Policy
+	// CallbackSlots bounds the callbacks being made at once. A callback
+	// that finds none free is stored again for later rather than wait
+	// holding a place in the broker's window, which deliveries need.
+	// Defaults to 4.
+	CallbackSlots int
 	// Probe reports whether the gateway answers. It is called only while
 	// deliveries are paused after a connection to the gateway failed.
 	Probe func(ctx context.Context) error
@@ -86,6 +107,9 @@ type Dispatcher struct {
 	limiter   Limiter
 	defaults  delivery.Defaults
 	keep      int
+	targets   *auth.Targets
+	callbacks *callback.Policy
+	cbSlots   chan struct{}
 	gate      *gate
 	budget    time.Duration
 	m         *metrics
@@ -95,8 +119,12 @@ type Dispatcher struct {
 
 // New returns a Dispatcher, registering its metrics.
 func New(o Options) (*Dispatcher, error) {
-	if o.Queue == nil || o.Invoker == nil || o.Functions == nil || o.Limiter == nil || o.Probe == nil || o.Registerer == nil {
-		return nil, errors.New("dispatch: Queue, Invoker, Functions, Limiter, Probe and Registerer are required")
+	if o.Queue == nil || o.Invoker == nil || o.Functions == nil || o.Limiter == nil || o.Probe == nil || o.Registerer == nil ||
+		o.Targets == nil || o.Callbacks == nil {
+		return nil, errors.New("dispatch: Queue, Invoker, Functions, Limiter, Probe, Registerer, Targets and Callbacks are required")
+	}
+	if o.CallbackSlots <= 0 {
+		o.CallbackSlots = 4
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -117,6 +145,9 @@ func New(o Options) (*Dispatcher, error) {
 		limiter:   o.Limiter,
 		defaults:  o.Defaults,
 		keep:      o.CallbackBodyLimit,
+		targets:   o.Targets,
+		callbacks: o.Callbacks,
+		cbSlots:   make(chan struct{}, o.CallbackSlots),
 		gate:      newGate(o.Probe, m.gatewayUp, m.gatewayPauses, log),
 		budget:    o.CallBudget,
 		m:         m,
@@ -166,6 +197,19 @@ const statusFlush = 5 * time.Second
 // stored, so the queue may forget the message; an error leaves the message
 // to be delivered again.
 func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
+	if err := d.refuse(e); err != nil {
+		return d.act(ctx, e, delivery.Refuse(e, err.Error(), time.Now().UTC()), delivery.Result{})
+	}
+	if e.Kind == envelope.KindCallback {
+		select {
+		case d.cbSlots <- struct{}{}:
+			defer func() { <-d.cbSlots }()
+		default:
+			// Stored again for later: waiting here would hold a place in
+			// the broker's window that deliveries need.
+			return d.act(ctx, e, delivery.Defer(e, time.Now().UTC().Add(callbackWait(e.Holds)), time.Time{}), delivery.Result{})
+		}
+	}
 	// While the gateway is unreachable every call would fail the same way:
 	// wait for it instead of spending the message's retries.
 	waitCtx := ctx
@@ -242,6 +286,36 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 	})
 }
 
+// refuse returns why e must not be delivered at all, or nil: the API's
+// checks, made again on what was consumed. A message must go to a
+// function the mailbox may target, its dead letters not back to it, and
+// a callback URL, its own or a callback's, must pass the callback policy.
+func (d *Dispatcher) refuse(e *envelope.Envelope) error {
+	if e.CallbackURL != "" || e.Kind == envelope.KindCallback {
+		if err := d.callbacks.Check(e.CallbackURL); err != nil {
+			return err
+		}
+	}
+	if e.Kind == envelope.KindCallback {
+		// Its function only names the message it reports on.
+		return nil
+	}
+	deadLetterFunction := e.DeadLetterFunction
+	if e.Kind != envelope.KindMessage {
+		deadLetterFunction = "" // never routed again
+	}
+	return d.targets.CheckMessage(e.Function, deadLetterFunction)
+}
+
+// callbackWait is how long a callback that found no free slot waits
+// before it is tried again: a second, doubling with each such hold up to
+// half a minute, and up to half that again at random so that callbacks
+// held together do not all come back together.
+func callbackWait(holds int) time.Duration {
+	w := min(time.Second<<min(holds, 5), 30*time.Second)
+	return w + time.Duration(rand.Int64N(int64(w/2)+1))
+}
+
 // call makes one attempt with do, decides and stores the outcome.
 func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy delivery.Policy, do func() delivery.Result) error {
 	start := time.Now()
@@ -262,6 +336,11 @@ func (d *Dispatcher) call(ctx context.Context, e *envelope.Envelope, policy deli
 			d.gate.trip()
 		}
 	}
+	if e.Kind == envelope.KindCallback && errors.Is(res.Err, callback.ErrRefused) {
+		// Refused at dial time (the name resolved to an address the
+		// policy refuses): trying again would be refused again.
+		return d.act(ctx, e, delivery.Refuse(e, res.Err.Error(), time.Now().UTC()), res)
+	}
 	return d.act(ctx, e, delivery.Decide(e, policy, res, time.Now().UTC(), rand.Float64()), res)
 }
 
@@ -277,14 +356,25 @@ func (d *Dispatcher) act(ctx context.Context, e *envelope.Envelope, dec delivery
 	fn := d.m.function.Label(e.Function)
 	if e.Kind == envelope.KindCallback {
 		// A callback is not a delivery to the function it reports on.
-		d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
 		if dec.Action == delivery.DeadLetter {
 			d.m.deadLetters.WithLabelValues(fn, dec.Next.Reason).Inc()
 		}
-		log.Debug("callback", "url", e.CallbackURL, "action", dec.Action.String())
+		switch {
+		case dec.Action == delivery.DeadLetter && dec.Next.Reason == envelope.ReasonRefused:
+			log.Warn("callback refused: kept as a dead letter, not called", "url", callback.Redact(e.CallbackURL), "error", dec.Next.LastError)
+		case dec.Action == delivery.Retry && dec.Next.Retries == e.Retries:
+			log.Debug("callback held back: no callback slot free", "due_at", dec.Next.DueAt)
+		default:
+			// Only calls made are counted.
+			d.m.callbacks.WithLabelValues(dec.Action.String()).Inc()
+			log.Debug("callback", "url", callback.Redact(e.CallbackURL), "action", dec.Action.String())
+		}
 		return nil
 	}
 	switch {
+	case dec.Action == delivery.DeadLetter && dec.Next.Reason == envelope.ReasonRefused:
+		d.m.deadLetters.WithLabelValues(fn, dec.Next.Reason).Inc()
+		log.Warn("message refused: kept as a dead letter, not delivered", "error", dec.Next.LastError)
 	case dec.Action == delivery.Ack:
 		d.m.delivered.WithLabelValues(fn).Inc()
 		log.Debug("delivered")

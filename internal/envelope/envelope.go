@@ -49,10 +49,17 @@ const (
 	// ReasonNoSuchFunction: the gateway did not know the function for
 	// longer than the grace period.
 	ReasonNoSuchFunction = "no-such-function"
+	// ReasonRefused: the connector refused to deliver the message at all:
+	// its function is not one the mailbox may target (allow_functions,
+	// allow_namespaces, mailbox_function) or its callback URL is not one
+	// it may call. The API refuses such requeues; a message that reaches
+	// the connector anyway was put on NATS some other way, or stored
+	// under other settings. No call is made.
+	ReasonRefused = "refused"
 )
 
 // Reasons are every reason a dead letter may have.
-var Reasons = []string{ReasonMaxRetries, ReasonRejected, ReasonExpired, ReasonNoSuchFunction, ReasonMalformed}
+var Reasons = []string{ReasonMaxRetries, ReasonRejected, ReasonExpired, ReasonNoSuchFunction, ReasonRefused, ReasonMalformed}
 
 // Kinds of message.
 const (

@@ -31,15 +31,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
+	neturl "net/url"
 	"strings"
 	"time"
 
 	"github.com/openfaas/connector-sdk/types"
 
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/requeue"
 )
@@ -63,7 +65,18 @@ const (
 type Invoker struct {
 	functionURL string
 	client      *http.Client
+	callbacks   *http.Client // nil: Post refuses
 	userAgent   string
+}
+
+// WithCallbackClient makes Post send callbacks with client, which should
+// come from callback.Policy.Client: a callback URL is a caller's choice,
+// so it must not be dialled by the gateway's client, which reaches any
+// address and may use a proxy. Without it Post refuses every callback.
+// Call it before the Invoker is used.
+func (i *Invoker) WithCallbackClient(client *http.Client) *Invoker {
+	i.callbacks = client
+	return i
 }
 
 // New returns an Invoker that POSTs to <gatewayURL>/function/<function>
@@ -127,7 +140,7 @@ func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, head
 	}
 	// PathEscape keeps a stored name with "/" or "?" from reaching another
 	// gateway route; valid names ("fn", "fn.namespace") are unchanged.
-	name := url.PathEscape(function)
+	name := neturl.PathEscape(function)
 
 	sent := header.Clone()
 	if sent == nil {
@@ -181,8 +194,21 @@ func (i *Invoker) Invoke(ctx context.Context, function string, body []byte, head
 }
 
 // Post POSTs body to url with exactly header (plus the Invoker's
-// User-Agent), as Invoke does for a function: callbacks go this way.
+// User-Agent), as Invoke does for a function, with the callback client:
+// callbacks go this way. An error never repeats url's query, which may
+// hold a secret: it is stored with the dead letter and logged.
 func (i *Invoker) Post(ctx context.Context, url string, body []byte, header http.Header) delivery.Result {
+	if i.callbacks == nil {
+		return delivery.Result{Err: fmt.Errorf("invoke: %w: no callback client", callback.ErrRefused)}
+	}
+	res := i.post(ctx, url, body, header)
+	if urlErr, ok := errors.AsType[*neturl.Error](res.Err); ok {
+		urlErr.URL = callback.Redact(urlErr.URL)
+	}
+	return res
+}
+
+func (i *Invoker) post(ctx context.Context, url string, body []byte, header http.Header) delivery.Result {
 	sent := header.Clone()
 	if sent == nil {
 		sent = http.Header{}
@@ -192,9 +218,10 @@ func (i *Invoker) Post(ctx context.Context, url string, body []byte, header http
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return delivery.Result{Err: err}
+		// Its text may hold the URL.
+		return delivery.Result{Err: fmt.Errorf("%w: not a URL that can be called", callback.ErrRefused)}
 	}
-	res, err := i.callClient(sent, 0).Do(req)
+	res, err := i.callClientOf(i.callbacks, sent, 0).Do(req)
 	if err != nil {
 		return delivery.Result{Err: err}
 	}
@@ -219,12 +246,16 @@ func result(status int, h http.Header, body []byte) delivery.Result {
 // header, reads at most keep bytes of the answer (at least readLimit) and
 // does not follow redirects.
 func (i *Invoker) callClient(header http.Header, keep int) *http.Client {
-	client := *i.client
-	base := client.Transport
-	if base == nil {
-		base = http.DefaultTransport
+	return i.callClientOf(i.client, header, keep)
+}
+
+func (i *Invoker) callClientOf(base *http.Client, header http.Header, keep int) *http.Client {
+	client := *base
+	transport := client.Transport
+	if transport == nil {
+		transport = http.DefaultTransport
 	}
-	client.Transport = &callTransport{base: base, header: header, limit: int64(max(keep, readLimit))}
+	client.Transport = &callTransport{base: transport, header: header, limit: int64(max(keep, readLimit))}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
 	}

@@ -169,6 +169,9 @@ const (
 	// maxOver is the most function names a heartbeat lists; beyond it the
 	// heartbeat says "all".
 	maxOver = 256
+	// maxPeers bounds the other replicas known: heartbeats come over core
+	// NATS, where anyone may publish one.
+	maxPeers = 256
 	// functionIdle is how long a function's state is kept after its last
 	// use, once nothing is in flight and no reserved slot is ahead.
 	functionIdle = 10 * time.Minute
@@ -258,8 +261,8 @@ func New(o Options) (*Limiter, error) {
 	if o.Heartbeat == 0 {
 		o.Heartbeat = time.Second
 	}
-	if o.Heartbeat < 10*time.Millisecond {
-		return nil, fmt.Errorf("limit: Heartbeat %v is below 10ms", o.Heartbeat)
+	if o.Heartbeat < minHeartbeat {
+		return nil, fmt.Errorf("limit: Heartbeat %v is below %v", o.Heartbeat, minHeartbeat)
 	}
 	if o.Hold == 0 {
 		o.Hold = time.Second

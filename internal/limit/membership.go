@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/openfaas/mailbox/internal/names"
 )
 
 // view is one membership: the ids of the live replicas, sorted, this one
@@ -123,8 +125,12 @@ func (l *Limiter) Run(ctx context.Context) error {
 // receive handles a heartbeat or goodbye, its own included.
 func (l *Limiter) receive(m *nats.Msg) {
 	var h hello
-	if err := json.Unmarshal(m.Data, &h); err != nil || h.ID == "" {
+	if err := json.Unmarshal(m.Data, &h); err != nil {
 		l.log.Debug("limit: ignoring a message on the membership subject", "error", err)
+		return
+	}
+	if err := l.check(h); err != nil {
+		l.log.Debug("limit: ignoring a heartbeat", "error", err)
 		return
 	}
 	now := time.Now()
@@ -147,6 +153,10 @@ func (l *Limiter) receive(m *nats.Msg) {
 		return
 	}
 	if p == nil {
+		if len(l.peers) >= maxPeers {
+			l.log.Warn("limit: ignoring a new replica: too many known", "replica", h.ID, "replicas", len(l.peers)+1)
+			return
+		}
 		p = &peer{}
 		l.peers[h.ID] = p
 		l.log.Info("limit: replica joined", "replica", h.ID)
@@ -162,9 +172,6 @@ func (l *Limiter) receive(m *nats.Msg) {
 	}
 	p.lastSeen = now
 	p.heartbeat = time.Duration(h.HeartbeatMs) * time.Millisecond
-	if p.heartbeat <= 0 {
-		p.heartbeat = l.o.Heartbeat
-	}
 	p.overAll = h.OverAll
 	clear(p.over)
 	if len(h.Over) > 0 && p.over == nil {
@@ -173,6 +180,63 @@ func (l *Limiter) receive(m *nats.Msg) {
 	for _, f := range h.Over {
 		p.over[f] = struct{}{}
 	}
+}
+
+// check refuses a heartbeat whose fields are out of bounds. Heartbeats
+// come over core NATS, where anyone may publish: a peer's heartbeat
+// decides when it is dropped as silent, so a forged one of hours would
+// shrink every share for as long. It must be within [minHeartbeat,
+// maxPeerHeartbeats of ours]; the id short and plain; the horizon and the
+// functions over their share within what a replica sends.
+func (l *Limiter) check(h hello) error {
+	if !validID(h.ID) {
+		return fmt.Errorf("id %.64q is not 1 to %d letters, digits, '-' or '_'", h.ID, maxIDLen)
+	}
+	if h.Bye {
+		return nil
+	}
+	maxHeartbeat := maxPeerHeartbeats * l.o.Heartbeat
+	if hb := time.Duration(h.HeartbeatMs) * time.Millisecond; h.HeartbeatMs < minHeartbeat.Milliseconds() || hb > maxHeartbeat {
+		return fmt.Errorf("replica %s: heartbeat_ms %d is not within [%d, %d]", h.ID, h.HeartbeatMs, minHeartbeat.Milliseconds(), maxHeartbeat.Milliseconds())
+	}
+	if h.HorizonMs < 0 || h.HorizonMs > maxHorizon.Milliseconds() {
+		return fmt.Errorf("replica %s: horizon_ms %d is not within [0, %d]", h.ID, h.HorizonMs, maxHorizon.Milliseconds())
+	}
+	if len(h.Over) > maxOver {
+		return fmt.Errorf("replica %s: %d functions over their share, more than %d", h.ID, len(h.Over), maxOver)
+	}
+	for _, f := range h.Over {
+		if !names.Valid(f) {
+			return fmt.Errorf("replica %s: %.64q is not a function", h.ID, f)
+		}
+	}
+	return nil
+}
+
+// Bounds of a heartbeat's fields (check).
+const (
+	// minHeartbeat is the least Options.Heartbeat.
+	minHeartbeat = 10 * time.Millisecond
+	// maxPeerHeartbeats: a peer's heartbeat may be up to this many of
+	// ours, so a forged heartbeat is forgotten within 3 times that.
+	maxPeerHeartbeats = 10
+	// maxHorizon bounds horizon_ms, which is only compared with ours.
+	maxHorizon = 24 * time.Hour
+	// maxIDLen bounds a replica id; ours are 22 characters (nuid).
+	maxIDLen = 64
+)
+
+func validID(s string) bool {
+	if s == "" || len(s) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // echo records that our own heartbeat came back at now.

@@ -784,12 +784,12 @@ func TestCallbackURLGetsTheOutcome(t *testing.T) {
 				w.WriteHeader(http.StatusServiceUnavailable)
 			}
 		})
-		mux := http.NewServeMux()
-		mux.Handle("/delivered", delivered)
-		mux.Handle("/dead", dead)
-		mux.Handle("/flaky", flaky)
-		cb := httptest.NewServer(mux)
-		t.Cleanup(cb.Close)
+		// The receivers are functions behind the gateway, where callbacks
+		// may always go.
+		b.gw.Deploy("delivered", delivered, nil)
+		b.gw.Deploy("dead", dead, nil)
+		b.gw.Deploy("flaky", flaky, nil)
+		cb := b.gw.URL() + "/function"
 
 		// ok answers "done <body>", whatever the order of the calls.
 		b.gw.Deploy("ok", gatewaytest.Record(func(w http.ResponseWriter, r *http.Request, _ int) {
@@ -797,10 +797,10 @@ func TestCallbackURLGetsTheOutcome(t *testing.T) {
 			fmt.Fprintf(w, "done %s", body)
 		}), nil)
 		b.deploy("bad", always(http.StatusInternalServerError), nil)
-		ok := b.mustSchedule(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", cb.URL+"/delivered")
+		ok := b.mustSchedule(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", cb+"/delivered")
 		bad := b.mustSchedule(t, "bad", []byte("y"), "X-Delay-Duration", "0", "X-Max-Retries", "0",
-			"X-Callback-Url", cb.URL+"/dead")
-		retried := b.mustSchedule(t, "ok", []byte("z"), "X-Delay-Duration", "0", "X-Callback-Url", cb.URL+"/flaky")
+			"X-Callback-Url", cb+"/dead")
+		retried := b.mustSchedule(t, "ok", []byte("z"), "X-Delay-Duration", "0", "X-Callback-Url", cb+"/flaky")
 		b.startConnector(t)
 
 		poll.Until(t, 15*time.Second, "callbacks received", func() bool {
@@ -1052,9 +1052,13 @@ func TestWaitingMetricCountsMessagesPerFunction(t *testing.T) {
 // A callback URL nobody listens on is the caller's problem: it must not
 // pause deliveries as an unreachable gateway does.
 func TestUnreachableCallbackDoesNotPauseDeliveries(t *testing.T) {
-	forEachBackendWith(t, map[string]string{"callback_delay": "100ms", "callback_max_retries": "1"}, func(t *testing.T, b *bundle) {
-		closed := httptest.NewServer(http.NotFoundHandler())
-		closed.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	env := map[string]string{
+		"callback_delay": "100ms", "callback_max_retries": "1",
+		"callback_allow_hosts": strings.TrimPrefix(closed.URL, "http://"),
+	}
+	forEachBackendWith(t, env, func(t *testing.T, b *bundle) {
 		ok := b.deploy("ok", nil, nil)
 		b.mustSchedule(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", closed.URL+"/outcome")
 		b.startConnector(t)

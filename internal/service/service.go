@@ -20,6 +20,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/api"
 	"github.com/openfaas/mailbox/internal/auth"
+	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/catalog"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/deadletter"
@@ -120,6 +121,10 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 	if err != nil {
 		return nil, err
 	}
+	callbacks, err := Callbacks(cfg)
+	if err != nil {
+		return nil, err
+	}
 	o := api.Options{
 		Queue:           q,
 		Defaults:        Defaults(cfg),
@@ -127,6 +132,7 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		KeepCredentials: cfg.KeepCredentials,
 		StatusRetention: cfg.StatusRetention,
 		Targets:         targets,
+		Callbacks:       callbacks,
 		Registerer:      reg,
 		Gatherer:        reg,
 		Logger:          logger,
@@ -182,6 +188,12 @@ func Management(cfg config.Config) bool { return cfg.AuthTokenSecret != "" }
 // allow_namespaces, never mailbox_function.
 func Targets(cfg config.Config) (*auth.Targets, error) {
 	return auth.NewTargets(cfg.AllowFunctions, cfg.AllowNamespaces, cfg.MailboxFunction)
+}
+
+// Callbacks is where X-Callback-Url may point: the gateway's functions
+// and callback_allow_hosts.
+func Callbacks(cfg config.Config) (*callback.Policy, error) {
+	return callback.New(callback.Options{GatewayURL: cfg.GatewayURL, AllowHosts: cfg.CallbackAllowHosts})
 }
 
 // DeadLetters returns the store of q's dead letters: the connector runs
@@ -260,9 +272,22 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		}
 		return err
 	}
+	targets, err := Targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	callbacks, err := Callbacks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	invoker := invoke.New(cfg.GatewayURL, invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight), UserAgent).
+		WithCallbackClient(callbacks.Client(cfg.UpstreamTimeout, cfg.CallbackMaxInflight))
 	return dispatch.New(dispatch.Options{
 		Queue:             q,
-		Invoker:           invoke.New(cfg.GatewayURL, invoke.NewClient(cfg.UpstreamTimeout, cfg.MaxInflight), UserAgent),
+		Invoker:           invoker,
+		Targets:           targets,
+		Callbacks:         callbacks,
+		CallbackSlots:     cfg.CallbackMaxInflight,
 		Functions:         functions,
 		Limiter:           limiter,
 		Defaults:          Defaults(cfg),

@@ -81,7 +81,7 @@ var (
 	sharedSettings = []string{"backend", "nats_url", "nats_cluster_id", "channel_prefix",
 		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
 		"dead_letter_limit", "allow_functions", "allow_namespaces", "mailbox_function",
-		"upstream_timeout"}
+		"gateway_url", "callback_allow_hosts", "upstream_timeout"}
 )
 
 func env(maps_ ...map[string]string) map[string]string {

@@ -98,7 +98,7 @@ so that a bad combination fails lint, template and install alike.
 {{- end -}}
 {{- end -}}
 {{- range $k, $v := .Values.connector.environment -}}
-{{- if or (hasKey (include "mailbox.sharedEnv" $ | fromYaml) $k) (has $k (include "mailbox.optionalKeys" $ | fromYamlArray)) (has $k (list "gateway_url" "basic_auth" "secret_mount_path" "max_inflight" "listen")) -}}
+{{- if or (hasKey (include "mailbox.sharedEnv" $ | fromYaml) $k) (has $k (include "mailbox.optionalKeys" $ | fromYamlArray)) (has $k (list "basic_auth" "secret_mount_path" "max_inflight" "listen")) -}}
 {{- fail (printf "connector.environment.%s: set by the chart from its values; change those instead" $k) -}}
 {{- end -}}
 {{- end -}}
@@ -115,6 +115,7 @@ the function and the connector cannot disagree on them.
 - auth_token_secret
 - allow_functions
 - allow_namespaces
+- callback_allow_hosts
 {{- end -}}
 
 {{/* mailbox_function: auth.mailboxFunction, or function.name.function.namespace. */}}
@@ -133,8 +134,10 @@ map of setting name to string: the backend, NATS, and for JetStream the
 stream, consumer and replicas, plus upstream_timeout (the ack wait is
 computed from it), the dead letters' retention and limit (both processes
 apply them; on JetStream the age also sets the dead-letter stream's age
-limit), what the mailbox may target, and logging. Settings of the other
-backend, and empty allow lists, are left out.
+limit), what the mailbox may target, where callbacks may go (gateway_url
+and callback_allow_hosts: the API refuses at requeue what the connector
+would refuse), and logging. Settings of the other backend, and empty allow
+lists, are left out.
 */}}
 {{- define "mailbox.sharedEnv" -}}
 backend: {{ .Values.backend | quote }}
@@ -156,6 +159,10 @@ allow_functions: {{ join "," . | quote }}
 allow_namespaces: {{ join "," . | quote }}
 {{- end }}
 mailbox_function: {{ include "mailbox.mailboxFunction" . | quote }}
+gateway_url: {{ .Values.gateway.url | quote }}
+{{- with .Values.callbacks.allowHosts }}
+callback_allow_hosts: {{ join "," . | quote }}
+{{- end }}
 upstream_timeout: {{ .Values.connector.upstreamTimeout | toString | quote }}
 log_level: {{ .Values.logLevel | quote }}
 log_format: {{ .Values.logFormat | quote }}

@@ -130,7 +130,8 @@ type Deliverer struct {
 }
 
 // NewDeliverer returns a Deliverer making at most maxInflight handler
-// calls at once.
+// calls at once for messages other than callbacks, which the handler
+// bounds itself.
 func NewDeliverer(d Deliverer, maxInflight int) *Deliverer {
 	d.slots = make(chan struct{}, maxInflight)
 	return &d
@@ -156,16 +157,18 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 		m.Release()
 		return
 	}
-	late := time.NewTimer(time.Until(startBy))
-	defer late.Stop()
-	select {
-	case d.slots <- struct{}{}:
-		defer func() { <-d.slots }()
-	case <-late.C:
-		d.Log.Debug("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
-		m.Release()
-		return
-	case <-d.Pool.stopping:
+	// A callback takes no delivery slot: the handler bounds callbacks
+	// with slots of their own (internal/dispatch), so a callback endpoint
+	// that is slow to answer never holds up a delivery.
+	if e.Kind != envelope.KindCallback {
+		release, ok := d.slot(startBy)
+		if !ok {
+			d.Log.Debug("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
+			m.Release()
+			return
+		}
+		defer release()
+	} else if d.stopping() {
 		m.Release()
 		return
 	}
@@ -177,6 +180,30 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 		return
 	}
 	Ack(d.Log, m, e.ID)
+}
+
+func (d *Deliverer) stopping() bool {
+	select {
+	case <-d.Pool.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// slot takes a delivery slot, waiting until startBy at most; ok is false
+// when none came in time or the pool is stopping.
+func (d *Deliverer) slot(startBy time.Time) (release func(), ok bool) {
+	late := time.NewTimer(time.Until(startBy))
+	defer late.Stop()
+	select {
+	case d.slots <- struct{}{}:
+		return func() { <-d.slots }, true
+	case <-late.C:
+		return nil, false
+	case <-d.Pool.stopping:
+		return nil, false
+	}
 }
 
 // Decode returns m's envelope. Bytes that are not an envelope are stored
