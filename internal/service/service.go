@@ -134,12 +134,15 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		if store == nil {
 			return nil, errors.New("service: a token is configured but no dead-letter store is given")
 		}
-		guard, err := auth.NewGuard(token, reg)
+		guard, err := auth.NewGuard(token, reg, auth.WithWindow(cfg.SignatureWindow))
 		if err != nil {
 			return nil, err
 		}
 		o.Guard, o.RequeueAuth, o.DeadLetters = guard, cfg.RequeueAuth, store
-		if o.UI, err = ui.New(ui.Options{Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger}); err != nil {
+		if o.UI, err = ui.New(ui.Options{
+			Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger,
+			Sessions: token.Sessions(cfg.SessionTTL, nil),
+		}); err != nil {
 			return nil, err
 		}
 	}
