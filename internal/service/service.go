@@ -193,6 +193,17 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 	if err != nil {
 		return nil, err
 	}
+	// The connector signs what it sends with the same token the API
+	// checks (auth_token_secret), so functions can verify it came from
+	// the mailbox (requeue.Verify).
+	token, err := auth.Load(cfg.SecretMountPath, cfg.AuthTokenSecret)
+	if err != nil {
+		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
+	}
+	var signer dispatch.Signer
+	if token != nil {
+		signer = token
+	}
 	functions, err := catalog.New(catalog.Options{
 		GatewayURL:  cfg.GatewayURL,
 		Credentials: creds,
@@ -244,6 +255,7 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		CallbackBodyLimit: int(cfg.MaxBodyBytes),
 		Probe:             probe,
 		CallBudget:        cfg.UpstreamTimeout + publishTimeout,
+		Signer:            signer,
 		Registerer:        reg,
 		Logger:            logger,
 	})
