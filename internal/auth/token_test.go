@@ -21,7 +21,7 @@ import (
 
 const secret = "s3cret-token"
 
-func newToken(t *testing.T, s string) *auth.Token {
+func newToken(t testing.TB, s string) *auth.Token {
 	t.Helper()
 	tok, err := auth.NewToken(s)
 	if err != nil {

@@ -62,7 +62,7 @@ type bundle struct {
 	waitingErr error
 }
 
-func setup(t *testing.T) *bundle {
+func setup(t testing.TB) *bundle {
 	t.Helper()
 	nats := jsservertest.Start(t)
 	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: nats.URL(), Logger: quiet}})
