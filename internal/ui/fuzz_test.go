@@ -20,6 +20,9 @@ func FuzzLoginForm(f *testing.F) {
 	f.Add("application/x-www-form-urlencoded", "%zz")
 	f.Add("text/plain", strings.Repeat("a", 5000))
 	f.Fuzz(func(t *testing.T, contentType, body string) {
+		if strings.ContainsFunc(contentType, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			return // no client sends it: http.Client refuses the header
+		}
 		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/ui/login", strings.NewReader(body))
 		req.Header.Set("Content-Type", contentType)
 		res, err := client.Do(req)
