@@ -73,12 +73,18 @@ func FuzzSessionCheck(f *testing.F) {
 		b[int(pos)%len(b)] ^= x
 		v := string(b) + suffix
 		r := httptest.NewRequest(http.MethodGet, "/ui/", nil)
-		r.AddCookie(&http.Cookie{Name: auth.CookieSession, Value: v})
-		if s.Check(r) == nil && v != c.Value {
-			mac := c.Value[strings.LastIndex(c.Value, ".")+1:]
-			if !strings.EqualFold(v, c.Value) || !strings.HasSuffix(strings.ToLower(v), mac) || v[:len(v)-len(mac)] != c.Value[:len(c.Value)-len(mac)] {
-				t.Fatalf("accepted a changed session %q (made %q)", v, c.Value)
-			}
+		r.Header.Set("Cookie", auth.CookieSession+"="+v)
+		if s.Check(r) != nil {
+			return
+		}
+		// What the mailbox read (a ';' ends a cookie, quotes are
+		// stripped): it must be the session made, but for the HMAC's
+		// hex case.
+		seen, _ := r.Cookie(auth.CookieSession)
+		mac := c.Value[strings.LastIndex(c.Value, ".")+1:]
+		if seen.Value != c.Value && (!strings.HasSuffix(strings.ToLower(seen.Value), mac) ||
+			seen.Value[:len(seen.Value)-len(mac)] != c.Value[:len(c.Value)-len(mac)]) {
+			t.Fatalf("accepted a changed session %q (made %q)", seen.Value, c.Value)
 		}
 	})
 }
