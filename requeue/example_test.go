@@ -26,11 +26,17 @@ func ExampleRequest() {
 	// In OpenFaaS: http://gateway.openfaas:8080/function/mailbox
 	mailboxURL := mailbox.URL
 
+	// The mailbox's token, from the function's secret, e.g.
+	// os.ReadFile("/var/openfaas/secrets/mailbox-token").
+	const token = "s3cret-token"
+
 	handle := func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		// ... the work failed with a 429 that asked for 30 seconds ...
+		// WithToken signs the requeue, and carries the delivery's id and
+		// attempts over only when the mailbox signed it.
 		res, err := requeue.Request(r.Context(), nil, mailboxURL, "resize", r, body,
-			requeue.WithDelay(30*time.Second), requeue.WithDefaultMaxRetries(5))
+			requeue.WithDelay(30*time.Second), requeue.WithDefaultMaxRetries(5), requeue.WithToken(token))
 		switch {
 		case err == nil:
 			w.WriteHeader(http.StatusAccepted)
@@ -45,11 +51,13 @@ func ExampleRequest() {
 		}
 	}
 
-	// A delivery from the mailbox: the first retry of message img-7.
+	// A delivery from the mailbox: the first retry of message img-7,
+	// signed by the mailbox.
 	r := httptest.NewRequest(http.MethodPost, "/", nil)
 	r.Header.Set(requeue.HeaderRetries, "1")
 	r.Header.Set(requeue.HeaderMaxRetries, "3")
 	r.Header.Set(requeue.HeaderMessageID, "img-7")
+	signAsTheMailbox(r.Header, nil, token)
 	w := httptest.NewRecorder()
 	handle(w, r)
 	fmt.Print(w.Code, " ")
@@ -58,26 +66,46 @@ func ExampleRequest() {
 }
 
 func ExampleHeader() {
-	// The headers of a delivery of message m-1 after two failed attempts.
-	in := http.Header{}
-	in.Set("X-Retries", "2")
-	in.Set("X-Max-Retries", "5")
-	in.Set("X-Delay-Duration", "60")
-	in.Set("X-Mailbox-Message-Id", "m-1")
-	in.Set("Content-Type", "application/json")
+	const token = "s3cret-token"
+	// A delivery of message m-1 after two failed attempts, signed by the
+	// mailbox.
+	r := httptest.NewRequest(http.MethodPost, "/", nil)
+	r.Header.Set("X-Retries", "2")
+	r.Header.Set("X-Max-Retries", "5")
+	r.Header.Set("X-Delay-Duration", "60")
+	r.Header.Set("X-Mailbox-Message-Id", "m-1")
+	r.Header.Set("Content-Type", "application/json")
+	signAsTheMailbox(r.Header, nil, token)
 
-	out, err := requeue.Header(in, requeue.WithDelay(1500*time.Millisecond))
+	show := func(h http.Header) {
+		for _, k := range []string{"X-Retries", "X-Max-Retries", "X-Delay-Duration", "X-Mailbox-Message-Id", "Content-Type"} {
+			fmt.Printf("%s: %q\n", k, h.Get(k))
+		}
+	}
+	d, err := requeue.Verify(r, nil, token)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	for _, k := range []string{"X-Retries", "X-Max-Retries", "X-Delay-Duration", "X-Mailbox-Message-Id", "Content-Type"} {
-		fmt.Printf("%s: %s\n", k, out.Get(k))
-	}
+	out, _ := requeue.Header(r.Header, requeue.FromDelivery(d), requeue.WithDelay(1500*time.Millisecond))
+	show(out)
+
+	// The same headers from anyone else: dropped, a first requeue.
+	r.Header.Del(requeue.HeaderDeliverySignature)
+	_, err = requeue.Verify(r, nil, token)
+	fmt.Println(err)
+	out, _ = requeue.Header(r.Header, requeue.WithDelay(1500*time.Millisecond))
+	show(out)
 	// Output:
-	// X-Retries: 3
-	// X-Max-Retries: 5
-	// X-Delay-Duration: 1.5s
-	// X-Mailbox-Message-Id: m-1
-	// Content-Type: application/json
+	// X-Retries: "3"
+	// X-Max-Retries: "5"
+	// X-Delay-Duration: "1.5s"
+	// X-Mailbox-Message-Id: "m-1"
+	// Content-Type: "application/json"
+	// requeue: the request carries no X-Mailbox-Delivery-Signature
+	// X-Retries: "1"
+	// X-Max-Retries: ""
+	// X-Delay-Duration: "1.5s"
+	// X-Mailbox-Message-Id: ""
+	// Content-Type: "application/json"
 }

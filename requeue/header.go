@@ -32,11 +32,17 @@ type options struct {
 	defaultDelay *time.Duration
 	delay        *time.Duration
 	token        string
+	delivery     *Delivery
+	trust        bool
 }
 
-// WithToken sends the mailbox's API token (Authorization: Bearer), which
-// a mailbox with auth_token_secret set asks for. Read it from the secret
-// the function is given, e.g. /var/openfaas/secrets/mailbox-token.
+// WithToken makes Request sign the requeue with the mailbox's API token
+// (SignRequest), which a mailbox with auth_token_secret set asks for; the
+// token itself is never sent. It also makes Request verify the request
+// being handled as a signed delivery (Verify, with the body given), to
+// carry its control headers over, unless FromDelivery or TrustIncoming
+// says where they come from. Read the token from the secret the function
+// is given, e.g. /var/openfaas/secrets/mailbox-token. Header ignores it.
 func WithToken(token string) Option {
 	return func(o *options) error {
 		if token = strings.TrimSpace(token); token == "" {
@@ -88,27 +94,61 @@ func WithDelay(d time.Duration) Option {
 	}
 }
 
+// FromDelivery takes the control headers from d, a delivery Verify
+// accepted, instead of from the incoming request's headers.
+func FromDelivery(d *Delivery) Option {
+	return func(o *options) error {
+		if d == nil {
+			return errors.New("requeue: FromDelivery(nil): pass the Delivery Verify returned")
+		}
+		o.delivery = d
+		return nil
+	}
+}
+
+// TrustIncoming takes the control headers from the incoming request's
+// headers as they are, unverified. Use it only with a mailbox that has no
+// token (so its deliveries are not signed) and a function that only the
+// mailbox can call: any caller of a function behind the public gateway
+// could otherwise raise its retries, reuse another message's id or turn
+// its dead-letter routing off.
+func TrustIncoming() Option {
+	return func(o *options) error {
+		o.trust = true
+		return nil
+	}
+}
+
 // Header returns the control headers of a requeue of the request whose
-// headers are in, one attempt later:
+// headers are in, one attempt later.
 //
-//   - X-Retries: the incoming value plus one, or 1 when absent (the call
-//     being handled was the first attempt, attempt 0)
-//   - X-Max-Retries: the incoming value, else WithDefaultMaxRetries, else
+// The control headers of the request being handled (X-Retries,
+// X-Max-Retries, X-Delay-Duration, X-Mailbox-Message-Id and the
+// X-Dead-Letter-* of a routed dead letter) are carried over only from a
+// verified delivery (FromDelivery), or with TrustIncoming from in as it
+// is. Otherwise anyone who can call the function could set them, so they
+// are dropped and the requeue is a first one, with the function's own
+// options:
+//
+//   - X-Retries: the carried value plus one, else 1 (the call being
+//     handled was the first attempt, attempt 0)
+//   - X-Max-Retries: the carried value, else WithDefaultMaxRetries, else
 //     left out
-//   - X-Delay-Duration: WithDelay, else the incoming value, else
+//   - X-Delay-Duration: WithDelay, else the carried value, else
 //     WithDefaultDelay, else left out
-//   - X-Mailbox-Message-Id: the incoming value, else left out (the
+//   - X-Mailbox-Message-Id: the carried value, else left out (the
 //     mailbox picks a new id)
-//   - Content-Type: the incoming value, else left out
-//   - X-Dead-Letter-Reason, -From, -Time and -Retries: the incoming
+//   - X-Dead-Letter-Reason, -From, -Time and -Retries: the carried
 //     values, on a dead letter routed to this function
-//   - Authorization: the WithToken token, else left out (the incoming
-//     request's credentials are never passed on)
+//   - Content-Type: in's value, else left out
 //
-// An incoming control header that is given more than once, or an
-// X-Retries that is not a non-negative integer, is an error naming the
-// header: Header does not guess. Other values are carried over as they
-// are; the mailbox checks them and answers 400 if they are bad.
+// No credential is set (the incoming request's are never passed on);
+// Request signs the requeue with WithToken, or use SignRequest.
+//
+// A carried control header that is given more than once, or an X-Retries
+// that is not a non-negative integer, is an error naming the header:
+// Header does not guess. Other values are carried over as they are; the
+// mailbox checks them and answers 400 if they are bad.
 func Header(in http.Header, opts ...Option) (http.Header, error) {
 	var o options
 	for _, opt := range opts {
@@ -121,7 +161,17 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 	}
 
 	out := http.Header{}
-	retries, ok, err := single(in, HeaderRetries)
+	if ct := in.Get("Content-Type"); ct != "" {
+		out.Set("Content-Type", ct)
+	}
+	var from http.Header // where the control headers come from
+	switch {
+	case o.delivery != nil:
+		from = o.delivery.header
+	case o.trust:
+		from = in
+	}
+	retries, ok, err := single(from, HeaderRetries)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +188,7 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 	}
 	out.Set(HeaderRetries, strconv.Itoa(next))
 
-	maxRetries, ok, err := single(in, HeaderMaxRetries)
+	maxRetries, ok, err := single(from, HeaderMaxRetries)
 	switch {
 	case err != nil:
 		return nil, err
@@ -148,7 +198,7 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 		out.Set(HeaderMaxRetries, strconv.Itoa(*o.maxRetries))
 	}
 
-	delay, ok, err := single(in, HeaderDelay)
+	delay, ok, err := single(from, HeaderDelay)
 	switch {
 	case err != nil:
 		return nil, err
@@ -160,7 +210,7 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 		out.Set(HeaderDelay, FormatDelay(*o.defaultDelay))
 	}
 
-	id, ok, err := single(in, HeaderMessageID)
+	id, ok, err := single(from, HeaderMessageID)
 	if err != nil {
 		return nil, err
 	}
@@ -168,16 +218,10 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 		out.Set(HeaderMessageID, id)
 	}
 
-	if ct := in.Get("Content-Type"); ct != "" {
-		out.Set("Content-Type", ct)
-	}
-	if o.token != "" {
-		out.Set("Authorization", "Bearer "+o.token)
-	}
 	// A dead letter the mailbox routed to this function stays one when
 	// requeued, so the mailbox never routes it again (no cycles).
 	for _, name := range deadLetterHeaders {
-		if v := in.Get(name); v != "" {
+		if v := from.Get(name); v != "" {
 			out.Set(name, v)
 		}
 	}

@@ -75,7 +75,9 @@ func TestHeaderArithmetic(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := requeue.Header(tc.in, tc.opts...)
+			// The arithmetic of carried headers: trusted as they are here;
+			// TestHeaderDropsUnverifiedControlHeaders is the default.
+			got, err := requeue.Header(tc.in, append([]requeue.Option{requeue.TrustIncoming()}, tc.opts...)...)
 			if err != nil {
 				t.Fatalf("Header(%v) = %v", tc.in, err)
 			}
@@ -110,7 +112,7 @@ func TestHeaderRefusesWhatItCannotCount(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := requeue.Header(tc.in, tc.opts...)
+			got, err := requeue.Header(tc.in, append([]requeue.Option{requeue.TrustIncoming()}, tc.opts...)...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Header(%v) = %v, %v; want an error containing %q", tc.in, got, err, tc.want)
 			}
@@ -161,7 +163,7 @@ func TestHeaderKeepsDeadLetterMarks(t *testing.T) {
 		"X-Dead-Letter-Retries": {"3"},
 		"X-Unrelated":           {"x"},
 	}
-	out, err := requeue.Header(in)
+	out, err := requeue.Header(in, requeue.TrustIncoming())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,9 +175,13 @@ func TestHeaderKeepsDeadLetterMarks(t *testing.T) {
 	if out.Get("X-Unrelated") != "" {
 		t.Errorf("X-Unrelated carried over")
 	}
-	plain, _ := requeue.Header(http.Header{})
+	plain, _ := requeue.Header(http.Header{}, requeue.TrustIncoming())
 	if plain.Get("X-Dead-Letter-From") != "" {
 		t.Errorf("X-Dead-Letter-From set on an ordinary requeue")
+	}
+	// Unverified, they are anyone's: dropped.
+	if untrusted, _ := requeue.Header(in); untrusted.Get("X-Dead-Letter-From") != "" {
+		t.Errorf("X-Dead-Letter-From carried over from an unverified request")
 	}
 }
 

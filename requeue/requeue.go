@@ -2,13 +2,30 @@
 // with the request it is handling, for example when a rate-limited API
 // answered 429. It counts the attempt (X-Retries plus one), carries
 // X-Max-Retries, X-Delay-Duration and X-Mailbox-Message-Id over from the
-// request, keeps its Content-Type, and tells the caller plainly what the
-// mailbox did: scheduled the message (Result with its id and due time),
-// kept it as a dead letter because its retries are spent (ErrMaxRetries),
-// or refused it (*Error with the mailbox's message).
+// request when the mailbox signed it, keeps its Content-Type, and tells
+// the caller plainly what the mailbox did: scheduled the message (Result
+// with its id and due time), kept it as a dead letter because its retries
+// are spent (ErrMaxRetries), or refused it (*Error with the mailbox's
+// message).
 //
-// The package uses only the standard library, so any Go function can
-// import it whatever its template.
+// # Behind the public gateway
+//
+// A function the gateway exposes can be called by anyone, with any
+// headers. With a token (auth_token_secret) the mailbox signs every call
+// it makes (X-Mailbox-Delivery-Signature); Verify checks that signature
+// with the same token, and only a verified delivery's control headers are
+// carried over (FromDelivery; Request does it by itself with WithToken).
+// A request that does not verify is requeued as a first attempt, with the
+// function's own options: a caller cannot raise its retries, reuse
+// another message's id or turn its dead-letter routing off. WithToken
+// also signs the requeue (SignRequest) instead of sending the token, so
+// the signature is good for that one request only. TrustIncoming keeps
+// the old behaviour, for a mailbox without a token whose functions only
+// the mailbox can call.
+//
+// The package uses only the standard library (and the module's own
+// internal/signature, itself standard library only), so any Go function
+// can import it whatever its template.
 //
 // A function should answer 2xx once the mailbox has the message, scheduled
 // or dead-lettered: when the mailbox delivered the request being handled, a
@@ -121,6 +138,21 @@ func Request(ctx context.Context, c *http.Client, mailboxURL, function string, r
 	if err != nil {
 		return Result{}, err
 	}
+	var o options
+	for _, opt := range opts {
+		if opt != nil {
+			if err := opt(&o); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+	if o.token != "" && o.delivery == nil && !o.trust {
+		// The request being handled carries its control headers over
+		// only when the mailbox signed it; else this is a first requeue.
+		if d, err := Verify(r, body, o.token); err == nil {
+			opts = append(opts[:len(opts):len(opts)], FromDelivery(d))
+		}
+	}
 	h, err := Header(r.Header, opts...)
 	if err != nil {
 		return Result{}, err
@@ -130,6 +162,11 @@ func Request(ctx context.Context, c *http.Client, mailboxURL, function string, r
 		return Result{}, fmt.Errorf("requeue: %w", err)
 	}
 	req.Header = h
+	if o.token != "" {
+		if err := SignRequest(req, body, o.token); err != nil {
+			return Result{}, err
+		}
+	}
 	if c == nil {
 		c = http.DefaultClient
 	}

@@ -96,7 +96,7 @@ func TestRequeueOfADeliveryKeepsItsIDAndCountsTheAttempt(t *testing.T) {
 	r := incoming("X-Retries", "1", "X-Max-Retries", "3", "X-Delay-Duration", "90",
 		"X-Mailbox-Message-Id", "order-42", "Content-Type", "text/plain")
 	res, err := requeue.Request(t.Context(), http.DefaultClient, m.URL+"/", "fn.openfaas-fn", r, []byte("work"),
-		requeue.WithDefaultDelay(time.Second))
+		requeue.WithDefaultDelay(time.Second), requeue.TrustIncoming())
 	if err != nil {
 		t.Fatalf("Request = %v", err)
 	}
@@ -112,7 +112,7 @@ func TestRetriesSpentIsErrMaxRetries(t *testing.T) {
 	t.Parallel()
 	m := mailboxtest.Start(t, mailboxtest.Options{})
 	r := incoming("X-Retries", "3", "X-Max-Retries", "3", "X-Mailbox-Message-Id", "spent")
-	res, err := requeue.Request(t.Context(), nil, m.URL, "fn", r, []byte("last try"))
+	res, err := requeue.Request(t.Context(), nil, m.URL, "fn", r, []byte("last try"), requeue.TrustIncoming())
 	if !errors.Is(err, requeue.ErrMaxRetries) {
 		t.Fatalf("Request = %+v, %v; want ErrMaxRetries", res, err)
 	}
@@ -155,7 +155,7 @@ func TestRefusalCarriesTheMailboxsMessage(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := requeue.Request(t.Context(), nil, m.URL, tc.function, tc.r, tc.body)
+			_, err := requeue.Request(t.Context(), nil, m.URL, tc.function, tc.r, tc.body, requeue.TrustIncoming())
 			rerr, ok := errors.AsType[*requeue.Error](err)
 			if !ok {
 				t.Fatalf("Request = %v, want a *requeue.Error", err)
@@ -268,7 +268,7 @@ func TestRequestChecksItsArguments(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := requeue.Request(context.Background(), nil, tc.url, tc.function, tc.r, nil)
+			_, err := requeue.Request(context.Background(), nil, tc.url, tc.function, tc.r, nil, requeue.TrustIncoming())
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Request = %v, want an error containing %q", err, tc.want)
 			}

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -66,6 +67,15 @@ type Config struct {
 	// the request carries none (requeue_delay: seconds, or a duration like
 	// 1500ms). Defaults to the mailbox's default_delay.
 	Delay *time.Duration
+	// Token is the mailbox's API token, read from the file
+	// mailbox_token_file (e.g. /var/openfaas/secrets/mailbox-token) when
+	// set. With it, requeues are signed, and a delivery's retries and id
+	// carry over only when the mailbox signed it (requeue.Verify), so a
+	// caller of this public function cannot set them. Without it (a
+	// mailbox without auth_token_secret, whose deliveries are unsigned),
+	// the incoming headers are trusted as they are: deploy the function
+	// where only the mailbox can call it.
+	Token string
 }
 
 // LoadConfig reads the settings from environ ("key=value" pairs). A bad or
@@ -101,6 +111,16 @@ func LoadConfig(environ []string) (Config, error) {
 		}
 		c.MaxRetries = &n
 	}
+	if path := env["mailbox_token_file"]; path != "" {
+		b, err := os.ReadFile(path)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("mailbox_token_file: %w", err))
+		case strings.TrimSpace(string(b)) == "":
+			errs = append(errs, fmt.Errorf("mailbox_token_file: %s is empty", path))
+		}
+		c.Token = strings.TrimSpace(string(b))
+	}
 	if v := env["requeue_delay"]; v != "" {
 		d, err := requeue.ParseDelay(v)
 		if err != nil {
@@ -124,6 +144,11 @@ func New(environ []string, logs io.Writer) (h http.Handler, close func() error, 
 	}
 	if cfg.Delay != nil {
 		defaults = append(defaults, requeue.WithDefaultDelay(*cfg.Delay))
+	}
+	if cfg.Token != "" {
+		defaults = append(defaults, requeue.WithToken(cfg.Token))
+	} else {
+		defaults = append(defaults, requeue.TrustIncoming())
 	}
 	return &handler{
 		cfg:      cfg,

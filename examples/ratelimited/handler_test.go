@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -85,11 +87,19 @@ func (f *recorded) replies() []seen {
 func deploy(t *testing.T, apiURL string, env ...string) (*recorded, *mailboxtest.Mailbox) {
 	t.Helper()
 	fn := &recorded{}
-	m := mailboxtest.Start(t, mailboxtest.Options{Functions: map[string]http.Handler{"ratelimited": fn}})
+	// A mailbox with a token, as the example is meant to be deployed:
+	// requeues signed, deliveries verified.
+	const token = "ratelimited-test-token"
+	tokenFile := filepath.Join(t.TempDir(), "mailbox-token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := mailboxtest.Start(t, mailboxtest.Options{Token: token, Functions: map[string]http.Handler{"ratelimited": fn}})
 	environ := append([]string{
 		"api_url=" + apiURL,
 		"mailbox_url=" + m.GatewayURL + "/function/mailbox",
 		"function_name=ratelimited",
+		"mailbox_token_file=" + tokenFile,
 	}, env...)
 	h, closeFn, err := New(environ, io.Discard)
 	if err != nil {
@@ -255,6 +265,7 @@ func TestNewRejectsBadEnvironment(t *testing.T) {
 		{"requeue_max_retries=many", "requeue_max_retries"},
 		{"requeue_delay=soon", "requeue_delay"},
 		{"requeue_delay=-5", "requeue_delay"},
+		{"mailbox_token_file=/nonexistent/mailbox-token", "mailbox_token_file"},
 	} {
 		h, closeFn, err := New(append(append([]string(nil), good...), tc.env), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.setting) || h != nil || closeFn != nil {

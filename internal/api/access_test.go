@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -26,6 +27,16 @@ func withToken(t *testing.T, requeueAuth bool) func(*Options) {
 		}
 		o.RequeueAuth = requeueAuth
 	}
+}
+
+// signed is the headers of a POST to path with body, signed now.
+func signed(t *testing.T, token *auth.Token, path string, body []byte) http.Header {
+	t.Helper()
+	h := http.Header{}
+	if err := token.SignRequest(http.MethodPost, path, h, body, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 func TestManagementAndPageOffWithoutToken(t *testing.T) {
@@ -59,7 +70,7 @@ func TestRequeueNeedsTheToken(t *testing.T) {
 	}{
 		{"none", nil, "Authorization"},
 		{"wrong bearer", http.Header{"Authorization": {"Bearer nope"}}, "Authorization"},
-		{"wrong signature", http.Header{auth.HeaderSignature: {token.Sign([]byte("other body"))}}, auth.HeaderSignature},
+		{"wrong signature", signed(t, token, "/deadletter/fn", []byte("other body")), auth.HeaderSignature},
 	} {
 		w := b.do(http.MethodPost, "/deadletter/fn", []byte("body"), c.header)
 		wantError(t, w, http.StatusUnauthorized, c.field)
@@ -78,7 +89,7 @@ func TestRequeueNeedsTheToken(t *testing.T) {
 	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("body"), http.Header{"Authorization": {"Bearer " + testToken}}); w.Code != http.StatusAccepted {
 		t.Fatalf("with the bearer token: %d %s", w.Code, w.Body)
 	}
-	w := b.do(http.MethodPost, "/deadletter/fn", []byte("signed body"), http.Header{auth.HeaderSignature: {token.Sign([]byte("signed body"))}})
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("signed body"), signed(t, token, "/deadletter/fn", []byte("signed body")))
 	if w.Code != http.StatusAccepted {
 		t.Fatalf("with a signature: %d %s", w.Code, w.Body)
 	}
@@ -153,10 +164,9 @@ func TestTokenNeverStored(t *testing.T) {
 	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("a"), http.Header{"Authorization": {"Bearer " + testToken}}); w.Code != http.StatusAccepted {
 		t.Fatalf("with the token: %d %s", w.Code, w.Body)
 	}
-	w := b.do(http.MethodPost, "/deadletter/fn", []byte("b"), http.Header{
-		"Authorization":      {"Basic Zm46c2VjcmV0"},
-		auth.HeaderSignature: {token.Sign([]byte("b"))},
-	})
+	h := signed(t, token, "/deadletter/fn", []byte("b"))
+	h.Set("Authorization", "Basic Zm46c2VjcmV0")
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("b"), h)
 	if w.Code != http.StatusAccepted {
 		t.Fatalf("signed, with the caller's own credentials: %d %s", w.Code, w.Body)
 	}
@@ -176,6 +186,10 @@ func TestMetricsAuth(t *testing.T) {
 		o.MetricsAuth = true
 	})
 	token, _ := auth.NewToken(testToken)
+	session, err := token.Sessions(time.Hour, nil).Start(false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, path := range []string{"/metrics", "/_metrics"} {
 		for _, c := range []struct {
 			name   string
@@ -183,8 +197,8 @@ func TestMetricsAuth(t *testing.T) {
 		}{
 			{"none", nil},
 			{"wrong bearer", http.Header{"Authorization": {"Bearer nope"}}},
-			{"signature of the empty body", http.Header{auth.HeaderSignature: {token.Sign(nil)}}},
-			{"session cookie", http.Header{"Cookie": {token.SessionCookie(false).String()}}},
+			{"signature of the empty body", http.Header{auth.HeaderSignature: {emptyBodySignature()}}},
+			{"session cookie", http.Header{"Cookie": {session.String()}}},
 		} {
 			w := b.do(http.MethodGet, path, nil, c.header)
 			wantError(t, w, http.StatusUnauthorized, "Authorization")

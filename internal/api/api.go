@@ -253,7 +253,7 @@ func Ops(q queue.Queue, g prometheus.Gatherer, metricsGuard *auth.Guard) http.Ha
 			return
 		}
 		if path != "/healthz" {
-			if metricsGuard != nil && !metricsGuard.AuthorizeBearer(w, r, auth.Metrics) {
+			if metricsGuard != nil && !metricsGuard.Authorize(w, r, auth.Metrics, nil) {
 				return
 			}
 			metrics.ServeHTTP(w, r)

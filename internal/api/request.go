@@ -12,12 +12,12 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/callback"
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/names"
+	"github.com/openfaas/mailbox/internal/signature"
 )
 
 const (
@@ -270,8 +270,9 @@ func keptHeaders(h http.Header, keepCredentials bool) http.Header {
 		envelope.HeaderRetries, envelope.HeaderMaxRetries, envelope.HeaderDelay, envelope.HeaderMessageID,
 		envelope.HeaderBackoff, envelope.HeaderMaxDelay, envelope.HeaderTTL,
 		envelope.HeaderDeadLetterFunction, envelope.HeaderCallbackURL,
-		// Signs this request to the mailbox, not the message.
-		auth.HeaderSignature,
+		// Sign this request to the mailbox, or an earlier delivery, not
+		// the message: a delivery is signed afresh.
+		signature.HeaderRequest, signature.HeaderTimestamp, signature.HeaderDelivery, signature.HeaderFunction,
 	}
 	for _, name := range drop {
 		out.Del(name)

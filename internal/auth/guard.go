@@ -7,18 +7,20 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openfaas/mailbox/internal/metric"
+	"github.com/openfaas/mailbox/internal/signature"
 )
 
 // Endpoint is the kind of endpoint a Guard protects: the endpoint label of
 // mailbox_unauthorized_total.
 type Endpoint string
 
-// The endpoints. Only UI accepts the session cookie.
+// The endpoints. Each takes its own credential (see the package
+// documentation).
 const (
 	Requeue    Endpoint = "requeue"    // POST /deadletter/<fn>
 	Management Endpoint = "management" // the management API
@@ -31,11 +33,37 @@ const (
 type Guard struct {
 	token        *Token
 	unauthorized *prometheus.CounterVec
+	window       time.Duration
+	now          func() time.Time
+}
+
+// A GuardOption changes a Guard.
+type GuardOption func(*Guard)
+
+// WithWindow sets how far a signed requeue's X-Mailbox-Timestamp may be
+// from now (signature_window). Defaults to signature.DefaultWindow; 0 or
+// less keeps the default.
+func WithWindow(d time.Duration) GuardOption {
+	return func(g *Guard) {
+		if d > 0 {
+			g.window = d
+		}
+	}
+}
+
+// WithClock sets the clock signatures are checked against. Defaults to
+// time.Now.
+func WithClock(now func() time.Time) GuardOption {
+	return func(g *Guard) {
+		if now != nil {
+			g.now = now
+		}
+	}
 }
 
 // NewGuard returns a Guard for token (required) counting refusals on reg
 // (required). Several Guards may share one registry.
-func NewGuard(token *Token, reg prometheus.Registerer) (*Guard, error) {
+func NewGuard(token *Token, reg prometheus.Registerer, opts ...GuardOption) (*Guard, error) {
 	if token == nil {
 		return nil, errors.New("auth: NewGuard without a token")
 	}
@@ -46,7 +74,13 @@ func NewGuard(token *Token, reg prometheus.Registerer) (*Guard, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Guard{token: token, unauthorized: c}, nil
+	g := &Guard{token: token, unauthorized: c, window: signature.DefaultWindow, now: time.Now}
+	for _, o := range opts {
+		if o != nil {
+			o(g)
+		}
+	}
+	return g, nil
 }
 
 // UnauthorizedCounter returns mailbox_unauthorized_total{endpoint} on reg,
@@ -66,12 +100,18 @@ func UnauthorizedCounter(reg prometheus.Registerer) (*prometheus.CounterVec, err
 	return c, nil
 }
 
-// Authorize returns true when r carries the token (see Token.Check; the
-// session cookie counts only when e is UI). Otherwise it answers with
-// Unauthorized and returns false. body is r's raw body if the caller has
-// read it (see ReadBody), for X-Mailbox-Signature.
+// Authorize returns true when r carries the credential e takes: on
+// Requeue the bearer token or a signature of r (Token.CheckRequeue; body
+// is r's raw body as read by ReadBody), anywhere else the bearer token
+// only (Token.CheckBearer; the web page checks its sessions itself).
+// Otherwise it answers with Unauthorized and returns false.
 func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, body []byte) bool {
-	err := g.token.Check(r, body, e == UI)
+	var err error
+	if e == Requeue {
+		err = g.token.CheckRequeue(r, body, g.now(), g.window)
+	} else {
+		err = g.token.CheckBearer(r)
+	}
 	if err == nil {
 		return true
 	}
@@ -79,28 +119,9 @@ func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, bo
 	return false
 }
 
-// AuthorizeBearer returns true when r carries Authorization: Bearer
-// <token>, the one credential it accepts: what a scraper can send, and no
-// signature or cookie, which are made for other requests. Otherwise it
-// answers with Unauthorized, counting under e, and returns false.
-func (g *Guard) AuthorizeBearer(w http.ResponseWriter, r *http.Request, e Endpoint) bool {
-	if g.bearer(r.Header) {
-		return true
-	}
-	err := errMissingBearer
-	if r.Header.Get("Authorization") != "" {
-		err = ErrBadToken
-	}
-	g.Unauthorized(w, e, err)
-	return false
-}
-
-var errMissingBearer = &Error{"Authorization", "missing token: send Authorization: Bearer <token>"}
-
 // bearer reports whether h carries Authorization: Bearer <token>.
 func (g *Guard) bearer(h http.Header) bool {
-	scheme, cred, _ := strings.Cut(h.Get("Authorization"), " ")
-	return strings.EqualFold(scheme, "Bearer") && g.token.Matches(strings.TrimSpace(cred))
+	return g.token.CheckBearer(&http.Request{Header: h}) == nil
 }
 
 // StripToken removes the Authorization header from h when it carries the

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,7 +34,8 @@ func unauthorized(t *testing.T, reg prometheus.Gatherer, e auth.Endpoint) float6
 func TestAuthorize(t *testing.T) {
 	t.Parallel()
 
-	session := newToken(t, secret).SessionCookie(false)
+	sig, ts := signAt(secret, http.MethodPost, "/x", nil, []byte("b"), time.Now().Unix())
+	oldSig := oldEmptyBodySignature(secret)
 	endpoints := []auth.Endpoint{auth.Requeue, auth.Management, auth.UI}
 	for _, tc := range []struct {
 		name      string
@@ -47,20 +49,23 @@ func TestAuthorize(t *testing.T) {
 	}{
 		{name: "requeue with the bearer", endpoint: auth.Requeue, header: map[string]string{"Authorization": "Bearer " + secret}, want: true},
 		{name: "management with the bearer", endpoint: auth.Management, header: map[string]string{"Authorization": "Bearer " + secret}, want: true},
-		{name: "requeue with a signature", endpoint: auth.Requeue, header: map[string]string{auth.HeaderSignature: sign(secret, []byte("b"))}, body: []byte("b"), want: true},
-		{name: "ui with the cookie", endpoint: auth.UI, cookie: true, want: true},
-		{name: "management with the cookie", endpoint: auth.Management, cookie: true,
+		{name: "requeue with a signature", endpoint: auth.Requeue, header: map[string]string{auth.HeaderSignature: sig, "X-Mailbox-Timestamp": ts}, body: []byte("b"), want: true},
+		{name: "management with a right signature", endpoint: auth.Management, header: map[string]string{auth.HeaderSignature: sig, "X-Mailbox-Timestamp": ts}, body: []byte("b"),
 			wantError: auth.ErrMissingToken.Error(), wantField: "Authorization"},
-		{name: "requeue with the cookie", endpoint: auth.Requeue, cookie: true,
+		{name: "management with the old empty-body signature", endpoint: auth.Management, header: map[string]string{auth.HeaderSignature: oldSig},
 			wantError: auth.ErrMissingToken.Error(), wantField: "Authorization"},
+		{name: "ui with the old empty-body signature", endpoint: auth.UI, header: map[string]string{auth.HeaderSignature: oldSig},
+			wantError: auth.ErrMissingToken.Error(), wantField: "Authorization"},
+		{name: "management with a cookie", endpoint: auth.Management, cookie: true,
+			wantError: auth.ErrMissingToken.Error(), wantField: "Authorization"},
+		{name: "requeue with a cookie", endpoint: auth.Requeue, cookie: true,
+			wantError: auth.ErrMissingRequeueToken.Error(), wantField: "Authorization"},
 		{name: "requeue without credentials", endpoint: auth.Requeue,
-			wantError: auth.ErrMissingToken.Error(), wantField: "Authorization"},
+			wantError: auth.ErrMissingRequeueToken.Error(), wantField: "Authorization"},
 		{name: "management with a wrong bearer", endpoint: auth.Management, header: map[string]string{"Authorization": "Bearer " + secret + "x"},
 			wantError: auth.ErrBadToken.Error(), wantField: "Authorization"},
-		{name: "requeue with a bad signature", endpoint: auth.Requeue, header: map[string]string{auth.HeaderSignature: sign(secret, []byte("other"))}, body: []byte("b"),
+		{name: "requeue with a bad signature", endpoint: auth.Requeue, header: map[string]string{auth.HeaderSignature: sig, "X-Mailbox-Timestamp": ts}, body: []byte("other"),
 			wantError: auth.ErrBadSignature.Error(), wantField: "X-Mailbox-Signature"},
-		{name: "ui with a bad cookie", endpoint: auth.UI, header: map[string]string{"Cookie": "mailbox_session=00"},
-			wantError: auth.ErrBadSession.Error(), wantField: "Cookie"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -71,7 +76,7 @@ func TestAuthorize(t *testing.T) {
 				r.Header.Set(k, v)
 			}
 			if tc.cookie {
-				r.AddCookie(session)
+				r.AddCookie(&http.Cookie{Name: auth.CookieSession, Value: "x"})
 			}
 			w := httptest.NewRecorder()
 
@@ -214,56 +219,16 @@ func TestReadBody(t *testing.T) {
 	t.Run("signature over the read body", func(t *testing.T) {
 		t.Parallel()
 		tok := newToken(t, secret)
-		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader("signed"))
-		r.Header.Set(auth.HeaderSignature, sign(secret, []byte("signed")))
+		r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", strings.NewReader("signed"))
+		sig, ts := signAt(secret, http.MethodPost, "/deadletter/fn", nil, []byte("signed"), now.Unix())
+		r.Header.Set(auth.HeaderSignature, sig)
+		r.Header.Set("X-Mailbox-Timestamp", ts)
 		b, err := auth.ReadBody(httptest.NewRecorder(), r, 1<<10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := tok.Check(r, b, false); err != nil {
-			t.Errorf("Check: %v", err)
+		if err := tok.CheckRequeue(r, b, now, time.Minute); err != nil {
+			t.Errorf("CheckRequeue: %v", err)
 		}
 	})
-}
-
-// TestAuthorizeBearer: only Authorization: Bearer <token> passes; a
-// signature (even of the empty body, which is what a GET has) or the
-// session cookie does not.
-func TestAuthorizeBearer(t *testing.T) {
-	t.Parallel()
-	reg := prometheus.NewRegistry()
-	g := newGuard(t, reg)
-	session := newToken(t, secret).SessionCookie(false)
-	for _, tc := range []struct {
-		name   string
-		header map[string]string
-		cookie bool
-		want   bool
-	}{
-		{name: "bearer", header: map[string]string{"Authorization": "Bearer " + secret}, want: true},
-		{name: "bearer, any case", header: map[string]string{"Authorization": "bearer " + secret}, want: true},
-		{name: "wrong bearer", header: map[string]string{"Authorization": "Bearer " + secret + "x"}},
-		{name: "basic", header: map[string]string{"Authorization": "Basic " + secret}},
-		{name: "signature of the empty body", header: map[string]string{auth.HeaderSignature: sign(secret, nil)}},
-		{name: "session cookie", cookie: true},
-		{name: "nothing"},
-	} {
-		r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
-		for k, v := range tc.header {
-			r.Header.Set(k, v)
-		}
-		if tc.cookie {
-			r.AddCookie(session)
-		}
-		w := httptest.NewRecorder()
-		if got := g.AuthorizeBearer(w, r, auth.Metrics); got != tc.want {
-			t.Errorf("%s: AuthorizeBearer = %v, want %v", tc.name, got, tc.want)
-		}
-		if !tc.want && (w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), `"field":"Authorization"`)) {
-			t.Errorf("%s: answered %d %q, want 401 naming Authorization", tc.name, w.Code, w.Body)
-		}
-	}
-	if n := unauthorized(t, reg, auth.Metrics); n != 5 {
-		t.Errorf("mailbox_unauthorized_total{endpoint=metrics} = %v, want 5", n)
-	}
 }

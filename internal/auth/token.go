@@ -2,18 +2,25 @@
 // OpenFaaS secret, the file auth_token_secret under secret_mount_path, read
 // as other OpenFaaS components read basic-auth-password from there.
 //
-// A request is authorized when it carries any of:
+// Each endpoint takes one kind of credential:
 //
-//   - Authorization: Bearer <token>
-//   - X-Mailbox-Signature: sha256=<hex HMAC-SHA256 of the raw request body,
-//     keyed with the token>, for callers that sign bodies as GitHub
-//     webhooks and the OpenFaaS HMAC examples do
-//   - on UI endpoints only, the mailbox_session cookie that SessionCookie
-//     makes
+//   - the management API and GET /messages/<id>: Authorization: Bearer
+//     <token> only (Token.CheckBearer)
+//   - requeue (POST /deadletter/<fn>): the bearer token, or a signature of
+//     that one request (X-Mailbox-Timestamp and X-Mailbox-Signature:
+//     v1=...), which covers the method, the escaped path, every control
+//     header, the time and the body's hash, and is refused 5 minutes
+//     (signature_window) away from its timestamp; package signature
+//     defines the canonical form (Token.CheckRequeue)
+//   - the web page: the mailbox_session cookie of a session started by
+//     signing in with the token on its form (Sessions)
 //
-// The cookie is accepted only where the caller asks for it (Check's cookie
-// argument; Guard asks for it on UI endpoints only) because a browser
-// sends cookies by itself, also on requests another site makes it send
+// Nothing is keyed with the token itself: requests, sessions and
+// deliveries each have a key derived from it (signature.Key), so a value
+// made for one purpose is never valid for another.
+//
+// The cookie is accepted only on the web page because a browser sends
+// cookies by itself, also on requests another site makes it send
 // (cross-site request forgery). The cookie is SameSite=Strict: a browser
 // sends it only on requests started from the mailbox's own pages, so a
 // form on another site that posts to a UI endpoint arrives without it and
@@ -22,15 +29,13 @@
 // only after a CORS preflight that the mailbox does not answer.
 //
 // The token is never logged and never put in a cookie: a Token prints as
-// [redacted], errors never quote a credential, and the session cookie
-// holds an HMAC of the token, not the token.
+// [redacted], errors never quote a credential, and a session cookie holds
+// a random id, its expiry and their HMAC with the session key.
 package auth
 
 import (
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -40,24 +45,22 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/signature"
 )
 
 // The names a request carries its credentials under.
 const (
-	// HeaderSignature carries "sha256=<hex HMAC-SHA256 of the body>".
-	HeaderSignature = "X-Mailbox-Signature"
-	// CookieSession is the UI's session cookie.
-	CookieSession = "mailbox_session"
+	// HeaderSignature carries a requeue's signature (package signature).
+	HeaderSignature = signature.HeaderRequest
 )
-
-// sessionMessage is what the session cookie's value is the HMAC of.
-const sessionMessage = "mailbox-ui-session"
 
 // Token is the mailbox's API token. It prints as [redacted].
 type Token struct {
-	digest  [sha256.Size]byte // of the token: compared without leaking its length
-	key     []byte            // the token, the HMAC key
-	session []byte            // HMAC-SHA256(token, sessionMessage)
+	digest [sha256.Size]byte // of the token: compared without leaking its length
+	// One key per purpose (signature.Key): no value made for one purpose
+	// is valid for another, and none is keyed with the token itself.
+	request, session, delivery []byte
 }
 
 // Load reads the token from the file secretName under secretMountPath,
@@ -91,95 +94,107 @@ func NewToken(secret string) (*Token, error) {
 	if secret == "" {
 		return nil, errors.New("auth: the token is empty")
 	}
-	t := &Token{digest: sha256.Sum256([]byte(secret)), key: []byte(secret)}
-	t.session = t.mac([]byte(sessionMessage))
-	return t, nil
-}
-
-func (t *Token) mac(b []byte) []byte {
-	m := hmac.New(sha256.New, t.key)
-	m.Write(b)
-	return m.Sum(nil)
+	return &Token{
+		digest:   sha256.Sum256([]byte(secret)),
+		request:  signature.Key([]byte(secret), signature.PurposeRequest),
+		session:  signature.Key([]byte(secret), signature.PurposeSession),
+		delivery: signature.Key([]byte(secret), signature.PurposeDelivery),
+	}, nil
 }
 
 // Matches reports whether s is the token, in constant time. The UI's
-// sign-in form uses it before it sets SessionCookie.
+// sign-in form uses it before it starts a session.
 func (t *Token) Matches(s string) bool {
 	d := sha256.Sum256([]byte(s))
 	return subtle.ConstantTimeCompare(d[:], t.digest[:]) == 1
 }
 
-// Sign returns the X-Mailbox-Signature value of body: "sha256=" and the
-// hex HMAC-SHA256 of body keyed with the token.
-func (t *Token) Sign(body []byte) string {
-	return "sha256=" + hex.EncodeToString(t.mac(body))
-}
-
-// SessionMaxAge is how long a browser keeps the UI's session cookie.
-const SessionMaxAge = 12 * time.Hour
-
-// SessionCookie is the UI's session cookie, to set once a user has signed
-// in with the token. Its value is the hex HMAC-SHA256 of
-// "mailbox-ui-session" keyed with the token, so the token itself is never
-// in a cookie; changing the token ends every session. It is HttpOnly,
-// SameSite=Strict (see the package documentation); the browser keeps it
-// for SessionMaxAge, and the mailbox accepts it until the token changes. It has no Path: the browser scopes it to the directory
-// of the sign-in form's URL, the UI's own (/function/mailbox/ui behind the
-// gateway), so other functions on the gateway never receive it. secure
-// sets Secure: pass true when the UI is served over HTTPS.
-func (t *Token) SessionCookie(secure bool) *http.Cookie {
-	return &http.Cookie{
-		Name:     CookieSession,
-		Value:    hex.EncodeToString(t.session),
-		MaxAge:   int(SessionMaxAge.Seconds()),
-		HttpOnly: true,
-		Secure:   secure,
-		SameSite: http.SameSiteStrictMode,
+// CheckBearer returns nil when r carries Authorization: Bearer <token>,
+// else ErrBadToken or ErrMissingToken. The management API and
+// GET /messages/<id> accept nothing else: a signature is for one requeue,
+// a session for the web page.
+func (t *Token) CheckBearer(r *http.Request) error {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return ErrMissingToken
 	}
+	scheme, cred, _ := strings.Cut(h, " ")
+	if strings.EqualFold(scheme, "Bearer") && t.Matches(strings.TrimSpace(cred)) {
+		return nil
+	}
+	return ErrBadToken
 }
 
-// Check returns nil when r carries the token as a bearer token, a
-// signature of body, or (only when cookie is true) the session cookie. body
-// is r's raw body as the caller already read it (see ReadBody); nil reads
-// as an empty body, so a signed request whose body was not passed fails
-// the check rather than passing it.
+// CheckRequeue returns nil when r carries the token as a bearer token, or
+// a request signature (see package signature) made for r's method, escaped
+// path, control headers and body, with an X-Mailbox-Timestamp within
+// window of now. body is r's raw body as the caller already read it (see
+// ReadBody); nil reads as an empty body.
 //
-// Otherwise it returns ErrBadToken, ErrBadSignature or ErrBadSession for
-// the first credential present that is wrong, in that order, or
-// ErrMissingToken when there is none.
-func (t *Token) Check(r *http.Request, body []byte, cookie bool) error {
+// Otherwise it returns ErrBadToken, ErrBadSignature or an *Error about
+// X-Mailbox-Timestamp (missing, or outside the window) for the first credential present that is wrong, in that order, or
+// ErrMissingRequeueToken when there is none.
+func (t *Token) CheckRequeue(r *http.Request, body []byte, now time.Time, window time.Duration) error {
 	var failed error
-	if h := r.Header.Get("Authorization"); h != "" {
-		scheme, cred, _ := strings.Cut(h, " ")
-		if strings.EqualFold(scheme, "Bearer") && t.Matches(strings.TrimSpace(cred)) {
+	if r.Header.Get("Authorization") != "" {
+		if failed = t.CheckBearer(r); failed == nil {
 			return nil
 		}
-		failed = ErrBadToken
 	}
-	if h := r.Header.Get(HeaderSignature); h != "" {
-		sig, err := hex.DecodeString(strings.TrimPrefix(h, "sha256="))
-		if strings.HasPrefix(h, "sha256=") && err == nil && hmac.Equal(sig, t.mac(body)) {
+	if v := r.Header.Get(signature.HeaderRequest); v != "" {
+		err := t.checkSignature(r, body, v, now, window)
+		if err == nil {
 			return nil
 		}
 		if failed == nil {
-			failed = ErrBadSignature
-		}
-	}
-	if cookie {
-		if c, err := r.Cookie(CookieSession); err == nil {
-			v, err := hex.DecodeString(c.Value)
-			if err == nil && hmac.Equal(v, t.session) {
-				return nil
-			}
-			if failed == nil {
-				failed = ErrBadSession
-			}
+			failed = err
 		}
 	}
 	if failed == nil {
-		return ErrMissingToken
+		return ErrMissingRequeueToken
 	}
 	return failed
+}
+
+func (t *Token) checkSignature(r *http.Request, body []byte, value string, now time.Time, window time.Duration) error {
+	ts := r.Header.Get(signature.HeaderTimestamp)
+	if err := signature.CheckTime(ts, now, window); err != nil {
+		return &Error{signature.HeaderTimestamp, "bad signature: X-Mailbox-Timestamp is " + err.Error() + "; sign with the current unix time"}
+	}
+	canonical, err := signature.Request(r.Method, r.URL.EscapedPath(), ts, r.Header, body)
+	if err != nil || !signature.Equal(t.request, canonical, value) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+// SignRequest sets X-Mailbox-Timestamp (now) and X-Mailbox-Signature on h
+// for a request with method to escapedPath (as the mailbox receives it),
+// carrying h's control headers and body. The CLI and tests sign with it;
+// the requeue package does the same for functions.
+func (t *Token) SignRequest(method, escapedPath string, h http.Header, body []byte, now time.Time) error {
+	ts := signature.Timestamp(now)
+	canonical, err := signature.Request(method, escapedPath, ts, h, body)
+	if err != nil {
+		return fmt.Errorf("auth: signing: %w", err)
+	}
+	h.Set(signature.HeaderTimestamp, ts)
+	h.Set(signature.HeaderRequest, signature.Sign(t.request, canonical))
+	return nil
+}
+
+// SignDelivery sets X-Mailbox-Timestamp (now) and
+// X-Mailbox-Delivery-Signature on h, the headers of a call the connector
+// makes with body, so the receiver can check it with requeue.Verify.
+func (t *Token) SignDelivery(h http.Header, body []byte, now time.Time) error {
+	ts := signature.Timestamp(now)
+	canonical, err := signature.Delivery(ts, h, body)
+	if err != nil {
+		return fmt.Errorf("auth: signing a delivery: %w", err)
+	}
+	h.Set(signature.HeaderTimestamp, ts)
+	h.Set(signature.HeaderDelivery, signature.Sign(t.delivery, canonical))
+	return nil
 }
 
 // String is "[redacted]", so that printing a Token never shows it.
@@ -205,8 +220,10 @@ func (e *Error) Field() string { return e.field }
 
 // The errors of Check.
 var (
-	ErrMissingToken = &Error{"Authorization", "missing token: send Authorization: Bearer <token>, or X-Mailbox-Signature: sha256=<hex HMAC-SHA256 of the body keyed with the token>"}
-	ErrBadToken     = &Error{"Authorization", "bad token: Authorization is not Bearer <the mailbox's token>"}
-	ErrBadSignature = &Error{HeaderSignature, "bad signature: X-Mailbox-Signature is not sha256=<hex HMAC-SHA256 of the body keyed with the token>"}
-	ErrBadSession   = &Error{"Cookie", "bad session: the mailbox_session cookie is not valid; sign in again"}
+	ErrMissingToken        = &Error{"Authorization", "missing token: send Authorization: Bearer <token>"}
+	ErrMissingRequeueToken = &Error{"Authorization", "missing token: send Authorization: Bearer <token>, or sign the request (X-Mailbox-Timestamp and X-Mailbox-Signature: v1=..., see the README)"}
+	ErrBadToken            = &Error{"Authorization", "bad token: Authorization is not Bearer <the mailbox's token>"}
+	ErrBadSignature        = &Error{HeaderSignature, "bad signature: X-Mailbox-Signature is not v1=<hex HMAC-SHA256 of this request's canonical form, keyed with the request key> (see the README)"}
+	ErrMissingSession      = &Error{"Cookie", "missing session: sign in"}
+	ErrBadSession          = &Error{"Cookie", "bad session: the mailbox_session cookie is not valid or has expired; sign in again"}
 )

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,13 +14,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openfaas/mailbox/internal/auth"
 )
 
 const secret = "s3cret-token"
 
-func newToken(t *testing.T, s string) *auth.Token {
+func newToken(t testing.TB, s string) *auth.Token {
 	t.Helper()
 	tok, err := auth.NewToken(s)
 	if err != nil {
@@ -28,12 +30,22 @@ func newToken(t *testing.T, s string) *auth.Token {
 	return tok
 }
 
-// sign is the signature written independently of the package.
-func sign(key string, body []byte) string {
-	m := hmac.New(sha256.New, []byte(key))
-	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+// signAt is a request signature written independently of the package,
+// from the README's description: the canonical request keyed with
+// HMAC-SHA256(token, "mailbox/v1/request").
+func signAt(key, method, path string, headers []string, body []byte, ts int64) (sig, timestamp string) {
+	k := hmac.New(sha256.New, []byte(key))
+	k.Write([]byte("mailbox/v1/request"))
+	m := hmac.New(sha256.New, k.Sum(nil))
+	sum := sha256.Sum256(body)
+	timestamp = fmt.Sprint(ts)
+	lines := append([]string{"mailbox-request-v1", method, path, timestamp}, headers...)
+	m.Write([]byte(strings.Join(append(lines, hex.EncodeToString(sum[:])), "\n")))
+	return "v1=" + hex.EncodeToString(m.Sum(nil)), timestamp
 }
+
+// now is the fixed clock of the signature tests.
+var now = time.Unix(1_800_000_000, 0)
 
 func TestLoad(t *testing.T) {
 	t.Parallel()
@@ -132,19 +144,14 @@ func TestMatches(t *testing.T) {
 	}
 }
 
-func TestCheck(t *testing.T) {
+func TestCheckBearer(t *testing.T) {
 	t.Parallel()
 
 	tok := newToken(t, secret)
-	body := []byte(`{"order":42}`)
-	session := tok.SessionCookie(false).Value
-
+	sig, ts := signAt(secret, http.MethodGet, "/deadletters", nil, nil, now.Unix())
 	for _, tc := range []struct {
 		name   string
 		header map[string]string
-		cookie string // mailbox_session value; "" for none
-		body   []byte // as passed to Check
-		ui     bool   // cookie accepted
 		want   error
 	}{
 		{name: "right bearer", header: map[string]string{"Authorization": "Bearer " + secret}, want: nil},
@@ -155,47 +162,123 @@ func TestCheck(t *testing.T) {
 		{name: "basic instead of bearer", header: map[string]string{"Authorization": "Basic " + secret}, want: auth.ErrBadToken},
 		{name: "token without scheme", header: map[string]string{"Authorization": secret}, want: auth.ErrBadToken},
 		{name: "nothing", want: auth.ErrMissingToken},
-		{name: "nothing on a UI endpoint", ui: true, want: auth.ErrMissingToken},
-
-		{name: "good signature", header: map[string]string{auth.HeaderSignature: sign(secret, body)}, body: body, want: nil},
-		{name: "good signature in upper-case hex", header: map[string]string{auth.HeaderSignature: "sha256=" + strings.ToUpper(strings.TrimPrefix(sign(secret, body), "sha256="))}, body: body, want: nil},
-		{name: "signature of another body", header: map[string]string{auth.HeaderSignature: sign(secret, []byte("other"))}, body: body, want: auth.ErrBadSignature},
-		{name: "signature with another key", header: map[string]string{auth.HeaderSignature: sign("other", body)}, body: body, want: auth.ErrBadSignature},
-		{name: "signature without sha256=", header: map[string]string{auth.HeaderSignature: strings.TrimPrefix(sign(secret, body), "sha256=")}, body: body, want: auth.ErrBadSignature},
-		{name: "signature with sha1=", header: map[string]string{auth.HeaderSignature: "sha1=" + strings.TrimPrefix(sign(secret, body), "sha256=")}, body: body, want: auth.ErrBadSignature},
-		{name: "signature not hex", header: map[string]string{auth.HeaderSignature: "sha256=zz"}, body: body, want: auth.ErrBadSignature},
-		{name: "empty signature", header: map[string]string{auth.HeaderSignature: "sha256="}, body: body, want: auth.ErrBadSignature},
-		{name: "signed body not passed", header: map[string]string{auth.HeaderSignature: sign(secret, body)}, body: nil, want: auth.ErrBadSignature},
-		{name: "empty body signed, nil passed", header: map[string]string{auth.HeaderSignature: sign(secret, nil)}, body: nil, want: nil},
-		{name: "empty body signed, empty passed", header: map[string]string{auth.HeaderSignature: sign(secret, []byte{})}, body: []byte{}, want: nil},
-		{name: "empty body signed, body passed", header: map[string]string{auth.HeaderSignature: sign(secret, nil)}, body: body, want: auth.ErrBadSignature},
-
-		{name: "wrong bearer, good signature", header: map[string]string{"Authorization": "Bearer nope", auth.HeaderSignature: sign(secret, body)}, body: body, want: nil},
-		{name: "right bearer, bad signature", header: map[string]string{"Authorization": "Bearer " + secret, auth.HeaderSignature: "sha256=00"}, body: body, want: nil},
-		{name: "wrong bearer and bad signature: the bearer is named", header: map[string]string{"Authorization": "Bearer nope", auth.HeaderSignature: "sha256=00"}, body: body, want: auth.ErrBadToken},
-
-		{name: "session cookie on a UI endpoint", cookie: session, ui: true, want: nil},
-		{name: "session cookie elsewhere", cookie: session, ui: false, want: auth.ErrMissingToken},
-		{name: "wrong session cookie on a UI endpoint", cookie: strings.Repeat("0", len(session)), ui: true, want: auth.ErrBadSession},
-		{name: "session cookie not hex", cookie: "nothex", ui: true, want: auth.ErrBadSession},
-		{name: "the token as the cookie", cookie: secret, ui: true, want: auth.ErrBadSession},
-		{name: "wrong session cookie elsewhere", cookie: "nothex", ui: false, want: auth.ErrMissingToken},
-		{name: "wrong bearer, good cookie on a UI endpoint", header: map[string]string{"Authorization": "Bearer nope"}, cookie: session, ui: true, want: nil},
-		{name: "wrong bearer, good cookie elsewhere", header: map[string]string{"Authorization": "Bearer nope"}, cookie: session, ui: false, want: auth.ErrBadToken},
-		{name: "right bearer on a UI endpoint", header: map[string]string{"Authorization": "Bearer " + secret}, ui: true, want: nil},
+		// A signature, even a right one, is for requeues only.
+		{name: "a right signature", header: map[string]string{auth.HeaderSignature: sig, "X-Mailbox-Timestamp": ts}, want: auth.ErrMissingToken},
+		{name: "the old empty-body signature", header: map[string]string{auth.HeaderSignature: oldEmptyBodySignature(secret)}, want: auth.ErrMissingToken},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", bytes.NewReader(body))
+			r := httptest.NewRequest(http.MethodGet, "/deadletters", nil)
 			for k, v := range tc.header {
 				r.Header.Set(k, v)
 			}
-			if tc.cookie != "" {
-				r.AddCookie(&http.Cookie{Name: auth.CookieSession, Value: tc.cookie})
+			if err := tok.CheckBearer(r); err != tc.want {
+				t.Fatalf("CheckBearer = %v, want %v", err, tc.want)
 			}
-			err := tok.Check(r, tc.body, tc.ui)
-			if err != tc.want {
-				t.Fatalf("Check = %v, want %v", err, tc.want)
+		})
+	}
+}
+
+// oldEmptyBodySignature is the value that opened every endpoint before
+// signatures covered the request: sha256=HMAC(token, "").
+func oldEmptyBodySignature(key string) string {
+	m := hmac.New(sha256.New, []byte(key))
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+func TestCheckRequeue(t *testing.T) {
+	t.Parallel()
+
+	tok := newToken(t, secret)
+	body := []byte(`{"order":42}`)
+	const path = "/deadletter/fn"
+	headers := map[string]string{"X-Max-Retries": "3", "X-Delay-Duration": "60", "X-Callback-Url": "http://gateway:8080/function/cb"}
+	lines := []string{"x-max-retries:3", "x-delay-duration:60", "x-callback-url:http://gateway:8080/function/cb"}
+	good, ts := signAt(secret, http.MethodPost, path, lines, body, now.Unix())
+	with := func(extra map[string]string) map[string]string {
+		h := map[string]string{auth.HeaderSignature: good, "X-Mailbox-Timestamp": ts}
+		for k, v := range headers {
+			h[k] = v
+		}
+		for k, v := range extra {
+			if v == "-" {
+				delete(h, k)
+				continue
+			}
+			h[k] = v
+		}
+		return h
+	}
+	signedAt := func(t time.Time) map[string]string {
+		sig, ts := signAt(secret, http.MethodPost, path, lines, body, t.Unix())
+		return with(map[string]string{auth.HeaderSignature: sig, "X-Mailbox-Timestamp": ts})
+	}
+	otherKey, _ := signAt("other", http.MethodPost, path, lines, body, now.Unix())
+	bad := auth.ErrBadSignature
+	for _, tc := range []struct {
+		name   string
+		method string
+		path   string
+		header map[string]string
+		body   []byte // as passed; body when nil
+		want   error  // nil, or the error's field when not one of the Err values
+		field  string
+	}{
+		{name: "right bearer", header: map[string]string{"Authorization": "Bearer " + secret}},
+		{name: "nothing", want: auth.ErrMissingRequeueToken},
+		{name: "right signature", header: with(nil)},
+		{name: "signature in upper-case hex", header: with(map[string]string{auth.HeaderSignature: "v1=" + strings.ToUpper(strings.TrimPrefix(good, "v1="))})},
+		{name: "signature 4 minutes old", header: signedAt(now.Add(-4 * time.Minute))},
+		{name: "signature 4 minutes ahead", header: signedAt(now.Add(4 * time.Minute))},
+		{name: "signature 6 minutes old", header: signedAt(now.Add(-6 * time.Minute)), field: "X-Mailbox-Timestamp"},
+		{name: "signature 6 minutes ahead", header: signedAt(now.Add(6 * time.Minute)), field: "X-Mailbox-Timestamp"},
+		{name: "no timestamp", header: with(map[string]string{"X-Mailbox-Timestamp": "-"}), field: "X-Mailbox-Timestamp"},
+		{name: "timestamp not a number", header: with(map[string]string{"X-Mailbox-Timestamp": "soon"}), field: "X-Mailbox-Timestamp"},
+		{name: "timestamp changed", header: with(map[string]string{"X-Mailbox-Timestamp": fmt.Sprint(now.Unix() - 1)}), want: bad},
+		{name: "another path", path: "/deadletter/other", header: with(nil), want: bad},
+		{name: "another method", method: http.MethodPut, header: with(nil), want: bad},
+		{name: "another body", header: with(nil), body: []byte(`{"order":43}`), want: bad},
+		{name: "body not passed", header: with(nil), body: []byte{}, want: bad},
+		{name: "X-Max-Retries changed", header: with(map[string]string{"X-Max-Retries": "10000"}), want: bad},
+		{name: "X-Delay-Duration changed", header: with(map[string]string{"X-Delay-Duration": "0"}), want: bad},
+		{name: "X-Callback-Url changed", header: with(map[string]string{"X-Callback-Url": "http://169.254.169.254/"}), want: bad},
+		{name: "X-Callback-Url removed", header: with(map[string]string{"X-Callback-Url": "-"}), want: bad},
+		{name: "X-Retries added", header: with(map[string]string{"X-Retries": "0"}), want: bad},
+		{name: "X-Dead-Letter-From added", header: with(map[string]string{"X-Dead-Letter-From": "fn"}), want: bad},
+		{name: "another header added is not covered", header: with(map[string]string{"X-Other": "1"})},
+		{name: "signed with another key", header: with(map[string]string{auth.HeaderSignature: otherKey}), want: bad},
+		{name: "without v1=", header: with(map[string]string{auth.HeaderSignature: strings.TrimPrefix(good, "v1=")}), want: bad},
+		{name: "not hex", header: with(map[string]string{auth.HeaderSignature: "v1=zz"}), want: bad},
+		{name: "empty", header: with(map[string]string{auth.HeaderSignature: "v1="}), want: bad},
+		{name: "the old body signature", header: with(map[string]string{auth.HeaderSignature: oldEmptyBodySignature(secret)}), body: []byte{}, want: bad},
+		{name: "wrong bearer, good signature", header: with(map[string]string{"Authorization": "Bearer nope"})},
+		{name: "right bearer, bad signature", header: with(map[string]string{"Authorization": "Bearer " + secret, auth.HeaderSignature: "v1=00"})},
+		{name: "wrong bearer and bad signature: the bearer is named", header: with(map[string]string{"Authorization": "Bearer nope", auth.HeaderSignature: "v1=00"}), want: auth.ErrBadToken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			method, p, b := http.MethodPost, path, body
+			if tc.method != "" {
+				method = tc.method
+			}
+			if tc.path != "" {
+				p = tc.path
+			}
+			if tc.body != nil {
+				b = tc.body
+			}
+			r := httptest.NewRequest(method, p, bytes.NewReader(b))
+			for k, v := range tc.header {
+				r.Header.Set(k, v)
+			}
+			err := tok.CheckRequeue(r, b, now, 5*time.Minute)
+			switch {
+			case tc.field != "":
+				if ae, ok := errors.AsType[*auth.Error](err); !ok || ae.Field() != tc.field {
+					t.Fatalf("CheckRequeue = %v, want an error about %s", err, tc.field)
+				}
+			case err != tc.want:
+				t.Fatalf("CheckRequeue = %v, want %v", err, tc.want)
 			}
 			if err != nil && strings.Contains(err.Error(), secret) {
 				t.Errorf("error %q quotes the token", err)
@@ -204,36 +287,44 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-func TestSign(t *testing.T) {
+func TestSignRequestRoundTrip(t *testing.T) {
 	t.Parallel()
 	tok := newToken(t, secret)
-	for _, b := range [][]byte{nil, []byte("hello")} {
-		if got, want := tok.Sign(b), sign(secret, b); got != want {
-			t.Errorf("Sign(%q) = %s, want %s", b, got, want)
-		}
+	h := http.Header{"X-Max-Retries": {"3"}}
+	if err := tok.SignRequest(http.MethodPost, "/deadletter/fn", h, []byte("b"), now); err != nil {
+		t.Fatal(err)
+	}
+	want, ts := signAt(secret, http.MethodPost, "/deadletter/fn", []string{"x-max-retries:3"}, []byte("b"), now.Unix())
+	if h.Get(auth.HeaderSignature) != want || h.Get("X-Mailbox-Timestamp") != ts {
+		t.Errorf("SignRequest set %v, want %s at %s", h, want, ts)
+	}
+	if err := tok.SignRequest(http.MethodPost, "/deadletter/fn", http.Header{"X-Retries": {"1\nx"}}, nil, now); err == nil {
+		t.Error("SignRequest of a header with a line break: no error")
 	}
 }
 
-func TestSessionCookie(t *testing.T) {
+func TestKeysPerPurpose(t *testing.T) {
 	t.Parallel()
+	// A delivery signature over the same bytes is no request signature.
 	tok := newToken(t, secret)
-
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte("mailbox-ui-session"))
-	wantValue := hex.EncodeToString(m.Sum(nil))
-
-	for _, secure := range []bool{false, true} {
-		c := tok.SessionCookie(secure)
-		if c.Name != "mailbox_session" || c.Value != wantValue || c.Path != "" ||
-			!c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Secure != secure {
-			t.Errorf("SessionCookie(%v) = %+v", secure, c)
-		}
-		if strings.Contains(c.String(), secret) {
-			t.Errorf("SessionCookie(%v) holds the token: %s", secure, c)
-		}
+	h := http.Header{}
+	if err := tok.SignDelivery(h, nil, now); err != nil {
+		t.Fatal(err)
 	}
-	if other := newToken(t, "another").SessionCookie(false); other.Value == wantValue {
-		t.Error("two tokens give the same session cookie")
+	r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", nil)
+	r.Header.Set(auth.HeaderSignature, h.Get("X-Mailbox-Delivery-Signature"))
+	r.Header.Set("X-Mailbox-Timestamp", h.Get("X-Mailbox-Timestamp"))
+	if err := tok.CheckRequeue(r, nil, now, time.Minute); err != auth.ErrBadSignature {
+		t.Errorf("a delivery signature as a requeue's: %v, want ErrBadSignature", err)
+	}
+	// A session cookie is no signature either.
+	c, err := tok.Sessions(0, func() time.Time { return now }).Start(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set(auth.HeaderSignature, "v1="+c.Value[strings.LastIndex(c.Value, ".")+1:])
+	if err := tok.CheckRequeue(r, nil, now, time.Minute); err != auth.ErrBadSignature {
+		t.Errorf("a session's HMAC as a requeue's signature: %v, want ErrBadSignature", err)
 	}
 }
 
@@ -263,6 +354,8 @@ func TestErrorFields(t *testing.T) {
 		{auth.ErrBadToken, "Authorization"},
 		{auth.ErrBadSignature, "X-Mailbox-Signature"},
 		{auth.ErrBadSession, "Cookie"},
+		{auth.ErrMissingSession, "Cookie"},
+		{auth.ErrMissingRequeueToken, "Authorization"},
 	} {
 		if tc.err.Field() != tc.field {
 			t.Errorf("%v: Field = %q, want %q", tc.err, tc.err.Field(), tc.field)

@@ -90,6 +90,12 @@ type Config struct {
 	// chains through the queue-worker, which cannot add a header.
 	// Defaults to true.
 	RequeueAuth bool
+	// SignatureWindow is how far a signed requeue's X-Mailbox-Timestamp
+	// may be from the mailbox's clock, 1s..1h. Defaults to 5m.
+	SignatureWindow time.Duration
+	// SessionTTL is how long a web page session lasts, 1m..720h.
+	// Defaults to 12h.
+	SessionTTL time.Duration
 	// MaxInflight is the number of concurrent function invocations per
 	// connector, 1..10000. Defaults to 16.
 	MaxInflight int

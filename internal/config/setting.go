@@ -239,6 +239,28 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "signature_window", Default: "5m",
+			Usage: "how far a signed requeue's X-Mailbox-Timestamp may be from the mailbox's clock, 1s..1h; outside it the signature is refused",
+			apply: func(c *Config, v string) (err error) {
+				c.SignatureWindow, err = parseDuration(v, true, time.Hour)
+				if err == nil && c.SignatureWindow < time.Second {
+					err = fmt.Errorf("%q is less than 1s", v)
+				}
+				return err
+			},
+		},
+		{
+			Name: "session_ttl", Default: "12h",
+			Usage: "how long a web page session lasts, 1m..720h; it ends then on the server, or at sign-out",
+			apply: func(c *Config, v string) (err error) {
+				c.SessionTTL, err = parseDuration(v, true, 720*time.Hour)
+				if err == nil && c.SessionTTL < time.Minute {
+					err = fmt.Errorf("%q is less than 1m", v)
+				}
+				return err
+			},
+		},
+		{
 			Name: "max_inflight", Default: "16",
 			Usage: "concurrent function invocations per connector, 1..10000",
 			apply: func(c *Config, v string) error {

@@ -34,6 +34,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/limit"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/signature"
 	"github.com/openfaas/mailbox/internal/status"
 )
 
@@ -63,6 +64,11 @@ type Limiter interface {
 	AcquireReserved(ctx context.Context, function string, lim limit.Limits, slot time.Time) (release func(), retryAfter time.Duration, newSlot time.Time, ok bool)
 	// Run takes part in sharing the limits until ctx ends.
 	Run(ctx context.Context) error
+}
+
+// Signer signs the headers of a call the connector makes: auth.Token.
+type Signer interface {
+	SignDelivery(h http.Header, body []byte, now time.Time) error
 }
 
 // Options configure a Dispatcher.
@@ -95,6 +101,9 @@ type Options struct {
 	// unreachable a message waits for it until only CallBudget is left
 	// before the handler's deadline, then is left for redelivery.
 	CallBudget time.Duration
+	// Signer, when set, signs every call (auth.Token with a token
+	// configured), so that the receiver can tell the mailbox sent it.
+	Signer     Signer
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -112,6 +121,7 @@ type Dispatcher struct {
 	cbSlots   chan struct{}
 	gate      *gate
 	budget    time.Duration
+	signer    Signer
 	m         *metrics
 	status    *status.Recorder
 	log       *slog.Logger
@@ -150,6 +160,7 @@ func New(o Options) (*Dispatcher, error) {
 		cbSlots:   make(chan struct{}, o.CallbackSlots),
 		gate:      newGate(o.Probe, m.gatewayUp, m.gatewayPauses, log),
 		budget:    o.CallBudget,
+		signer:    o.Signer,
 		m:         m,
 		status:    rec,
 		log:       log,
@@ -224,7 +235,11 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 	if e.Kind == envelope.KindCallback {
 		policy := delivery.Resolve(e, envelope.Policy{}, d.defaults)
 		return d.call(ctx, e, policy, func() delivery.Result {
-			return d.invoker.Post(ctx, e.CallbackURL, e.Body, e.Header)
+			h, err := d.sign(e, e.Header.Clone())
+			if err != nil {
+				return delivery.Result{Err: err}
+			}
+			return d.invoker.Post(ctx, e.CallbackURL, e.Body, h)
 		})
 	}
 
@@ -274,7 +289,11 @@ func (d *Dispatcher) handle(ctx context.Context, e *envelope.Envelope) error {
 		keep = d.keep
 	}
 	return d.call(ctx, e, policy, func() delivery.Result {
-		res := d.invoker.Invoke(ctx, e.Function, e.Body, Header(e, policy), keep)
+		h, err := d.sign(e, Header(e, policy))
+		if err != nil {
+			return delivery.Result{Err: err}
+		}
+		res := d.invoker.Invoke(ctx, e.Function, e.Body, h, keep)
 		if res.Err == nil && res.Status == http.StatusNotFound {
 			// The function's own 404 is a rejection; the gateway's means
 			// the function is gone, which the list tells apart.
@@ -410,6 +429,24 @@ func Header(e *envelope.Envelope, p delivery.Policy) http.Header {
 	h.Set(envelope.HeaderDelay, formatDelay(p.Delay))
 	h.Set(envelope.HeaderMessageID, e.ID)
 	return h
+}
+
+// sign signs h, the headers of a call with e, naming e's function
+// (signature.HeaderFunction), when the dispatcher has a Signer. A header
+// that cannot be signed (a line break, only in a forged envelope) fails
+// the attempt rather than sending it unsigned.
+func (d *Dispatcher) sign(e *envelope.Envelope, h http.Header) (http.Header, error) {
+	if d.signer == nil {
+		return h, nil
+	}
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set(signature.HeaderFunction, e.Function)
+	if err := d.signer.SignDelivery(h, e.Body, time.Now()); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // formatDelay writes whole seconds as an integer, as the seed's clients

@@ -521,7 +521,8 @@ func TestConnectorReportsRefusedCredentialsAtStart(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		secrets := t.TempDir()
 		anyway := b.deploy("anyway", nil, nil)
-		for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": "wrong"} {
+		// The connector reads the mailbox's token there too, to sign.
+		for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": "wrong", "mailbox-token": apiToken} {
 			if err := os.WriteFile(filepath.Join(secrets, name), []byte(v), 0o600); err != nil {
 				t.Fatal(err)
 			}

@@ -141,12 +141,15 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		if store == nil {
 			return nil, errors.New("service: a token is configured but no dead-letter store is given")
 		}
-		guard, err := auth.NewGuard(token, reg)
+		guard, err := auth.NewGuard(token, reg, auth.WithWindow(cfg.SignatureWindow))
 		if err != nil {
 			return nil, err
 		}
 		o.Guard, o.RequeueAuth, o.MetricsAuth, o.DeadLetters = guard, cfg.RequeueAuth, cfg.MetricsAuth, store
-		if o.UI, err = ui.New(ui.Options{Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger}); err != nil {
+		if o.UI, err = ui.New(ui.Options{
+			Store: store, Waiting: q.Waiting, Token: token, Guard: guard, Logger: logger,
+			Sessions: token.Sessions(cfg.SessionTTL, nil),
+		}); err != nil {
 			return nil, err
 		}
 	}
@@ -230,6 +233,17 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 	if err != nil {
 		return nil, err
 	}
+	// The connector signs what it sends with the same token the API
+	// checks (auth_token_secret), so functions can verify it came from
+	// the mailbox (requeue.Verify).
+	token, err := auth.Load(cfg.SecretMountPath, cfg.AuthTokenSecret)
+	if err != nil {
+		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
+	}
+	var signer dispatch.Signer
+	if token != nil {
+		signer = token
+	}
 	functions, err := catalog.New(catalog.Options{
 		GatewayURL:  cfg.GatewayURL,
 		Credentials: creds,
@@ -294,6 +308,7 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		CallbackBodyLimit: int(cfg.MaxBodyBytes),
 		Probe:             probe,
 		CallBudget:        cfg.UpstreamTimeout + publishTimeout,
+		Signer:            signer,
 		Registerer:        reg,
 		Logger:            logger,
 	})

@@ -4,11 +4,18 @@
 // templates embedded in the binary; its one script asks for confirmation
 // before a replay or a purge.
 //
-// A user signs in with the API token and gets a session cookie
-// (auth.Token.SessionCookie). The cookie is SameSite=Strict, so another
-// site cannot make a browser send it along with a forged form post; every
-// POST also has to come from this origin when the browser says where it
-// comes from.
+// A user signs in with the API token and gets a session (auth.Sessions):
+// it expires on the server (session_ttl, 12 h by default), and signing out
+// ends it there. Failed sign-ins are throttled per client address
+// (auth.Throttle): past the burst the form answers 429 with Retry-After.
+// The cookie is SameSite=Strict, so another site cannot make a browser
+// send it along with a forged form post; every POST also has to come from
+// this origin when the browser says where it comes from. The page takes
+// nothing else: no bearer token, no signature.
+//
+// A bulk purge without a filter removes every dead letter: as the API
+// asks for all=true, the form asks for its "every dead letter" box to be
+// ticked, and the mailbox refuses it otherwise.
 package ui
 
 import (
@@ -53,9 +60,14 @@ type Options struct {
 	Store *deadletter.Store
 	// Waiting counts the messages waiting, by function. Required.
 	Waiting func(ctx context.Context) (map[string]int, error)
-	// Token signs users in; Guard checks their session. Required.
+	// Token signs users in; Guard counts refusals. Required.
 	Token *auth.Token
 	Guard *auth.Guard
+	// Sessions are the users' sessions. Defaults to Token's, lasting
+	// auth.DefaultSessionTTL.
+	Sessions *auth.Sessions
+	// Throttle slows failed sign-ins. Defaults to auth.NewThrottle(nil).
+	Throttle *auth.Throttle
 	// Logger defaults to discarding logs.
 	Logger *slog.Logger
 }
@@ -73,6 +85,12 @@ func New(o Options) (http.Handler, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Sessions == nil {
+		o.Sessions = o.Token.Sessions(0, nil)
+	}
+	if o.Throttle == nil {
+		o.Throttle = auth.NewThrottle(nil)
 	}
 	static, err := fs.Sub(assets, "assets")
 	if err != nil {
@@ -121,7 +139,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.render(w, r, http.StatusForbidden, "login", &loginPage{page: page{Title: "Sign in", Error: "The form was sent from another site."}})
 		return
 	}
-	if err := h.o.Token.Check(r, nil, true); err != nil {
+	if err := h.o.Sessions.Check(r); err != nil {
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			// A browser is sent to sign in; the refusal is counted all
 			// the same.
@@ -138,9 +156,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/":
 		h.overview(ctx, w, r)
 	case path == "/logout" && r.Method == http.MethodPost:
-		c := h.o.Token.SessionCookie(secure(r))
-		c.MaxAge, c.Value = -1, ""
-		http.SetCookie(w, c)
+		http.SetCookie(w, h.o.Sessions.End(r, secure(r)))
 		seeOther(w, r, "login")
 	case path == "/bulk" && r.Method == http.MethodPost:
 		h.bulk(ctx, w, r)
@@ -223,14 +239,30 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 			h.render(w, r, http.StatusForbidden, "login", &p)
 			return
 		}
+		if wait := h.o.Throttle.Wait(r); wait > 0 {
+			// Before the form is read: a guess now is not even tried.
+			secs := int((wait + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			p.Error = fmt.Sprintf("Too many failed sign-ins from your address; try again in %d s.", secs)
+			h.render(w, r, http.StatusTooManyRequests, "login", &p)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
 		if err := r.ParseForm(); err != nil || !h.o.Token.Matches(r.PostForm.Get("token")) {
+			h.o.Throttle.Failed(r)
 			h.o.Guard.Count(auth.UI)
 			p.Error = "That is not the mailbox's token."
 			h.render(w, r, http.StatusUnauthorized, "login", &p)
 			return
 		}
-		http.SetCookie(w, h.o.Token.SessionCookie(secure(r)))
+		c, err := h.o.Sessions.Start(secure(r))
+		if err != nil {
+			h.log.Error("ui: starting a session", "error", err)
+			p.Error = "A session cannot be started now; try again."
+			h.render(w, r, http.StatusInternalServerError, "login", &p)
+			return
+		}
+		http.SetCookie(w, c)
 		seeOther(w, r, "")
 	default:
 		w.Header().Set("Allow", "GET, HEAD, POST")
@@ -391,6 +423,12 @@ func (h *handler) bulk(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	f := deadletter.Filter{Function: r.PostForm.Get("function"), Reason: r.PostForm.Get("reason"), Query: r.PostForm.Get("q")}
+	if action == deadletter.ActionPurge && f == (deadletter.Filter{}) && r.PostForm.Get("all") != "true" {
+		// As the API's all=true: a purge of everything is meant, not
+		// a filter lost on the way.
+		h.render(w, r, http.StatusBadRequest, "job", &jobPage{page: page{Title: "Not done", SignedIn: true, Error: "A purge without a filter removes every dead letter: tick \"every dead letter\" to mean it."}})
+		return
+	}
 	job, err := h.o.Store.Start(ctx, action, f, 0)
 	if err != nil {
 		h.fail(w, r, err)

@@ -6,6 +6,9 @@ package ui_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -13,6 +16,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,16 +37,32 @@ const token = "ui-test-token"
 
 var quiet = slog.New(slog.DiscardHandler)
 
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
 type bundle struct {
 	srv   *httptest.Server
 	reg   *prometheus.Registry
 	q     queue.Queue
 	token *auth.Token
+	// sessions are the page's, on clock.
+	sessions *auth.Sessions
+	clock    *clock
 	// waitingErr, when set, is what the page's waiting counts fail with.
 	waitingErr error
 }
 
-func setup(t *testing.T) *bundle {
+func setup(t testing.TB) *bundle {
 	t.Helper()
 	nats := jsservertest.Start(t)
 	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{URL: nats.URL(), Logger: quiet}})
@@ -66,8 +86,10 @@ func setup(t *testing.T) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.clock = &clock{t: time.Now()}
+	b.sessions = b.token.Sessions(time.Hour, b.clock.now)
 	h, err := ui.New(ui.Options{
-		Store: store, Token: b.token, Guard: guard,
+		Store: store, Token: b.token, Guard: guard, Sessions: b.sessions, Throttle: auth.NewThrottle(b.clock.now),
 		Waiting: func(ctx context.Context) (map[string]int, error) {
 			if b.waitingErr != nil {
 				return nil, b.waitingErr
@@ -103,7 +125,11 @@ func (b *bundle) do(t *testing.T, method, path string, form url.Values, signedIn
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
 	if signedIn {
-		req.AddCookie(b.token.SessionCookie(false))
+		c, err := b.sessions.Start(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.AddCookie(c)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
@@ -164,7 +190,7 @@ func TestSignIn(t *testing.T) {
 	if c.Name != auth.CookieSession || c.Path != "" || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, token) {
 		t.Fatalf("session cookie %+v", c)
 	}
-	if c.Secure || c.MaxAge != int(auth.SessionMaxAge.Seconds()) {
+	if c.Secure || c.MaxAge != int(time.Hour.Seconds()) {
 		t.Fatalf("session cookie over plain HTTP: Secure %v, MaxAge %d", c.Secure, c.MaxAge)
 	}
 	// Through a gateway or ingress that ended TLS, the cookie is Secure.
@@ -223,7 +249,7 @@ func TestFormsFromAnotherSiteAreRefused(t *testing.T) {
 		{"Origin", "http://gateway:8080", "X-Forwarded-Host", "gateway:8080"},
 		{"Origin", "http://gateway:8080", "Sec-Fetch-Site", "same-origin"},
 	} {
-		res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true, h...)
+		res, _ := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}, "all": {"true"}}, true, h...)
 		if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(res.Header.Get("Location"), "./jobs/") {
 			t.Fatalf("same-origin bulk purge with %q: %d to %q", h, res.StatusCode, res.Header.Get("Location"))
 		}
@@ -283,5 +309,117 @@ func TestPagesAndFailures(t *testing.T) {
 	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "Not available now") || !strings.Contains(page, "m1") {
 		t.Fatalf("waiting counts failing: %d\n%s", res.StatusCode, page)
+	}
+}
+
+// signIn signs in with the token and returns the session cookie.
+func (b *bundle) signIn(t *testing.T) *http.Cookie {
+	t.Helper()
+	res, _ := b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false)
+	if res.StatusCode != http.StatusSeeOther || len(res.Cookies()) != 1 {
+		t.Fatalf("sign-in: %d, cookies %v", res.StatusCode, res.Cookies())
+	}
+	return res.Cookies()[0]
+}
+
+// with sends GET path with cookie c and returns the status.
+func (b *bundle) with(t *testing.T, method, path string, c *http.Cookie, header ...string) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, b.srv.URL+path, nil)
+	if c != nil {
+		req.AddCookie(c)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+func TestSessionEndsOnTheServer(t *testing.T) {
+	b := setup(t)
+	c := b.signIn(t)
+	if code := b.with(t, http.MethodGet, "/ui/", c); code != http.StatusOK {
+		t.Fatalf("signed in: %d", code)
+	}
+	if code := b.with(t, http.MethodPost, "/ui/logout", c); code != http.StatusSeeOther {
+		t.Fatalf("sign out: %d", code)
+	}
+	// The browser forgot the cookie; one kept (copied, stolen) is
+	// refused all the same.
+	if code := b.with(t, http.MethodGet, "/ui/", c); code != http.StatusSeeOther {
+		t.Fatalf("the cookie after sign-out: %d, want 303 to the sign-in form", code)
+	}
+
+	// A session expires on the server, whatever the browser keeps.
+	c = b.signIn(t)
+	b.clock.add(time.Hour)
+	if code := b.with(t, http.MethodGet, "/ui/", c); code != http.StatusSeeOther {
+		t.Fatalf("an expired session: %d, want 303 to the sign-in form", code)
+	}
+}
+
+// The page takes its session only: not the bearer token, nor a signature.
+func TestOnlyTheSessionOpensThePage(t *testing.T) {
+	b := setup(t)
+	m := hmac.New(sha256.New, []byte(token))
+	emptyBody := "sha256=" + hex.EncodeToString(m.Sum(nil))
+	m = hmac.New(sha256.New, []byte(token))
+	m.Write([]byte("mailbox-ui-session"))
+	oldSession := &http.Cookie{Name: auth.CookieSession, Value: hex.EncodeToString(m.Sum(nil))}
+	for name, h := range map[string][]string{
+		"the empty body's signature": {"X-Mailbox-Signature", emptyBody},
+		"the bearer token":           {"Authorization", "Bearer " + token},
+	} {
+		if code := b.with(t, http.MethodGet, "/ui/", nil, h...); code != http.StatusSeeOther {
+			t.Errorf("GET /ui/ with %s: %d, want 303 to the sign-in form", name, code)
+		}
+	}
+	if code := b.with(t, http.MethodGet, "/ui/", oldSession); code != http.StatusSeeOther {
+		t.Errorf("GET /ui/ with the old fixed session value: %d, want 303 to the sign-in form", code)
+	}
+}
+
+func TestSignInThrottled(t *testing.T) {
+	b := setup(t)
+	for range 10 {
+		res, _ := b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {"guess"}}, false)
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a wrong token: %d, want 401", res.StatusCode)
+		}
+	}
+	// Past the burst, even the right token waits: the guess is not tried.
+	res, page := b.do(t, http.MethodPost, "/ui/login", url.Values{"token": {token}}, false)
+	if res.StatusCode != http.StatusTooManyRequests || res.Header.Get("Retry-After") == "" || len(res.Cookies()) != 0 || !strings.Contains(page, "Too many failed sign-ins") {
+		t.Fatalf("sign-in after 10 failures: %d, Retry-After %q, cookies %v", res.StatusCode, res.Header.Get("Retry-After"), res.Cookies())
+	}
+	b.clock.add(10 * time.Second)
+	b.signIn(t)
+}
+
+func TestBulkPurgeOfEverythingNeedsAll(t *testing.T) {
+	b := setup(t)
+	res, page := b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}}, true)
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(page, "every dead letter") {
+		t.Fatalf("bulk purge without a filter nor all: %d\n%s", res.StatusCode, page)
+	}
+	res, _ = b.do(t, http.MethodPost, "/ui/bulk", url.Values{"action": {"purge"}, "function": {"fn"}}, true)
+	if res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("bulk purge with a filter: %d", res.StatusCode)
+	}
+	// The page's form asks for the box when there is no filter.
+	if err := b.q.DeadLetter(t.Context(), &envelope.Envelope{ID: "m1", Function: "fn", Reason: envelope.ReasonRejected, DeadAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the dead letter listed with a purge form", func() bool {
+		_, page = b.do(t, http.MethodGet, "/ui/", nil, true)
+		return strings.Contains(page, `id="purge-all"`)
+	})
+	if !strings.Contains(page, `name="all" value="true"`) || !strings.Contains(page, "required") {
+		t.Fatalf("the purge form has no required all box:\n%s", page)
 	}
 }

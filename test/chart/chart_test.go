@@ -856,6 +856,48 @@ func TestAuthToken(t *testing.T) {
 			}
 		}
 	})
+	t.Run("connector token", func(t *testing.T) {
+		t.Parallel()
+		// The connector signs what it delivers with the same token, from a
+		// secret in its own namespace, beside the gateway's credentials.
+		c := withFunction(valuesCase{name: "connector-token"}, "auth.tokenSecret=mailbox-token", "auth.connectorTokenSecret=mailbox-token")
+		_, connEnv, _, connCfg, _ := processEnv(t, c)
+		if connEnv["auth_token_secret"] != "mailbox-token" || connCfg.AuthTokenSecret != "mailbox-token" || connCfg.SecretMountPath != secretMountPath {
+			t.Errorf("connector auth_token_secret %q under %s", connEnv["auth_token_secret"], connCfg.SecretMountPath)
+		}
+		for _, k := range []string{"replay_rate", "requeue_auth"} {
+			if v, ok := connEnv[k]; ok {
+				t.Errorf("connector: %s = %q, a setting of the API only", k, v)
+			}
+		}
+		d := one[*appsv1.Deployment](t, render(t, c), connectorName)
+		pod := d.Spec.Template.Spec
+		ctr := container(t, pod, "connector")
+		var mount *corev1.VolumeMount
+		for i := range ctr.VolumeMounts {
+			if ctr.VolumeMounts[i].MountPath == secretMountPath {
+				mount = &ctr.VolumeMounts[i]
+			}
+		}
+		if mount == nil || !mount.ReadOnly {
+			t.Fatalf("secret_mount_path mounted %+v, want read-only", mount)
+		}
+		var files []string
+		for _, v := range pod.Volumes {
+			if v.Name != mount.Name || v.Projected == nil {
+				continue
+			}
+			for _, src := range v.Projected.Sources {
+				for _, it := range src.Secret.Items {
+					files = append(files, src.Secret.Name+"/"+it.Key+"->"+it.Path)
+				}
+			}
+		}
+		want := []string{"basic-auth/basic-auth-user->basic-auth-user", "basic-auth/basic-auth-password->basic-auth-password", "mailbox-token/mailbox-token->mailbox-token"}
+		if !slices.Equal(files, want) {
+			t.Errorf("files at secret_mount_path %v, want %v", files, want)
+		}
+	})
 	t.Run("token and NATS credentials", func(t *testing.T) {
 		t.Parallel()
 		_, _, _, _, fn := processEnv(t, withFunction(valuesCase{name: "both"},
