@@ -90,7 +90,8 @@ func ExampleHeader() {
 	out, _ := requeue.Header(r.Header, requeue.FromDelivery(d), requeue.WithDelay(1500*time.Millisecond))
 	show(out)
 
-	// The same headers from anyone else: dropped, a first requeue.
+	// The same headers from anyone else: dropped, but for X-Retries, which
+	// still counts up.
 	r.Header.Del(requeue.HeaderDeliverySignature)
 	_, err = requeue.Verify(r, nil, token)
 	fmt.Println(err)
@@ -103,7 +104,7 @@ func ExampleHeader() {
 	// X-Mailbox-Message-Id: "m-1"
 	// Content-Type: "application/json"
 	// requeue: the request carries no X-Mailbox-Delivery-Signature
-	// X-Retries: "1"
+	// X-Retries: "3"
 	// X-Max-Retries: ""
 	// X-Delay-Duration: "1.5s"
 	// X-Mailbox-Message-Id: ""

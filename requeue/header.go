@@ -175,6 +175,15 @@ func Header(in http.Header, opts ...Option) (http.Header, error) {
 	if err != nil {
 		return nil, err
 	}
+	if from == nil {
+		// Unverified, X-Retries still counts, when it reads as a count: a
+		// caller who raises it only ends its own message sooner, while
+		// dropping it would let a requeue from an unsigned delivery (a
+		// connector without the token) start again at 1 for ever.
+		retries, ok, _ = single(in, HeaderRetries)
+		n, err := strconv.Atoi(retries)
+		ok = ok && err == nil && isDigits(retries) && n < math.MaxInt
+	}
 	next := 1
 	if ok {
 		n, err := strconv.Atoi(retries)

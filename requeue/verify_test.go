@@ -29,6 +29,16 @@ func TestHeaderDropsUnverifiedControlHeaders(t *testing.T) {
 	if !equalHeader(got, want) {
 		t.Fatalf("Header of an unverified request\n got %v\nwant %v", got, want)
 	}
+	// Unverified, X-Retries still counts up, so a function requeuing the
+	// unsigned deliveries of a connector without the token ends at its
+	// X-Max-Retries instead of starting again at 1 for ever; one that is
+	// not a count is ignored.
+	for in, want := range map[string]string{"4": "5", "-1": "1", "x": "1", "": "1"} {
+		got, err := requeue.Header(hdr("X-Retries", in), requeue.WithDefaultMaxRetries(3))
+		if err != nil || got.Get("X-Retries") != want {
+			t.Errorf("Header of an unverified X-Retries %q: %v %v, want X-Retries %s", in, got, err, want)
+		}
+	}
 	// Signed with another token: no better.
 	r := httptest.NewRequest(http.MethodPost, "/", nil)
 	r.Header = in.Clone()
@@ -174,15 +184,16 @@ func TestSignedDeliveries(t *testing.T) {
 	if again.err != nil || again.verified.ID != "m-1" || again.verified.Retries != 1 {
 		t.Fatalf("the second delivery: %+v, %v", again.verified, again.err)
 	}
-	// The same request from an outside caller, unsigned: a first requeue
-	// under a new id, whatever it claims.
+	// The same request from an outside caller, unsigned: a requeue under a
+	// new id with the function's own limits, whatever it claims; only its
+	// X-Retries still counts up.
 	forged := httptest.NewRequest(http.MethodPost, "/", nil)
 	forged.Header = again.header.Clone()
 	forged.Header.Del(requeue.HeaderDeliverySignature)
 	forged.Header.Set("X-Max-Retries", "10000")
 	res, err = requeue.Request(t.Context(), nil, m.URL, "fn", forged, []byte(again.body), requeue.WithToken(token), requeue.WithDelay(time.Hour))
-	if err != nil || res.ID == "m-1" || res.Retries != 1 || res.MaxRetries == 10000 {
-		t.Fatalf("requeue of an unsigned request = %+v, %v; want a new id, retries 1, the default max retries", res, err)
+	if err != nil || res.ID == "m-1" || res.Retries != 2 || res.MaxRetries == 10000 {
+		t.Fatalf("requeue of an unsigned request = %+v, %v; want a new id, retries 2, the default max retries", res, err)
 	}
 
 	// A routed dead letter.
