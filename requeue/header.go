@@ -127,11 +127,14 @@ func TrustIncoming() Option {
 // X-Dead-Letter-* of a routed dead letter) are carried over only from a
 // verified delivery (FromDelivery), or with TrustIncoming from in as it
 // is. Otherwise anyone who can call the function could set them, so they
-// are dropped and the requeue is a first one, with the function's own
-// options:
+// are dropped and the requeue has the function's own options, except
+// X-Retries, which still counts:
 //
 //   - X-Retries: the carried value plus one, else 1 (the call being
-//     handled was the first attempt, attempt 0)
+//     handled was the first attempt, attempt 0). Unverified, in's
+//     X-Retries is still taken when it is a plain count: raising it only
+//     ends the caller's own message sooner, and a function called by a
+//     connector that does not sign must not start again at 1 for ever.
 //   - X-Max-Retries: the carried value, else WithDefaultMaxRetries, else
 //     left out
 //   - X-Delay-Duration: WithDelay, else the carried value, else

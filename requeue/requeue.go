@@ -15,9 +15,10 @@
 // it makes (X-Mailbox-Delivery-Signature); Verify checks that signature
 // with the same token, and only a verified delivery's control headers are
 // carried over (FromDelivery; Request does it by itself with WithToken).
-// A request that does not verify is requeued as a first attempt, with the
-// function's own options: a caller cannot raise its retries, reuse
-// another message's id or turn its dead-letter routing off. WithToken
+// A request that does not verify is requeued with the function's own
+// options and a new id: a caller cannot raise its retries, reuse another
+// message's id or turn its dead-letter routing off. Only its X-Retries
+// still counts up, which can only end the caller's own message sooner. WithToken
 // also signs the requeue (SignRequest) instead of sending the token, so
 // the signature is good for that one request only. TrustIncoming keeps
 // the old behaviour, for a mailbox without a token whose functions only
@@ -148,7 +149,7 @@ func Request(ctx context.Context, c *http.Client, mailboxURL, function string, r
 	}
 	if o.token != "" && o.delivery == nil && !o.trust {
 		// The request being handled carries its control headers over
-		// only when the mailbox signed it; else this is a first requeue.
+		// only when the mailbox signed it (X-Retries aside, see Header).
 		if d, err := Verify(r, body, o.token); err == nil {
 			opts = append(opts[:len(opts):len(opts)], FromDelivery(d))
 		}
