@@ -121,6 +121,11 @@ type Bed struct {
 	// the secrets folder as OpenFaaS keeps them.
 	User, Password string
 	secrets        string
+	// password is the one in the secrets folder now (SetPassword);
+	// connectorToken the name and value of the token secret put beside it
+	// for the connector (SetConnectorToken), empty when it has none.
+	password       string
+	connectorToken [2]string
 	// API is the rate-limited API the example function calls.
 	API *API
 	// Client talks to the gateway with the credentials, as faas-cli does.
@@ -268,11 +273,18 @@ func (b *Bed) component(name string) (component, bool) {
 			ready: logged("Listening on [faas-request]"),
 		}, true
 	case Connector:
-		// It reads the gateway's credentials from the secrets folder when
-		// it starts. At debug level it logs each delivery.
+		// It reads the gateway's credentials, and the token when it has
+		// one, from the secrets folder when it starts. At debug level it
+		// logs each delivery.
+		env := b.mailboxEnv()
+		b.mu.Lock()
+		if name := b.connectorToken[0]; name != "" {
+			env = append(env, "auth_token_secret="+name)
+		}
+		b.mu.Unlock()
 		return component{
 			bin: b.cfg.Bin.Connector,
-			env: append(b.mailboxEnv(),
+			env: append(env,
 				"gateway_url="+GatewayURL,
 				"basic_auth=true",
 				"secret_mount_path="+b.secrets,
@@ -426,7 +438,30 @@ func emptyPrometheus(w http.ResponseWriter, _ *http.Request) {
 // secrets folder, as a rotated secret would; components read it when
 // they start.
 func (b *Bed) SetPassword(password string) error {
-	return proc.WriteSecrets(b.secrets, map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(password)})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.password = password
+	return b.writeSecrets()
+}
+
+// SetConnectorToken puts the mailbox's token in the secrets folder as the
+// secret name, and has the connector read it (auth_token_secret) from its
+// next start, so that it signs every call it makes. An empty name takes
+// the token away again.
+func (b *Bed) SetConnectorToken(name, token string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.connectorToken = [2]string{name, token}
+	return b.writeSecrets()
+}
+
+// writeSecrets writes the secrets folder anew, with b.mu held.
+func (b *Bed) writeSecrets() error {
+	secrets := map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(b.password)}
+	if name := b.connectorToken[0]; name != "" {
+		secrets[name] = []byte(b.connectorToken[1])
+	}
+	return proc.WriteSecrets(b.secrets, secrets)
 }
 
 // ConnectorMetric is the sum of the samples of the connector's metric
