@@ -1020,9 +1020,47 @@ func testSigned(t *testing.T, b *bed.Bed) {
 			!strings.Contains(c.Body, "flaky: 200") || !c.Verified || c.Status != http.StatusOK {
 			t.Fatalf("the callback recorded as %+v, want one, verified, reporting %s delivered with 200 and its answer", cb, bed.Flaky)
 		}
-		// Later than any refused one would have been: none was called.
-		if n := elsewhere.Load(); n != 0 {
-			t.Fatalf("the listener a refused callback named was called %d times", n)
+	})
+
+	t.Run("RefusedCallbackPutOnNATS", func(t *testing.T) {
+		// Written straight to NATS, past the API's check, as anything with
+		// access to NATS could: the connector checks the callback URL again
+		// before any call, and keeps the message as a dead letter.
+		q, err := b.OpenQueue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		now := time.Now()
+		e := &envelope.Envelope{ID: "nats-" + suffix, Kind: envelope.KindMessage, Function: bed.Flaky, Body: []byte("put-on-nats"),
+			Policy: envelope.Policy{CallbackURL: listener.URL + "/callback"}, AcceptedAt: now, DueAt: now}
+		// It connects in the background: unavailable until then.
+		until(t, 30*time.Second, "the message stored on NATS", func() error {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return q.Schedule(sctx, e)
+		})
+		var dead *envelope.Envelope
+		until(t, 30*time.Second, "the dead letter of "+e.ID, func() error {
+			if dead = deadLetter(t, b, e.ID); dead == nil {
+				return errors.New("none stored")
+			}
+			return nil
+		})
+		if dead.Reason != envelope.ReasonRefused {
+			t.Errorf("dead letter %+v, want reason %s", dead, envelope.ReasonRefused)
+		}
+		calls, err := callsOf(bed.Flaky, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(calls[e.ID]) != 0 {
+			t.Errorf("%s delivered %q, want never", e.ID, history(calls[e.ID]))
 		}
 	})
+	// After every other callback of the scenario was settled: none was
+	// called.
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the listener refused callbacks named was called %d times", n)
+	}
 }

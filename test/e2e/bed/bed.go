@@ -27,6 +27,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -40,7 +41,12 @@ import (
 
 	sdk "github.com/openfaas/go-sdk"
 	"github.com/openfaas/go-sdk/stack"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/jetstream"
+	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/test/internal/fnbuild"
 	"github.com/openfaas/mailbox/test/internal/proc"
 )
@@ -313,6 +319,31 @@ func (b *Bed) mailboxEnv() []string {
 		"channel_prefix=" + Prefix,
 		"jetstream_stream=" + Stream,
 	}
+}
+
+// OpenQueue opens the mailbox's queue on the bed's NATS, with the settings
+// the mailbox function and the connector share: what a client with access
+// to NATS, not to the mailbox's API, can write. Close it when done.
+func (b *Bed) OpenQueue() (queue.Queue, error) {
+	cfg, err := config.Load(config.Environ(b.mailboxEnv()), nil)
+	if err != nil {
+		return nil, err
+	}
+	// As internal/service opens it, which this module cannot import (it
+	// needs connector-sdk).
+	common := queue.Options{
+		URL:             cfg.NATSURL,
+		Prefix:          cfg.ChannelPrefix,
+		MaxInflight:     cfg.MaxInflight,
+		StatusRetention: cfg.StatusRetention,
+		Logger:          slog.New(slog.DiscardHandler),
+		Registerer:      prometheus.NewRegistry(),
+	}
+	if cfg.Backend == Stan {
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
+	}
+	return jetstream.Open(jetstream.Options{Options: common, Stream: cfg.JetStreamStream, Consumer: cfg.JetStreamConsumer,
+		Replicas: cfg.JetStreamReplicas, DeadLetterMaxAge: cfg.DeadLetterMaxAge})
 }
 
 // Start starts the named component unless it is running, and returns
