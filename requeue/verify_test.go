@@ -102,6 +102,29 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+// TestVerifyThroughTheGateway: the OpenFaaS gateway gives every call that
+// has none an X-Call-Id of its own (and X-Start-Time, X-Forwarded-For) on
+// the way to the function, so a delivery or a callback the mailbox signed
+// without one still verifies, whatever the gateway set. Found by the
+// OpenFaaS test bed: callbacks through the gateway never verified.
+func TestVerifyThroughTheGateway(t *testing.T) {
+	t.Parallel()
+	body := []byte("flaky: 200")
+	r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+	r.Header.Set("X-Mailbox-Message-Id", "m-1")
+	r.Header.Set("X-Mailbox-Outcome", "delivered")
+	r.Header.Set("X-Function-Status", "200")
+	r.Header.Set(requeue.HeaderFunction, "fn")
+	signAsTheMailbox(r.Header, body, token)
+	// As the gateway's call-id middleware and proxy add them.
+	r.Header.Set("X-Call-Id", "8f3b6c2e-0b1a-4c7e-9a55-2d9e1f0c7a11")
+	r.Header.Set("X-Start-Time", "1765126040000000000")
+	r.Header.Set("X-Forwarded-For", "10.62.0.1")
+	if d, err := requeue.Verify(r, body, token); err != nil || d.ID != "m-1" {
+		t.Fatalf("Verify after the gateway = %+v, %v, want the delivery", d, err)
+	}
+}
+
 // received is what a function got, verified.
 type received struct {
 	delivery

@@ -103,11 +103,13 @@ var RequestHeaders = []string{
 }
 
 // DeliveryHeaders are the headers a delivery's signature covers: every
-// header the mailbox sets on what it delivers.
+// header the mailbox sets on what it delivers, except X-Call-Id, which the
+// OpenFaaS gateway sets on the way to the function when the call has none
+// (a signature covering it would never verify behind the gateway).
 var DeliveryHeaders = []string{
 	"X-Mailbox-Message-Id", "X-Retries", HeaderFunction, "X-Max-Retries", "X-Delay-Duration",
 	"X-Dead-Letter-Reason", "X-Dead-Letter-From", "X-Dead-Letter-Time", "X-Dead-Letter-Retries",
-	"X-Mailbox-Outcome", "X-Function-Status", "X-Function-Name", "X-Call-Id", "X-Mailbox-Attempts",
+	"X-Mailbox-Outcome", "X-Function-Status", "X-Function-Name", "X-Mailbox-Attempts",
 }
 
 // Key derives the key for purpose from token.

@@ -12,20 +12,24 @@ import (
 	"maps"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/openfaas/faas-provider/types"
 
+	"github.com/openfaas/mailbox/internal/auth"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
+	mbrequeue "github.com/openfaas/mailbox/requeue"
 	"github.com/openfaas/mailbox/test/e2e/bed"
 	"github.com/openfaas/mailbox/test/e2e/testfn"
 	"github.com/openfaas/mailbox/test/internal/proc"
@@ -76,6 +80,9 @@ var scenarios = []struct {
 	{"GatewayCredentialsFromSecrets", true, testCredentials},
 	{"GatewayRestart", true, testGatewayRestart},
 	{"NATSRestart", true, testNATSRestart},
+	// It deploys the mailbox and the connector with a token, and restores
+	// both without one.
+	{"SignedRequestsAndCallbacks", true, testSigned},
 	// Last: it deploys the mailbox again, with a token that the example
 	// function, requeuing itself, does not send.
 	{"DeadLetterManagement", true, testDeadLetterManagement},
@@ -808,5 +815,252 @@ func testDeadLetterManagement(t *testing.T, b *bed.Bed) {
 	call(http.MethodGet, "/deadletters?function="+bed.Slow, http.StatusOK, &list)
 	if list.Total != 0 || len(list.Items) != 0 {
 		t.Fatalf("dead letters of %s after the replay: %+v, want none", bed.Slow, list)
+	}
+}
+
+// signedPost posts a requeue of body for function to the mailbox through
+// the gateway, with headers, signed with token as the requeue package
+// signs (none when token is empty).
+func signedPost(t *testing.T, token, function, body string, headers map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, bed.GatewayURL+"/function/"+bed.Mailbox+"/deadletter/"+function, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	if token != "" {
+		if err := mbrequeue.SignRequest(req, []byte(body), token); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := bed.HTTPClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	answer, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, answer
+}
+
+// testSigned: the mailbox and the connector deployed with a token, as with
+// the chart's auth.connectorTokenSecret. Requeues must be signed, a
+// function requeues itself signed and verifies what the mailbox delivers,
+// and callbacks go to the gateway's functions, nowhere else.
+func testSigned(t *testing.T, b *bed.Bed) {
+	ctx := context.Background()
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	token, secret := "e2e-signed-"+suffix, "mailbox-signing-token"
+	t.Cleanup(func() {
+		// The scenarios after this one run without a token.
+		if err := b.UpdateMailbox(ctx, nil); err != nil {
+			t.Error(err)
+		}
+		if err := b.SetConnectorToken("", ""); err != nil {
+			t.Error(err)
+		}
+		_ = b.Stop(bed.Connector, false)
+		if err := b.Start(bed.Connector); err != nil {
+			t.Error(err)
+		}
+	})
+	if status, err := b.Client.CreateSecret(ctx, types.Secret{Name: secret, Value: token}); err != nil || status >= 300 {
+		t.Fatalf("creating secret %s through the gateway: %d %v", secret, status, err)
+	}
+	// requeue_auth is on by default.
+	if err := b.UpdateMailbox(ctx, []string{secret}, "auth_token_secret="+secret); err != nil {
+		t.Fatal(err)
+	}
+	// The connector reads the token beside the gateway's credentials when
+	// it starts.
+	if err := b.SetConnectorToken(secret, token); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Stop(bed.Connector, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(bed.Connector); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeployTestFunction(ctx, bed.Signed, []string{secret}, "token_secret="+secret,
+		"mailbox_url="+bed.GatewayURL+"/function/"+bed.Mailbox, "requeue_times=2"); err != nil {
+		t.Fatal(err)
+	}
+	// Once the new mailbox answers: a signed requeue is taken...
+	until(t, 30*time.Second, "the mailbox taking a signed requeue", func() error {
+		res, answer := signedPost(t, token, bed.Flaky, "signed-"+suffix, quick)
+		if res.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("answered %d %s, want 202", res.StatusCode, answer)
+		}
+		return nil
+	})
+	// ...one unsigned, or signed with another token, is not.
+	for what, key := range map[string]string{"unsigned": "", "signed with another token": "not-" + token} {
+		res, answer := signedPost(t, key, bed.Flaky, "refused-"+suffix, quick)
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a requeue %s answered %d %s, want 401", what, res.StatusCode, answer)
+		}
+	}
+
+	t.Run("FunctionRequeuesItselfSigned", func(t *testing.T) {
+		// Called straight through the gateway by anyone, with control
+		// headers it would like carried over: not a delivery the mailbox
+		// signed, so the function requeues it, signed, as a first attempt.
+		caller := "caller-" + suffix
+		res, answer, err := post("/function/"+bed.Signed, "signed-requeue", map[string]string{
+			"X-Mailbox-Message-Id": caller, "X-Retries": "7", "X-Max-Retries": "100"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusCode != http.StatusAccepted {
+			t.Fatalf("the call answered %d %s, want 202: the function requeued it", res.StatusCode, answer)
+		}
+		calls, err := callsOf(bed.Signed, caller)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := calls[caller]
+		if len(first) != 1 || first[0].Verified || !strings.Contains(first[0].NotVerified, "no X-Mailbox-Delivery-Signature") ||
+			first[0].Requeued == "" || first[0].Requeued == caller {
+			t.Fatalf("the caller's call recorded as %+v, want not signed, requeued under an id of the mailbox's", first)
+		}
+		// The mailbox delivers it signed with X-Retries 1 (the caller's 7
+		// and 100 dropped); verified, the function requeues it once more,
+		// signed, carrying its id and retries over; then takes it.
+		id := first[0].Requeued
+		got := waitHistories(t, 30*time.Second, bed.Signed, "1:202 2:200", id)[id]
+		for _, c := range got {
+			if !c.Verified || c.MaxRetries != "5" {
+				t.Errorf("delivery of %s with X-Retries %s: verified %v (%s), X-Max-Retries %q, want verified, 5",
+					id, c.Retries, c.Verified, c.NotVerified, c.MaxRetries)
+			}
+		}
+		if got[0].Requeued != id {
+			t.Errorf("the verified delivery was requeued as %q, want its own id %s", got[0].Requeued, id)
+		}
+	})
+
+	t.Run("ForgedDeliveryNotVerified", func(t *testing.T) {
+		// A call made to look like a delivery, signed with another token.
+		forged := "forged-" + suffix
+		const body = "forged"
+		h := http.Header{}
+		h.Set("X-Mailbox-Message-Id", forged)
+		h.Set("X-Retries", "1")
+		h.Set("X-Max-Retries", "5")
+		h.Set(mbrequeue.HeaderFunction, bed.Signed)
+		other, err := auth.NewToken("not-" + token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := other.SignDelivery(h, []byte(body), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		headers := map[string]string{}
+		for k := range h {
+			headers[k] = h.Get(k)
+		}
+		if _, _, err := post("/function/"+bed.Signed, body, headers); err != nil {
+			t.Fatal(err)
+		}
+		calls, err := callsOf(bed.Signed, forged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := calls[forged]
+		if len(c) != 1 || c[0].Verified || !strings.Contains(c[0].NotVerified, "not valid") || c[0].Requeued == forged {
+			t.Fatalf("the forged call recorded as %+v, want not verified (a bad signature), its id not carried over", c)
+		}
+		// Requeued as a new first attempt, which the mailbox delivers
+		// signed: the chain ends as the caller's did.
+		waitHistories(t, 30*time.Second, bed.Signed, "1:202 2:200", c[0].Requeued)
+	})
+
+	// Where a callback may not go: the bed's own listener on loopback, the
+	// cloud metadata address and the gateway's /system API.
+	var elsewhere atomic.Int64
+	listener := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { elsewhere.Add(1) }))
+	defer listener.Close()
+	t.Run("CallbackElsewhereRefused", func(t *testing.T) {
+		for _, u := range []string{listener.URL + "/callback", "http://169.254.169.254/latest/meta-data/", bed.GatewayURL + "/system/functions"} {
+			res, answer := signedPost(t, token, bed.Flaky, "callback-refused-"+suffix,
+				map[string]string{"X-Delay-Duration": "1", "X-Max-Retries": "5", "X-Callback-Url": u})
+			var e struct{ Error, Field string }
+			if res.StatusCode != http.StatusBadRequest || json.Unmarshal(answer, &e) != nil || e.Field != "X-Callback-Url" {
+				t.Errorf("a requeue with X-Callback-Url %s answered %d %s, want 400 naming X-Callback-Url", u, res.StatusCode, answer)
+			}
+		}
+	})
+
+	t.Run("CallbackToAFunctionDelivered", func(t *testing.T) {
+		res, answer := signedPost(t, token, bed.Flaky, "callback-"+suffix, map[string]string{
+			"X-Delay-Duration": "1", "X-Max-Retries": "5", "X-Callback-Url": bed.GatewayURL + "/function/" + bed.Signed})
+		var a struct{ ID string }
+		if res.StatusCode != http.StatusAccepted || json.Unmarshal(answer, &a) != nil || a.ID == "" {
+			t.Fatalf("a requeue with a callback to %s answered %d %s, want 202", bed.Signed, res.StatusCode, answer)
+		}
+		waitHistories(t, 30*time.Second, bed.Flaky, delivered, a.ID)
+		// The outcome, posted through the gateway to the other function,
+		// signed by the mailbox for the function it reports on.
+		var cb []testfn.Call
+		until(t, 30*time.Second, "the callback to "+bed.Signed, func() error {
+			calls, err := callsOf(bed.Signed, a.ID)
+			if err == nil && len(calls[a.ID]) == 0 {
+				err = errors.New("not called")
+			}
+			cb = calls[a.ID]
+			return err
+		})
+		c := cb[0]
+		if len(cb) != 1 || c.Outcome != "delivered" || c.FunctionName != bed.Flaky || c.FunctionStatus != "200" ||
+			!strings.Contains(c.Body, "flaky: 200") || !c.Verified || c.Status != http.StatusOK {
+			t.Fatalf("the callback recorded as %+v, want one, verified, reporting %s delivered with 200 and its answer", cb, bed.Flaky)
+		}
+	})
+
+	t.Run("RefusedCallbackPutOnNATS", func(t *testing.T) {
+		// Written straight to NATS, past the API's check, as anything with
+		// access to NATS could: the connector checks the callback URL again
+		// before any call, and keeps the message as a dead letter.
+		q, err := b.OpenQueue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		now := time.Now()
+		e := &envelope.Envelope{ID: "nats-" + suffix, Kind: envelope.KindMessage, Function: bed.Flaky, Body: []byte("put-on-nats"),
+			Policy: envelope.Policy{CallbackURL: listener.URL + "/callback"}, AcceptedAt: now, DueAt: now}
+		// It connects in the background: unavailable until then.
+		until(t, 30*time.Second, "the message stored on NATS", func() error {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return q.Schedule(sctx, e)
+		})
+		var dead *envelope.Envelope
+		until(t, 30*time.Second, "the dead letter of "+e.ID, func() error {
+			if dead = deadLetter(t, b, e.ID); dead == nil {
+				return errors.New("none stored")
+			}
+			return nil
+		})
+		if dead.Reason != envelope.ReasonRefused {
+			t.Errorf("dead letter %+v, want reason %s", dead, envelope.ReasonRefused)
+		}
+		calls, err := callsOf(bed.Flaky, e.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(calls[e.ID]) != 0 {
+			t.Errorf("%s delivered %q, want never", e.ID, history(calls[e.ID]))
+		}
+	})
+	// After every other callback of the scenario was settled: none was
+	// called.
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the listener refused callbacks named was called %d times", n)
 	}
 }

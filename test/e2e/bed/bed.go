@@ -27,6 +27,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -40,7 +41,12 @@ import (
 
 	sdk "github.com/openfaas/go-sdk"
 	"github.com/openfaas/go-sdk/stack"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/config"
+	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/jetstream"
+	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/test/internal/fnbuild"
 	"github.com/openfaas/mailbox/test/internal/proc"
 )
@@ -121,6 +127,11 @@ type Bed struct {
 	// the secrets folder as OpenFaaS keeps them.
 	User, Password string
 	secrets        string
+	// password is the one in the secrets folder now (SetPassword);
+	// connectorToken the name and value of the token secret put beside it
+	// for the connector (SetConnectorToken), empty when it has none.
+	password       string
+	connectorToken [2]string
 	// API is the rate-limited API the example function calls.
 	API *API
 	// Client talks to the gateway with the credentials, as faas-cli does.
@@ -268,11 +279,18 @@ func (b *Bed) component(name string) (component, bool) {
 			ready: logged("Listening on [faas-request]"),
 		}, true
 	case Connector:
-		// It reads the gateway's credentials from the secrets folder when
-		// it starts. At debug level it logs each delivery.
+		// It reads the gateway's credentials, and the token when it has
+		// one, from the secrets folder when it starts. At debug level it
+		// logs each delivery.
+		env := b.mailboxEnv()
+		b.mu.Lock()
+		if name := b.connectorToken[0]; name != "" {
+			env = append(env, "auth_token_secret="+name)
+		}
+		b.mu.Unlock()
 		return component{
 			bin: b.cfg.Bin.Connector,
-			env: append(b.mailboxEnv(),
+			env: append(env,
 				"gateway_url="+GatewayURL,
 				"basic_auth=true",
 				"secret_mount_path="+b.secrets,
@@ -301,6 +319,31 @@ func (b *Bed) mailboxEnv() []string {
 		"channel_prefix=" + Prefix,
 		"jetstream_stream=" + Stream,
 	}
+}
+
+// OpenQueue opens the mailbox's queue on the bed's NATS, with the settings
+// the mailbox function and the connector share: what a client with access
+// to NATS, not to the mailbox's API, can write. Close it when done.
+func (b *Bed) OpenQueue() (queue.Queue, error) {
+	cfg, err := config.Load(config.Environ(b.mailboxEnv()), nil)
+	if err != nil {
+		return nil, err
+	}
+	// As internal/service opens it, which this module cannot import (it
+	// needs connector-sdk).
+	common := queue.Options{
+		URL:             cfg.NATSURL,
+		Prefix:          cfg.ChannelPrefix,
+		MaxInflight:     cfg.MaxInflight,
+		StatusRetention: cfg.StatusRetention,
+		Logger:          slog.New(slog.DiscardHandler),
+		Registerer:      prometheus.NewRegistry(),
+	}
+	if cfg.Backend == Stan {
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
+	}
+	return jetstream.Open(jetstream.Options{Options: common, Stream: cfg.JetStreamStream, Consumer: cfg.JetStreamConsumer,
+		Replicas: cfg.JetStreamReplicas, DeadLetterMaxAge: cfg.DeadLetterMaxAge})
 }
 
 // Start starts the named component unless it is running, and returns
@@ -426,7 +469,30 @@ func emptyPrometheus(w http.ResponseWriter, _ *http.Request) {
 // secrets folder, as a rotated secret would; components read it when
 // they start.
 func (b *Bed) SetPassword(password string) error {
-	return proc.WriteSecrets(b.secrets, map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(password)})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.password = password
+	return b.writeSecrets()
+}
+
+// SetConnectorToken puts the mailbox's token in the secrets folder as the
+// secret name, and has the connector read it (auth_token_secret) from its
+// next start, so that it signs every call it makes. An empty name takes
+// the token away again.
+func (b *Bed) SetConnectorToken(name, token string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.connectorToken = [2]string{name, token}
+	return b.writeSecrets()
+}
+
+// writeSecrets writes the secrets folder anew, with b.mu held.
+func (b *Bed) writeSecrets() error {
+	secrets := map[string][]byte{"basic-auth-user": []byte(b.User), "basic-auth-password": []byte(b.password)}
+	if name := b.connectorToken[0]; name != "" {
+		secrets[name] = []byte(b.connectorToken[1])
+	}
+	return proc.WriteSecrets(b.secrets, secrets)
 }
 
 // ConnectorMetric is the sum of the samples of the connector's metric

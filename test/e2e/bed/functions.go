@@ -34,6 +34,10 @@ const (
 	// Slow answers 200 after SlowFor.
 	Slow    = testfn.Slow
 	SlowFor = 2 * time.Second
+	// Signed requeues itself, signed, through the mailbox. It is not
+	// deployed with the others: it needs the token secret (see
+	// DeployTestFunction).
+	Signed = testfn.Signed
 )
 
 // Functions deployed from stack.yml.
@@ -82,7 +86,10 @@ func (b *Bed) deployFunctions(ctx context.Context) error {
 // mailboxSpec is the mailbox function's deployment: stack.yml's, pointed
 // at the bed's NATS, with env put over its environment and secrets.
 func (b *Bed) mailboxSpec(secrets []string, env ...string) types.FunctionDeployment {
-	spec := b.fromStack(Mailbox, slices.Concat(b.mailboxEnv(), []string{"healthcheck_interval=1s"}, env)...)
+	// gateway_url as the chart gives it: the API refuses at requeue a
+	// callback the connector would refuse, and allows the gateway's
+	// functions.
+	spec := b.fromStack(Mailbox, slices.Concat(b.mailboxEnv(), []string{"healthcheck_interval=1s", "gateway_url=" + GatewayURL}, env)...)
 	spec.Secrets = append(spec.Secrets, secrets...)
 	return spec
 }
@@ -102,6 +109,26 @@ func (b *Bed) UpdateMailbox(ctx context.Context, secrets []string, env ...string
 		return fmt.Errorf("update %s: gateway answered %d", Mailbox, status)
 	}
 	return b.waitReady(ctx, Mailbox)
+}
+
+// DeployTestFunction deploys (or deploys again) the test function with the
+// behaviour name through the gateway, with env and secrets (created
+// beforehand), and returns once it is ready.
+func (b *Bed) DeployTestFunction(ctx context.Context, name string, secrets []string, env ...string) error {
+	spec := testFn(name, env...)
+	spec.Secrets = secrets
+	deploy := b.Client.Deploy
+	if _, err := b.Client.GetFunction(ctx, name, ""); err == nil {
+		deploy = b.Client.Update
+	}
+	status, err := deploy(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", name, err)
+	}
+	if status != http.StatusAccepted && status != http.StatusOK {
+		return fmt.Errorf("deploy %s: gateway answered %d", name, status)
+	}
+	return b.waitReady(ctx, name)
 }
 
 // fromStack is the deployment faas-cli makes of a stack.yml function, with

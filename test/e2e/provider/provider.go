@@ -290,7 +290,7 @@ func (p *Provider) deploy(spec types.FunctionDeployment, mustExist bool) error {
 		port, created = old.port, old.created
 	} else {
 		var err error
-		if port, err = proc.FreePort(); err != nil {
+		if port, err = p.freePort(); err != nil {
 			return fmt.Errorf("provider: free port: %w", err)
 		}
 	}
@@ -360,6 +360,27 @@ func (p *Provider) Scale(name string, replicas uint64) error {
 	}
 	p.log.Info("scaled", "function", name, "requested", replicas, "replicas", want)
 	return nil
+}
+
+// freePort is a free port that no function has, with p.opMu held. A port
+// proc.FreePort found free is free only until a process binds it, and the
+// kernel may hand the same one out again before then: two functions
+// deployed one after the other once got the same port, and the second
+// could never start.
+func (p *Provider) freePort() (int, error) {
+	p.mu.Lock()
+	taken := map[int]bool{}
+	for _, f := range p.functions {
+		taken[f.port] = true
+	}
+	p.mu.Unlock()
+	for range 100 {
+		port, err := proc.FreePort()
+		if err != nil || !taken[port] {
+			return port, err
+		}
+	}
+	return 0, errors.New("every free port found is a function's already")
 }
 
 // status is the function as /system/functions reports it.

@@ -4,6 +4,15 @@
 //	flaky    answers 429 to the first fail_times calls for a message, then 200
 //	failing  always answers 500
 //	slow     answers 200 after sleep (a Go duration)
+//	signed   requeues itself through the mailbox at mailbox_url, signed
+//	         with the token (package requeue, WithToken), until a delivery
+//	         the mailbox signed has X-Retries requeue_times, then answers
+//	         200; a callback (X-Mailbox-Outcome) is answered 200, and an
+//	         unsigned call for a message it requeued 401
+//
+// With token_secret (the name of a secret under secret_mount_path, as
+// OpenFaaS mounts them), every call is checked with requeue.Verify and
+// the call records whether the mailbox signed it; signed needs it.
 //
 // Each call is recorded; GET /calls?id=<message id>[&id=...] (through the
 // gateway: /function/<name>/calls?id=...) lists the calls for those
@@ -14,14 +23,20 @@ package testfn
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/openfaas/mailbox/requeue"
 )
 
 // Behaviours, the environment variable behaviour.
@@ -29,6 +44,7 @@ const (
 	Flaky   = "flaky"
 	Failing = "failing"
 	Slow    = "slow"
+	Signed  = "signed"
 )
 
 // Call is one call the function answered.
@@ -39,6 +55,19 @@ type Call struct {
 	MaxRetries string    `json:"max_retries"`
 	Body       string    `json:"body"`
 	Status     int       `json:"status"`
+	// Verified says requeue.Verify accepted the call with the token;
+	// NotVerified is its error otherwise. Both are empty without a token.
+	Verified    bool   `json:"verified,omitempty"`
+	NotVerified string `json:"not_verified,omitempty"`
+	// The headers of a callback: the outcome, the function it reports
+	// on and that function's answer.
+	Outcome        string `json:"outcome,omitempty"`
+	FunctionName   string `json:"function_name,omitempty"`
+	FunctionStatus string `json:"function_status,omitempty"`
+	// Requeued is the message id of the requeue signed made of this call
+	// (the mailbox answered 202), RequeueError why it failed.
+	Requeued     string `json:"requeued,omitempty"`
+	RequeueError string `json:"requeue_error,omitempty"`
 }
 
 // Function is the test function's handler.
@@ -46,16 +75,32 @@ type Function struct {
 	behaviour string
 	failTimes int
 	sleep     time.Duration
+	token     string
+	// signed: where and how often it requeues itself.
+	mailboxURL   string
+	requeueTimes int
+	client       *http.Client
 
-	mu    sync.Mutex
-	calls map[string][]Call // by message id, in order
+	mu       sync.Mutex
+	calls    map[string][]Call   // by message id, in order
+	requeued map[string]struct{} // ids of the messages signed requeued
 }
 
 // FromEnv makes the function from its deployment's environment:
-// behaviour, and fail_times for flaky or sleep for slow.
+// behaviour, fail_times for flaky, sleep for slow, mailbox_url and
+// requeue_times for signed, and token_secret for any.
 func FromEnv(getenv func(string) string) (*Function, error) {
-	f := &Function{behaviour: getenv("behaviour"), calls: map[string][]Call{}}
+	f := &Function{behaviour: getenv("behaviour"), calls: map[string][]Call{}, requeued: map[string]struct{}{}, client: &http.Client{Timeout: 10 * time.Second}}
 	var err error
+	if name := getenv("token_secret"); name != "" {
+		b, err := os.ReadFile(filepath.Join(getenv("secret_mount_path"), name))
+		if err != nil {
+			return nil, fmt.Errorf("token_secret: %w", err)
+		}
+		if f.token = strings.TrimSpace(string(b)); f.token == "" {
+			return nil, fmt.Errorf("token_secret: secret %s is empty", name)
+		}
+	}
 	switch f.behaviour {
 	case Flaky:
 		if f.failTimes, err = strconv.Atoi(getenv("fail_times")); err != nil {
@@ -65,9 +110,19 @@ func FromEnv(getenv func(string) string) (*Function, error) {
 		if f.sleep, err = time.ParseDuration(getenv("sleep")); err != nil {
 			return nil, fmt.Errorf("sleep: %w", err)
 		}
+	case Signed:
+		if f.token == "" {
+			return nil, errors.New("token_secret: required by " + Signed)
+		}
+		if f.mailboxURL = getenv("mailbox_url"); f.mailboxURL == "" {
+			return nil, errors.New("mailbox_url: required by " + Signed)
+		}
+		if f.requeueTimes, err = strconv.Atoi(getenv("requeue_times")); err != nil {
+			return nil, fmt.Errorf("requeue_times: %w", err)
+		}
 	case Failing:
 	default:
-		return nil, fmt.Errorf("behaviour %q is not %s, %s or %s", f.behaviour, Flaky, Failing, Slow)
+		return nil, fmt.Errorf("behaviour %q is not %s, %s, %s or %s", f.behaviour, Flaky, Failing, Slow, Signed)
 	}
 	return f, nil
 }
@@ -95,10 +150,32 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Retries:    r.Header.Get("X-Retries"),
 		MaxRetries: r.Header.Get("X-Max-Retries"),
 		Body:       string(body),
+
+		Outcome:        r.Header.Get("X-Mailbox-Outcome"),
+		FunctionName:   r.Header.Get("X-Function-Name"),
+		FunctionStatus: r.Header.Get("X-Function-Status"),
+	}
+	var d *requeue.Delivery
+	if f.token != "" {
+		if d, err = requeue.Verify(r, body, f.token); err == nil {
+			c.Verified = true
+		} else {
+			c.NotVerified = err.Error()
+		}
 	}
 	f.mu.Lock()
 	c.Status = f.answer(len(f.calls[c.MessageID]))
+	_, mine := f.requeued[c.MessageID]
 	f.mu.Unlock()
+	switch {
+	case f.behaviour != Signed || c.Outcome != "":
+	case d == nil && mine:
+		// A call for a message it requeued that the mailbox did not sign:
+		// refused, rather than requeued as a new message for ever.
+		c.Status = http.StatusUnauthorized
+	case d == nil || d.Retries < f.requeueTimes:
+		c.Status = f.requeue(r, body, &c)
+	}
 	if f.behaviour == Slow {
 		select {
 		case <-time.After(f.sleep):
@@ -111,6 +188,24 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	w.WriteHeader(c.Status)
 	fmt.Fprintf(w, "%s: %d for %q\n", f.behaviour, c.Status, c.Body)
+}
+
+// requeue asks the mailbox to call the function again with body, as a
+// retry of r, signed with the token; package requeue carries r's control
+// headers over only when the mailbox signed r. It records the outcome in
+// c and returns the status to answer.
+func (f *Function) requeue(r *http.Request, body []byte, c *Call) int {
+	res, err := requeue.Request(r.Context(), f.client, f.mailboxURL, f.behaviour, r, body,
+		requeue.WithToken(f.token), requeue.WithDelay(time.Second), requeue.WithDefaultMaxRetries(5))
+	if err != nil {
+		c.RequeueError = err.Error()
+		return http.StatusBadGateway
+	}
+	c.Requeued = res.ID
+	f.mu.Lock()
+	f.requeued[res.ID] = struct{}{}
+	f.mu.Unlock()
+	return http.StatusAccepted
 }
 
 // answer is the status of a call for a message already called before

@@ -1,10 +1,18 @@
 package testfn
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/auth"
 )
 
 func TestFlakyCallsByMessage(t *testing.T) {
@@ -59,3 +67,95 @@ func TestFromEnvRefusesUnknownBehaviour(t *testing.T) {
 type env map[string]string
 
 func (e env) get(k string) string { return e[k] }
+
+// TestSignedRequeuesItselfSigned: signed verifies each call with the token,
+// requeues an unsigned one as a first attempt and a signed one with its id
+// and retries, signed both times, until requeue_times; it refuses an
+// unsigned call for a message it requeued and takes a callback.
+func TestSignedRequeuesItselfSigned(t *testing.T) {
+	const token = "testfn-token"
+	tok, err := auth.NewToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type requeued struct{ id, retries string }
+	var got []requeued
+	mailbox := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := tok.CheckRequeue(r, body, time.Now(), time.Minute); err != nil || r.URL.Path != "/deadletter/"+Signed {
+			http.Error(w, fmt.Sprintf("%s: %v", r.URL.Path, err), http.StatusUnauthorized)
+			return
+		}
+		id := r.Header.Get("X-Mailbox-Message-Id")
+		if id == "" {
+			id = "m-1"
+		}
+		got = append(got, requeued{id, r.Header.Get("X-Retries")})
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"status":"scheduled","id":%q,"function":%q}`, id, Signed)
+	}))
+	defer mailbox.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mailbox-token"), []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := FromEnv(env{"behaviour": Signed, "secret_mount_path": dir, "token_secret": "mailbox-token",
+		"mailbox_url": mailbox.URL, "requeue_times": "2"}.get)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	call := func(h map[string]string, signed bool) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("work"))
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		if signed {
+			req.Header.Set("X-Mailbox-Function", Signed)
+			if err := tok.SignDelivery(req.Header, []byte("work"), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	steps := []struct {
+		h      map[string]string
+		signed bool
+		want   int
+	}{
+		{map[string]string{"X-Mailbox-Message-Id": "caller", "X-Retries": "7"}, false, http.StatusAccepted},
+		{map[string]string{"X-Mailbox-Message-Id": "m-1", "X-Retries": "1"}, true, http.StatusAccepted},
+		{map[string]string{"X-Mailbox-Message-Id": "m-1", "X-Retries": "2"}, true, http.StatusOK},
+		{map[string]string{"X-Mailbox-Message-Id": "m-1", "X-Retries": "1"}, false, http.StatusUnauthorized},
+		{map[string]string{"X-Mailbox-Message-Id": "m-1", "X-Mailbox-Outcome": "delivered"}, true, http.StatusOK},
+	}
+	for i, s := range steps {
+		if status := call(s.h, s.signed); status != s.want {
+			t.Fatalf("call %d (%v, signed %v) answered %d, want %d", i, s.h, s.signed, status, s.want)
+		}
+	}
+	if want := []requeued{{"m-1", "1"}, {"m-1", "2"}}; !slices.Equal(got, want) {
+		t.Fatalf("requeues (id, X-Retries) %v, want %v", got, want)
+	}
+	calls, err := CallsOf(t.Context(), srv.Client(), srv.URL, "caller", "m-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := calls["caller"]; len(c) != 1 || c[0].Verified || !strings.Contains(c[0].NotVerified, "no X-Mailbox-Delivery-Signature") || c[0].Requeued != "m-1" {
+		t.Errorf("the caller's call: %+v, want not verified, requeued as m-1", c)
+	}
+	var verified []bool
+	for _, c := range calls["m-1"] {
+		verified = append(verified, c.Verified)
+	}
+	if !slices.Equal(verified, []bool{true, true, false, true}) || calls["m-1"][3].Outcome != "delivered" {
+		t.Errorf("calls for m-1: %+v, want verified but the unsigned one, the last a callback", calls["m-1"])
+	}
+}
