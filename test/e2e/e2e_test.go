@@ -909,10 +909,11 @@ func testSigned(t *testing.T, b *bed.Bed) {
 	t.Run("FunctionRequeuesItselfSigned", func(t *testing.T) {
 		// Called straight through the gateway by anyone, with control
 		// headers it would like carried over: not a delivery the mailbox
-		// signed, so the function requeues it, signed, as a first attempt.
+		// signed, so the function requeues it, signed, under a new id with
+		// its own X-Max-Retries; only X-Retries still counts up.
 		caller := "caller-" + suffix
 		res, answer, err := post("/function/"+bed.Signed, "signed-requeue", map[string]string{
-			"X-Mailbox-Message-Id": caller, "X-Retries": "7", "X-Max-Retries": "100"})
+			"X-Mailbox-Message-Id": caller, "X-Retries": "0", "X-Max-Retries": "100"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -928,9 +929,10 @@ func testSigned(t *testing.T, b *bed.Bed) {
 			first[0].Requeued == "" || first[0].Requeued == caller {
 			t.Fatalf("the caller's call recorded as %+v, want not signed, requeued under an id of the mailbox's", first)
 		}
-		// The mailbox delivers it signed with X-Retries 1 (the caller's 7
-		// and 100 dropped); verified, the function requeues it once more,
-		// signed, carrying its id and retries over; then takes it.
+		// The mailbox delivers it signed with X-Retries 1 (the caller's 0
+		// counted on, its 100 and id dropped); verified, the function
+		// requeues it once more, signed, carrying its id and retries over;
+		// then takes it.
 		id := first[0].Requeued
 		got := waitHistories(t, 30*time.Second, bed.Signed, "1:202 2:200", id)[id]
 		for _, c := range got {
@@ -975,9 +977,9 @@ func testSigned(t *testing.T, b *bed.Bed) {
 		if len(c) != 1 || c[0].Verified || !strings.Contains(c[0].NotVerified, "not valid") || c[0].Requeued == forged {
 			t.Fatalf("the forged call recorded as %+v, want not verified (a bad signature), its id not carried over", c)
 		}
-		// Requeued as a new first attempt, which the mailbox delivers
-		// signed: the chain ends as the caller's did.
-		waitHistories(t, 30*time.Second, bed.Signed, "1:202 2:200", c[0].Requeued)
+		// Requeued under a new id, its X-Retries 1 counted on, which the
+		// mailbox delivers signed with X-Retries 2: the function takes it.
+		waitHistories(t, 30*time.Second, bed.Signed, "2:200", c[0].Requeued)
 	})
 
 	// Where a callback may not go: the bed's own listener on loopback, the
