@@ -103,8 +103,12 @@ type Config struct {
 	// is at most MaxDelay. Defaults to 60s.
 	DefaultDelay time.Duration
 	// MaxRetriesLimit is the largest X-Max-Retries accepted. Defaults to
-	// 10000.
+	// 100.
 	MaxRetriesLimit int
+	// MinRetryDelay is the least wait before a retry, whatever a header,
+	// an annotation or a Retry-After says; greater than zero and at most
+	// MaxDelay. Defaults to 1s.
+	MinRetryDelay time.Duration
 	// MaxDelay is the largest X-Delay-Duration accepted, greater than zero
 	// and at most 2^21 seconds (about 24 days). Defaults to 168h.
 	MaxDelay time.Duration
@@ -212,6 +216,11 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 	if !failed["default_delay"] && !failed["max_delay"] && c.DefaultDelay > c.MaxDelay {
 		errs = append(errs, fmt.Errorf("config: default_delay: %s is greater than max_delay %s",
 			c.DefaultDelay, c.MaxDelay))
+	}
+
+	if !failed["min_retry_delay"] && !failed["max_delay"] && c.MinRetryDelay > c.MaxDelay {
+		errs = append(errs, fmt.Errorf("config: min_retry_delay: %s is greater than max_delay %s",
+			c.MinRetryDelay, c.MaxDelay))
 	}
 
 	if !failed["default_ttl"] && !failed["default_delay"] && c.DefaultTTL > 0 && c.DefaultTTL <= c.DefaultDelay {

@@ -272,7 +272,7 @@ func settings() []Setting {
 			},
 		},
 		{
-			Name: "max_retries_limit", Default: "10000",
+			Name: "max_retries_limit", Default: "100",
 			Usage: "largest X-Max-Retries accepted",
 			apply: func(c *Config, v string) error {
 				n, err := parseInt(v, 0, math.MaxInt32)
@@ -285,6 +285,14 @@ func settings() []Setting {
 			Usage: "largest X-Delay-Duration accepted, at most 2^21 seconds (about 24 days)",
 			apply: func(c *Config, v string) (err error) {
 				c.MaxDelay, err = parseDuration(v, true, maxDelayLimit)
+				return err
+			},
+		},
+		{
+			Name: "min_retry_delay", Default: "1s",
+			Usage: "least wait before a retry, whatever X-Delay-Duration, X-Backoff, an annotation or a Retry-After says (the first delivery may be immediate); at most max_delay",
+			apply: func(c *Config, v string) (err error) {
+				c.MinRetryDelay, err = parseDuration(v, true, 0)
 				return err
 			},
 		},

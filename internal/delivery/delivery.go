@@ -102,7 +102,8 @@ const (
 //	NoSuchFunction                        | grace over                       | DeadLetter | reason no-such-function
 //	Err, or Status in RetryCodes          | Retries+1 > MaxRetries           | DeadLetter | reason max-retries
 //	Err, or Status in RetryCodes          | next due at or after expiry      | DeadLetter | reason expired
-//	Err, or Status in RetryCodes          | otherwise                        | Retry      | Retries+1, due after NextDelay
+//	Err, or Status in RetryCodes          | otherwise                        | Retry      | Retries+1, due after NextDelay,
+//	                                      |                                  |            | at least MinRetryDelay
 //	any other Status                      |                                  | DeadLetter | reason rejected
 //
 // Every row but the grace one records the attempt: FirstAttemptAt (if
@@ -158,7 +159,9 @@ func Decide(e *envelope.Envelope, p Policy, r Result, now time.Time, jitter floa
 	case attempts > p.MaxRetries:
 		return deadLetter(&next, p, envelope.ReasonMaxRetries, attempts, r, now)
 	}
-	due := now.Add(NextDelay(p, attempts, r.RetryAfter, jitter))
+	// Never sooner than MinRetryDelay: one request must not turn into
+	// calls back to back.
+	due := now.Add(max(NextDelay(p, attempts, r.RetryAfter, jitter), p.MinRetryDelay))
 	if exp := p.expiresAt(e); !exp.IsZero() && !due.Before(exp) {
 		return deadLetter(&next, p, envelope.ReasonExpired, attempts, r, now)
 	}

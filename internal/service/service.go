@@ -99,6 +99,7 @@ func Defaults(cfg config.Config) delivery.Defaults {
 		DeadLetterFunction:  cfg.DeadLetterFunction,
 		MaxRetriesLimit:     cfg.MaxRetriesLimit,
 		MaxDelay:            cfg.MaxDelay,
+		MinRetryDelay:       cfg.MinRetryDelay,
 		RetryCodes:          cfg.RetryCodes,
 		NoSuchFunctionGrace: cfg.NoSuchFunctionGrace,
 		CallbackMaxRetries:  cfg.CallbackMaxRetries,
