@@ -263,6 +263,17 @@ type scheduledResponse struct {
 	DueAt      string `json:"due_at"`
 }
 
+// repeatResponse is the 200 answer to a requeue of a message already
+// waiting: the same function, id and X-Retries (a client repeating a
+// requeue after a timeout). Nothing more was stored.
+type repeatResponse struct {
+	Status   string `json:"status"`
+	Repeat   bool   `json:"repeat"`
+	ID       string `json:"id"`
+	Function string `json:"function"`
+	Retries  int    `json:"retries"`
+}
+
 // deadLetteredResponse is the 200 answer for a message whose retries are
 // spent.
 type deadLetteredResponse struct {
@@ -354,8 +365,17 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
-	if err := d.Store(r.Context(), h.queue); err != nil {
+	repeat, err := d.StoreRepeat(r.Context(), h.queue)
+	if err != nil {
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
+	}
+	if repeat {
+		// Nothing stored: the first store's status stands.
+		w.Header().Set(envelope.HeaderMessageID, e.ID)
+		h.log.Debug("requeue: repeat", "function", function, "id", e.ID, "retries", e.Retries)
+		return writeJSON(w, http.StatusOK, repeatResponse{
+			Status: "repeat", Repeat: true, ID: e.ID, Function: e.Function, Retries: e.Retries,
+		})
 	}
 	h.status.Record(d.Statuses(e, 0, now)...)
 	e = d.Next

@@ -483,8 +483,9 @@ func (s *Store) replay(ctx context.Context, e Entry, retries int) (Outcome, erro
 	now := s.o.Now().UTC()
 	next := delivery.Replay(dead, retries, now)
 	// Schedule first: a failure between the two leaves the dead letter
-	// kept, to be replayed again, never lost.
-	if err := s.q.Schedule(ctx, next); err != nil {
+	// kept, to be replayed again, never lost. A repeat is this replay
+	// stored by an earlier try.
+	if err := s.q.Schedule(ctx, next); err != nil && !errors.Is(err, queue.ErrRepeat) {
 		return Outcome{}, err
 	}
 	if err := s.remove(ctx, e, queue.RemovedReplayed); err != nil {

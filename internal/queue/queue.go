@@ -67,6 +67,12 @@ var (
 	ErrTooLarge = errors.New("queue: message too large")
 	// ErrNoStatus means no status is kept for a message id.
 	ErrNoStatus = errors.New("queue: no status")
+	// ErrRepeat means Schedule stored nothing because the backend already
+	// holds the same message: the same function, id, life and attempt
+	// (a client repeating a requeue, a connector storing a retry again
+	// after a crash). A caller that only needs it stored counts it as
+	// stored; the requeue API tells its caller it was a repeat.
+	ErrRepeat = errors.New("queue: message already stored")
 )
 
 // DeadLetterCounter returns mailbox_dead_letters_total{function,reason}

@@ -45,7 +45,7 @@ func (q *Queue) deadLetterStreamConfig() jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    q.o.Replicas,
 		MaxAge:      maxAge,
-		Duplicates:  2 * time.Minute,
+		Duplicates:  q.o.DuplicateWindow,
 		AllowMsgTTL: true, // removals expire on their own
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net/http"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +39,9 @@ type Options struct {
 	// Logger receives the backend's logs; the suite sets it to the test's
 	// output, shown when the test fails.
 	Logger *slog.Logger
+	// DuplicateWindow is how long a backend that de-duplicates remembers
+	// a stored message's id; zero: the backend's default.
+	DuplicateWindow time.Duration
 }
 
 // Common returns the backend options for o on the broker at url, with a
@@ -69,7 +73,10 @@ type Server interface {
 	// consumer takes it as due at once.
 	PublishRaw(t *testing.T, data []byte)
 	// Deduplicates reports whether the backend stores a message scheduled
-	// twice with the same id and retry count once (JetStream's Nats-Msg-Id).
+	// twice with the same function, id and retry count once, answering
+	// the second Schedule queue.ErrRepeat, within its de-duplication
+	// window and after it (JetStream). A backend that does not stores
+	// both, and both are delivered (NATS Streaming).
 	Deduplicates() bool
 	// DeletesDeadLetters reports whether RemoveDeadLetter deletes the
 	// removed record, so that ReadDeadLetter no longer finds it
@@ -98,6 +105,9 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"Unavailable", testUnavailable},
 		{"BoundedBacklog", testBoundedBacklog},
 		{"Deduplicates", testDeduplicates},
+		{"IDsScopedToFunction", testIDsScopedToFunction},
+		{"RepeatInsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, false) }},
+		{"RepeatOutsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, true) }},
 		{"Malformed", testMalformed},
 		{"StatusRecordAndRead", testStatusRecordAndRead},
 		{"StatusLatestWins", testStatusLatestWins},
@@ -146,6 +156,17 @@ func schedule(t *testing.T, q queue.Queue, es ...*envelope.Envelope) {
 	for _, e := range es {
 		if err := q.Schedule(context.Background(), e); err != nil {
 			t.Fatalf("Schedule(%s): %v", e.ID, err)
+		}
+	}
+}
+
+// scheduleAgain schedules e, which may have been stored already: a
+// repeat (queue.ErrRepeat) is no failure.
+func scheduleAgain(t *testing.T, q queue.Queue, es ...*envelope.Envelope) {
+	t.Helper()
+	for _, e := range es {
+		if err := q.Schedule(context.Background(), e); err != nil && !errors.Is(err, queue.ErrRepeat) {
+			t.Fatalf("Schedule(%s) again: %v", e.ID, err)
 		}
 	}
 }
@@ -395,7 +416,9 @@ func testServerRestart(t *testing.T, s Server) {
 	// Still accepting new work afterwards.
 	poll.Until(t, 10*time.Second, "client reconnects", q.Connected)
 	poll.Until(t, 10*time.Second, "schedule after restart", func() bool {
-		return q.Schedule(context.Background(), message("after", time.Now())) == nil
+		// A try that timed out may have been stored.
+		err := q.Schedule(context.Background(), message("after", time.Now()))
+		return err == nil || errors.Is(err, queue.ErrRepeat)
 	})
 	poll.Until(t, 15*time.Second, "message scheduled after restart delivered", func() bool { return r.has("after") })
 }
@@ -680,7 +703,8 @@ func testDeduplicates(t *testing.T, s Server) {
 	})
 	due := time.Now().Add(1500 * time.Millisecond)
 	// A client repeating its requeue after a timeout: same id and retries.
-	schedule(t, q, message("twice", due), message("twice", due), message("now", time.Now()), message("now", time.Now()))
+	schedule(t, q, message("twice", due), message("now", time.Now()))
+	scheduleAgain(t, q, message("twice", due), message("now", time.Now()))
 	// The next attempt of the same message is a new message.
 	retry := message("twice", due)
 	retry.Retries = 1
@@ -691,7 +715,8 @@ func testDeduplicates(t *testing.T, s Server) {
 	schedule(t, q, held)
 	held = message("held", time.Now().Add(300*time.Millisecond))
 	held.Holds = 1
-	schedule(t, q, held, held)
+	schedule(t, q, held)
+	scheduleAgain(t, q, held)
 	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -709,6 +734,101 @@ func testDeduplicates(t *testing.T, s Server) {
 	defer mu.Unlock()
 	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 || calls["held/0"] != 2 {
 		t.Fatalf("deliveries %v, want each message once, held once per hold", calls)
+	}
+}
+
+// Two functions may use the same id: each message is stored, delivered
+// and kept as a dead letter, whatever the other's.
+func testIDsScopedToFunction(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	consume(t, q, func(_ context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[e.Function+"/"+e.ID]++
+		return nil
+	})
+	later := time.Now().Add(1500 * time.Millisecond)
+	for _, fn := range []string{"fn", "other", "other.dev"} {
+		soon, now := message("same", later), message("now", time.Now())
+		soon.Function, now.Function = fn, fn
+		schedule(t, q, soon, now)
+	}
+	poll.Until(t, 15*time.Second, "each function's message delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) == 6
+	})
+	for _, fn := range []string{"fn", "other"} {
+		e := message("dead", time.Now())
+		e.Function, e.Reason, e.DeadAt = fn, envelope.ReasonMaxRetries, time.Now().UTC()
+		if err := q.DeadLetter(context.Background(), e); err != nil {
+			t.Fatalf("DeadLetter(%s/dead): %v", fn, err)
+		}
+	}
+	poll.Until(t, 10*time.Second, "each function's dead letter kept", func() bool {
+		return len(s.DeadLetters(t)) == 2
+	})
+}
+
+// A message scheduled again with the function, id and retries of one
+// still waiting is never dropped while Schedule says it was stored, nor
+// replaces the first: it is refused as a repeat (queue.ErrRepeat), or
+// stored and delivered as well. Outside a de-duplication window too.
+func testRepeat(t *testing.T, s Server, outsideWindow bool) {
+	o := defaults
+	o.DuplicateWindow = time.Minute
+	if outsideWindow {
+		o.DuplicateWindow = 100 * time.Millisecond // the least JetStream takes
+	}
+	q := open(t, s, o)
+	later, other := message("again", time.Now().Add(2*time.Second)), message("now", time.Now())
+	stored := time.Now()
+	schedule(t, q, later, other)
+	if outsideWindow {
+		poll.Until(t, 5*time.Second, "ten windows passed", func() bool { return time.Since(stored) > 10*o.DuplicateWindow })
+	}
+	want := 2
+	for _, e := range []*envelope.Envelope{later, other} {
+		again := *e
+		again.Body = []byte("a second body")
+		err := q.Schedule(context.Background(), &again)
+		switch {
+		case s.Deduplicates() && !errors.Is(err, queue.ErrRepeat):
+			t.Fatalf("Schedule(%s) again: %v, want ErrRepeat", e.ID, err)
+		case !s.Deduplicates() && err != nil:
+			t.Fatalf("Schedule(%s) again: %v, want it stored as well", e.ID, err)
+		}
+	}
+	if s.Deduplicates() {
+		want = 1
+	}
+	var mu sync.Mutex
+	calls := map[string][]string{}
+	consume(t, q, func(_ context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[e.ID] = append(calls[e.ID], string(e.Body))
+		return nil
+	})
+	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls["again"]) >= want && len(calls["now"]) >= want
+	})
+	schedule(t, q, message("marker", time.Now().Add(500*time.Millisecond)))
+	poll.Until(t, 10*time.Second, "marker delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls["marker"]) > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range []string{"again", "now"} {
+		if got := calls[id]; len(got) != want || !slices.Contains(got, "body of "+id) {
+			t.Errorf("%s delivered with bodies %q, want %d deliveries, the first stored among them", id, got, want)
+		}
 	}
 }
 
