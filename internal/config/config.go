@@ -54,8 +54,9 @@ type Config struct {
 	// backend; older ones are removed. Zero keeps them until removed.
 	// Defaults to 336h (14 days, Zaqar's dead-letter TTL).
 	DeadLetterMaxAge time.Duration
-	// DeadLetterLimit is the most dead letters kept, 1..10000000; past it
-	// the oldest are removed, logged and counted. Defaults to 100000.
+	// DeadLetterLimit is the most dead letters kept per function,
+	// 1..10000000; past it the function's oldest are removed, logged and
+	// counted. Defaults to 100000.
 	DeadLetterLimit int
 	// ReplayRate is the most dead letters a bulk replay puts back:
 	// ReplayRate.N per ReplayRate.Per. Defaults to 50/s.

@@ -148,7 +148,7 @@ func settings() []Setting {
 		},
 		{
 			Name: "dead_letter_limit", Default: "100000",
-			Usage: "most dead letters kept, 1..10000000; past it the oldest are removed, logged and counted",
+			Usage: "most dead letters kept per function, 1..10000000; past it the function's oldest are removed, logged and counted (one function's flood never removes another's)",
 			apply: func(c *Config, v string) error {
 				n, err := parseInt(v, 1, 10_000_000)
 				c.DeadLetterLimit = int(n)
