@@ -365,6 +365,17 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
+	// Only new messages count against the quotas: the message, when it
+	// waits, and its routed dead letter, which waits for its function.
+	// Checked before anything is stored.
+	for _, m := range []*envelope.Envelope{d.Next, d.Route} {
+		if m == nil || (m == d.Next && d.Action != delivery.Retry) {
+			continue
+		}
+		if err := h.queue.CheckQuota(r.Context(), m); err != nil {
+			return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
+		}
+	}
 	repeat, err := d.StoreRepeat(r.Context(), h.queue)
 	if err != nil {
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
@@ -451,6 +462,16 @@ func (h *handler) queueError(w http.ResponseWriter, e *envelope.Envelope, dead b
 	if errors.Is(err, queue.ErrTooLarge) {
 		return writeError(w, http.StatusRequestEntityTooLarge, "", "message is larger than the broker accepts")
 	}
+	if qe, ok := errors.AsType[*queue.QuotaError](err); ok {
+		// One function's quota is that caller's to slow down (429); the
+		// overall ones say the mailbox is full (507).
+		code := http.StatusInsufficientStorage
+		if qe.Quota == queue.QuotaWaitingPerFunction {
+			code = http.StatusTooManyRequests
+		}
+		h.log.Warn("requeue: refused by a quota", "function", e.Function, "id", e.ID, "quota", qe.Quota, "limit", qe.Limit)
+		return writeJSON(w, code, quotaResponse{Error: qe.Error(), Quota: qe.Quota, Limit: qe.Limit, Function: qe.Function})
+	}
 	h.log.Error("requeue: queue write failed",
 		"function", e.Function, "id", e.ID, "dead_letter", dead,
 		"body_bytes", len(e.Body), "error", err)
@@ -466,6 +487,15 @@ func (h *handler) bodyLimit() int64 {
 		limit = mp
 	}
 	return limit
+}
+
+// quotaResponse is the answer to a requeue refused by a quota: which
+// one, its limit and, for a function's, the function.
+type quotaResponse struct {
+	Error    string `json:"error"`
+	Quota    string `json:"quota"`
+	Limit    int64  `json:"limit"`
+	Function string `json:"function,omitempty"`
 }
 
 // errorResponse is the body of every error answer.

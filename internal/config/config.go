@@ -58,6 +58,13 @@ type Config struct {
 	// 1..10000000; past it the function's oldest are removed, logged and
 	// counted. Defaults to 100000.
 	DeadLetterLimit int
+	// MaxWaiting, MaxWaitingBytes and MaxWaitingPerFunction are the
+	// quotas on messages waiting or in flight (queue.Quota): past one a
+	// requeue is refused. MaxWaitingPerFunction is at most MaxWaiting.
+	// Default to 100000, 1 GiB and 10000.
+	MaxWaiting            int
+	MaxWaitingBytes       int64
+	MaxWaitingPerFunction int
 	// ReplayRate is the most dead letters a bulk replay puts back:
 	// ReplayRate.N per ReplayRate.Per. Defaults to 50/s.
 	ReplayRate Rate
@@ -219,6 +226,10 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 			c.DefaultDelay, c.MaxDelay))
 	}
 
+	if !failed["max_waiting_per_function"] && !failed["max_waiting"] && c.MaxWaitingPerFunction > c.MaxWaiting {
+		errs = append(errs, fmt.Errorf("config: max_waiting_per_function: %d is greater than max_waiting %d",
+			c.MaxWaitingPerFunction, c.MaxWaiting))
+	}
 	if !failed["min_retry_delay"] && !failed["max_delay"] && c.MinRetryDelay > c.MaxDelay {
 		errs = append(errs, fmt.Errorf("config: min_retry_delay: %s is greater than max_delay %s",
 			c.MinRetryDelay, c.MaxDelay))

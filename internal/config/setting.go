@@ -156,6 +156,32 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "max_waiting", Default: "100000",
+			Usage: "most messages waiting or in flight, 1..100000000; past it a requeue is refused with 507 (retries and dead letters of accepted messages never are)",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 100_000_000)
+				c.MaxWaiting = int(n)
+				return err
+			},
+		},
+		{
+			Name: "max_waiting_bytes", Default: "1073741824",
+			Usage: "most bytes of bodies waiting or in flight, 1048576..1125899906842624; past it a requeue is refused with 507",
+			apply: func(c *Config, v string) (err error) {
+				c.MaxWaitingBytes, err = parseInt(v, 1<<20, 1<<50)
+				return err
+			},
+		},
+		{
+			Name: "max_waiting_per_function", Default: "10000",
+			Usage: "most messages waiting or in flight for one function, 1..max_waiting; past it a requeue to it is refused with 429",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 100_000_000)
+				c.MaxWaitingPerFunction = int(n)
+				return err
+			},
+		},
+		{
 			Name: "replay_rate", Default: "50/s",
 			Usage: "most dead letters a bulk replay puts back, written like the com.openfaas.mailbox.rate annotation (e.g. 50/s, 600/m)",
 			apply: func(c *Config, v string) (err error) {

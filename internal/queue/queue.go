@@ -39,6 +39,15 @@ type Queue interface {
 	// is none (never recorded, or forgotten), ErrUnavailable while the
 	// broker cannot be reached.
 	Status(ctx context.Context, id string) (status.Status, error)
+	// CheckQuota returns a *QuotaError (ErrQuota) when storing e, a new
+	// message from the requeue API, would take the messages waiting past
+	// Options.Quota; nil otherwise, and always when no quota is set. It
+	// counts from the same index as Waiting; while the index cannot
+	// catch up in time it lets e through (the quota is a bound on a
+	// flood, not an exact count), and returns ErrUnavailable only while
+	// the broker cannot be reached. Schedule and DeadLetter never check
+	// a quota: what was accepted is never lost to one.
+	CheckQuota(ctx context.Context, e *envelope.Envelope) error
 	// Waiting counts, per function, the messages whose latest status is
 	// waiting or in flight (status.Counted), leaving out functions with
 	// none. It reads an index of the statuses, bounded as the backend
@@ -115,6 +124,9 @@ type Options struct {
 	// Registerer, if set, counts malformed messages buried as dead letters
 	// in mailbox_dead_letters_total.
 	Registerer prometheus.Registerer
+	// Quota bounds the messages waiting, checked by CheckQuota. Zero: no
+	// bound.
+	Quota Quota
 }
 
 // WithDefaults returns o with its defaults filled in, or an error when it

@@ -72,6 +72,11 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 		StatusRetention: cfg.StatusRetention,
 		Logger:          logger,
 		Registerer:      reg,
+		Quota: queue.Quota{
+			MaxWaiting:            cfg.MaxWaiting,
+			MaxWaitingBytes:       cfg.MaxWaitingBytes,
+			MaxWaitingPerFunction: cfg.MaxWaitingPerFunction,
+		},
 	}
 	switch cfg.Backend {
 	case "stan":

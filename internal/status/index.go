@@ -36,8 +36,12 @@ type Index struct {
 	open      lru // waiting and in flight, least recently updated first
 	expiry    expiryHeap
 	functions map[string]*function
-	synced    bool
-	changed   chan struct{} // closed and replaced when synced changes
+	// counted and countedBytes are the ids counted, and their bytes, in
+	// all.
+	counted      int
+	countedBytes int64
+	synced       bool
+	changed      chan struct{} // closed and replaced when synced changes
 }
 
 // entry is one id: what Supersedes needs, its function, its place in a
@@ -50,6 +54,7 @@ type entry struct {
 	accepted   time.Time
 	retries    int
 	holds      int
+	bytes      int64 // the body's, while counted
 	expires    int64 // Unix nanoseconds; math.MaxInt64 for never
 	full       *Status
 	prev, next *entry
@@ -151,6 +156,26 @@ func (x *Index) Waiting(now time.Time) map[string]int {
 	return out
 }
 
+// Usage is what the messages counted by Waiting hold: how many in all,
+// their bytes in all, and how many of them are function's.
+type Usage struct {
+	Count    int
+	Bytes    int64
+	Function int
+}
+
+// Usage returns what the counted messages hold, in all and of function.
+func (x *Index) Usage(now time.Time, function string) Usage {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	u := Usage{Count: x.counted, Bytes: x.countedBytes}
+	if f, ok := x.functions[function]; ok {
+		u.Function = f.open
+	}
+	return u
+}
+
 // Len is how many ids the index holds.
 func (x *Index) Len() int {
 	x.mu.Lock()
@@ -207,7 +232,7 @@ func (e *entry) status() Status {
 func (x *Index) set(e *entry, s Status) {
 	if e.fn != nil {
 		if e.counted {
-			e.fn.open--
+			x.uncount(e)
 		}
 		if e.fn.name != s.Function {
 			x.release(e.fn)
@@ -232,7 +257,10 @@ func (x *Index) set(e *entry, s Status) {
 	}
 	e.counted = Counted(s)
 	if e.counted {
+		e.bytes = max(s.Bytes, 0)
 		e.fn.open++
+		x.counted++
+		x.countedBytes += e.bytes
 	}
 	e.isFinal = s.Final()
 	x.list(e).pushBack(e)
@@ -248,9 +276,17 @@ func (x *Index) remove(e *entry) {
 	x.list(e).remove(e)
 	heap.Remove(&x.expiry, int(e.heap))
 	if e.counted {
-		e.fn.open--
+		x.uncount(e)
 	}
 	x.release(e.fn)
+}
+
+// uncount takes counted e out of the counts.
+func (x *Index) uncount(e *entry) {
+	e.fn.open--
+	x.counted--
+	x.countedBytes -= e.bytes
+	e.bytes = 0
 }
 
 // oldest is the entry a full index forgets: the final status updated

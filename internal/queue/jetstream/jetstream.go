@@ -243,6 +243,11 @@ func (q *Queue) ensure(ctx context.Context) error {
 		AllowMsgSchedules: true,
 		AllowRollup:       true, // required by schedules
 		Duplicates:        q.o.DuplicateWindow,
+		// No count or size limit: the server refuses DiscardNew on a
+		// stream with schedules ("message scheduling cannot use discard
+		// new"), and DiscardOld would drop waiting messages. CheckQuota
+		// bounds new messages instead; the account's storage limit is the
+		// broker's backstop, past which it refuses every write.
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.Stream, err)

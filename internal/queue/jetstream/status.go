@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -134,14 +135,38 @@ func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
 	if !q.Connected() {
 		return nil, queue.ErrUnavailable
 	}
-	q.indexOnce.Do(func() {
-		q.indexDone = make(chan struct{})
-		go q.followStatuses(q.ctx)
-	})
+	q.startIndex()
 	if err := q.index.WaitSynced(ctx); err != nil {
 		return nil, queue.ErrUnavailable
 	}
 	return q.index.Waiting(time.Now()), nil
+}
+
+// startIndex starts following the status stream into the index, once.
+func (q *Queue) startIndex() {
+	q.indexOnce.Do(func() {
+		q.indexDone = make(chan struct{})
+		go q.followStatuses(q.ctx)
+	})
+}
+
+// CheckQuota checks e against Options.Quota with the index Waiting
+// reads. The work stream has no limits of its own (see ensure).
+func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
+	if q.o.Quota.None() {
+		return nil
+	}
+	if !q.Connected() {
+		return queue.ErrUnavailable
+	}
+	q.startIndex()
+	ctx, cancel := context.WithTimeout(ctx, queue.QuotaWait)
+	defer cancel()
+	if err := q.index.WaitSynced(ctx); err != nil {
+		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
+		return nil
+	}
+	return q.o.Quota.Check(q.index.Usage(time.Now(), e.Function), e)
 }
 
 // syncCheckEvery is how often an index that is not synced asks the server

@@ -42,6 +42,8 @@ type Options struct {
 	// DuplicateWindow is how long a backend that de-duplicates remembers
 	// a stored message's id; zero: the backend's default.
 	DuplicateWindow time.Duration
+	// Quota bounds the messages waiting; zero: none.
+	Quota queue.Quota
 }
 
 // Common returns the backend options for o on the broker at url, with a
@@ -55,6 +57,7 @@ func (o Options) Common(url string) queue.Options {
 		StatusRetention: o.StatusRetention,
 		Logger:          o.Logger,
 		Registerer:      o.Registerer,
+		Quota:           o.Quota,
 	}
 }
 
@@ -108,6 +111,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"IDsScopedToFunction", testIDsScopedToFunction},
 		{"RepeatInsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, false) }},
 		{"RepeatOutsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, true) }},
+		{"Quota", testQuota},
 		{"Malformed", testMalformed},
 		{"StatusRecordAndRead", testStatusRecordAndRead},
 		{"StatusLatestWins", testStatusLatestWins},
@@ -829,6 +833,69 @@ func testRepeat(t *testing.T, s Server, outsideWindow bool) {
 		if got := calls[id]; len(got) != want || !slices.Contains(got, "body of "+id) {
 			t.Errorf("%s delivered with bodies %q, want %d deliveries, the first stored among them", id, got, want)
 		}
+	}
+}
+
+// waitQuota polls until CheckQuota of e answers a *queue.QuotaError
+// naming quota ("" for nil): the index counts what is recorded a moment
+// later.
+func waitQuota(t *testing.T, q queue.Queue, e *envelope.Envelope, quota string) {
+	t.Helper()
+	var err error
+	poll.Until(t, 15*time.Second, fmt.Sprintf("CheckQuota(%s/%s) names %q", e.Function, e.ID, quota), func() bool {
+		err = q.CheckQuota(context.Background(), e)
+		qe, ok := errors.AsType[*queue.QuotaError](err)
+		if quota == "" {
+			return err == nil
+		}
+		return ok && qe.Quota == quota && errors.Is(err, queue.ErrQuota)
+	})
+}
+
+// Quotas bound the messages waiting, overall in count and bytes and per
+// function, as their statuses count them; only new messages are checked:
+// what was accepted is always stored.
+func testQuota(t *testing.T, s Server) {
+	o := defaults
+	o.Quota = queue.Quota{MaxWaiting: 3, MaxWaitingBytes: 1000, MaxWaitingPerFunction: 2}
+	q := open(t, s, o)
+	msg := func(fn, id string, size int) *envelope.Envelope {
+		e := message(id, time.Now().Add(time.Hour))
+		e.Function, e.Body = fn, make([]byte, size)
+		return e
+	}
+	waiting := func(fn, id string, size int) status.Status {
+		return status.Of(msg(fn, id, size), status.Waiting, time.Now())
+	}
+	waitQuota(t, q, msg("a", "n", 10), "")
+	record(t, q, waiting("a", "a1", 100), waiting("a", "a2", 100))
+	waitQuota(t, q, msg("a", "n", 10), queue.QuotaWaitingPerFunction)
+	if qe, _ := errors.AsType[*queue.QuotaError](q.CheckQuota(context.Background(), msg("a", "n", 10))); qe.Function != "a" || qe.Limit != 2 {
+		t.Fatalf("per-function quota error %+v, want function a, limit 2", qe)
+	}
+	waitQuota(t, q, msg("b", "n", 10), "")
+	record(t, q, waiting("b", "b1", 100))
+	waitQuota(t, q, msg("c", "n", 10), queue.QuotaWaiting)
+	// A delivery frees its place; bytes count the bodies waiting.
+	b1 := waiting("b", "b1", 100)
+	b1.State = status.Delivered
+	record(t, q, b1)
+	waitQuota(t, q, msg("c", "n", 800), "")
+	waitQuota(t, q, msg("c", "n", 801), queue.QuotaWaitingBytes)
+
+	// Past a quota, what was accepted is still stored: a retry, a routed
+	// dead letter, a dead letter.
+	record(t, q, waiting("c", "c1", 100))
+	waitQuota(t, q, msg("d", "n", 10), queue.QuotaWaiting)
+	retry := msg("a", "a1", 100)
+	retry.Retries = 1
+	route := msg("a", "a1-dl", 100)
+	route.Kind = envelope.KindDeadLetter
+	schedule(t, q, retry, route)
+	dead := msg("a", "a2", 100)
+	dead.Reason, dead.DeadAt = envelope.ReasonMaxRetries, time.Now().UTC()
+	if err := q.DeadLetter(context.Background(), dead); err != nil {
+		t.Fatalf("DeadLetter past a quota: %v", err)
 	}
 }
 
