@@ -10,9 +10,12 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 )
 
-// Index is the latest status of each message id, built by a backend from
+// Index is the latest status of each message, built by a backend from
 // the statuses it stores, read in any order: a status replaces the one
-// held for its id only if it supersedes it (Supersedes). It also counts,
+// held for its message only if it supersedes it (Supersedes). A message
+// is an id of a function: two functions may use the same id, and each
+// keeps its own status and counts for its own function; Get(id) answers
+// the one set last. It also counts,
 // per function, the ids whose latest status is waiting or in flight
 // (Waiting), kept up to date on every change, so reading the counts costs
 // one step per function, not per id.
@@ -30,8 +33,11 @@ type Index struct {
 	limit      int
 	countsOnly bool
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// byID holds the entries of each id, one per function, the one set
+	// last first, the others following through sibling.
 	byID      map[string]*entry
+	n         int // entries held
 	final     lru // final statuses, least recently updated first
 	open      lru // waiting and in flight, least recently updated first
 	expiry    expiryHeap
@@ -58,6 +64,7 @@ type entry struct {
 	expires    int64 // Unix nanoseconds; math.MaxInt64 for never
 	full       *Status
 	prev, next *entry
+	sibling    *entry // the same id's entry of another function
 	heap       int32
 	counted    bool // waiting or in flight, and not a callback
 	isFinal    bool // in the final list, else in the open list
@@ -104,7 +111,7 @@ func (x *Index) Put(s Status, now time.Time) {
 	defer x.mu.Unlock()
 	x.expire(now)
 	gone := s.Expired(now) || (x.countsOnly && s.Final())
-	if e, ok := x.byID[s.ID]; ok {
+	if e := x.find(s.ID, s.Function); e != nil {
 		if !s.Supersedes(e.status(), now) {
 			return
 		}
@@ -112,21 +119,61 @@ func (x *Index) Put(s Status, now time.Time) {
 			x.remove(e)
 			return
 		}
+		x.unlink(e)
+		x.link(e)
 		x.set(e, s)
 		return
 	}
 	if gone {
 		return
 	}
-	for len(x.byID) >= x.limit {
+	for x.n >= x.limit {
 		x.remove(x.oldest())
 	}
 	e := &entry{id: s.ID, heap: -1}
-	x.byID[s.ID] = e
+	x.link(e)
 	x.set(e, s)
 }
 
-// Get returns the status held for id.
+// find returns the entry of id for function, or nil.
+func (x *Index) find(id, function string) *entry {
+	for e := x.byID[id]; e != nil; e = e.sibling {
+		if e.fn.name == function {
+			return e
+		}
+	}
+	return nil
+}
+
+// link puts e first among its id's entries.
+func (x *Index) link(e *entry) {
+	e.sibling = x.byID[e.id]
+	x.byID[e.id] = e
+	x.n++
+}
+
+// unlink takes e out of its id's entries.
+func (x *Index) unlink(e *entry) {
+	if head := x.byID[e.id]; head == e {
+		if e.sibling == nil {
+			delete(x.byID, e.id)
+		} else {
+			x.byID[e.id] = e.sibling
+		}
+	} else {
+		for p := head; p != nil; p = p.sibling {
+			if p.sibling == e {
+				p.sibling = e.sibling
+				break
+			}
+		}
+	}
+	e.sibling = nil
+	x.n--
+}
+
+// Get returns the status held for id: of the function whose status for
+// it was set last, when several functions use id.
 func (x *Index) Get(id string, now time.Time) (Status, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -176,11 +223,11 @@ func (x *Index) Usage(now time.Time, function string) Usage {
 	return u
 }
 
-// Len is how many ids the index holds.
+// Len is how many messages (ids of a function) the index holds.
 func (x *Index) Len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.byID)
+	return x.n
 }
 
 // SetSynced marks the index as read up to now (true) or lagging (false).
@@ -272,7 +319,7 @@ func (x *Index) set(e *entry, s Status) {
 }
 
 func (x *Index) remove(e *entry) {
-	delete(x.byID, e.id)
+	x.unlink(e)
 	x.list(e).remove(e)
 	heap.Remove(&x.expiry, int(e.heap))
 	if e.counted {

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"maps"
 	"testing"
 	"time"
 
@@ -31,6 +32,44 @@ func TestIndexUsage(t *testing.T) {
 		}
 		if got, want := x.Usage(later, "a"), (Usage{}); got != want {
 			t.Fatalf("countsOnly %v: after expiry, usage %+v, want none", countsOnly, got)
+		}
+	}
+}
+
+// Two functions may use the same id: each keeps its own status and
+// counts for its own function (a requeue of the id to another function
+// took the first function's status, and its count, away), and Get
+// answers the status set last.
+func TestIndexIDsScopedToFunction(t *testing.T) {
+	for _, countsOnly := range []bool{false, true} {
+		now := time.Now()
+		x := NewIndex(10, countsOnly)
+		later := now.Add(time.Hour)
+		put := func(fn, state string, accepted time.Time) {
+			x.Put(Status{ID: "same", Function: fn, State: state, AcceptedAt: accepted, UpdatedAt: accepted, ExpiresAt: later, Bytes: 10}, now)
+		}
+		put("a", Waiting, now)
+		put("b", Waiting, now.Add(time.Second))
+		put("c", Waiting, now.Add(-time.Second)) // an older life elsewhere still counts
+		if got, want := x.Waiting(now), map[string]int{"a": 1, "b": 1, "c": 1}; !maps.Equal(got, want) {
+			t.Fatalf("countsOnly %v: Waiting = %v, want %v", countsOnly, got, want)
+		}
+		if u := x.Usage(now, "a"); u.Count != 3 || u.Bytes != 30 || u.Function != 1 {
+			t.Fatalf("countsOnly %v: usage %+v, want 3 messages of 30 bytes, 1 of a", countsOnly, u)
+		}
+		if s, ok := x.Get("same", now); !ok || s.Function != "c" {
+			t.Fatalf("countsOnly %v: Get = %+v, %v; want c's, set last", countsOnly, s, ok)
+		}
+		put("b", Delivered, now.Add(time.Second))
+		put("a", InFlight, now)
+		if got, want := x.Waiting(now), map[string]int{"a": 1, "c": 1}; !maps.Equal(got, want) {
+			t.Fatalf("countsOnly %v: after b's delivery, Waiting = %v, want %v", countsOnly, got, want)
+		}
+		if s, ok := x.Get("same", now); !ok || s.Function != "a" || s.State != InFlight {
+			t.Fatalf("countsOnly %v: Get = %+v, %v; want a's, in flight", countsOnly, s, ok)
+		}
+		if n := x.Len(); (countsOnly && n != 2) || (!countsOnly && n != 3) {
+			t.Fatalf("countsOnly %v: %d held", countsOnly, n)
 		}
 	}
 }

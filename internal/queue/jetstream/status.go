@@ -19,7 +19,18 @@ import (
 // another write to the same id came first.
 const casAttempts = 3
 
-func (q *Queue) statusSubject(id string) string { return q.o.Prefix + ".status." + id }
+// statusSubject is where the status of id for function is kept: two
+// functions may use the same id. Both are escaped into one token each.
+func (q *Queue) statusSubject(function, id string) string {
+	return q.o.Prefix + ".status." + token(function) + "." + token(id)
+}
+
+// anyStatusSubject matches the statuses of id for every function.
+func (q *Queue) anyStatusSubject(id string) string { return q.o.Prefix + ".status.*." + token(id) }
+
+// allStatuses matches every status, those stored by earlier versions on
+// <prefix>.status.<id> too.
+func (q *Queue) allStatuses() string { return q.o.Prefix + ".status.>" }
 
 // statusMaxMsgs bounds the status stream, as the embedded NATS Streaming
 // server bounds its status channel: statuses share the server's storage
@@ -27,13 +38,13 @@ func (q *Queue) statusSubject(id string) string { return q.o.Prefix + ".status."
 // disk refusing new messages.
 const statusMaxMsgs = 1_000_000
 
-// statusStreamConfig is the stream of statuses: the last one per id
-// (MaxMsgsPerSubject 1), each with its own expiry (Nats-TTL), read with a
+// statusStreamConfig is the stream of statuses: the last one per
+// function and id (MaxMsgsPerSubject 1), each with its own expiry (Nats-TTL), read with a
 // direct get from any replica, the oldest dropped past statusMaxMsgs.
 func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              q.o.StatusStream,
-		Subjects:          []string{q.statusSubject("*")},
+		Subjects:          []string{q.allStatuses()},
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		Replicas:          q.o.Replicas,
@@ -45,8 +56,8 @@ func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 	}
 }
 
-// RecordStatus stores s on <prefix>.status.<id> unless the status kept
-// there supersedes it: it reads the last one and writes with
+// RecordStatus stores s on <prefix>.status.<function>.<id> unless the
+// status kept there supersedes it: it reads the last one and writes with
 // Nats-Expected-Last-Subject-Sequence, so two writers cannot overwrite a
 // newer step with an older one. The message expires (Nats-TTL) at
 // s.Expiry(StatusRetention), rounded up to a whole second.
@@ -63,8 +74,9 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 	if err != nil {
 		return err
 	}
+	subject := q.statusSubject(s.Function, s.ID)
 	for range casAttempts {
-		old, seq, err := q.lastStatus(ctx, s.ID)
+		old, seq, err := q.lastStatus(ctx, subject, s.ID)
 		switch {
 		case errors.Is(err, queue.ErrNoStatus):
 		case err != nil:
@@ -72,7 +84,7 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 		case !s.Supersedes(old, now):
 			return nil
 		}
-		m := nats.NewMsg(q.statusSubject(s.ID))
+		m := nats.NewMsg(subject)
 		m.Data = data
 		_, err = q.js.PublishMsg(ctx, m, jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(seq))
 		if err == nil || !wrongLastSequence(err) {
@@ -85,14 +97,15 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 	return fmt.Errorf("%w: status of %s: written by others %d times meanwhile", queue.ErrUnavailable, s.ID, casAttempts)
 }
 
-// Status returns the last status of id unless it has expired.
+// Status returns the last status of id, of whichever function recorded
+// one last, unless it has expired.
 func (q *Queue) Status(ctx context.Context, id string) (status.Status, error) {
 	if !q.Connected() {
 		return status.Status{}, queue.ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
-	s, _, err := q.lastStatus(ctx, id)
+	s, _, err := q.lastStatus(ctx, q.anyStatusSubject(id), id)
 	if err == nil && s.Expired(time.Now()) {
 		// The server removes it within a second or so.
 		return status.Status{}, queue.ErrNoStatus
@@ -100,11 +113,11 @@ func (q *Queue) Status(ctx context.Context, id string) (status.Status, error) {
 	return s, err
 }
 
-// lastStatus reads the status kept for id and its stream sequence; seq
-// is 0 with ErrNoStatus. A message that is not a status reads as none,
-// so a good status can replace it.
-func (q *Queue) lastStatus(ctx context.Context, id string) (s status.Status, seq uint64, err error) {
-	m, err := q.statusStream.GetLastMsgForSubject(ctx, q.statusSubject(id))
+// lastStatus reads the status of id last kept on subject and its stream
+// sequence; seq is 0 with ErrNoStatus. A message that is not a status
+// reads as none, so a good status can replace it.
+func (q *Queue) lastStatus(ctx context.Context, subject, id string) (s status.Status, seq uint64, err error) {
+	m, err := q.statusStream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return status.Status{}, 0, queue.ErrNoStatus
 	}
@@ -207,7 +220,7 @@ func (q *Queue) followStatuses(ctx context.Context) {
 // consumer stops.
 func (q *Queue) followOnce(ctx context.Context) error {
 	cons, err := q.js.OrderedConsumer(ctx, q.o.StatusStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{q.statusSubject(">")},
+		FilterSubjects: []string{q.allStatuses()},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {

@@ -120,6 +120,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"WaitingCounts", testWaitingCounts},
 		{"WaitingForgetsExpired", testWaitingForgetsExpired},
 		{"WaitingSurvivesRestart", testWaitingSurvivesRestart},
+		{"StatusPerFunction", testStatusPerFunction},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1138,4 +1139,28 @@ func testWaitingSurvivesRestart(t *testing.T, s Server) {
 	waitCounts(t, q, map[string]int{"fn": 2, "other": 1})
 	// A fresh client, as a new API process, counts them too.
 	waitCounts(t, open(t, s, defaults), map[string]int{"fn": 2, "other": 1})
+}
+
+// Two functions may use the same id: each message keeps its own status
+// and counts for its own function, also as a new client reads them (a
+// requeue of the id to another function took the first one's status,
+// and its place in the quotas, away). Status answers the one recorded
+// last.
+func testStatusPerFunction(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	life := time.Now().Add(-time.Minute)
+	a := of("a", "same", status.Waiting, life, 0)
+	b := of("b", "same", status.Waiting, life.Add(time.Second), 0)
+	b.Bytes = 7
+	record(t, q, a)
+	waitStatus(t, q, "same", status.Waiting)
+	record(t, q, b)
+	waitCounts(t, q, map[string]int{"a": 1, "b": 1})
+	poll.Until(t, 15*time.Second, "status of same is b's, recorded last", func() bool {
+		got, err := lookup(q, "same")
+		return err == nil && got.Function == "b" && got.Bytes == 7
+	})
+	waitCounts(t, open(t, s, defaults), map[string]int{"a": 1, "b": 1})
+	record(t, q, of("a", "same", status.Delivered, life, 0))
+	waitCounts(t, q, map[string]int{"b": 1})
 }
