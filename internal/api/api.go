@@ -372,7 +372,11 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		if m == nil || (m == d.Next && d.Action != delivery.Retry) {
 			continue
 		}
-		if err := h.queue.CheckQuota(r.Context(), m); err != nil {
+		err := h.queue.CheckQuota(r.Context(), m)
+		if m == d.Next && errors.Is(err, queue.ErrRepeat) {
+			return h.repeat(w, e)
+		}
+		if err != nil && !errors.Is(err, queue.ErrRepeat) {
 			return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 		}
 	}
@@ -381,12 +385,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
 	if repeat {
-		// Nothing stored: the first store's status stands.
-		w.Header().Set(envelope.HeaderMessageID, e.ID)
-		h.log.Debug("requeue: repeat", "function", function, "id", e.ID, "retries", e.Retries)
-		return writeJSON(w, http.StatusOK, repeatResponse{
-			Status: "repeat", Repeat: true, ID: e.ID, Function: e.Function, Retries: e.Retries,
-		})
+		return h.repeat(w, e)
 	}
 	h.status.Record(d.Statuses(e, 0, now)...)
 	e = d.Next
@@ -415,6 +414,16 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		Retries:    e.Retries,
 		MaxRetries: policy.MaxRetries,
 		DueAt:      e.DueAt.Format(time.RFC3339Nano),
+	})
+}
+
+// repeat answers a requeue of a message already waiting: nothing was
+// stored, the first store's status stands.
+func (h *handler) repeat(w http.ResponseWriter, e *envelope.Envelope) int {
+	w.Header().Set(envelope.HeaderMessageID, e.ID)
+	h.log.Debug("requeue: repeat", "function", e.Function, "id", e.ID, "retries", e.Retries)
+	return writeJSON(w, http.StatusOK, repeatResponse{
+		Status: "repeat", Repeat: true, ID: e.ID, Function: e.Function, Retries: e.Retries,
 	})
 }
 

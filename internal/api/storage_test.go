@@ -89,3 +89,16 @@ func TestRequeueQuota(t *testing.T) {
 		t.Fatalf("status = %d under the quotas, want 202", w.Code)
 	}
 }
+
+// A requeue the quota check finds already waiting (NATS Streaming, which
+// would store it again and count it once) is answered as a repeat too.
+func TestRequeueRepeatFoundByQuotaCheck(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	b.queue.quotaFails = func(*envelope.Envelope) error { return fmt.Errorf("index: %w", queue.ErrRepeat) }
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("again"), http.Header{envelope.HeaderMessageID: {"m-1"}})
+	if m := decodeJSON(t, w); w.Code != http.StatusOK || m["repeat"] != true {
+		t.Fatalf("answer %d %v, want 200 repeat", w.Code, m)
+	}
+	wantNothingStored(t, b.queue)
+}

@@ -41,7 +41,9 @@ type Queue interface {
 	Status(ctx context.Context, id string) (status.Status, error)
 	// CheckQuota returns a *QuotaError (ErrQuota) when storing e, a new
 	// message from the requeue API, would take the messages waiting past
-	// Options.Quota; nil otherwise, and always when no quota is set. It
+	// Options.Quota, and ErrRepeat when the index holds e as waiting
+	// already (the same function, id and retries); nil otherwise, and
+	// always when no quota is set. It
 	// counts from the same index as Waiting; while the index cannot
 	// catch up in time it lets e through (the quota is a bound on a
 	// flood, not an exact count), and returns ErrUnavailable only while

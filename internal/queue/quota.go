@@ -48,6 +48,17 @@ func (q Quota) Check(u status.Usage, e *envelope.Envelope) error {
 	return nil
 }
 
+// CheckIndex is Check with the usage x counts, after refusing e with
+// ErrRepeat when x holds it as waiting already (the same function, id and
+// retries): stored again it would count once, and a client repeating one
+// request could fill the broker unseen.
+func (q Quota) CheckIndex(x *status.Index, e *envelope.Envelope, now time.Time) error {
+	if x.Waits(e.ID, e.Function, e.Retries, now) {
+		return fmt.Errorf("%w: %s of %s with %d retries is waiting", ErrRepeat, e.ID, e.Function, e.Retries)
+	}
+	return q.Check(x.Usage(now, e.Function), e)
+}
+
 // None reports whether q bounds nothing.
 func (q Quota) None() bool {
 	return q.MaxWaiting <= 0 && q.MaxWaitingBytes <= 0 && q.MaxWaitingPerFunction <= 0

@@ -223,6 +223,16 @@ func (x *Index) Usage(now time.Time, function string) Usage {
 	return u
 }
 
+// Waits reports whether id of function is held as waiting with retries
+// attempts made: the same message stored again would be a repeat.
+func (x *Index) Waits(id, function string, retries int, now time.Time) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	e := x.find(id, function)
+	return e != nil && e.state == Waiting && e.retries == retries
+}
+
 // Len is how many messages (ids of a function) the index holds.
 func (x *Index) Len() int {
 	x.mu.Lock()

@@ -179,7 +179,7 @@ func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
 		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
 		return nil
 	}
-	return q.o.Quota.Check(q.index.Usage(time.Now(), e.Function), e)
+	return q.o.Quota.CheckIndex(q.index, e, time.Now())
 }
 
 // syncCheckEvery is how often an index that is not synced asks the server

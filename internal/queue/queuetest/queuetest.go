@@ -869,7 +869,22 @@ func testQuota(t *testing.T, s Server) {
 		return status.Of(msg(fn, id, size), status.Waiting, time.Now())
 	}
 	waitQuota(t, q, msg("a", "n", 10), "")
-	record(t, q, waiting("a", "a1", 100), waiting("a", "a2", 100))
+	record(t, q, waiting("a", "a1", 100))
+	// A requeue of a message still waiting (the same function, id and
+	// retries) is a repeat, whether or not the backend would store it
+	// again: it would count once.
+	poll.Until(t, 15*time.Second, "a repeat of a1 refused as one", func() bool {
+		return errors.Is(q.CheckQuota(context.Background(), msg("a", "a1", 100)), queue.ErrRepeat)
+	})
+	next := msg("a", "a1", 100)
+	next.Retries = 1
+	if err := q.CheckQuota(context.Background(), next); err != nil {
+		t.Fatalf("CheckQuota of a1's next attempt: %v", err)
+	}
+	if err := q.CheckQuota(context.Background(), msg("other", "a1", 100)); err != nil {
+		t.Fatalf("CheckQuota of a1 for another function: %v", err)
+	}
+	record(t, q, waiting("a", "a2", 100))
 	waitQuota(t, q, msg("a", "n", 10), queue.QuotaWaitingPerFunction)
 	if qe, _ := errors.AsType[*queue.QuotaError](q.CheckQuota(context.Background(), msg("a", "n", 10))); qe.Function != "a" || qe.Limit != 2 {
 		t.Fatalf("per-function quota error %+v, want function a, limit 2", qe)

@@ -88,7 +88,7 @@ func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
 		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
 		return nil
 	}
-	return q.o.Quota.Check(q.index.Usage(time.Now(), e.Function), e)
+	return q.o.Quota.CheckIndex(q.index, e, time.Now())
 }
 
 // syncIndex starts the index on first use and waits for it to be synced.
