@@ -6,6 +6,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -365,20 +366,10 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
-	// Only new messages count against the quotas: the message, when it
-	// waits, and its routed dead letter, which waits for its function.
-	// Checked before anything is stored.
-	for _, m := range []*envelope.Envelope{d.Next, d.Route} {
-		if m == nil || (m == d.Next && d.Action != delivery.Retry) {
-			continue
-		}
-		err := h.queue.CheckQuota(r.Context(), m)
-		if m == d.Next && errors.Is(err, queue.ErrRepeat) {
-			return h.repeat(w, e)
-		}
-		if err != nil && !errors.Is(err, queue.ErrRepeat) {
-			return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
-		}
+	if err := h.checkQuota(r.Context(), d); errors.Is(err, queue.ErrRepeat) {
+		return h.repeat(w, e)
+	} else if err != nil {
+		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
 	repeat, err := d.StoreRepeat(r.Context(), h.queue)
 	if err != nil {
@@ -415,6 +406,25 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		MaxRetries: policy.MaxRetries,
 		DueAt:      e.DueAt.Format(time.RFC3339Nano),
 	})
+}
+
+// checkQuota checks the new messages d would store that wait against the
+// quotas (Queue.CheckQuota), before anything is stored: the message, when
+// scheduled, and its routed dead letter, which waits for its function.
+// It returns ErrRepeat only for the message itself; a route already
+// waiting is stored as a repeat.
+func (h *handler) checkQuota(ctx context.Context, d delivery.Decision) error {
+	if d.Action == delivery.Retry {
+		if err := h.queue.CheckQuota(ctx, d.Next); err != nil {
+			return err
+		}
+	}
+	if d.Route != nil {
+		if err := h.queue.CheckQuota(ctx, d.Route); err != nil && !errors.Is(err, queue.ErrRepeat) {
+			return err
+		}
+	}
+	return nil
 }
 
 // repeat answers a requeue of a message already waiting: nothing was
@@ -478,7 +488,9 @@ func (h *handler) queueError(w http.ResponseWriter, e *envelope.Envelope, dead b
 		if qe.Quota == queue.QuotaWaitingPerFunction {
 			code = http.StatusTooManyRequests
 		}
-		h.log.Warn("requeue: refused by a quota", "function", e.Function, "id", e.ID, "quota", qe.Quota, "limit", qe.Limit)
+		// Debug: a flood is refused by the thousand; the requests
+		// counter counts the answers.
+		h.log.Debug("requeue: refused by a quota", "function", e.Function, "id", e.ID, "quota", qe.Quota, "limit", qe.Limit)
 		return writeJSON(w, code, quotaResponse{Error: qe.Error(), Quota: qe.Quota, Limit: qe.Limit, Function: qe.Function})
 	}
 	h.log.Error("requeue: queue write failed",
