@@ -21,9 +21,11 @@ import (
 // one step per function, not per id.
 //
 // An Index holds at most a limit of ids. When full, a new id makes it
-// forget a final status first, the one updated longest ago, and only when
-// it holds none of those the waiting or in-flight status updated longest
-// ago (which then no longer counts). An expired status is forgotten when
+// forget a final status first: of the function holding the most final
+// statuses, the one updated longest ago, so that one function's flood of
+// statuses pushes out its own, not another's. Only when it holds no final
+// status it forgets the waiting or in-flight status updated longest ago
+// (which then no longer counts). An expired status is forgotten when
 // it expires (checked on every call, in order of expiry).
 //
 // An Index is synced once its backend has read what was stored up to the
@@ -36,9 +38,12 @@ type Index struct {
 	mu sync.Mutex
 	// byID holds the entries of each id, one per function, the one set
 	// last first, the others following through sibling.
-	byID      map[string]*entry
-	n         int // entries held
-	final     lru // final statuses, least recently updated first
+	byID map[string]*entry
+	n    int // entries held
+	// busiest orders the functions holding final statuses, the one
+	// holding the most first; each keeps its own, least recently updated
+	// first.
+	busiest   functionHeap
 	open      lru // waiting and in flight, least recently updated first
 	expiry    expiryHeap
 	functions map[string]*function
@@ -75,6 +80,9 @@ type function struct {
 	name    string
 	entries int // ids of the function held
 	open    int // of them, those counted
+	finals  int // of them, those final, in final
+	final   lru // its final statuses, least recently updated first
+	rank    int // its place in busiest; -1 when it holds no final status
 }
 
 // NewIndex returns an empty Index holding at most limit ids. With
@@ -92,7 +100,6 @@ func NewIndex(limit int, countsOnly bool) *Index {
 		functions:  map[string]*function{},
 		changed:    make(chan struct{}),
 	}
-	x.final.init()
 	x.open.init()
 	return x
 }
@@ -288,6 +295,7 @@ func (e *entry) status() Status {
 // the lists and the expiry heap.
 func (x *Index) set(e *entry, s Status) {
 	if e.fn != nil {
+		x.unlist(e)
 		if e.counted {
 			x.uncount(e)
 		}
@@ -295,7 +303,6 @@ func (x *Index) set(e *entry, s Status) {
 			x.release(e.fn)
 			e.fn = nil
 		}
-		x.list(e).remove(e)
 	}
 	if e.fn == nil {
 		e.fn = x.acquire(s.Function)
@@ -320,7 +327,7 @@ func (x *Index) set(e *entry, s Status) {
 		x.countedBytes += e.bytes
 	}
 	e.isFinal = s.Final()
-	x.list(e).pushBack(e)
+	x.enlist(e)
 	if e.heap < 0 {
 		heap.Push(&x.expiry, e)
 	} else {
@@ -330,7 +337,7 @@ func (x *Index) set(e *entry, s Status) {
 
 func (x *Index) remove(e *entry) {
 	x.unlink(e)
-	x.list(e).remove(e)
+	x.unlist(e)
 	heap.Remove(&x.expiry, int(e.heap))
 	if e.counted {
 		x.uncount(e)
@@ -347,10 +354,11 @@ func (x *Index) uncount(e *entry) {
 }
 
 // oldest is the entry a full index forgets: the final status updated
-// longest ago, else the open one.
+// longest ago of the function holding the most, else the open status
+// updated longest ago.
 func (x *Index) oldest() *entry {
-	if e := x.final.front(); e != nil {
-		return e
+	if len(x.busiest) > 0 {
+		return x.busiest[0].final.front()
 	}
 	return x.open.front()
 }
@@ -363,17 +371,46 @@ func (x *Index) expire(now time.Time) {
 	}
 }
 
-func (x *Index) list(e *entry) *lru {
-	if e.isFinal {
-		return &x.final
+// enlist puts e last in its list: its function's final statuses, or the
+// open ones.
+func (x *Index) enlist(e *entry) {
+	if !e.isFinal {
+		x.open.pushBack(e)
+		return
 	}
-	return &x.open
+	e.fn.final.pushBack(e)
+	e.fn.finals++
+	x.rerank(e.fn)
+}
+
+// unlist takes e out of its list.
+func (x *Index) unlist(e *entry) {
+	if !e.isFinal {
+		x.open.remove(e)
+		return
+	}
+	e.fn.final.remove(e)
+	e.fn.finals--
+	x.rerank(e.fn)
+}
+
+// rerank puts f in its place in busiest after its finals changed.
+func (x *Index) rerank(f *function) {
+	switch {
+	case f.finals > 0 && f.rank < 0:
+		heap.Push(&x.busiest, f)
+	case f.finals > 0:
+		heap.Fix(&x.busiest, f.rank)
+	case f.rank >= 0:
+		heap.Remove(&x.busiest, f.rank)
+	}
 }
 
 func (x *Index) acquire(name string) *function {
 	f, ok := x.functions[name]
 	if !ok {
-		f = &function{name: name}
+		f = &function{name: name, rank: -1}
+		f.final.init()
 		x.functions[name] = f
 	}
 	f.entries++
@@ -423,6 +460,30 @@ func (l *lru) pushBack(e *entry) {
 func (l *lru) remove(e *entry) {
 	e.prev.next, e.next.prev = e.next, e.prev
 	e.prev, e.next = nil, nil
+}
+
+// functionHeap orders functions by the final statuses they hold, most
+// first.
+type functionHeap []*function
+
+func (h functionHeap) Len() int           { return len(h) }
+func (h functionHeap) Less(i, j int) bool { return h[i].finals > h[j].finals }
+func (h functionHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].rank, h[j].rank = i, j
+}
+func (h *functionHeap) Push(v any) {
+	f := v.(*function)
+	f.rank = len(*h)
+	*h = append(*h, f)
+}
+func (h *functionHeap) Pop() any {
+	old := *h
+	f := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	f.rank = -1
+	return f
 }
 
 // expiryHeap orders entries by expiry, soonest first.

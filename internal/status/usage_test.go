@@ -1,6 +1,7 @@
 package status
 
 import (
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -71,5 +72,33 @@ func TestIndexIDsScopedToFunction(t *testing.T) {
 		if n := x.Len(); (countsOnly && n != 2) || (!countsOnly && n != 3) {
 			t.Fatalf("countsOnly %v: %d held", countsOnly, n)
 		}
+	}
+}
+
+// A flood of one function's statuses (requeues delivered at once, junk
+// instant dead letters) pushed out the oldest statuses of every
+// function: a full index now forgets the oldest final status of the
+// function holding the most.
+func TestIndexFloodPushesOutItsOwn(t *testing.T) {
+	now := time.Now()
+	x := NewIndex(10, false)
+	later := now.Add(time.Hour)
+	put := func(fn, id, state string, at time.Time) {
+		x.Put(Status{ID: id, Function: fn, State: state, AcceptedAt: at, UpdatedAt: at, ExpiresAt: later}, now)
+	}
+	for i := range 3 {
+		put("billing", fmt.Sprint("real", i), Delivered, now.Add(-time.Hour))
+	}
+	put("billing", "waiting", Waiting, now.Add(-time.Hour))
+	for i := range 50 {
+		put("junk", fmt.Sprint("junk", i), DeadLettered, now.Add(time.Duration(i)*time.Millisecond))
+	}
+	for _, id := range []string{"real0", "real1", "real2", "waiting"} {
+		if _, ok := x.Get(id, now); !ok {
+			t.Errorf("billing's %s pushed out by junk's flood", id)
+		}
+	}
+	if _, ok := x.Get("junk49", now); !ok || x.Len() != 10 {
+		t.Errorf("junk49 kept %v, %d held; want the newest kept and 10 held", ok, x.Len())
 	}
 }
