@@ -12,8 +12,8 @@
 //   - A dead-letter stream on <prefix>.deadletter: a log of dead letters
 //     and of removals, each removal followed by the delete of the record
 //     it removes (deadletters.go).
-//   - A status stream on <prefix>.status.<id> keeping the last status of
-//     each message, each expiring on its own (per-message TTL). A process
+//   - A status stream on <prefix>.status.<function>.<id> keeping the last
+//     status of each message, each expiring on its own (per-message TTL). A process
 //     that counts waiting messages follows it with an ordered consumer.
 //   - The key is also the de-duplication id (Nats-Msg-Id), and a message
 //     is stored only if its subject holds none (Nats-Expected-Last-
