@@ -52,6 +52,9 @@ import (
 const (
 	StatusScheduled    = "scheduled"
 	StatusDeadLettered = "dead-lettered"
+	// StatusRepeat: the same message (function, id and X-Retries) was
+	// already waiting; nothing more was stored (JetStream).
+	StatusRepeat = "repeat"
 )
 
 // ReasonMaxRetries is the dead-letter reason of a requeue whose X-Retries
@@ -66,8 +69,10 @@ var ErrMaxRetries = errors.New("requeue: retries spent, the mailbox kept the mes
 
 // Result is the mailbox's answer to a requeue it stored.
 type Result struct {
-	// Status is StatusScheduled or StatusDeadLettered.
+	// Status is StatusScheduled, StatusDeadLettered or StatusRepeat.
 	Status string `json:"status"`
+	// Repeat is set with StatusRepeat.
+	Repeat bool `json:"repeat,omitempty"`
 	// ID is the message id; deliveries carry it as X-Mailbox-Message-Id.
 	ID string `json:"id"`
 	// Function is the function the mailbox will call.
@@ -125,7 +130,8 @@ const maxAnswerBytes = 64 << 10
 // ctx or the client's Timeout.
 //
 // The outcomes:
-//   - scheduled (202): the Result and nil
+//   - scheduled (202), or a repeat of a message still waiting (200,
+//     StatusRepeat): the Result and nil
 //   - dead-lettered because the retries are spent (200): the Result and
 //     an error wrapping ErrMaxRetries
 //   - refused (400 or above): a *Error
@@ -196,7 +202,8 @@ func interpret(res *http.Response, answer []byte) (Result, error) {
 		return Result{}, fmt.Errorf("requeue: answer %d is not the mailbox's JSON: %s", res.StatusCode, excerpt(answer))
 	}
 	switch {
-	case res.StatusCode == http.StatusAccepted && out.Status == StatusScheduled:
+	case res.StatusCode == http.StatusAccepted && out.Status == StatusScheduled,
+		res.StatusCode == http.StatusOK && out.Status == StatusRepeat:
 		return out, nil
 	case res.StatusCode == http.StatusOK && out.Status == StatusDeadLettered && out.Reason == ReasonMaxRetries:
 		return out, fmt.Errorf("%w: message %s to %s had X-Retries %d, above X-Max-Retries %d",

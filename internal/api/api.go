@@ -6,6 +6,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -287,6 +288,17 @@ type scheduledResponse struct {
 	DueAt      string `json:"due_at"`
 }
 
+// repeatResponse is the 200 answer to a requeue of a message already
+// waiting: the same function, id and X-Retries (a client repeating a
+// requeue after a timeout). Nothing more was stored.
+type repeatResponse struct {
+	Status   string `json:"status"`
+	Repeat   bool   `json:"repeat"`
+	ID       string `json:"id"`
+	Function string `json:"function"`
+	Retries  int    `json:"retries"`
+}
+
 // deadLetteredResponse is the 200 answer for a message whose retries are
 // spent.
 type deadLetteredResponse struct {
@@ -381,8 +393,17 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
-	if err := d.Store(r.Context(), h.queue); err != nil {
+	if err := h.checkQuota(r.Context(), d); errors.Is(err, queue.ErrRepeat) {
+		return h.repeat(w, e)
+	} else if err != nil {
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
+	}
+	repeat, err := d.StoreRepeat(r.Context(), h.queue)
+	if err != nil {
+		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
+	}
+	if repeat {
+		return h.repeat(w, e)
 	}
 	h.status.Record(d.Statuses(e, 0, now)...)
 	e = d.Next
@@ -411,6 +432,35 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 		Retries:    e.Retries,
 		MaxRetries: policy.MaxRetries,
 		DueAt:      e.DueAt.Format(time.RFC3339Nano),
+	})
+}
+
+// checkQuota checks the new messages d would store that wait against the
+// quotas (Queue.CheckQuota), before anything is stored: the message, when
+// scheduled, and its routed dead letter, which waits for its function.
+// It returns ErrRepeat only for the message itself; a route already
+// waiting is stored as a repeat.
+func (h *handler) checkQuota(ctx context.Context, d delivery.Decision) error {
+	if d.Action == delivery.Retry {
+		if err := h.queue.CheckQuota(ctx, d.Next); err != nil {
+			return err
+		}
+	}
+	if d.Route != nil {
+		if err := h.queue.CheckQuota(ctx, d.Route); err != nil && !errors.Is(err, queue.ErrRepeat) {
+			return err
+		}
+	}
+	return nil
+}
+
+// repeat answers a requeue of a message already waiting: nothing was
+// stored, the first store's status stands.
+func (h *handler) repeat(w http.ResponseWriter, e *envelope.Envelope) int {
+	w.Header().Set(envelope.HeaderMessageID, e.ID)
+	h.log.Debug("requeue: repeat", "function", e.Function, "id", e.ID, "retries", e.Retries)
+	return writeJSON(w, http.StatusOK, repeatResponse{
+		Status: "repeat", Repeat: true, ID: e.ID, Function: e.Function, Retries: e.Retries,
 	})
 }
 
@@ -458,6 +508,18 @@ func (h *handler) queueError(w http.ResponseWriter, e *envelope.Envelope, dead b
 	if errors.Is(err, queue.ErrTooLarge) {
 		return writeError(w, http.StatusRequestEntityTooLarge, "", "message is larger than the broker accepts")
 	}
+	if qe, ok := errors.AsType[*queue.QuotaError](err); ok {
+		// One function's quota is that caller's to slow down (429); the
+		// overall ones say the mailbox is full (507).
+		code := http.StatusInsufficientStorage
+		if qe.Quota == queue.QuotaWaitingPerFunction {
+			code = http.StatusTooManyRequests
+		}
+		// Debug: a flood is refused by the thousand; the requests
+		// counter counts the answers.
+		h.log.Debug("requeue: refused by a quota", "function", e.Function, "id", e.ID, "quota", qe.Quota, "limit", qe.Limit)
+		return writeJSON(w, code, quotaResponse{Error: qe.Error(), Quota: qe.Quota, Limit: qe.Limit, Function: qe.Function})
+	}
 	h.log.Error("requeue: queue write failed",
 		"function", e.Function, "id", e.ID, "dead_letter", dead,
 		"body_bytes", len(e.Body), "error", err)
@@ -473,6 +535,15 @@ func (h *handler) bodyLimit() int64 {
 		limit = mp
 	}
 	return limit
+}
+
+// quotaResponse is the answer to a requeue refused by a quota: which
+// one, its limit and, for a function's, the function.
+type quotaResponse struct {
+	Error    string `json:"error"`
+	Quota    string `json:"quota"`
+	Limit    int64  `json:"limit"`
+	Function string `json:"function,omitempty"`
 }
 
 // errorResponse is the body of every error answer.

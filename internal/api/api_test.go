@@ -44,6 +44,9 @@ type memQueue struct {
 	// RecordStatus and Status.
 	statuses  map[string]status.Status
 	statusErr error
+	// quotaFails, when set, refuses the new messages it returns an error
+	// for in CheckQuota.
+	quotaFails func(e *envelope.Envelope) error
 }
 
 var _ queue.Queue = (*memQueue)(nil)

@@ -75,7 +75,8 @@ func newMetrics(reg prometheus.Registerer, q queue.Queue, log *slog.Logger) (*me
 	// Start the common outcomes at zero, so rate() and alerts see a
 	// series before the first error happens.
 	for _, code := range []int{http.StatusOK, http.StatusAccepted, http.StatusBadRequest,
-		http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable} {
+		http.StatusRequestEntityTooLarge, http.StatusTooManyRequests, http.StatusServiceUnavailable,
+		http.StatusInsufficientStorage} {
 		m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	return m, nil

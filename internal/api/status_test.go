@@ -37,7 +37,7 @@ func TestRequeueRecordsWaiting(t *testing.T) {
 		t.Fatalf("requeue answered %d %s", w.Code, w.Body)
 	}
 	s := b.recorded(t, "m1")
-	want := status.Status{ID: "m1", Function: "fn", State: status.Waiting, Retries: 2,
+	want := status.Status{ID: "m1", Function: "fn", State: status.Waiting, Retries: 2, Bytes: 1,
 		DueAt: testNow.Add(30 * time.Second).UTC(), AcceptedAt: testNow.UTC(), UpdatedAt: testNow.UTC()}
 	if s != want {
 		t.Fatalf("recorded %+v, want %+v", s, want)

@@ -54,9 +54,17 @@ type Config struct {
 	// backend; older ones are removed. Zero keeps them until removed.
 	// Defaults to 336h (14 days, Zaqar's dead-letter TTL).
 	DeadLetterMaxAge time.Duration
-	// DeadLetterLimit is the most dead letters kept, 1..10000000; past it
-	// the oldest are removed, logged and counted. Defaults to 100000.
+	// DeadLetterLimit is the most dead letters kept per function,
+	// 1..10000000; past it the function's oldest are removed, logged and
+	// counted. Defaults to 100000.
 	DeadLetterLimit int
+	// MaxWaiting, MaxWaitingBytes and MaxWaitingPerFunction are the
+	// quotas on messages waiting or in flight (queue.Quota): past one a
+	// requeue is refused. MaxWaitingPerFunction is at most MaxWaiting.
+	// Default to 100000, 1 GiB and 10000.
+	MaxWaiting            int
+	MaxWaitingBytes       int64
+	MaxWaitingPerFunction int
 	// ReplayRate is the most dead letters a bulk replay puts back:
 	// ReplayRate.N per ReplayRate.Per. Defaults to 50/s.
 	ReplayRate Rate
@@ -109,8 +117,12 @@ type Config struct {
 	// is at most MaxDelay. Defaults to 60s.
 	DefaultDelay time.Duration
 	// MaxRetriesLimit is the largest X-Max-Retries accepted. Defaults to
-	// 10000.
+	// 100.
 	MaxRetriesLimit int
+	// MinRetryDelay is the least wait before a retry, whatever a header,
+	// an annotation or a Retry-After says; greater than zero and at most
+	// MaxDelay. Defaults to 1s.
+	MinRetryDelay time.Duration
 	// MaxDelay is the largest X-Delay-Duration accepted, greater than zero
 	// and at most 2^21 seconds (about 24 days). Defaults to 168h.
 	MaxDelay time.Duration
@@ -234,6 +246,15 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 	if !failed["default_delay"] && !failed["max_delay"] && c.DefaultDelay > c.MaxDelay {
 		errs = append(errs, fmt.Errorf("config: default_delay: %s is greater than max_delay %s",
 			c.DefaultDelay, c.MaxDelay))
+	}
+
+	if !failed["max_waiting_per_function"] && !failed["max_waiting"] && c.MaxWaitingPerFunction > c.MaxWaiting {
+		errs = append(errs, fmt.Errorf("config: max_waiting_per_function: %d is greater than max_waiting %d",
+			c.MaxWaitingPerFunction, c.MaxWaiting))
+	}
+	if !failed["min_retry_delay"] && !failed["max_delay"] && c.MinRetryDelay > c.MaxDelay {
+		errs = append(errs, fmt.Errorf("config: min_retry_delay: %s is greater than max_delay %s",
+			c.MinRetryDelay, c.MaxDelay))
 	}
 
 	if !failed["default_ttl"] && !failed["default_delay"] && c.DefaultTTL > 0 && c.DefaultTTL <= c.DefaultDelay {

@@ -149,10 +149,36 @@ func settings() []Setting {
 		},
 		{
 			Name: "dead_letter_limit", Default: "100000",
-			Usage: "most dead letters kept, 1..10000000; past it the oldest are removed, logged and counted",
+			Usage: "most dead letters kept per function, 1..10000000; past it the function's oldest are removed, logged and counted (one function's flood never removes another's)",
 			apply: func(c *Config, v string) error {
 				n, err := parseInt(v, 1, 10_000_000)
 				c.DeadLetterLimit = int(n)
+				return err
+			},
+		},
+		{
+			Name: "max_waiting", Default: "100000",
+			Usage: "most messages waiting or in flight, 1..100000000; past it a requeue is refused with 507 (retries and dead letters of accepted messages never are)",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 100_000_000)
+				c.MaxWaiting = int(n)
+				return err
+			},
+		},
+		{
+			Name: "max_waiting_bytes", Default: "1073741824",
+			Usage: "most bytes of bodies waiting or in flight, 1048576..1125899906842624; past it a requeue is refused with 507",
+			apply: func(c *Config, v string) (err error) {
+				c.MaxWaitingBytes, err = parseInt(v, 1<<20, 1<<50)
+				return err
+			},
+		},
+		{
+			Name: "max_waiting_per_function", Default: "10000",
+			Usage: "most messages waiting or in flight for one function, 1..max_waiting; past it a requeue to it is refused with 429",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 100_000_000)
+				c.MaxWaitingPerFunction = int(n)
 				return err
 			},
 		},
@@ -295,7 +321,7 @@ func settings() []Setting {
 			},
 		},
 		{
-			Name: "max_retries_limit", Default: "10000",
+			Name: "max_retries_limit", Default: "100",
 			Usage: "largest X-Max-Retries accepted",
 			apply: func(c *Config, v string) error {
 				n, err := parseInt(v, 0, math.MaxInt32)
@@ -308,6 +334,14 @@ func settings() []Setting {
 			Usage: "largest X-Delay-Duration accepted, at most 2^21 seconds (about 24 days)",
 			apply: func(c *Config, v string) (err error) {
 				c.MaxDelay, err = parseDuration(v, true, maxDelayLimit)
+				return err
+			},
+		},
+		{
+			Name: "min_retry_delay", Default: "1s",
+			Usage: "least wait before a retry, whatever X-Delay-Duration, X-Backoff, an annotation or a Retry-After says (the first delivery may be immediate); at most max_delay",
+			apply: func(c *Config, v string) (err error) {
+				c.MinRetryDelay, err = parseDuration(v, true, 0)
 				return err
 			},
 		},

@@ -139,6 +139,11 @@ type index struct {
 	byID   map[string]uint64
 	dups   map[string]int
 	counts map[countKey]int
+	// perFunction counts the entries of each function; over is how many
+	// functions have more than limit.
+	perFunction map[string]int
+	limit       int
+	over        int
 	// gone remembers, per id, the last removal of a dead letter that has
 	// no newer one, so that repeating a replay or a delete after a
 	// timeout is answered as done; goneOrder, oldest first, bounds it.
@@ -150,16 +155,23 @@ type index struct {
 	applied uint64
 }
 
-func newIndex(goneLimit int) *index {
+// newIndex returns an empty index keeping limit dead letters per
+// function, and remembering the last limit removals.
+func newIndex(limit int) *index {
 	return &index{
-		entries:   map[uint64]*Entry{},
-		byID:      map[string]uint64{},
-		dups:      map[string]int{},
-		counts:    map[countKey]int{},
-		gone:      map[string]gone{},
-		goneLimit: goneLimit,
+		entries:     map[uint64]*Entry{},
+		byID:        map[string]uint64{},
+		dups:        map[string]int{},
+		counts:      map[countKey]int{},
+		perFunction: map[string]int{},
+		limit:       limit,
+		gone:        map[string]gone{},
+		goneLimit:   limit,
 	}
 }
+
+// overLimit reports whether a function has more than limit entries.
+func (x *index) overLimit() bool { return x.over > 0 }
 
 // apply reads r into the index. It returns the entry r removed, if r is
 // the first removal of a kept entry, so that its author can count it.
@@ -197,6 +209,9 @@ func (x *index) apply(r queue.Record) (removed *Entry) {
 	}
 	delete(x.gone, e.ID)
 	x.counts[countKey{e.Function, e.Reason}]++
+	if x.perFunction[e.Function]++; x.perFunction[e.Function] == x.limit+1 {
+		x.over++
+	}
 	return nil
 }
 
@@ -221,6 +236,12 @@ func (x *index) drop(e *Entry, cause string) {
 	k := countKey{e.Function, e.Reason}
 	if x.counts[k]--; x.counts[k] <= 0 {
 		delete(x.counts, k)
+	}
+	if x.perFunction[e.Function] == x.limit+1 {
+		x.over--
+	}
+	if x.perFunction[e.Function]--; x.perFunction[e.Function] <= 0 {
+		delete(x.perFunction, e.Function)
 	}
 	switch {
 	case x.dups[e.ID] == 0:
@@ -317,9 +338,23 @@ func (x *index) countList() []Count {
 
 // overdue returns the entries to remove to keep the index within
 // retention (DeadAt before now - retention; none when retention is 0)
-// and, of the others, the oldest past limit; each in log order.
+// and, of the others, each function's oldest past limit, so that one
+// function's flood never pushes out another's dead letters; each in log
+// order.
 func (x *index) overdue(now time.Time, retention time.Duration, limit int) (expired, over []*Entry) {
-	var kept []*Entry
+	kept := map[string]int{}
+	for _, s := range x.seqs {
+		e, ok := x.entries[s]
+		if ok && (retention <= 0 || !e.DeadAt.Before(now.Add(-retention))) {
+			kept[e.Function]++
+		}
+	}
+	excess := map[string]int{}
+	for fn, n := range kept {
+		if n > limit {
+			excess[fn] = n - limit
+		}
+	}
 	for _, s := range x.seqs {
 		e, ok := x.entries[s]
 		if !ok {
@@ -329,10 +364,10 @@ func (x *index) overdue(now time.Time, retention time.Duration, limit int) (expi
 			expired = append(expired, e)
 			continue
 		}
-		kept = append(kept, e)
-	}
-	if excess := len(kept) - limit; excess > 0 {
-		over = kept[:excess]
+		if excess[e.Function] > 0 {
+			excess[e.Function]--
+			over = append(over, e)
+		}
 	}
 	return expired, over
 }

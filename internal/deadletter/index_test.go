@@ -215,3 +215,36 @@ func TestIndexCompacts(t *testing.T) {
 		t.Fatalf("%d seqs kept for %d entries", len(x.seqs), len(x.entries))
 	}
 }
+
+// dead_letter_limit applies per function: junk dead letters of one
+// function (X-Retries above X-Max-Retries, each an instant dead letter)
+// push out that function's oldest only, never another's.
+func TestIndexLimitPerFunction(t *testing.T) {
+	x := newIndex(2)
+	x.apply(record(t, 1, "real1", "billing", envelope.ReasonMaxRetries, t0))
+	x.apply(record(t, 2, "real2", "billing", envelope.ReasonMaxRetries, t0.Add(time.Second)))
+	for i := uint64(3); i <= 10; i++ {
+		x.apply(record(t, i, fmt.Sprint("junk", i), "flood", envelope.ReasonMaxRetries, t0.Add(time.Duration(i)*time.Second)))
+	}
+	if !x.overLimit() {
+		t.Fatalf("index of 8 flood dead letters with limit 2 is not over its limit")
+	}
+	_, over := x.overdue(t0.Add(time.Minute), 0, 2)
+	if got := fmt.Sprint(entryIDs(over)); got != "[junk3 junk4 junk5 junk6 junk7 junk8]" {
+		t.Fatalf("over the limit: %s, want flood's oldest six and none of billing's", got)
+	}
+	for i, e := range over {
+		x.apply(removal(uint64(11+i), e.Seq, queue.RemovedLimit))
+	}
+	if x.overLimit() {
+		t.Fatalf("still over the limit after the removals")
+	}
+}
+
+func entryIDs(es []*Entry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.ID)
+	}
+	return out
+}

@@ -25,8 +25,9 @@ type Options struct {
 	// Retention is how long a dead letter is kept after it died; 0 keeps
 	// dead letters until they are removed. Defaults to 0.
 	Retention time.Duration
-	// Limit is the most dead letters kept; past it the oldest are
-	// removed. Required, > 0.
+	// Limit is the most dead letters kept per function; past it the
+	// function's oldest are removed, so that one function's flood never
+	// pushes out another's. Required, > 0.
 	Limit int
 	// ReplayRate bounds how many dead letters a bulk replay puts back
 	// per second. Defaults to 50.
@@ -241,7 +242,7 @@ func (s *Store) followLog(ctx context.Context) {
 func (s *Store) apply(r queue.Record) {
 	s.mu.Lock()
 	removed := s.x.apply(r)
-	over := len(s.x.entries) > s.o.Limit
+	over := s.x.overLimit()
 	close(s.advance)
 	s.advance = make(chan struct{})
 	s.mu.Unlock()
@@ -317,7 +318,7 @@ func (s *Store) sweep(ctx context.Context) error {
 		s.log.Info("dead letters: removing those past retention", "count", len(expired), "retention", s.o.Retention)
 	}
 	if len(over) > 0 {
-		s.log.Warn("dead letters: limit reached, removing the oldest", "count", len(over), "limit", s.o.Limit)
+		s.log.Warn("dead letters: a function's limit reached, removing its oldest", "count", len(over), "limit", s.o.Limit, "function", over[0].Function)
 	}
 	for _, batch := range []struct {
 		entries []*Entry
@@ -483,8 +484,9 @@ func (s *Store) replay(ctx context.Context, e Entry, retries int) (Outcome, erro
 	now := s.o.Now().UTC()
 	next := delivery.Replay(dead, retries, now)
 	// Schedule first: a failure between the two leaves the dead letter
-	// kept, to be replayed again, never lost.
-	if err := s.q.Schedule(ctx, next); err != nil {
+	// kept, to be replayed again, never lost. A repeat is this replay
+	// stored by an earlier try.
+	if err := s.q.Schedule(ctx, next); err != nil && !errors.Is(err, queue.ErrRepeat) {
 		return Outcome{}, err
 	}
 	if err := s.remove(ctx, e, queue.RemovedReplayed); err != nil {

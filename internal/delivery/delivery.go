@@ -6,6 +6,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
 
@@ -102,7 +104,8 @@ const (
 //	NoSuchFunction                        | grace over                       | DeadLetter | reason no-such-function
 //	Err, or Status in RetryCodes          | Retries+1 > MaxRetries           | DeadLetter | reason max-retries
 //	Err, or Status in RetryCodes          | next due at or after expiry      | DeadLetter | reason expired
-//	Err, or Status in RetryCodes          | otherwise                        | Retry      | Retries+1, due after NextDelay
+//	Err, or Status in RetryCodes          | otherwise                        | Retry      | Retries+1, due after NextDelay,
+//	                                      |                                  |            | at least MinRetryDelay
 //	any other Status                      |                                  | DeadLetter | reason rejected
 //
 // Every row but the grace one records the attempt: FirstAttemptAt (if
@@ -158,7 +161,9 @@ func Decide(e *envelope.Envelope, p Policy, r Result, now time.Time, jitter floa
 	case attempts > p.MaxRetries:
 		return deadLetter(&next, p, envelope.ReasonMaxRetries, attempts, r, now)
 	}
-	due := now.Add(NextDelay(p, attempts, r.RetryAfter, jitter))
+	// Never sooner than MinRetryDelay: one request must not turn into
+	// calls back to back.
+	due := now.Add(max(NextDelay(p, attempts, r.RetryAfter, jitter), p.MinRetryDelay))
 	if exp := p.expiresAt(e); !exp.IsZero() && !due.Before(exp) {
 		return deadLetter(&next, p, envelope.ReasonExpired, attempts, r, now)
 	}
@@ -339,22 +344,35 @@ type Storer interface {
 // Next (scheduled for Retry, kept for DeadLetter). The new messages go
 // first so that a failure part-way leaves the message to be decided
 // again: a duplicate at worst, never a loss. Their ids are derived from
-// the message's, so a backend that de-duplicates stores them once.
+// the message's, so a backend that de-duplicates stores them once: a
+// message the backend already holds (queue.ErrRepeat) counts as stored.
 func (d Decision) Store(ctx context.Context, s Storer) error {
+	_, err := d.StoreRepeat(ctx, s)
+	return err
+}
+
+// StoreRepeat is Store, also reporting whether Next, scheduled, was a
+// repeat: the backend already held the same message and stored nothing
+// (queue.ErrRepeat). The requeue API tells its caller so.
+func (d Decision) StoreRepeat(ctx context.Context, s Storer) (repeat bool, err error) {
 	for _, e := range []*envelope.Envelope{d.Route, d.Callback} {
 		if e != nil {
-			if err := s.Schedule(ctx, e); err != nil {
-				return err
+			if err := s.Schedule(ctx, e); err != nil && !errors.Is(err, queue.ErrRepeat) {
+				return false, err
 			}
 		}
 	}
 	switch d.Action {
 	case Retry:
-		return s.Schedule(ctx, d.Next)
+		err := s.Schedule(ctx, d.Next)
+		if errors.Is(err, queue.ErrRepeat) {
+			return true, nil
+		}
+		return false, err
 	case DeadLetter:
-		return s.DeadLetter(ctx, d.Next)
+		return false, s.DeadLetter(ctx, d.Next)
 	}
-	return nil
+	return false, nil
 }
 
 // Statuses are the steps to record once d, a decision about e, is stored:

@@ -24,6 +24,12 @@ type Defaults struct {
 	// function's Retry-After.
 	MaxRetriesLimit int
 	MaxDelay        time.Duration
+	// MinRetryDelay is the least wait between a failed call and the next
+	// attempt, whatever a header, an annotation or a Retry-After says, so
+	// that one request cannot make calls back to back. The first delivery
+	// of a requeued message is not a retry by the mailbox and may be
+	// immediate.
+	MinRetryDelay time.Duration
 
 	// RetryCodes are the statuses worth another attempt; network errors
 	// always are. Any other answer that is not 2xx is a rejection.
@@ -53,6 +59,7 @@ type Policy struct {
 	// From Defaults, the same for every message.
 	RetryCodes          []int
 	NoSuchFunctionGrace time.Duration
+	MinRetryDelay       time.Duration
 }
 
 // Resolve settles a message's policy: each setting comes from the
@@ -75,7 +82,7 @@ func Resolve(e *envelope.Envelope, fn envelope.Policy, d Defaults) Policy {
 	if e.Kind == envelope.KindCallback {
 		return Policy{
 			MaxRetries: d.CallbackMaxRetries, Delay: d.CallbackDelay, Backoff: envelope.BackoffExponential,
-			MaxDelay: d.MaxDelay, RetryCodes: d.RetryCodes,
+			MaxDelay: d.MaxDelay, RetryCodes: d.RetryCodes, MinRetryDelay: d.MinRetryDelay,
 		}
 	}
 	msg := e.Policy
@@ -89,6 +96,7 @@ func Resolve(e *envelope.Envelope, fn envelope.Policy, d Defaults) Policy {
 		CallbackURL:         msg.CallbackURL,
 		RetryCodes:          d.RetryCodes,
 		NoSuchFunctionGrace: d.NoSuchFunctionGrace,
+		MinRetryDelay:       d.MinRetryDelay,
 	}
 	p.MaxRetries = min(p.MaxRetries, d.MaxRetriesLimit)
 	p.MaxDelay = min(p.MaxDelay, d.MaxDelay)

@@ -39,6 +39,17 @@ type Queue interface {
 	// is none (never recorded, or forgotten), ErrUnavailable while the
 	// broker cannot be reached.
 	Status(ctx context.Context, id string) (status.Status, error)
+	// CheckQuota returns a *QuotaError (ErrQuota) when storing e, a new
+	// message from the requeue API, would take the messages waiting past
+	// Options.Quota, and ErrRepeat when the index holds e as waiting
+	// already (the same function, id and retries); nil otherwise, and
+	// always when no quota is set. It
+	// counts from the same index as Waiting; while the index cannot
+	// catch up in time it lets e through (the quota is a bound on a
+	// flood, not an exact count), and returns ErrUnavailable only while
+	// the broker cannot be reached. Schedule and DeadLetter never check
+	// a quota: what was accepted is never lost to one.
+	CheckQuota(ctx context.Context, e *envelope.Envelope) error
 	// Waiting counts, per function, the messages whose latest status is
 	// waiting or in flight (status.Counted), leaving out functions with
 	// none. It reads an index of the statuses, bounded as the backend
@@ -67,6 +78,12 @@ var (
 	ErrTooLarge = errors.New("queue: message too large")
 	// ErrNoStatus means no status is kept for a message id.
 	ErrNoStatus = errors.New("queue: no status")
+	// ErrRepeat means Schedule stored nothing because the backend already
+	// holds the same message: the same function, id, life and attempt
+	// (a client repeating a requeue, a connector storing a retry again
+	// after a crash). A caller that only needs it stored counts it as
+	// stored; the requeue API tells its caller it was a repeat.
+	ErrRepeat = errors.New("queue: message already stored")
 )
 
 // DeadLetterCounter returns mailbox_dead_letters_total{function,reason}
@@ -109,6 +126,9 @@ type Options struct {
 	// Registerer, if set, counts malformed messages buried as dead letters
 	// in mailbox_dead_letters_total.
 	Registerer prometheus.Registerer
+	// Quota bounds the messages waiting, checked by CheckQuota. Zero: no
+	// bound.
+	Quota Quota
 }
 
 // WithDefaults returns o with its defaults filled in, or an error when it

@@ -74,6 +74,11 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 		StatusRetention: cfg.StatusRetention,
 		Logger:          logger,
 		Registerer:      reg,
+		Quota: queue.Quota{
+			MaxWaiting:            cfg.MaxWaiting,
+			MaxWaitingBytes:       cfg.MaxWaitingBytes,
+			MaxWaitingPerFunction: cfg.MaxWaitingPerFunction,
+		},
 	}
 	switch cfg.Backend {
 	case "stan":
@@ -101,6 +106,7 @@ func Defaults(cfg config.Config) delivery.Defaults {
 		DeadLetterFunction:  cfg.DeadLetterFunction,
 		MaxRetriesLimit:     cfg.MaxRetriesLimit,
 		MaxDelay:            cfg.MaxDelay,
+		MinRetryDelay:       cfg.MinRetryDelay,
 		RetryCodes:          cfg.RetryCodes,
 		NoSuchFunctionGrace: cfg.NoSuchFunctionGrace,
 		CallbackMaxRetries:  cfg.CallbackMaxRetries,

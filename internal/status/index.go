@@ -10,17 +10,22 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 )
 
-// Index is the latest status of each message id, built by a backend from
+// Index is the latest status of each message, built by a backend from
 // the statuses it stores, read in any order: a status replaces the one
-// held for its id only if it supersedes it (Supersedes). It also counts,
+// held for its message only if it supersedes it (Supersedes). A message
+// is an id of a function: two functions may use the same id, and each
+// keeps its own status and counts for its own function; Get(id) answers
+// the one set last. It also counts,
 // per function, the ids whose latest status is waiting or in flight
 // (Waiting), kept up to date on every change, so reading the counts costs
 // one step per function, not per id.
 //
 // An Index holds at most a limit of ids. When full, a new id makes it
-// forget a final status first, the one updated longest ago, and only when
-// it holds none of those the waiting or in-flight status updated longest
-// ago (which then no longer counts). An expired status is forgotten when
+// forget a final status first: of the function holding the most final
+// statuses, the one updated longest ago, so that one function's flood of
+// statuses pushes out its own, not another's. Only when it holds no final
+// status it forgets the waiting or in-flight status updated longest ago
+// (which then no longer counts). An expired status is forgotten when
 // it expires (checked on every call, in order of expiry).
 //
 // An Index is synced once its backend has read what was stored up to the
@@ -30,14 +35,24 @@ type Index struct {
 	limit      int
 	countsOnly bool
 
-	mu        sync.Mutex
-	byID      map[string]*entry
-	final     lru // final statuses, least recently updated first
+	mu sync.Mutex
+	// byID holds the entries of each id, one per function, the one set
+	// last first, the others following through sibling.
+	byID map[string]*entry
+	n    int // entries held
+	// busiest orders the functions holding final statuses, the one
+	// holding the most first; each keeps its own, least recently updated
+	// first.
+	busiest   functionHeap
 	open      lru // waiting and in flight, least recently updated first
 	expiry    expiryHeap
 	functions map[string]*function
-	synced    bool
-	changed   chan struct{} // closed and replaced when synced changes
+	// counted and countedBytes are the ids counted, and their bytes, in
+	// all.
+	counted      int
+	countedBytes int64
+	synced       bool
+	changed      chan struct{} // closed and replaced when synced changes
 }
 
 // entry is one id: what Supersedes needs, its function, its place in a
@@ -50,9 +65,11 @@ type entry struct {
 	accepted   time.Time
 	retries    int
 	holds      int
+	bytes      int64 // the body's, while counted
 	expires    int64 // Unix nanoseconds; math.MaxInt64 for never
 	full       *Status
 	prev, next *entry
+	sibling    *entry // the same id's entry of another function
 	heap       int32
 	counted    bool // waiting or in flight, and not a callback
 	isFinal    bool // in the final list, else in the open list
@@ -63,6 +80,9 @@ type function struct {
 	name    string
 	entries int // ids of the function held
 	open    int // of them, those counted
+	finals  int // of them, those final, in final
+	final   lru // its final statuses, least recently updated first
+	rank    int // its place in busiest; -1 when it holds no final status
 }
 
 // NewIndex returns an empty Index holding at most limit ids. With
@@ -80,7 +100,6 @@ func NewIndex(limit int, countsOnly bool) *Index {
 		functions:  map[string]*function{},
 		changed:    make(chan struct{}),
 	}
-	x.final.init()
 	x.open.init()
 	return x
 }
@@ -99,7 +118,7 @@ func (x *Index) Put(s Status, now time.Time) {
 	defer x.mu.Unlock()
 	x.expire(now)
 	gone := s.Expired(now) || (x.countsOnly && s.Final())
-	if e, ok := x.byID[s.ID]; ok {
+	if e := x.find(s.ID, s.Function); e != nil {
 		if !s.Supersedes(e.status(), now) {
 			return
 		}
@@ -107,21 +126,61 @@ func (x *Index) Put(s Status, now time.Time) {
 			x.remove(e)
 			return
 		}
+		x.unlink(e)
+		x.link(e)
 		x.set(e, s)
 		return
 	}
 	if gone {
 		return
 	}
-	for len(x.byID) >= x.limit {
+	for x.n >= x.limit {
 		x.remove(x.oldest())
 	}
 	e := &entry{id: s.ID, heap: -1}
-	x.byID[s.ID] = e
+	x.link(e)
 	x.set(e, s)
 }
 
-// Get returns the status held for id.
+// find returns the entry of id for function, or nil.
+func (x *Index) find(id, function string) *entry {
+	for e := x.byID[id]; e != nil; e = e.sibling {
+		if e.fn.name == function {
+			return e
+		}
+	}
+	return nil
+}
+
+// link puts e first among its id's entries.
+func (x *Index) link(e *entry) {
+	e.sibling = x.byID[e.id]
+	x.byID[e.id] = e
+	x.n++
+}
+
+// unlink takes e out of its id's entries.
+func (x *Index) unlink(e *entry) {
+	if head := x.byID[e.id]; head == e {
+		if e.sibling == nil {
+			delete(x.byID, e.id)
+		} else {
+			x.byID[e.id] = e.sibling
+		}
+	} else {
+		for p := head; p != nil; p = p.sibling {
+			if p.sibling == e {
+				p.sibling = e.sibling
+				break
+			}
+		}
+	}
+	e.sibling = nil
+	x.n--
+}
+
+// Get returns the status held for id: of the function whose status for
+// it was set last, when several functions use id.
 func (x *Index) Get(id string, now time.Time) (Status, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -151,11 +210,41 @@ func (x *Index) Waiting(now time.Time) map[string]int {
 	return out
 }
 
-// Len is how many ids the index holds.
+// Usage is what the messages counted by Waiting hold: how many in all,
+// their bytes in all, and how many of them are function's.
+type Usage struct {
+	Count    int
+	Bytes    int64
+	Function int
+}
+
+// Usage returns what the counted messages hold, in all and of function.
+func (x *Index) Usage(now time.Time, function string) Usage {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	u := Usage{Count: x.counted, Bytes: x.countedBytes}
+	if f, ok := x.functions[function]; ok {
+		u.Function = f.open
+	}
+	return u
+}
+
+// Waits reports whether id of function is held as waiting with retries
+// attempts made: the same message stored again would be a repeat.
+func (x *Index) Waits(id, function string, retries int, now time.Time) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.expire(now)
+	e := x.find(id, function)
+	return e != nil && e.state == Waiting && e.retries == retries
+}
+
+// Len is how many messages (ids of a function) the index holds.
 func (x *Index) Len() int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return len(x.byID)
+	return x.n
 }
 
 // SetSynced marks the index as read up to now (true) or lagging (false).
@@ -206,14 +295,14 @@ func (e *entry) status() Status {
 // the lists and the expiry heap.
 func (x *Index) set(e *entry, s Status) {
 	if e.fn != nil {
+		x.unlist(e)
 		if e.counted {
-			e.fn.open--
+			x.uncount(e)
 		}
 		if e.fn.name != s.Function {
 			x.release(e.fn)
 			e.fn = nil
 		}
-		x.list(e).remove(e)
 	}
 	if e.fn == nil {
 		e.fn = x.acquire(s.Function)
@@ -232,10 +321,13 @@ func (x *Index) set(e *entry, s Status) {
 	}
 	e.counted = Counted(s)
 	if e.counted {
+		e.bytes = max(s.Bytes, 0)
 		e.fn.open++
+		x.counted++
+		x.countedBytes += e.bytes
 	}
 	e.isFinal = s.Final()
-	x.list(e).pushBack(e)
+	x.enlist(e)
 	if e.heap < 0 {
 		heap.Push(&x.expiry, e)
 	} else {
@@ -244,20 +336,29 @@ func (x *Index) set(e *entry, s Status) {
 }
 
 func (x *Index) remove(e *entry) {
-	delete(x.byID, e.id)
-	x.list(e).remove(e)
+	x.unlink(e)
+	x.unlist(e)
 	heap.Remove(&x.expiry, int(e.heap))
 	if e.counted {
-		e.fn.open--
+		x.uncount(e)
 	}
 	x.release(e.fn)
 }
 
+// uncount takes counted e out of the counts.
+func (x *Index) uncount(e *entry) {
+	e.fn.open--
+	x.counted--
+	x.countedBytes -= e.bytes
+	e.bytes = 0
+}
+
 // oldest is the entry a full index forgets: the final status updated
-// longest ago, else the open one.
+// longest ago of the function holding the most, else the open status
+// updated longest ago.
 func (x *Index) oldest() *entry {
-	if e := x.final.front(); e != nil {
-		return e
+	if len(x.busiest) > 0 {
+		return x.busiest[0].final.front()
 	}
 	return x.open.front()
 }
@@ -270,17 +371,46 @@ func (x *Index) expire(now time.Time) {
 	}
 }
 
-func (x *Index) list(e *entry) *lru {
-	if e.isFinal {
-		return &x.final
+// enlist puts e last in its list: its function's final statuses, or the
+// open ones.
+func (x *Index) enlist(e *entry) {
+	if !e.isFinal {
+		x.open.pushBack(e)
+		return
 	}
-	return &x.open
+	e.fn.final.pushBack(e)
+	e.fn.finals++
+	x.rerank(e.fn)
+}
+
+// unlist takes e out of its list.
+func (x *Index) unlist(e *entry) {
+	if !e.isFinal {
+		x.open.remove(e)
+		return
+	}
+	e.fn.final.remove(e)
+	e.fn.finals--
+	x.rerank(e.fn)
+}
+
+// rerank puts f in its place in busiest after its finals changed.
+func (x *Index) rerank(f *function) {
+	switch {
+	case f.finals > 0 && f.rank < 0:
+		heap.Push(&x.busiest, f)
+	case f.finals > 0:
+		heap.Fix(&x.busiest, f.rank)
+	case f.rank >= 0:
+		heap.Remove(&x.busiest, f.rank)
+	}
 }
 
 func (x *Index) acquire(name string) *function {
 	f, ok := x.functions[name]
 	if !ok {
-		f = &function{name: name}
+		f = &function{name: name, rank: -1}
+		f.final.init()
 		x.functions[name] = f
 	}
 	f.entries++
@@ -330,6 +460,30 @@ func (l *lru) pushBack(e *entry) {
 func (l *lru) remove(e *entry) {
 	e.prev.next, e.next.prev = e.next, e.prev
 	e.prev, e.next = nil, nil
+}
+
+// functionHeap orders functions by the final statuses they hold, most
+// first.
+type functionHeap []*function
+
+func (h functionHeap) Len() int           { return len(h) }
+func (h functionHeap) Less(i, j int) bool { return h[i].finals > h[j].finals }
+func (h functionHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].rank, h[j].rank = i, j
+}
+func (h *functionHeap) Push(v any) {
+	f := v.(*function)
+	f.rank = len(*h)
+	*h = append(*h, f)
+}
+func (h *functionHeap) Pop() any {
+	old := *h
+	f := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	f.rank = -1
+	return f
 }
 
 // expiryHeap orders entries by expiry, soonest first.

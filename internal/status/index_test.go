@@ -181,14 +181,16 @@ func (x *Index) scan(now time.Time) map[string]int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	out := map[string]int{}
-	for _, e := range x.byID {
-		// Counting only, the entry keeps no kind: its flag says.
-		s, counted := e.status(), e.counted
-		if e.full != nil {
-			s, counted = *e.full, Counted(*e.full)
-		}
-		if !s.Expired(now) && counted {
-			out[s.Function]++
+	for _, head := range x.byID {
+		for e := head; e != nil; e = e.sibling {
+			// Counting only, the entry keeps no kind: its flag says.
+			s, counted := e.status(), e.counted
+			if e.full != nil {
+				s, counted = *e.full, Counted(*e.full)
+			}
+			if !s.Expired(now) && counted {
+				out[s.Function]++
+			}
 		}
 	}
 	return out

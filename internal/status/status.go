@@ -44,6 +44,9 @@ type Status struct {
 	// Holds counts the times the message was put back without an attempt
 	// (a limit, a function not deployed yet).
 	Holds int `json:"holds,omitempty"`
+	// Bytes is the size of the body of a message waiting or in flight,
+	// which the quotas on waiting messages count.
+	Bytes int64 `json:"bytes,omitempty"`
 	// Reason is a dead letter's.
 	Reason string `json:"reason,omitempty"`
 	// LastStatus is the HTTP status of the last call: the 2xx of a
@@ -148,6 +151,9 @@ func Of(e *envelope.Envelope, state string, now time.Time) Status {
 		LastStatus: e.LastStatus,
 		AcceptedAt: e.AcceptedAt.UTC(),
 		UpdatedAt:  now.UTC(),
+	}
+	if !s.Final() {
+		s.Bytes = int64(len(e.Body))
 	}
 	switch state {
 	case Waiting:

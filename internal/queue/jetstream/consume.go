@@ -36,13 +36,13 @@ func (q *Queue) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) 
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return q.js.CreateOrUpdateConsumer(ctx, q.o.Stream, jetstream.ConsumerConfig{
-		Durable:       q.o.Consumer,
-		FilterSubject: q.dueSubject(),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       q.ackWait(),
-		MaxAckPending: -1, // each connector bounds what it holds itself
-		MaxDeliver:    -1, // a message is never dropped after N tries
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Durable:        q.o.Consumer,
+		FilterSubjects: []string{q.dueSubject(">"), q.legacyDueSubject()},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        q.ackWait(),
+		MaxAckPending:  -1, // each connector bounds what it holds itself
+		MaxDeliver:     -1, // a message is never dropped after N tries
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 }
 

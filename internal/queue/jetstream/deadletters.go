@@ -45,7 +45,7 @@ func (q *Queue) deadLetterStreamConfig() jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Replicas:    q.o.Replicas,
 		MaxAge:      maxAge,
-		Duplicates:  2 * time.Minute,
+		Duplicates:  q.o.DuplicateWindow,
 		AllowMsgTTL: true, // removals expire on their own
 	}
 }
@@ -197,7 +197,8 @@ func (q *Queue) RemoveDeadLetter(ctx context.Context, r queue.Removal) error {
 		opts = append(opts, jetstream.WithMsgTTL(ttl))
 	}
 	seq := strconv.FormatUint(r.Seq, 10)
-	if err := q.publish(ctx, m, "removed."+seq, opts...); err != nil {
+	// A repeat: the same removal by another process, within the window.
+	if err := q.publish(ctx, m, "removed."+seq, opts...); err != nil && !errors.Is(err, queue.ErrRepeat) {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)

@@ -3,19 +3,24 @@
 //
 //   - A work stream (file storage, work-queue retention, AllowMsgSchedules)
 //     holds waiting messages as per-message schedules on
-//     <prefix>.schedule.<id>.<retries>. The server fires each one, once, onto
-//     <prefix>.due in the same stream and purges the schedule.
-//   - A durable pull consumer on <prefix>.due, shared by connector
-//     replicas, with explicit acks.
+//     <prefix>.schedule.<key>, where key names the message's function, id,
+//     life and attempt (messageKey). The server fires each one, once,
+//     onto <prefix>.due.<key> in the same stream and purges the schedule.
+//   - A durable pull consumer on <prefix>.due.> (and <prefix>.due, where
+//     earlier versions put due messages), shared by connector replicas,
+//     with explicit acks.
 //   - A dead-letter stream on <prefix>.deadletter: a log of dead letters
 //     and of removals, each removal followed by the delete of the record
 //     it removes (deadletters.go).
-//   - A status stream on <prefix>.status.<id> keeping the last status of
-//     each message, each expiring on its own (per-message TTL). A process
+//   - A status stream on <prefix>.status.<function>.<id> keeping the last
+//     status of each message, each expiring on its own (per-message TTL). A process
 //     that counts waiting messages follows it with an ordered consumer.
-//   - Message ids (with the retry count, and the count of holds for a
-//     message put back without an attempt) are the de-duplication ids
-//     (Nats-Msg-Id): a requeue repeated after a timeout is stored once.
+//   - The key is also the de-duplication id (Nats-Msg-Id), and a message
+//     is stored only if its subject holds none (Nats-Expected-Last-
+//     Subject-Sequence 0): a requeue repeated after a timeout is stored
+//     once, inside the de-duplication window and after it, and Schedule
+//     says so (queue.ErrRepeat) instead of storing or replacing. Two
+//     functions may use the same id.
 //
 // The server's scheduler fires up to about 250 ms late, so a message is
 // scheduled scheduleLead early and the consumer holds the last stretch on
@@ -28,6 +33,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +76,11 @@ type Options struct {
 	Consumer string
 	// Replicas of each stream: 1, or 3 or 5 on a cluster. Defaults to 1.
 	Replicas int
+	// DuplicateWindow is how long the work and dead-letter streams
+	// remember a stored message's id (Nats-Msg-Id). A repeat is refused
+	// after it too, as long as the first is still waiting. Defaults to
+	// 2m; at least 100ms.
+	DuplicateWindow time.Duration
 	// DeadLetterMaxAge is the dead-letter retention. The mailbox removes
 	// older dead letters itself; a removal expires (Nats-TTL) this long
 	// after it was stored, and the stream drops any record
@@ -131,6 +142,9 @@ func Open(o Options) (*Queue, error) {
 	if o.Replicas <= 0 {
 		o.Replicas = 1
 	}
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = 2 * time.Minute
+	}
 	if o.StatusIndexLimit <= 0 {
 		o.StatusIndexLimit = statusMaxMsgs
 	}
@@ -184,12 +198,12 @@ func Open(o Options) (*Queue, error) {
 	return q, nil
 }
 
-// Subjects.
-func (q *Queue) dueSubject() string { return q.o.Prefix + ".due" }
-func (q *Queue) scheduleSubject(id, attempt string) string {
-	return q.o.Prefix + ".schedule." + id + "." + attempt
-}
-func (q *Queue) deadLetterSubject() string { return q.o.Prefix + ".deadletter" }
+// Subjects. legacyDueSubject is where earlier versions put due messages,
+// and where schedules they stored still fire: it is still consumed.
+func (q *Queue) legacyDueSubject() string          { return q.o.Prefix + ".due" }
+func (q *Queue) dueSubject(key string) string      { return q.o.Prefix + ".due." + key }
+func (q *Queue) scheduleSubject(key string) string { return q.o.Prefix + ".schedule." + key }
+func (q *Queue) deadLetterSubject() string         { return q.o.Prefix + ".deadletter" }
 
 // setUp creates or updates the streams, retrying until it succeeds or the
 // queue closes. The consumer is the connector's business: Consume defines
@@ -220,7 +234,7 @@ func (q *Queue) ensure(ctx context.Context) error {
 	defer cancel()
 	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:     q.o.Stream,
-		Subjects: []string{q.scheduleSubject("*", "*"), q.dueSubject()},
+		Subjects: []string{q.scheduleSubject(">"), q.dueSubject(">"), q.legacyDueSubject()},
 		Storage:  jetstream.FileStorage,
 		// A message is removed once the connector acknowledges it; a
 		// schedule once it has fired.
@@ -228,7 +242,12 @@ func (q *Queue) ensure(ctx context.Context) error {
 		Replicas:          q.o.Replicas,
 		AllowMsgSchedules: true,
 		AllowRollup:       true, // required by schedules
-		Duplicates:        2 * time.Minute,
+		Duplicates:        q.o.DuplicateWindow,
+		// No count or size limit: the server refuses DiscardNew on a
+		// stream with schedules ("message scheduling cannot use discard
+		// new"), and DiscardOld would drop waiting messages. CheckQuota
+		// bounds new messages instead; the account's storage limit is the
+		// broker's backstop, past which it refuses every write.
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", q.o.Stream, err)
@@ -256,42 +275,60 @@ func (q *Queue) MaxPayload() int {
 }
 
 // Schedule stores e: as a schedule firing scheduleLead before it is due,
-// or straight onto the due subject when it is nearly due.
+// or straight onto its due subject when it is nearly due. It stores
+// nothing, and returns queue.ErrRepeat, when the same message (function,
+// id, life, attempt and holds) is still waiting there, or was stored
+// within the de-duplication window.
 func (q *Queue) Schedule(ctx context.Context, e *envelope.Envelope) error {
 	data, err := q.encode(e)
 	if err != nil {
 		return err
 	}
-	attempt := strconv.Itoa(e.Retries)
-	m := nats.NewMsg(q.dueSubject())
+	key := messageKey(e)
+	m := nats.NewMsg(q.dueSubject(key))
 	m.Data = data
 	if fire := e.DueAt.Add(-scheduleLead); time.Until(fire) > 0 {
-		// One subject per attempt: a second schedule on a subject
-		// replaces the first.
-		m.Subject = q.scheduleSubject(e.ID, attempt)
+		m.Subject = q.scheduleSubject(key)
 		// Written by hand: nats.go's WithScheduleAt drops the fraction of
 		// the second.
 		m.Header.Set(jetstream.ScheduleHeader, "@at "+fire.UTC().Format(time.RFC3339Nano))
-		m.Header.Set(jetstream.ScheduleTargetHeader, q.dueSubject())
+		m.Header.Set(jetstream.ScheduleTargetHeader, q.dueSubject(key))
 	}
-	// A message put back without an attempt keeps its Retries; its Holds
-	// tell that store from the one before, which the duplicate window
-	// would otherwise drop.
-	dedup := life(e) + "." + attempt
-	if e.Holds > 0 {
-		dedup += ".h" + strconv.Itoa(e.Holds)
-	}
-	return q.publish(ctx, m, dedup)
+	// Only onto an empty subject: a second schedule on a subject would
+	// replace the first, and a second due message would be a second
+	// delivery that Schedule did not report.
+	return q.publish(ctx, m, key, jetstream.WithExpectLastSequencePerSubject(0))
 }
 
-// life names e's life for de-duplication: its id, and how many times it
-// was replayed from the dead letters, so that a replayed message's stores
-// are not taken for its earlier life's.
-func life(e *envelope.Envelope) string {
-	if e.Replays == 0 {
-		return e.ID
+// messageKey names one store of e, as subject tokens: its function, its
+// id, its life (how many times it was replayed from the dead letters,
+// so that a replayed message's stores are not taken for its earlier
+// life's), its attempt (Retries) and its holds (a message put back
+// without an attempt keeps its Retries; its Holds tell that store from
+// the one before). Function and id are escaped (token), so that a name
+// with a dot, or any byte, stays one token.
+func messageKey(e *envelope.Envelope) string {
+	return token(e.Function) + "." + token(e.ID) + "." + strconv.Itoa(e.Replays) + "." +
+		strconv.Itoa(e.Retries) + "." + strconv.Itoa(e.Holds)
+}
+
+// token escapes s into one subject token: letters, digits, '-' and '_'
+// are kept, any other byte is written ~XX (hex), and "" is "~". Distinct
+// strings give distinct tokens.
+func token(s string) string {
+	if s == "" {
+		return "~"
 	}
-	return e.ID + ".r" + strconv.Itoa(e.Replays)
+	var b strings.Builder
+	for i := range len(s) {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "~%02x", c)
+	}
+	return b.String()
 }
 
 // DeadLetter stores e in the dead-letter stream.
@@ -302,7 +339,13 @@ func (q *Queue) DeadLetter(ctx context.Context, e *envelope.Envelope) error {
 	}
 	m := nats.NewMsg(q.deadLetterSubject())
 	m.Data = data
-	return q.publish(ctx, m, life(e)+".dead")
+	// A dead letter stored again within the window (a connector that
+	// crashed before its ack) is kept once.
+	err = q.publish(ctx, m, messageKey(e)+".dead")
+	if errors.Is(err, queue.ErrRepeat) {
+		return nil
+	}
+	return err
 }
 
 func (q *Queue) encode(e *envelope.Envelope) ([]byte, error) {
@@ -323,10 +366,14 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
-	_, err := q.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID(msgID))...)
+	ack, err := q.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID(msgID))...)
 	switch {
+	case err == nil && ack.Duplicate:
+		return fmt.Errorf("%w: %s stored within the de-duplication window", queue.ErrRepeat, msgID)
 	case err == nil:
 		return nil
+	case wrongLastSequence(err):
+		return fmt.Errorf("%w: %s is still waiting", queue.ErrRepeat, m.Subject)
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
 	default:

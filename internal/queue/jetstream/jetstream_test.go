@@ -24,7 +24,7 @@ func TestConformance(t *testing.T) {
 type server struct{ *jsservertest.Server }
 
 func (s server) Open(t *testing.T, o queuetest.Options) queue.Queue {
-	q, err := jetstream.Open(jetstream.Options{Options: o.Common(s.URL())})
+	q, err := jetstream.Open(jetstream.Options{Options: o.Common(s.URL()), DuplicateWindow: o.DuplicateWindow})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -18,7 +19,18 @@ import (
 // another write to the same id came first.
 const casAttempts = 3
 
-func (q *Queue) statusSubject(id string) string { return q.o.Prefix + ".status." + id }
+// statusSubject is where the status of id for function is kept: two
+// functions may use the same id. Both are escaped into one token each.
+func (q *Queue) statusSubject(function, id string) string {
+	return q.o.Prefix + ".status." + token(function) + "." + token(id)
+}
+
+// anyStatusSubject matches the statuses of id for every function.
+func (q *Queue) anyStatusSubject(id string) string { return q.o.Prefix + ".status.*." + token(id) }
+
+// allStatuses matches every status, those stored by earlier versions on
+// <prefix>.status.<id> too.
+func (q *Queue) allStatuses() string { return q.o.Prefix + ".status.>" }
 
 // statusMaxMsgs bounds the status stream, as the embedded NATS Streaming
 // server bounds its status channel: statuses share the server's storage
@@ -26,13 +38,13 @@ func (q *Queue) statusSubject(id string) string { return q.o.Prefix + ".status."
 // disk refusing new messages.
 const statusMaxMsgs = 1_000_000
 
-// statusStreamConfig is the stream of statuses: the last one per id
-// (MaxMsgsPerSubject 1), each with its own expiry (Nats-TTL), read with a
+// statusStreamConfig is the stream of statuses: the last one per
+// function and id (MaxMsgsPerSubject 1), each with its own expiry (Nats-TTL), read with a
 // direct get from any replica, the oldest dropped past statusMaxMsgs.
 func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:              q.o.StatusStream,
-		Subjects:          []string{q.statusSubject("*")},
+		Subjects:          []string{q.allStatuses()},
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		Replicas:          q.o.Replicas,
@@ -44,8 +56,8 @@ func (q *Queue) statusStreamConfig() jetstream.StreamConfig {
 	}
 }
 
-// RecordStatus stores s on <prefix>.status.<id> unless the status kept
-// there supersedes it: it reads the last one and writes with
+// RecordStatus stores s on <prefix>.status.<function>.<id> unless the
+// status kept there supersedes it: it reads the last one and writes with
 // Nats-Expected-Last-Subject-Sequence, so two writers cannot overwrite a
 // newer step with an older one. The message expires (Nats-TTL) at
 // s.Expiry(StatusRetention), rounded up to a whole second.
@@ -62,8 +74,9 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 	if err != nil {
 		return err
 	}
+	subject := q.statusSubject(s.Function, s.ID)
 	for range casAttempts {
-		old, seq, err := q.lastStatus(ctx, s.ID)
+		old, seq, err := q.lastStatus(ctx, subject, s.ID)
 		switch {
 		case errors.Is(err, queue.ErrNoStatus):
 		case err != nil:
@@ -71,7 +84,7 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 		case !s.Supersedes(old, now):
 			return nil
 		}
-		m := nats.NewMsg(q.statusSubject(s.ID))
+		m := nats.NewMsg(subject)
 		m.Data = data
 		_, err = q.js.PublishMsg(ctx, m, jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(seq))
 		if err == nil || !wrongLastSequence(err) {
@@ -84,14 +97,15 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 	return fmt.Errorf("%w: status of %s: written by others %d times meanwhile", queue.ErrUnavailable, s.ID, casAttempts)
 }
 
-// Status returns the last status of id unless it has expired.
+// Status returns the last status of id, of whichever function recorded
+// one last, unless it has expired.
 func (q *Queue) Status(ctx context.Context, id string) (status.Status, error) {
 	if !q.Connected() {
 		return status.Status{}, queue.ErrUnavailable
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
-	s, _, err := q.lastStatus(ctx, id)
+	s, _, err := q.lastStatus(ctx, q.anyStatusSubject(id), id)
 	if err == nil && s.Expired(time.Now()) {
 		// The server removes it within a second or so.
 		return status.Status{}, queue.ErrNoStatus
@@ -99,11 +113,11 @@ func (q *Queue) Status(ctx context.Context, id string) (status.Status, error) {
 	return s, err
 }
 
-// lastStatus reads the status kept for id and its stream sequence; seq
-// is 0 with ErrNoStatus. A message that is not a status reads as none,
-// so a good status can replace it.
-func (q *Queue) lastStatus(ctx context.Context, id string) (s status.Status, seq uint64, err error) {
-	m, err := q.statusStream.GetLastMsgForSubject(ctx, q.statusSubject(id))
+// lastStatus reads the status of id last kept on subject and its stream
+// sequence; seq is 0 with ErrNoStatus. A message that is not a status
+// reads as none, so a good status can replace it.
+func (q *Queue) lastStatus(ctx context.Context, subject, id string) (s status.Status, seq uint64, err error) {
+	m, err := q.statusStream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return status.Status{}, 0, queue.ErrNoStatus
 	}
@@ -134,14 +148,38 @@ func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
 	if !q.Connected() {
 		return nil, queue.ErrUnavailable
 	}
-	q.indexOnce.Do(func() {
-		q.indexDone = make(chan struct{})
-		go q.followStatuses(q.ctx)
-	})
+	q.startIndex()
 	if err := q.index.WaitSynced(ctx); err != nil {
 		return nil, queue.ErrUnavailable
 	}
 	return q.index.Waiting(time.Now()), nil
+}
+
+// startIndex starts following the status stream into the index, once.
+func (q *Queue) startIndex() {
+	q.indexOnce.Do(func() {
+		q.indexDone = make(chan struct{})
+		go q.followStatuses(q.ctx)
+	})
+}
+
+// CheckQuota checks e against Options.Quota with the index Waiting
+// reads. The work stream has no limits of its own (see ensure).
+func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
+	if q.o.Quota.None() {
+		return nil
+	}
+	if !q.Connected() {
+		return queue.ErrUnavailable
+	}
+	q.startIndex()
+	ctx, cancel := context.WithTimeout(ctx, queue.QuotaWait)
+	defer cancel()
+	if err := q.index.WaitSynced(ctx); err != nil {
+		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
+		return nil
+	}
+	return q.o.Quota.CheckIndex(q.index, e, time.Now())
 }
 
 // syncCheckEvery is how often an index that is not synced asks the server
@@ -182,7 +220,7 @@ func (q *Queue) followStatuses(ctx context.Context) {
 // consumer stops.
 func (q *Queue) followOnce(ctx context.Context) error {
 	cons, err := q.js.OrderedConsumer(ctx, q.o.StatusStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{q.statusSubject(">")},
+		FilterSubjects: []string{q.allStatuses()},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net/http"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +39,11 @@ type Options struct {
 	// Logger receives the backend's logs; the suite sets it to the test's
 	// output, shown when the test fails.
 	Logger *slog.Logger
+	// DuplicateWindow is how long a backend that de-duplicates remembers
+	// a stored message's id; zero: the backend's default.
+	DuplicateWindow time.Duration
+	// Quota bounds the messages waiting; zero: none.
+	Quota queue.Quota
 }
 
 // Common returns the backend options for o on the broker at url, with a
@@ -51,6 +57,7 @@ func (o Options) Common(url string) queue.Options {
 		StatusRetention: o.StatusRetention,
 		Logger:          o.Logger,
 		Registerer:      o.Registerer,
+		Quota:           o.Quota,
 	}
 }
 
@@ -69,7 +76,10 @@ type Server interface {
 	// consumer takes it as due at once.
 	PublishRaw(t *testing.T, data []byte)
 	// Deduplicates reports whether the backend stores a message scheduled
-	// twice with the same id and retry count once (JetStream's Nats-Msg-Id).
+	// twice with the same function, id and retry count once, answering
+	// the second Schedule queue.ErrRepeat, within its de-duplication
+	// window and after it (JetStream). A backend that does not stores
+	// both, and both are delivered (NATS Streaming).
 	Deduplicates() bool
 	// DeletesDeadLetters reports whether RemoveDeadLetter deletes the
 	// removed record, so that ReadDeadLetter no longer finds it
@@ -98,6 +108,10 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"Unavailable", testUnavailable},
 		{"BoundedBacklog", testBoundedBacklog},
 		{"Deduplicates", testDeduplicates},
+		{"IDsScopedToFunction", testIDsScopedToFunction},
+		{"RepeatInsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, false) }},
+		{"RepeatOutsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, true) }},
+		{"Quota", testQuota},
 		{"Malformed", testMalformed},
 		{"MalformedRedelivered", testMalformedRedelivered},
 		{"StatusRecordAndRead", testStatusRecordAndRead},
@@ -107,6 +121,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"WaitingCounts", testWaitingCounts},
 		{"WaitingForgetsExpired", testWaitingForgetsExpired},
 		{"WaitingSurvivesRestart", testWaitingSurvivesRestart},
+		{"StatusPerFunction", testStatusPerFunction},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,6 +162,17 @@ func schedule(t *testing.T, q queue.Queue, es ...*envelope.Envelope) {
 	for _, e := range es {
 		if err := q.Schedule(context.Background(), e); err != nil {
 			t.Fatalf("Schedule(%s): %v", e.ID, err)
+		}
+	}
+}
+
+// scheduleAgain schedules e, which may have been stored already: a
+// repeat (queue.ErrRepeat) is no failure.
+func scheduleAgain(t *testing.T, q queue.Queue, es ...*envelope.Envelope) {
+	t.Helper()
+	for _, e := range es {
+		if err := q.Schedule(context.Background(), e); err != nil && !errors.Is(err, queue.ErrRepeat) {
+			t.Fatalf("Schedule(%s) again: %v", e.ID, err)
 		}
 	}
 }
@@ -396,7 +422,9 @@ func testServerRestart(t *testing.T, s Server) {
 	// Still accepting new work afterwards.
 	poll.Until(t, 10*time.Second, "client reconnects", q.Connected)
 	poll.Until(t, 10*time.Second, "schedule after restart", func() bool {
-		return q.Schedule(context.Background(), message("after", time.Now())) == nil
+		// A try that timed out may have been stored.
+		err := q.Schedule(context.Background(), message("after", time.Now()))
+		return err == nil || errors.Is(err, queue.ErrRepeat)
 	})
 	poll.Until(t, 15*time.Second, "message scheduled after restart delivered", func() bool { return r.has("after") })
 }
@@ -681,7 +709,8 @@ func testDeduplicates(t *testing.T, s Server) {
 	})
 	due := time.Now().Add(1500 * time.Millisecond)
 	// A client repeating its requeue after a timeout: same id and retries.
-	schedule(t, q, message("twice", due), message("twice", due), message("now", time.Now()), message("now", time.Now()))
+	schedule(t, q, message("twice", due), message("now", time.Now()))
+	scheduleAgain(t, q, message("twice", due), message("now", time.Now()))
 	// The next attempt of the same message is a new message.
 	retry := message("twice", due)
 	retry.Retries = 1
@@ -692,7 +721,8 @@ func testDeduplicates(t *testing.T, s Server) {
 	schedule(t, q, held)
 	held = message("held", time.Now().Add(300*time.Millisecond))
 	held.Holds = 1
-	schedule(t, q, held, held)
+	schedule(t, q, held)
+	scheduleAgain(t, q, held)
 	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -710,6 +740,179 @@ func testDeduplicates(t *testing.T, s Server) {
 	defer mu.Unlock()
 	if calls["twice/0"] != 1 || calls["now/0"] != 1 || calls["twice/1"] != 1 || calls["held/0"] != 2 {
 		t.Fatalf("deliveries %v, want each message once, held once per hold", calls)
+	}
+}
+
+// Two functions may use the same id: each message is stored, delivered
+// and kept as a dead letter, whatever the other's.
+func testIDsScopedToFunction(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	consume(t, q, func(_ context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[e.Function+"/"+e.ID]++
+		return nil
+	})
+	later := time.Now().Add(1500 * time.Millisecond)
+	for _, fn := range []string{"fn", "other", "other.dev"} {
+		soon, now := message("same", later), message("now", time.Now())
+		soon.Function, now.Function = fn, fn
+		schedule(t, q, soon, now)
+	}
+	poll.Until(t, 15*time.Second, "each function's message delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) == 6
+	})
+	for _, fn := range []string{"fn", "other"} {
+		e := message("dead", time.Now())
+		e.Function, e.Reason, e.DeadAt = fn, envelope.ReasonMaxRetries, time.Now().UTC()
+		if err := q.DeadLetter(context.Background(), e); err != nil {
+			t.Fatalf("DeadLetter(%s/dead): %v", fn, err)
+		}
+	}
+	poll.Until(t, 10*time.Second, "each function's dead letter kept", func() bool {
+		return len(s.DeadLetters(t)) == 2
+	})
+}
+
+// A message scheduled again with the function, id and retries of one
+// still waiting is never dropped while Schedule says it was stored, nor
+// replaces the first: it is refused as a repeat (queue.ErrRepeat), or
+// stored and delivered as well. Outside a de-duplication window too.
+func testRepeat(t *testing.T, s Server, outsideWindow bool) {
+	o := defaults
+	o.DuplicateWindow = time.Minute
+	if outsideWindow {
+		o.DuplicateWindow = 100 * time.Millisecond // the least JetStream takes
+	}
+	q := open(t, s, o)
+	later, other := message("again", time.Now().Add(2*time.Second)), message("now", time.Now())
+	stored := time.Now()
+	schedule(t, q, later, other)
+	if outsideWindow {
+		poll.Until(t, 5*time.Second, "ten windows passed", func() bool { return time.Since(stored) > 10*o.DuplicateWindow })
+	}
+	want := 2
+	for _, e := range []*envelope.Envelope{later, other} {
+		again := *e
+		again.Body = []byte("a second body")
+		err := q.Schedule(context.Background(), &again)
+		switch {
+		case s.Deduplicates() && !errors.Is(err, queue.ErrRepeat):
+			t.Fatalf("Schedule(%s) again: %v, want ErrRepeat", e.ID, err)
+		case !s.Deduplicates() && err != nil:
+			t.Fatalf("Schedule(%s) again: %v, want it stored as well", e.ID, err)
+		}
+	}
+	if s.Deduplicates() {
+		want = 1
+	}
+	var mu sync.Mutex
+	calls := map[string][]string{}
+	consume(t, q, func(_ context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[e.ID] = append(calls[e.ID], string(e.Body))
+		return nil
+	})
+	poll.Until(t, 15*time.Second, "messages delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls["again"]) >= want && len(calls["now"]) >= want
+	})
+	schedule(t, q, message("marker", time.Now().Add(500*time.Millisecond)))
+	poll.Until(t, 10*time.Second, "marker delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls["marker"]) > 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range []string{"again", "now"} {
+		if got := calls[id]; len(got) != want || !slices.Contains(got, "body of "+id) {
+			t.Errorf("%s delivered with bodies %q, want %d deliveries, the first stored among them", id, got, want)
+		}
+	}
+}
+
+// waitQuota polls until CheckQuota of e answers a *queue.QuotaError
+// naming quota ("" for nil): the index counts what is recorded a moment
+// later.
+func waitQuota(t *testing.T, q queue.Queue, e *envelope.Envelope, quota string) {
+	t.Helper()
+	var err error
+	poll.Until(t, 15*time.Second, fmt.Sprintf("CheckQuota(%s/%s) names %q", e.Function, e.ID, quota), func() bool {
+		err = q.CheckQuota(context.Background(), e)
+		qe, ok := errors.AsType[*queue.QuotaError](err)
+		if quota == "" {
+			return err == nil
+		}
+		return ok && qe.Quota == quota && errors.Is(err, queue.ErrQuota)
+	})
+}
+
+// Quotas bound the messages waiting, overall in count and bytes and per
+// function, as their statuses count them; only new messages are checked:
+// what was accepted is always stored.
+func testQuota(t *testing.T, s Server) {
+	o := defaults
+	o.Quota = queue.Quota{MaxWaiting: 3, MaxWaitingBytes: 1000, MaxWaitingPerFunction: 2}
+	q := open(t, s, o)
+	msg := func(fn, id string, size int) *envelope.Envelope {
+		e := message(id, time.Now().Add(time.Hour))
+		e.Function, e.Body = fn, make([]byte, size)
+		return e
+	}
+	waiting := func(fn, id string, size int) status.Status {
+		return status.Of(msg(fn, id, size), status.Waiting, time.Now())
+	}
+	waitQuota(t, q, msg("a", "n", 10), "")
+	record(t, q, waiting("a", "a1", 100))
+	// A requeue of a message still waiting (the same function, id and
+	// retries) is a repeat, whether or not the backend would store it
+	// again: it would count once.
+	poll.Until(t, 15*time.Second, "a repeat of a1 refused as one", func() bool {
+		return errors.Is(q.CheckQuota(context.Background(), msg("a", "a1", 100)), queue.ErrRepeat)
+	})
+	next := msg("a", "a1", 100)
+	next.Retries = 1
+	if err := q.CheckQuota(context.Background(), next); err != nil {
+		t.Fatalf("CheckQuota of a1's next attempt: %v", err)
+	}
+	if err := q.CheckQuota(context.Background(), msg("other", "a1", 100)); err != nil {
+		t.Fatalf("CheckQuota of a1 for another function: %v", err)
+	}
+	record(t, q, waiting("a", "a2", 100))
+	waitQuota(t, q, msg("a", "n", 10), queue.QuotaWaitingPerFunction)
+	if qe, _ := errors.AsType[*queue.QuotaError](q.CheckQuota(context.Background(), msg("a", "n", 10))); qe.Function != "a" || qe.Limit != 2 {
+		t.Fatalf("per-function quota error %+v, want function a, limit 2", qe)
+	}
+	waitQuota(t, q, msg("b", "n", 10), "")
+	record(t, q, waiting("b", "b1", 100))
+	waitQuota(t, q, msg("c", "n", 10), queue.QuotaWaiting)
+	// A delivery frees its place; bytes count the bodies waiting.
+	b1 := waiting("b", "b1", 100)
+	b1.State = status.Delivered
+	record(t, q, b1)
+	waitQuota(t, q, msg("c", "n", 800), "")
+	waitQuota(t, q, msg("c", "n", 801), queue.QuotaWaitingBytes)
+
+	// Past a quota, what was accepted is still stored: a retry, a routed
+	// dead letter, a dead letter.
+	record(t, q, waiting("c", "c1", 100))
+	waitQuota(t, q, msg("d", "n", 10), queue.QuotaWaiting)
+	retry := msg("a", "a1", 100)
+	retry.Retries = 1
+	route := msg("a", "a1-dl", 100)
+	route.Kind = envelope.KindDeadLetter
+	schedule(t, q, retry, route)
+	dead := msg("a", "a2", 100)
+	dead.Reason, dead.DeadAt = envelope.ReasonMaxRetries, time.Now().UTC()
+	if err := q.DeadLetter(context.Background(), dead); err != nil {
+		t.Fatalf("DeadLetter past a quota: %v", err)
 	}
 }
 
@@ -987,4 +1190,28 @@ func testWaitingSurvivesRestart(t *testing.T, s Server) {
 	waitCounts(t, q, map[string]int{"fn": 2, "other": 1})
 	// A fresh client, as a new API process, counts them too.
 	waitCounts(t, open(t, s, defaults), map[string]int{"fn": 2, "other": 1})
+}
+
+// Two functions may use the same id: each message keeps its own status
+// and counts for its own function, also as a new client reads them (a
+// requeue of the id to another function took the first one's status,
+// and its place in the quotas, away). Status answers the one recorded
+// last.
+func testStatusPerFunction(t *testing.T, s Server) {
+	q := open(t, s, defaults)
+	life := time.Now().Add(-time.Minute)
+	a := of("a", "same", status.Waiting, life, 0)
+	b := of("b", "same", status.Waiting, life.Add(time.Second), 0)
+	b.Bytes = 7
+	record(t, q, a)
+	waitStatus(t, q, "same", status.Waiting)
+	record(t, q, b)
+	waitCounts(t, q, map[string]int{"a": 1, "b": 1})
+	poll.Until(t, 15*time.Second, "status of same is b's, recorded last", func() bool {
+		got, err := lookup(q, "same")
+		return err == nil && got.Function == "b" && got.Bytes == 7
+	})
+	waitCounts(t, open(t, s, defaults), map[string]int{"a": 1, "b": 1})
+	record(t, q, of("a", "same", status.Delivered, life, 0))
+	waitCounts(t, q, map[string]int{"b": 1})
 }

@@ -63,8 +63,9 @@ type Options struct {
 	// StatusIndexLimit bounds the statuses a process that answers Status
 	// or Waiting keeps in memory; past it a final status is forgotten
 	// first, the one updated longest ago, then a waiting or in-flight one.
-	// Defaults to 50,000: about 540 bytes each, 26 MiB at most
-	// (status.TestIndexMemory).
+	// Defaults to 50,000 more than Quota.MaxWaiting, at least 50,000:
+	// about 540 bytes each, 26 MiB per 50,000 (status.TestIndexMemory).
+	// CheckQuota counts from it.
 	StatusIndexLimit int
 }
 
@@ -115,7 +116,9 @@ func Open(o Options) (*Queue, error) {
 		o.TierWindow = 2048
 	}
 	if o.StatusIndexLimit <= 0 {
-		o.StatusIndexLimit = 50_000
+		// Room for every message the quota lets wait, which the index
+		// forgets last, and for final statuses.
+		o.StatusIndexLimit = max(50_000, o.Quota.MaxWaiting+50_000)
 	}
 	deadLetters, err := o.DeadLetterCounter()
 	if err != nil {

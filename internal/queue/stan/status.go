@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nuid"
 	stango "github.com/nats-io/stan.go"
 
+	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -69,6 +70,25 @@ func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
 		return nil, err
 	}
 	return q.index.Waiting(time.Now()), nil
+}
+
+// CheckQuota checks e against Options.Quota with the index Waiting
+// reads. NATS Streaming's channels have no count or size limit (one
+// would drop waiting messages), so this check is the only bound.
+func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
+	if q.o.Quota.None() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, queue.QuotaWait)
+	defer cancel()
+	if err := q.syncIndex(ctx); err != nil {
+		if !q.Connected() {
+			return queue.ErrUnavailable
+		}
+		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
+		return nil
+	}
+	return q.o.Quota.CheckIndex(q.index, e, time.Now())
 }
 
 // syncIndex starts the index on first use and waits for it to be synced.
