@@ -393,16 +393,22 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
-	if err := h.checkQuota(r.Context(), d); errors.Is(err, queue.ErrRepeat) {
+	release, err := h.reserve(r.Context(), d)
+	if errors.Is(err, queue.ErrRepeat) {
 		return h.repeat(w, e)
 	} else if err != nil {
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
 	repeat, err := d.StoreRepeat(r.Context(), h.queue)
 	if err != nil {
+		// Nothing of d may be stored: its places go back at once. (A
+		// route stored before the failure then counts once its status
+		// is read.)
+		release()
 		return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
 	}
 	if repeat {
+		release()
 		return h.repeat(w, e)
 	}
 	h.status.Record(d.Statuses(e, 0, now)...)
@@ -435,23 +441,26 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	})
 }
 
-// checkQuota checks the new messages d would store that wait against the
-// quotas (Queue.CheckQuota), before anything is stored: the message, when
-// scheduled, and its routed dead letter, which waits for its function.
-// It returns ErrRepeat only for the message itself; a route already
-// waiting is stored as a repeat.
-func (h *handler) checkQuota(ctx context.Context, d delivery.Decision) error {
-	if d.Action == delivery.Retry {
-		if err := h.queue.CheckQuota(ctx, d.Next); err != nil {
-			return err
-		}
+// reserve reserves, against the quotas (Queue.Reserve) and before
+// anything is stored, the places of the new messages d would store: the
+// message, when scheduled; an instant dead letter, held for
+// queue.ReserveFor as it uses storage too, so that a client cannot make
+// them without bound; and its routed dead letter, which waits for its
+// function. It returns ErrRepeat only for the message itself; a route
+// already waiting is stored as a repeat. The check and the reservation
+// are one step, so requeues arriving at once cannot all pass a quota.
+func (h *handler) reserve(ctx context.Context, d delivery.Decision) (release func(), err error) {
+	var claims []status.Claim
+	switch d.Action {
+	case delivery.Retry:
+		claims = append(claims, queue.Claim(d.Next, false, true))
+	case delivery.DeadLetter:
+		claims = append(claims, queue.Claim(d.Next, true, false))
 	}
 	if d.Route != nil {
-		if err := h.queue.CheckQuota(ctx, d.Route); err != nil && !errors.Is(err, queue.ErrRepeat) {
-			return err
-		}
+		claims = append(claims, queue.Claim(d.Route, false, false))
 	}
-	return nil
+	return h.queue.Reserve(ctx, claims...)
 }
 
 // repeat answers a requeue of a message already waiting: nothing was

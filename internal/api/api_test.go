@@ -45,8 +45,10 @@ type memQueue struct {
 	statuses  map[string]status.Status
 	statusErr error
 	// quotaFails, when set, refuses the new messages it returns an error
-	// for in CheckQuota.
-	quotaFails func(e *envelope.Envelope) error
+	// for in Reserve.
+	quotaFails func(c status.Claim) error
+	// reserved are the claims Reserve accepted and not released.
+	reserved []status.Claim
 }
 
 var _ queue.Queue = (*memQueue)(nil)

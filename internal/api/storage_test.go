@@ -2,12 +2,16 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // A requeue the backend already holds (the same function, id and
@@ -33,13 +37,57 @@ func TestRequeueRepeat(t *testing.T) {
 	}
 }
 
-func (q *memQueue) CheckQuota(_ context.Context, e *envelope.Envelope) error {
+func (q *memQueue) Reserve(_ context.Context, claims ...status.Claim) (func(), error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.quotaFails != nil {
-		return q.quotaFails(e)
+	for _, c := range claims {
+		if q.quotaFails != nil {
+			if err := q.quotaFails(c); err != nil {
+				return nil, err
+			}
+		}
 	}
-	return nil
+	n := len(q.reserved)
+	q.reserved = append(q.reserved, claims...)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			q.reserved = slices.Delete(q.reserved, n, n+len(claims))
+		})
+	}, nil
+}
+
+// A requeue reserves its place before it is stored, and gives it back
+// when the store fails; an instant dead letter holds one too, and so does
+// its route.
+func TestRequeueReserves(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderMessageID: {"m-1"}}); w.Code != http.StatusAccepted {
+		t.Fatalf("status = %d, want 202", w.Code)
+	}
+	if len(b.queue.reserved) != 1 || b.queue.reserved[0] != (status.Claim{ID: "m-1", Function: "fn", Bytes: 1, Repeat: true}) {
+		t.Fatalf("reserved %+v, want m-1 of fn, 1 byte, checked for a repeat", b.queue.reserved)
+	}
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("xy"), http.Header{
+		envelope.HeaderMessageID: {"m-2"}, "X-Retries": {"5"}, "X-Max-Retries": {"1"}, "X-Dead-Letter-Function": {"dlq"}})
+	if w.Code != http.StatusOK {
+		t.Fatalf("instant dead letter answered %d, want 200", w.Code)
+	}
+	if got := b.queue.reserved[1:]; len(got) != 2 || !got[0].Hold || got[0].Function != "fn" || got[0].Bytes != 2 || got[1].Hold || got[1].Function != "dlq" {
+		t.Fatalf("an instant dead letter reserved %+v, want its own place held and its route's", got)
+	}
+	b.queue.mu.Lock()
+	b.queue.scheduleErr = errors.New("broker down")
+	b.queue.mu.Unlock()
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil); w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("a failed store answered %d, want 503", w.Code)
+	}
+	if len(b.queue.reserved) != 3 {
+		t.Fatalf("a failed store kept its reservation: %+v", b.queue.reserved)
+	}
 }
 
 // Past a quota a requeue is refused, naming the quota, with nothing
@@ -65,8 +113,8 @@ func TestRequeueQuota(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, nil)
-			b.queue.quotaFails = func(e *envelope.Envelope) error {
-				if e.Function == tc.refuse {
+			b.queue.quotaFails = func(c status.Claim) error {
+				if c.Function == tc.refuse {
 					return tc.err
 				}
 				return nil
@@ -84,7 +132,7 @@ func TestRequeueQuota(t *testing.T) {
 	}
 	// Below the quotas the requeue is stored.
 	b := setup(t, nil)
-	b.queue.quotaFails = func(*envelope.Envelope) error { return nil }
+	b.queue.quotaFails = func(status.Claim) error { return nil }
 	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil); w.Code != http.StatusAccepted {
 		t.Fatalf("status = %d under the quotas, want 202", w.Code)
 	}
@@ -95,7 +143,7 @@ func TestRequeueQuota(t *testing.T) {
 func TestRequeueRepeatFoundByQuotaCheck(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	b.queue.quotaFails = func(*envelope.Envelope) error { return fmt.Errorf("index: %w", queue.ErrRepeat) }
+	b.queue.quotaFails = func(status.Claim) error { return fmt.Errorf("index: %w", queue.ErrRepeat) }
 	w := b.do(http.MethodPost, "/deadletter/fn", []byte("again"), http.Header{envelope.HeaderMessageID: {"m-1"}})
 	if m := decodeJSON(t, w); w.Code != http.StatusOK || m["repeat"] != true {
 		t.Fatalf("answer %d %v, want 200 repeat", w.Code, m)

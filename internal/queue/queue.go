@@ -39,17 +39,18 @@ type Queue interface {
 	// is none (never recorded, or forgotten), ErrUnavailable while the
 	// broker cannot be reached.
 	Status(ctx context.Context, id string) (status.Status, error)
-	// CheckQuota returns a *QuotaError (ErrQuota) when storing e, a new
-	// message from the requeue API, would take the messages waiting past
-	// Options.Quota, and ErrRepeat when the index holds e as waiting
-	// already (the same function, id and retries); nil otherwise, and
-	// always when no quota is set. It
-	// counts from the same index as Waiting; while the index cannot
-	// catch up in time it lets e through (the quota is a bound on a
-	// flood, not an exact count), and returns ErrUnavailable only while
-	// the broker cannot be reached. Schedule and DeadLetter never check
-	// a quota: what was accepted is never lost to one.
-	CheckQuota(ctx context.Context, e *envelope.Envelope) error
+	// Reserve checks claims, new messages the requeue API is about to
+	// store, against Options.Quota and reserves their places (Quota.Reserve):
+	// a *QuotaError (ErrQuota) when one would take the messages waiting
+	// past a quota, ErrRepeat when a claim with Repeat is held as waiting
+	// already (the same function, id and retries), and then nothing is
+	// reserved. The caller calls release when the store fails; otherwise a
+	// reservation ends once the index reads the message's status, or after
+	// ReserveFor. With no quota set it reserves nothing and returns a
+	// release that does nothing. ErrUnavailable while the broker cannot be
+	// reached. Schedule and DeadLetter never check a quota: what was
+	// accepted is never lost to one.
+	Reserve(ctx context.Context, claims ...status.Claim) (release func(), err error)
 	// Waiting counts, per function, the messages whose latest status is
 	// waiting or in flight (status.Counted), leaving out functions with
 	// none. It reads an index of the statuses, bounded as the backend
@@ -126,7 +127,7 @@ type Options struct {
 	// Registerer, if set, counts malformed messages buried as dead letters
 	// in mailbox_dead_letters_total.
 	Registerer prometheus.Registerer
-	// Quota bounds the messages waiting, checked by CheckQuota. Zero: no
+	// Quota bounds the messages waiting, checked by Reserve. Zero: no
 	// bound.
 	Quota Quota
 }

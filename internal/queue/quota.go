@@ -1,16 +1,24 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/status"
 )
 
-// QuotaWait bounds how long CheckQuota waits for its index to catch up.
+// QuotaWait bounds how long Reserve waits for its index to catch up.
 const QuotaWait = 2 * time.Second
+
+// ReserveFor bounds how long a reservation counts (status.Index.Reserve):
+// past it, a message whose status the index never read (a status write
+// that failed, or was dropped by a full status.Recorder) no longer counts,
+// and an instant dead letter's place is given back.
+const ReserveFor = time.Minute
 
 // The quotas, named as their settings.
 const (
@@ -22,9 +30,15 @@ const (
 // Quota bounds the messages waiting or in flight (status.Counted), so
 // that a flood of requeues is refused instead of filling the broker's
 // storage. Only new messages from the requeue API are checked
-// (Queue.CheckQuota): retries, holds, routed dead letters, callbacks and
-// dead letters of messages already accepted are always stored, or they
-// would be lost. A zero field sets no bound.
+// (Queue.Reserve), each reserving its place before it is stored; an
+// instant dead letter from the API holds one for ReserveFor, as it uses
+// storage too. Retries, holds, routed dead letters, callbacks and dead
+// letters of messages already accepted are always stored, or they would
+// be lost. A zero field sets no bound.
+//
+// The bound is per process: each API process counts the index, which
+// lags the writes, and its own reservations, so N processes may each
+// accept up to the headroom left in a burst.
 type Quota struct {
 	// MaxWaiting bounds the messages waiting in all.
 	MaxWaiting int
@@ -34,29 +48,45 @@ type Quota struct {
 	MaxWaitingPerFunction int
 }
 
-// Check refuses e, a new message, when storing it would take u past a
-// bound: a *QuotaError naming the quota, nil otherwise.
-func (q Quota) Check(u status.Usage, e *envelope.Envelope) error {
+// Check refuses a new message of bytes for function when storing it would
+// take u past a bound: a *QuotaError naming the quota, nil otherwise.
+func (q Quota) Check(u status.Usage, function string, bytes int64) error {
 	switch {
 	case q.MaxWaitingPerFunction > 0 && u.Function >= q.MaxWaitingPerFunction:
-		return &QuotaError{Quota: QuotaWaitingPerFunction, Limit: int64(q.MaxWaitingPerFunction), Function: e.Function}
+		return &QuotaError{Quota: QuotaWaitingPerFunction, Limit: int64(q.MaxWaitingPerFunction), Function: function}
 	case q.MaxWaiting > 0 && u.Count >= q.MaxWaiting:
 		return &QuotaError{Quota: QuotaWaiting, Limit: int64(q.MaxWaiting)}
-	case q.MaxWaitingBytes > 0 && u.Bytes+int64(len(e.Body)) > q.MaxWaitingBytes:
+	case q.MaxWaitingBytes > 0 && u.Bytes+bytes > q.MaxWaitingBytes:
 		return &QuotaError{Quota: QuotaWaitingBytes, Limit: q.MaxWaitingBytes}
 	}
 	return nil
 }
 
-// CheckIndex is Check with the usage x counts, after refusing e with
-// ErrRepeat when x holds it as waiting already (the same function, id and
-// retries): stored again it would count once, and a client repeating one
-// request could fill the broker unseen.
-func (q Quota) CheckIndex(x *status.Index, e *envelope.Envelope, now time.Time) error {
-	if x.Waits(e.ID, e.Function, e.Retries, now) {
-		return fmt.Errorf("%w: %s of %s with %d retries is waiting", ErrRepeat, e.ID, e.Function, e.Retries)
+// Reserve reserves claims in x (status.Index.Reserve) against q: a claim
+// with Repeat that x holds as waiting already is refused with ErrRepeat
+// (stored again it would count once, and a client repeating one request
+// could fill the broker unseen), one past a bound with a *QuotaError. It
+// waits up to QuotaWait for x to catch up; while it has not, the check
+// counts what x has read and this process's reservations, which still
+// bound what this process accepts.
+func (q Quota) Reserve(ctx context.Context, x *status.Index, log *slog.Logger, claims []status.Claim) (release func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, QuotaWait)
+	defer cancel()
+	if err := x.WaitSynced(ctx); err != nil {
+		log.Warn("quota checked against a status index still catching up", "function", claims[0].Function, "id", claims[0].ID)
 	}
-	return q.Check(x.Usage(now, e.Function), e)
+	return x.Reserve(claims, time.Now(), ReserveFor, func(c status.Claim, u status.Usage, waits bool) error {
+		if c.Repeat && waits {
+			return fmt.Errorf("%w: %s of %s with %d retries is waiting", ErrRepeat, c.ID, c.Function, c.Retries)
+		}
+		return q.Check(u, c.Function, c.Bytes)
+	})
+}
+
+// Claim is e reserved as a new message: hold for an instant dead letter,
+// repeat to refuse it when it waits already.
+func Claim(e *envelope.Envelope, hold, repeat bool) status.Claim {
+	return status.Claim{ID: e.ID, Function: e.Function, Retries: e.Retries, Bytes: int64(len(e.Body)), Hold: hold, Repeat: repeat}
 }
 
 // None reports whether q bounds nothing.

@@ -53,6 +53,9 @@ type Index struct {
 	countedBytes int64
 	synced       bool
 	changed      chan struct{} // closed and replaced when synced changes
+	// ledger is what this process reserved and the index has not read
+	// (Reserve), which Usage counts as well.
+	ledger ledger
 }
 
 // entry is one id: what Supersedes needs, its function, its place in a
@@ -117,6 +120,7 @@ func (x *Index) Put(s Status, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.expire(now)
+	x.seen(s)
 	gone := s.Expired(now) || (x.countsOnly && s.Final())
 	if e := x.find(s.ID, s.Function); e != nil {
 		if !s.Supersedes(e.status(), now) {
@@ -218,26 +222,24 @@ type Usage struct {
 	Function int
 }
 
-// Usage returns what the counted messages hold, in all and of function.
+// Usage returns what the counted messages hold, in all and of function,
+// with what is reserved (Reserve). A function's count includes those
+// stored under its other name (Canonical).
 func (x *Index) Usage(now time.Time, function string) Usage {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.expire(now)
-	u := Usage{Count: x.counted, Bytes: x.countedBytes}
-	if f, ok := x.functions[function]; ok {
-		u.Function = f.open
-	}
-	return u
+	return x.usage(function)
 }
 
-// Waits reports whether id of function is held as waiting with retries
-// attempts made: the same message stored again would be a repeat.
+// Waits reports whether id of function (under either of its names,
+// Canonical) is held as waiting with retries attempts made: the same
+// message stored again would be a repeat.
 func (x *Index) Waits(id, function string, retries int, now time.Time) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.expire(now)
-	e := x.find(id, function)
-	return e != nil && e.state == Waiting && e.retries == retries
+	return x.waits(id, function, retries)
 }
 
 // Len is how many messages (ids of a function) the index holds.
@@ -365,6 +367,7 @@ func (x *Index) oldest() *entry {
 
 // expire removes what has expired at now, soonest first.
 func (x *Index) expire(now time.Time) {
+	x.lapse(now)
 	at := now.UnixNano()
 	for len(x.expiry) > 0 && x.expiry[0].expires <= at {
 		x.remove(x.expiry[0])

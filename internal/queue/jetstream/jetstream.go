@@ -245,7 +245,7 @@ func (q *Queue) ensure(ctx context.Context) error {
 		Duplicates:        q.o.DuplicateWindow,
 		// No count or size limit: the server refuses DiscardNew on a
 		// stream with schedules ("message scheduling cannot use discard
-		// new"), and DiscardOld would drop waiting messages. CheckQuota
+		// new"), and DiscardOld would drop waiting messages. Reserve
 		// bounds new messages instead; the account's storage limit is the
 		// broker's backstop, past which it refuses every write.
 	})

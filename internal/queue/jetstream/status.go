@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -163,23 +162,18 @@ func (q *Queue) startIndex() {
 	})
 }
 
-// CheckQuota checks e against Options.Quota with the index Waiting
-// reads. The work stream has no limits of its own (see ensure).
-func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
-	if q.o.Quota.None() {
-		return nil
+// Reserve reserves claims against Options.Quota in the index Waiting
+// reads (queue.Quota.Reserve). The work stream has no limits of its own
+// (see ensure).
+func (q *Queue) Reserve(ctx context.Context, claims ...status.Claim) (func(), error) {
+	if q.o.Quota.None() || len(claims) == 0 {
+		return func() {}, nil
 	}
 	if !q.Connected() {
-		return queue.ErrUnavailable
+		return nil, queue.ErrUnavailable
 	}
 	q.startIndex()
-	ctx, cancel := context.WithTimeout(ctx, queue.QuotaWait)
-	defer cancel()
-	if err := q.index.WaitSynced(ctx); err != nil {
-		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
-		return nil
-	}
-	return q.o.Quota.CheckIndex(q.index, e, time.Now())
+	return q.o.Quota.Reserve(ctx, q.index, q.log, claims)
 }
 
 // syncCheckEvery is how often an index that is not synced asks the server

@@ -112,6 +112,7 @@ func Exercise(t *testing.T, newServer func(t *testing.T) Server) {
 		{"RepeatInsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, false) }},
 		{"RepeatOutsideWindow", func(t *testing.T, s Server) { testRepeat(t, s, true) }},
 		{"Quota", testQuota},
+		{"QuotaReservations", testQuotaReservations},
 		{"Malformed", testMalformed},
 		{"MalformedRedelivered", testMalformedRedelivered},
 		{"StatusRecordAndRead", testStatusRecordAndRead},
@@ -838,14 +839,23 @@ func testRepeat(t *testing.T, s Server, outsideWindow bool) {
 	}
 }
 
-// waitQuota polls until CheckQuota of e answers a *queue.QuotaError
+// checkQuota reserves e's place and gives it back: the check alone.
+func checkQuota(q queue.Queue, e *envelope.Envelope) error {
+	release, err := q.Reserve(context.Background(), queue.Claim(e, false, true))
+	if err == nil {
+		release()
+	}
+	return err
+}
+
+// waitQuota polls until checkQuota of e answers a *queue.QuotaError
 // naming quota ("" for nil): the index counts what is recorded a moment
 // later.
 func waitQuota(t *testing.T, q queue.Queue, e *envelope.Envelope, quota string) {
 	t.Helper()
 	var err error
-	poll.Until(t, 15*time.Second, fmt.Sprintf("CheckQuota(%s/%s) names %q", e.Function, e.ID, quota), func() bool {
-		err = q.CheckQuota(context.Background(), e)
+	poll.Until(t, 15*time.Second, fmt.Sprintf("the quota check of %s/%s names %q", e.Function, e.ID, quota), func() bool {
+		err = checkQuota(q, e)
 		qe, ok := errors.AsType[*queue.QuotaError](err)
 		if quota == "" {
 			return err == nil
@@ -875,19 +885,19 @@ func testQuota(t *testing.T, s Server) {
 	// retries) is a repeat, whether or not the backend would store it
 	// again: it would count once.
 	poll.Until(t, 15*time.Second, "a repeat of a1 refused as one", func() bool {
-		return errors.Is(q.CheckQuota(context.Background(), msg("a", "a1", 100)), queue.ErrRepeat)
+		return errors.Is(checkQuota(q, msg("a", "a1", 100)), queue.ErrRepeat)
 	})
 	next := msg("a", "a1", 100)
 	next.Retries = 1
-	if err := q.CheckQuota(context.Background(), next); err != nil {
-		t.Fatalf("CheckQuota of a1's next attempt: %v", err)
+	if err := checkQuota(q, next); err != nil {
+		t.Fatalf("the quota check of a1's next attempt: %v", err)
 	}
-	if err := q.CheckQuota(context.Background(), msg("other", "a1", 100)); err != nil {
-		t.Fatalf("CheckQuota of a1 for another function: %v", err)
+	if err := checkQuota(q, msg("other", "a1", 100)); err != nil {
+		t.Fatalf("the quota check of a1 for another function: %v", err)
 	}
 	record(t, q, waiting("a", "a2", 100))
 	waitQuota(t, q, msg("a", "n", 10), queue.QuotaWaitingPerFunction)
-	if qe, _ := errors.AsType[*queue.QuotaError](q.CheckQuota(context.Background(), msg("a", "n", 10))); qe.Function != "a" || qe.Limit != 2 {
+	if qe, _ := errors.AsType[*queue.QuotaError](checkQuota(q, msg("a", "n", 10))); qe.Function != "a" || qe.Limit != 2 {
 		t.Fatalf("per-function quota error %+v, want function a, limit 2", qe)
 	}
 	waitQuota(t, q, msg("b", "n", 10), "")
@@ -914,6 +924,65 @@ func testQuota(t *testing.T, s Server) {
 	if err := q.DeadLetter(context.Background(), dead); err != nil {
 		t.Fatalf("DeadLetter past a quota: %v", err)
 	}
+}
+
+// Requests reserving at once cannot all pass a quota: the check and the
+// reservation are one step, and a reservation counts until the index
+// reads its message's status, then only the status counts. "fn" and
+// "fn.openfaas-fn" are one function.
+func testQuotaReservations(t *testing.T, s Server) {
+	o := defaults
+	o.Quota = queue.Quota{MaxWaiting: 100, MaxWaitingPerFunction: 5}
+	q := open(t, s, o)
+	msg := func(fn string, i int) *envelope.Envelope {
+		e := message(fmt.Sprintf("m%d", i), time.Now().Add(time.Hour))
+		e.Function, e.Body = fn, []byte("x")
+		return e
+	}
+	var mu sync.Mutex
+	var releases []func()
+	refused := 0
+	var wg sync.WaitGroup
+	for i := range 100 {
+		fn := []string{"busy", "busy.openfaas-fn"}[i%2]
+		wg.Go(func() {
+			release, err := q.Reserve(context.Background(), queue.Claim(msg(fn, i), false, true))
+			mu.Lock()
+			defer mu.Unlock()
+			if qe, ok := errors.AsType[*queue.QuotaError](err); ok && qe.Quota == queue.QuotaWaitingPerFunction {
+				refused++
+			} else if err != nil {
+				t.Errorf("Reserve: %v", err)
+			} else {
+				releases = append(releases, release)
+			}
+		})
+	}
+	wg.Wait()
+	if len(releases) != 5 || refused != 95 {
+		t.Fatalf("100 reservations at once with max_waiting_per_function 5: %d made, %d refused; want 5 and 95", len(releases), refused)
+	}
+	// Its status read, a reserved message counts once: the status stands
+	// for the reservation.
+	release, err := q.Reserve(context.Background(), queue.Claim(msg("busy", 1000), false, true))
+	if err == nil {
+		release()
+		t.Fatal("a sixth reservation made")
+	}
+	releases[0]()
+	releases[0]() // twice is once
+	seen := msg("busy", 1001)
+	release, err = q.Reserve(context.Background(), queue.Claim(seen, false, true))
+	if err != nil {
+		t.Fatalf("Reserve once one was released: %v", err)
+	}
+	defer release()
+	record(t, q, status.Of(seen, status.Waiting, time.Now()))
+	poll.Until(t, 15*time.Second, "the reserved message read as waiting", func() bool {
+		return errors.Is(checkQuota(q, msg("busy.openfaas-fn", 1001)), queue.ErrRepeat)
+	})
+	releases[1]()
+	waitQuota(t, q, msg("busy", 1002), "")
 }
 
 func testMalformed(t *testing.T, s Server) {

@@ -65,7 +65,7 @@ type Options struct {
 	// first, the one updated longest ago, then a waiting or in-flight one.
 	// Defaults to 50,000 more than Quota.MaxWaiting, at least 50,000:
 	// about 540 bytes each, 26 MiB per 50,000 (status.TestIndexMemory).
-	// CheckQuota counts from it.
+	// Reserve counts from it.
 	StatusIndexLimit int
 }
 

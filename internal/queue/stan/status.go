@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nuid"
 	stango "github.com/nats-io/stan.go"
 
-	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/status"
 )
@@ -72,31 +71,30 @@ func (q *Queue) Waiting(ctx context.Context) (map[string]int, error) {
 	return q.index.Waiting(time.Now()), nil
 }
 
-// CheckQuota checks e against Options.Quota with the index Waiting
-// reads. NATS Streaming's channels have no count or size limit (one
-// would drop waiting messages), so this check is the only bound.
-func (q *Queue) CheckQuota(ctx context.Context, e *envelope.Envelope) error {
-	if q.o.Quota.None() {
-		return nil
+// Reserve reserves claims against Options.Quota in the index Waiting
+// reads (queue.Quota.Reserve). NATS Streaming's channels have no count or
+// size limit (one would drop waiting messages), so this check is the only
+// bound.
+func (q *Queue) Reserve(ctx context.Context, claims ...status.Claim) (func(), error) {
+	if q.o.Quota.None() || len(claims) == 0 {
+		return func() {}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, queue.QuotaWait)
-	defer cancel()
-	if err := q.syncIndex(ctx); err != nil {
-		if !q.Connected() {
-			return queue.ErrUnavailable
-		}
-		q.log.Warn("quota not checked: the status index has not caught up", "function", e.Function, "id", e.ID)
-		return nil
+	if !q.Connected() {
+		return nil, queue.ErrUnavailable
 	}
-	return q.o.Quota.CheckIndex(q.index, e, time.Now())
+	q.startIndex()
+	return q.o.Quota.Reserve(ctx, q.index, q.log, claims)
 }
+
+// startIndex starts following the status channel into the index, once.
+func (q *Queue) startIndex() { q.indexOnce.Do(func() { go q.runIndex() }) }
 
 // syncIndex starts the index on first use and waits for it to be synced.
 func (q *Queue) syncIndex(ctx context.Context) error {
 	if !q.Connected() {
 		return queue.ErrUnavailable
 	}
-	q.indexOnce.Do(func() { go q.runIndex() })
+	q.startIndex()
 	if err := q.index.WaitSynced(ctx); err != nil {
 		return queue.ErrUnavailable
 	}
