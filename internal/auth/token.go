@@ -156,11 +156,50 @@ func (t *Token) CheckRequeue(r *http.Request, body []byte, now time.Time, window
 	return failed
 }
 
-func (t *Token) checkSignature(r *http.Request, body []byte, value string, now time.Time, window time.Duration) error {
-	ts := r.Header.Get(signature.HeaderTimestamp)
-	if err := signature.CheckTime(ts, now, window); err != nil {
+// CheckRequeueHeaders checks what CheckRequeue can without the body: it
+// returns needBody false and nil when r carries the bearer token, needBody
+// true and nil when it carries a signature of the right form (v1= and 64
+// hex digits) with an X-Mailbox-Timestamp within window of now, which
+// CheckRequeue then checks with the body; else the error CheckRequeue
+// would return.
+func (t *Token) CheckRequeueHeaders(r *http.Request, now time.Time, window time.Duration) (needBody bool, err error) {
+	var failed error
+	if r.Header.Get("Authorization") != "" {
+		if failed = t.CheckBearer(r); failed == nil {
+			return false, nil
+		}
+	}
+	if v := r.Header.Get(signature.HeaderRequest); v != "" {
+		err := checkSignatureHeaders(r, v, now, window)
+		if err == nil {
+			return true, nil
+		}
+		if failed == nil {
+			failed = err
+		}
+	}
+	if failed == nil {
+		return false, ErrMissingRequeueToken
+	}
+	return false, failed
+}
+
+// checkSignatureHeaders checks a signature's timestamp and form.
+func checkSignatureHeaders(r *http.Request, value string, now time.Time, window time.Duration) error {
+	if err := signature.CheckTime(r.Header.Get(signature.HeaderTimestamp), now, window); err != nil {
 		return &Error{signature.HeaderTimestamp, "bad signature: X-Mailbox-Timestamp is " + err.Error() + "; sign with the current unix time"}
 	}
+	if !signature.WellFormed(value) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+func (t *Token) checkSignature(r *http.Request, body []byte, value string, now time.Time, window time.Duration) error {
+	if err := checkSignatureHeaders(r, value, now, window); err != nil {
+		return err
+	}
+	ts := r.Header.Get(signature.HeaderTimestamp)
 	canonical, err := signature.Request(r.Method, r.URL.EscapedPath(), ts, r.Header, body)
 	if err != nil || !signature.Equal(t.request, canonical, value) {
 		return ErrBadSignature
