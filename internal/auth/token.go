@@ -58,6 +58,7 @@ const (
 // Token is the mailbox's API token. It prints as [redacted].
 type Token struct {
 	digest [sha256.Size]byte // of the token: compared without leaking its length
+	short  bool              // shorter than MinStrongLength (WarnIfWeak)
 	// One key per purpose (signature.Key): no value made for one purpose
 	// is valid for another, and none is keyed with the token itself.
 	request, session, delivery []byte
@@ -95,11 +96,32 @@ func NewToken(secret string) (*Token, error) {
 		return nil, errors.New("auth: the token is empty")
 	}
 	return &Token{
+		short:    len(secret) < MinStrongLength,
 		digest:   sha256.Sum256([]byte(secret)),
 		request:  signature.Key([]byte(secret), signature.PurposeRequest),
 		session:  signature.Key([]byte(secret), signature.PurposeSession),
 		delivery: signature.Key([]byte(secret), signature.PurposeDelivery),
 	}, nil
+}
+
+// MinStrongLength is the shortest token the mailbox does not warn about:
+// 32 bytes, as many as the HMAC-SHA256 keys derived from it.
+const MinStrongLength = 32
+
+// WarnIfWeak logs a warning naming auth_token_secret when t is shorter
+// than MinStrongLength bytes. Nothing refuses such a token (deployments
+// have them), but nothing caps guessing it either: the throttle of wrong
+// credentials never refuses the right one (see Guard), so its length is
+// the defence. A nil t (no token) logs nothing.
+func WarnIfWeak(t *Token, log *slog.Logger) {
+	if t == nil || !t.short {
+		return
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("the token (auth_token_secret) is shorter than 32 bytes and could be guessed; make a new one with: openssl rand -hex 32",
+		"setting", "auth_token_secret", "min_bytes", MinStrongLength)
 }
 
 // Matches reports whether s is the token, in constant time. The UI's

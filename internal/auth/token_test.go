@@ -403,3 +403,29 @@ func TestCheckRequeueHeaders(t *testing.T) {
 		}
 	}
 }
+
+// A short token is guessable however the guessing is throttled (the
+// throttle never refuses the right token, see Guard): the mailbox warns
+// at start-up, naming the setting, and still starts.
+func TestWarnIfWeak(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		secret string
+		warn   bool
+	}{
+		{strings.Repeat("x", 31), true},
+		{strings.Repeat("x", 32), false},
+		{strings.Repeat("x", 64), false},
+	} {
+		var logs bytes.Buffer
+		auth.WarnIfWeak(newToken(t, c.secret), slog.New(slog.NewTextHandler(&logs, nil)))
+		got := logs.String()
+		if c.warn != (strings.Contains(got, "level=WARN") && strings.Contains(got, "auth_token_secret")) {
+			t.Errorf("a token of %d bytes: logged %q, want a warning %v", len(c.secret), got, c.warn)
+		}
+		if strings.Contains(got, c.secret) {
+			t.Errorf("the warning quotes the token: %q", got)
+		}
+	}
+	auth.WarnIfWeak(nil, slog.New(slog.DiscardHandler)) // no token: nothing to say
+}
