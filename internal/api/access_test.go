@@ -1,7 +1,10 @@
 package api
 
 import (
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +238,108 @@ func TestMetricsAuthNeedsGuard(t *testing.T) {
 	_, err := New(Options{Queue: &memQueue{}, Registerer: reg, Gatherer: reg, Defaults: testDefaults(), MetricsAuth: true})
 	if err == nil || !strings.Contains(err.Error(), "MetricsAuth") {
 		t.Fatalf("New with MetricsAuth and no Guard: %v, want an error naming MetricsAuth", err)
+	}
+}
+
+// blockingBody is a body that never arrives: Read waits until the test
+// ends.
+type blockingBody struct{ done <-chan struct{} }
+
+func (b blockingBody) Read([]byte) (int, error) {
+	<-b.done
+	return 0, io.ErrUnexpectedEOF
+}
+
+// A requeue whose credential is wrong on its face is refused before its
+// body is read: a stranger cannot make the mailbox wait for and buffer up
+// to max_body_bytes with any X-Mailbox-Signature value.
+func TestRequeueRefusedBeforeTheBodyIsRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withToken(t, true))
+	hex64 := strings.Repeat("ab", 32)
+	fresh := strconv.FormatInt(time.Now().Unix(), 10)
+	stale := strconv.FormatInt(time.Now().Add(-time.Hour).Unix(), 10)
+	for _, c := range []struct {
+		name   string
+		header http.Header
+		field  string
+	}{
+		{"garbage signature", http.Header{auth.HeaderSignature: {"garbage"}, "X-Mailbox-Timestamp": {fresh}}, auth.HeaderSignature},
+		{"short signature", http.Header{auth.HeaderSignature: {"v1=abcd"}, "X-Mailbox-Timestamp": {fresh}}, auth.HeaderSignature},
+		{"signature not hex", http.Header{auth.HeaderSignature: {"v1=" + strings.Repeat("zz", 32)}, "X-Mailbox-Timestamp": {fresh}}, auth.HeaderSignature},
+		{"no timestamp", http.Header{auth.HeaderSignature: {"v1=" + hex64}}, "X-Mailbox-Timestamp"},
+		{"stale timestamp", http.Header{auth.HeaderSignature: {"v1=" + hex64}, "X-Mailbox-Timestamp": {stale}}, "X-Mailbox-Timestamp"},
+		{"wrong bearer and a garbage signature", http.Header{"Authorization": {"Bearer nope"}, auth.HeaderSignature: {"garbage"}}, "Authorization"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			done := make(chan struct{})
+			t.Cleanup(func() { close(done) })
+			r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", blockingBody{done})
+			r.ContentLength = 1 << 10
+			for k, vs := range c.header {
+				r.Header[k] = vs
+			}
+			w := httptest.NewRecorder()
+			answered := make(chan struct{})
+			go func() {
+				b.handler.ServeHTTP(w, r)
+				close(answered)
+			}()
+			select {
+			case <-answered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer while the body has not arrived: the body is read before the credential is checked")
+			}
+			wantError(t, w, http.StatusUnauthorized, c.field)
+		})
+	}
+}
+
+// Wrong bearer tokens are throttled per address on every endpoint the
+// guard protects; the right one still passes from the same address.
+func TestBearerGuessesThrottled(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *Options) {
+		withToken(t, true)(o)
+		o.MetricsAuth = true
+	})
+	do := func(method, path, bearer string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, strings.NewReader("x"))
+		r.RemoteAddr = "192.0.2.7:1234"
+		r.Header.Set("Authorization", "Bearer "+bearer)
+		w := httptest.NewRecorder()
+		b.handler.ServeHTTP(w, r)
+		return w
+	}
+	requests := []struct{ method, path string }{
+		{http.MethodGet, "/messages/abc"}, {http.MethodGet, "/metrics"}, {http.MethodPost, "/deadletter/fn"},
+	}
+	for i := range 10 {
+		c := requests[i%len(requests)]
+		wantError(t, do(c.method, c.path, "guess"), http.StatusUnauthorized, "Authorization")
+	}
+	for _, c := range requests {
+		w := do(c.method, c.path, "guess")
+		wantError(t, w, http.StatusTooManyRequests, "Authorization")
+		if w.Header().Get("Retry-After") == "" {
+			t.Errorf("%s %s: 429 without Retry-After", c.method, c.path)
+		}
+	}
+	for _, c := range requests {
+		// Past the guard: /messages/abc is unknown (404).
+		if w := do(c.method, c.path, testToken); w.Code == http.StatusUnauthorized || w.Code == http.StatusTooManyRequests {
+			t.Errorf("%s %s with the token after others' guesses: %d %s", c.method, c.path, w.Code, w.Body)
+		}
+	}
+	if n := metricstest.Sum(t, b.reg, "mailbox_requeue_requests_total", "code", "429"); n != 1 {
+		t.Errorf("mailbox_requeue_requests_total{code=429} = %v, want 1", n)
+	}
+	var refused float64
+	for _, e := range []string{"requeue", "management", "metrics"} {
+		refused += metricstest.Sum(t, b.reg, "mailbox_unauthorized_total", "endpoint", e)
+	}
+	if refused != 13 {
+		t.Errorf("mailbox_unauthorized_total = %v, want 13", refused)
 	}
 }

@@ -473,29 +473,37 @@ func (h *handler) repeat(w http.ResponseWriter, e *envelope.Envelope) int {
 	})
 }
 
-// authorizeRequeue asks for the token when requeues need it. A signed
-// request's body is read first, within the body limit, for its signature.
+// authorizeRequeue asks for the token when requeues need it. Everything
+// that can be checked without the body is checked first (the bearer token;
+// a signature's form and its timestamp's window), so that a credential
+// wrong on its face is refused before the mailbox waits for and buffers a
+// body; only then is a signed request's body read, within the body limit,
+// for its signature.
 func (h *handler) authorizeRequeue(w http.ResponseWriter, r *http.Request) (int, bool) {
 	if h.guard == nil || !h.requeueAuth {
 		return 0, true
 	}
-	var body []byte
-	if r.Header.Get(auth.HeaderSignature) != "" {
-		limit := h.bodyLimit()
-		if limit <= 0 {
-			w.Header().Set("Retry-After", retryAfterSeconds)
-			return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later"), false
-		}
-		var err error
-		if body, err = auth.ReadBody(w, r, limit); err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body is larger than the limit of %d bytes", limit)), false
-			}
-			return writeError(w, http.StatusBadRequest, "", "cannot read request body"), false
-		}
+	needBody, code := h.guard.CheckHeaders(w, r, auth.Requeue)
+	if code != 0 {
+		return code, false
 	}
-	if !h.guard.Authorize(w, r, auth.Requeue, body) {
-		return http.StatusUnauthorized, false
+	if !needBody {
+		return 0, true
+	}
+	limit := h.bodyLimit()
+	if limit <= 0 {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later"), false
+	}
+	body, err := auth.ReadBody(w, r, limit)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body is larger than the limit of %d bytes", limit)), false
+		}
+		return writeError(w, http.StatusBadRequest, "", "cannot read request body"), false
+	}
+	if code := h.guard.Check(w, r, auth.Requeue, body); code != 0 {
+		return code, false
 	}
 	return 0, true
 }

@@ -14,7 +14,8 @@ import (
 
 // FuzzCheckRequeue: whatever a request holds, CheckRequeue never panics
 // and accepts a signature only when it is the one SignRequest makes for
-// that very request; and every request SignRequest signs is accepted.
+// that very request; CheckRequeueHeaders, before the body, refuses none it
+// accepts; and every request SignRequest signs is accepted.
 func FuzzCheckRequeue(f *testing.F) {
 	tok := newToken(f, secret)
 	good := http.Header{"X-Max-Retries": {"3"}}
@@ -35,7 +36,13 @@ func FuzzCheckRequeue(f *testing.F) {
 		}
 		r.Header.Set("X-Mailbox-Timestamp", ts)
 		r.Header.Set(auth.HeaderSignature, sig)
+		// The check before the body refuses nothing the full check
+		// accepts, and asks for the body unless the bearer passed.
+		needBody, preErr := tok.CheckRequeueHeaders(r, now, 5*time.Minute)
 		if err := tok.CheckRequeue(r, body, now, 5*time.Minute); err == nil {
+			if preErr != nil || needBody != (tok.CheckBearer(r) != nil) {
+				t.Fatalf("accepted, but before the body: needBody %v, %v", needBody, preErr)
+			}
 			canonical, _ := signature.Request(method, r.URL.EscapedPath(), ts, r.Header, body)
 			if !signature.Equal(signature.Key([]byte(secret), signature.PurposeRequest), canonical, sig) {
 				t.Fatalf("accepted a signature that is not the request's: %q", sig)
@@ -49,6 +56,9 @@ func FuzzCheckRequeue(f *testing.F) {
 		r.Header = h
 		if err := tok.CheckRequeue(r, body, now, 5*time.Minute); err != nil {
 			t.Fatalf("a request SignRequest signed is refused: %v (headers %q)", err, h)
+		}
+		if needBody, err := tok.CheckRequeueHeaders(r, now, 5*time.Minute); err != nil || !needBody {
+			t.Fatalf("a request SignRequest signed is refused before its body: %v", err)
 		}
 		// The bearer check never takes a signature.
 		if err := tok.CheckBearer(r); err == nil && r.Header.Get("Authorization") == "" {

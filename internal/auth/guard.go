@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,9 +31,24 @@ const (
 
 // Guard checks requests against a Token, answers those it refuses and
 // counts them.
+//
+// Wrong credentials are guesses, throttled per client address (Throttle):
+// past the budget a wrong bearer token or signature is answered 429 with
+// Retry-After instead of 401. The credential is always checked first, and
+// a right one always passes: behind the gateway every caller has the
+// gateway's address, and refusing before the check would let anyone who
+// can reach the gateway lock every holder of the token out (functions
+// requeueing their messages included) for one request every few seconds.
+// The price: the throttle does not cap how fast the bearer token can be
+// guessed, only tells a guesser to slow down and counts it; a token of 32
+// random bytes or more is what makes guessing hopeless (the mailbox warns
+// at start-up about a shorter one, WarnIfWeak). The web page's sign-in form,
+// whose lockout only delays signing in, takes from the same bucket before
+// it reads the form.
 type Guard struct {
 	token        *Token
 	unauthorized *prometheus.CounterVec
+	throttle     *Throttle
 	window       time.Duration
 	now          func() time.Time
 }
@@ -61,6 +77,16 @@ func WithClock(now func() time.Time) GuardOption {
 	}
 }
 
+// WithThrottle sets the Throttle the Guard counts wrong credentials on.
+// Defaults to a new one on the Guard's clock; nil keeps the default.
+func WithThrottle(t *Throttle) GuardOption {
+	return func(g *Guard) {
+		if t != nil {
+			g.throttle = t
+		}
+	}
+}
+
 // NewGuard returns a Guard for token (required) counting refusals on reg
 // (required). Several Guards may share one registry.
 func NewGuard(token *Token, reg prometheus.Registerer, opts ...GuardOption) (*Guard, error) {
@@ -80,8 +106,15 @@ func NewGuard(token *Token, reg prometheus.Registerer, opts ...GuardOption) (*Gu
 			o(g)
 		}
 	}
+	if g.throttle == nil {
+		g.throttle = NewThrottle(g.now)
+	}
 	return g, nil
 }
+
+// Throttle is the Guard's throttle of wrong credentials, for the web
+// page's sign-in form to share.
+func (g *Guard) Throttle() *Throttle { return g.throttle }
 
 // UnauthorizedCounter returns mailbox_unauthorized_total{endpoint} on reg,
 // registering it on first use, with a series at zero for each Endpoint.
@@ -104,8 +137,14 @@ func UnauthorizedCounter(reg prometheus.Registerer) (*prometheus.CounterVec, err
 // Requeue the bearer token or a signature of r (Token.CheckRequeue; body
 // is r's raw body as read by ReadBody), anywhere else the bearer token
 // only (Token.CheckBearer; the web page checks its sessions itself).
-// Otherwise it answers with Unauthorized and returns false.
+// Otherwise it answers (Check) and returns false.
 func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, body []byte) bool {
+	return g.Check(w, r, e, body) == 0
+}
+
+// Check is Authorize returning 0 when r may go on, else the status it
+// answered: 401, or 429 for a wrong credential past its client's budget.
+func (g *Guard) Check(w http.ResponseWriter, r *http.Request, e Endpoint, body []byte) int {
 	var err error
 	if e == Requeue {
 		err = g.token.CheckRequeue(r, body, g.now(), g.window)
@@ -113,10 +152,57 @@ func (g *Guard) Authorize(w http.ResponseWriter, r *http.Request, e Endpoint, bo
 		err = g.token.CheckBearer(r)
 	}
 	if err == nil {
-		return true
+		return 0
+	}
+	return g.refuse(w, r, e, err)
+}
+
+// CheckHeaders checks what of r's requeue credential can be checked
+// before its body is read: a bearer token fully, a signature's form and
+// its timestamp's window. It returns 0 when r may go on, with needBody
+// true when a signature still has to be checked with the body (Check),
+// else the status it answered. So a stranger cannot make the mailbox read
+// and buffer a body, up to max_body_bytes, with a credential that is
+// wrong on its face.
+func (g *Guard) CheckHeaders(w http.ResponseWriter, r *http.Request, e Endpoint) (needBody bool, code int) {
+	var err error
+	if e == Requeue {
+		needBody, err = g.token.CheckRequeueHeaders(r, g.now(), g.window)
+	} else {
+		err = g.token.CheckBearer(r)
+	}
+	if err == nil {
+		return needBody, 0
+	}
+	return false, g.refuse(w, r, e, err)
+}
+
+// refuse answers a request whose credential failed with err: 401, or 429
+// when it presented one (a guess) past its client's budget.
+func (g *Guard) refuse(w http.ResponseWriter, r *http.Request, e Endpoint, err error) int {
+	if err != ErrMissingToken && err != ErrMissingRequeueToken {
+		if wait := g.throttle.Fail(r); wait > 0 {
+			g.TooMany(w, e, wait)
+			return http.StatusTooManyRequests
+		}
 	}
 	g.Unauthorized(w, e, err)
-	return false
+	return http.StatusUnauthorized
+}
+
+// TooMany answers 429 with Retry-After (wait, in whole seconds) and a
+// JSON error, and counts the refusal under e.
+func (g *Guard) TooMany(w http.ResponseWriter, e Endpoint, wait time.Duration) {
+	g.unauthorized.WithLabelValues(string(e)).Inc()
+	secs := RetryAfter(wait)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many wrong credentials from your address: retry in %d s", secs), "Authorization")
+}
+
+// RetryAfter is wait in whole seconds, rounded up, at least 1: a
+// Retry-After value.
+func RetryAfter(wait time.Duration) int {
+	return max(1, int((wait+time.Second-1)/time.Second))
 }
 
 // bearer reports whether h carries Authorization: Bearer <token>.
@@ -142,17 +228,23 @@ func (g *Guard) Count(e Endpoint) { g.unauthorized.WithLabelValues(string(e)).In
 // counts the refusal under e.
 func (g *Guard) Unauthorized(w http.ResponseWriter, e Endpoint, err error) {
 	g.unauthorized.WithLabelValues(string(e)).Inc()
+	field := "Authorization"
+	if ae, ok := errors.AsType[*Error](err); ok {
+		field = ae.Field()
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="mailbox"`)
+	writeError(w, http.StatusUnauthorized, err.Error(), field)
+}
+
+// writeError answers code with the JSON body {"error": msg, "field": field}.
+func writeError(w http.ResponseWriter, code int, msg, field string) {
 	body := struct {
 		Error string `json:"error"`
 		Field string `json:"field,omitempty"`
-	}{Error: err.Error(), Field: "Authorization"}
-	if ae, ok := errors.AsType[*Error](err); ok {
-		body.Field = ae.Field()
-	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="mailbox"`)
+	}{Error: msg, Field: field}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(http.StatusUnauthorized)
+	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false) // the messages show <token>; nosniff keeps it JSON
 	_ = enc.Encode(body)

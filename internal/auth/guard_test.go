@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -231,4 +232,92 @@ func TestReadBody(t *testing.T) {
 			t.Errorf("CheckRequeue: %v", err)
 		}
 	})
+}
+
+// Wrong bearer tokens and signatures are guesses: past the burst a client
+// address gets 429 with Retry-After instead of 401, counted, on every
+// endpoint the guard protects. The right token still passes from that
+// address: behind the gateway the address is everyone's, and a guesser
+// must not lock the token's holders out. A request without a credential
+// guesses nothing and is not throttled.
+func TestGuardThrottlesGuesses(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	clk := &clock{t: now}
+	g, err := auth.NewGuard(newToken(t, secret), reg, auth.WithClock(clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := func(addr string, header ...string) *http.Request {
+		r := httptest.NewRequest(http.MethodGet, "/deadletters", nil)
+		r.RemoteAddr = addr + ":1234"
+		for i := 0; i+1 < len(header); i += 2 {
+			r.Header.Set(header[i], header[i+1])
+		}
+		return r
+	}
+	authorize := func(r *http.Request, e auth.Endpoint) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		g.Authorize(w, r, e, nil)
+		return w
+	}
+	guess := []string{"Authorization", "Bearer guess"}
+	for i := range 10 {
+		e := []auth.Endpoint{auth.Management, auth.Metrics}[i%2]
+		if w := authorize(from("192.0.2.1", guess...), e); w.Code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d, want 401", i, w.Code)
+		}
+	}
+	for _, e := range []auth.Endpoint{auth.Management, auth.Metrics, auth.Requeue} {
+		w := authorize(from("192.0.2.1", guess...), e)
+		if w.Code != http.StatusTooManyRequests {
+			t.Fatalf("%s: a guess past the burst: %d, want 429", e, w.Code)
+		}
+		secs, err := strconv.Atoi(w.Header().Get("Retry-After"))
+		if err != nil || secs < 1 || secs > 6 {
+			t.Errorf("%s: Retry-After %q, want 1 to 6 s", e, w.Header().Get("Retry-After"))
+		}
+		var body map[string]string
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["field"] != "Authorization" || !strings.Contains(body["error"], "too many") {
+			t.Errorf("%s: body %q", e, w.Body)
+		}
+	}
+	// A signature is a guess as well.
+	if w := authorize(from("192.0.2.1", auth.HeaderSignature, "v1=00", "X-Mailbox-Timestamp", strconv.FormatInt(now.Unix(), 10)), auth.Requeue); w.Code != http.StatusTooManyRequests {
+		t.Errorf("a wrong signature past the burst: %d, want 429", w.Code)
+	}
+	// The holder of the token is never refused for others' guesses.
+	for _, e := range []auth.Endpoint{auth.Management, auth.Metrics, auth.Requeue} {
+		if !g.Authorize(httptest.NewRecorder(), from("192.0.2.1", "Authorization", "Bearer "+secret), e, nil) {
+			t.Errorf("%s: the right token refused after others' guesses", e)
+		}
+	}
+	// No credential is no guess: 401 saying what to send.
+	if w := authorize(from("192.0.2.1"), auth.Management); w.Code != http.StatusUnauthorized {
+		t.Errorf("no credential: %d, want 401", w.Code)
+	}
+	// Another address, and a header posing as one.
+	if w := authorize(from("192.0.2.2", guess...), auth.Management); w.Code != http.StatusUnauthorized {
+		t.Errorf("another address: %d, want 401", w.Code)
+	}
+	if w := authorize(from("192.0.2.1", "Authorization", "Bearer guess", "X-Forwarded-For", "198.51.100.7"), auth.Management); w.Code != http.StatusTooManyRequests {
+		t.Errorf("X-Forwarded-For escaped the throttle: %d", w.Code)
+	}
+	// Every refusal is counted: 10 guesses, 3 + 1 + 1 throttled, 2 more 401s.
+	var total float64
+	for _, e := range []auth.Endpoint{auth.Requeue, auth.Management, auth.UI, auth.Metrics} {
+		total += unauthorized(t, reg, e)
+	}
+	if total != 17 {
+		t.Errorf("mailbox_unauthorized_total = %v, want 17", total)
+	}
+	// The bucket refills: one guess per 6 s.
+	clk.add(6 * time.Second)
+	if w := authorize(from("192.0.2.1", guess...), auth.Management); w.Code != http.StatusUnauthorized {
+		t.Errorf("after 6 s: %d, want 401", w.Code)
+	}
+	// The guard's throttle is the one the web page shares.
+	if g.Throttle() == nil || g.Throttle().Take(from("192.0.2.1")) == 0 {
+		t.Error("the web page's sign-in is not slowed by the guesses at the guard")
+	}
 }

@@ -174,19 +174,23 @@ func (s *Sessions) revoke(id string, expires time.Time) {
 	s.revoked[id] = expires
 }
 
-// Throttle slows sign-in failures per client address: each address may
-// fail a burst of signInBurst times, then once per signInEvery. It is a
+// Throttle slows guessing of the token per client address: each address
+// may fail a burst of signInBurst times, then once per signInEvery. It is a
 // token bucket per address (golang.org/x/time/rate, already a dependency)
 // in a map bounded at maxThrottled addresses: past that, addresses whose
 // bucket is full again are forgotten, and if none is, new addresses share
 // one bucket, so neither many addresses nor many failures grow memory, and
 // many addresses do not escape the limit.
 //
+// One Throttle is shared by the Guard (wrong bearer tokens and signatures,
+// Fail) and the web page's sign-in form (Take), so guessing on one does
+// not reset the budget of the other.
+//
 // The address is the connection's (r.RemoteAddr), never a header a client
 // can set. Behind the gateway that is the gateway's, so failures from
 // anyone slow everyone's sign-in while they last: an overall bound on
 // guessing, which is the point. Signed-in sessions and the bearer token
-// are not affected.
+// are not affected (see Guard).
 type Throttle struct {
 	now func() time.Time
 
@@ -243,22 +247,32 @@ func (t *Throttle) limiter(r *http.Request) *rate.Limiter {
 	return l
 }
 
-// Wait returns how long r's client must wait before its next sign-in
-// attempt: 0 when it may try now.
-func (t *Throttle) Wait(r *http.Request) time.Duration {
-	l := t.limiter(r)
+// Take takes one attempt from r's client's bucket before anything of the
+// attempt is read, and returns 0 when it may go on, else how long until
+// its next attempt. Taking first, not after a failure, is what bounds
+// concurrent attempts: a client opening many connections that send their
+// forms slowly gets no more attempts than the bucket holds. A success is
+// an attempt too (the rate package cannot give a token back once time has
+// moved on): it costs a legitimate user one of the burst.
+func (t *Throttle) Take(r *http.Request) time.Duration {
+	return t.take(t.limiter(r))
+}
+
+// Fail counts a failed check of r's client's credential, and returns 0
+// while the client is within its budget, else how long until the bucket
+// holds an attempt again: the caller answers 429 instead of 401.
+func (t *Throttle) Fail(r *http.Request) time.Duration { return t.Take(r) }
+
+func (t *Throttle) take(l *rate.Limiter) time.Duration {
 	now := t.now()
-	if l.TokensAt(now) >= 1 {
+	if l.AllowN(now, 1) {
 		return 0
 	}
-	r2 := l.ReserveN(now, 1)
-	d := r2.DelayFrom(now)
-	r2.CancelAt(now)
+	res := l.ReserveN(now, 1)
+	d := res.DelayFrom(now)
+	res.CancelAt(now) // at the same instant: the token is given back
 	if d <= 0 {
 		d = time.Second
 	}
 	return d
 }
-
-// Failed counts a failed sign-in of r's client.
-func (t *Throttle) Failed(r *http.Request) { t.limiter(r).AllowN(t.now(), 1) }

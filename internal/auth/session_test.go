@@ -112,28 +112,39 @@ func TestThrottle(t *testing.T) {
 		r.RemoteAddr = addr + ":1234"
 		return r
 	}
+	// Sign-in attempts (Take) and failed credentials (Fail) share the
+	// bucket.
 	for i := range 10 {
-		if d := th.Wait(from("192.0.2.1")); d != 0 {
+		take := th.Take
+		if i%2 == 1 {
+			take = th.Fail
+		}
+		if d := take(from("192.0.2.1")); d != 0 {
 			t.Fatalf("attempt %d: wait %s", i, d)
 		}
-		th.Failed(from("192.0.2.1"))
 	}
-	d := th.Wait(from("192.0.2.1"))
-	if d <= 0 || d > 6*time.Second {
-		t.Fatalf("after 10 failures: wait %s, want up to 6s", d)
+	for _, take := range []func(*http.Request) time.Duration{th.Take, th.Fail} {
+		d := take(from("192.0.2.1"))
+		if d <= 0 || d > 6*time.Second {
+			t.Fatalf("after 10 attempts: wait %s, want up to 6s", d)
+		}
 	}
 	// Another address is not held up; a header cannot pose as one.
-	if d := th.Wait(from("192.0.2.2")); d != 0 {
+	if d := th.Take(from("192.0.2.2")); d != 0 {
 		t.Errorf("another address: wait %s", d)
 	}
 	r := from("192.0.2.1")
 	r.Header.Set("X-Forwarded-For", "198.51.100.7")
-	if d := th.Wait(r); d == 0 {
+	if d := th.Take(r); d == 0 {
 		t.Error("X-Forwarded-For escaped the throttle")
 	}
+	// A refused attempt takes nothing: one is back after 6 s.
 	clk.add(6 * time.Second)
-	if d := th.Wait(from("192.0.2.1")); d != 0 {
+	if d := th.Take(from("192.0.2.1")); d != 0 {
 		t.Errorf("after 6s: wait %s", d)
+	}
+	if d := th.Take(from("192.0.2.1")); d == 0 {
+		t.Error("two attempts 6 s after the burst")
 	}
 }
 
@@ -146,11 +157,11 @@ func TestThrottleBounded(t *testing.T) {
 	for i := range 5000 {
 		r := httptest.NewRequest(http.MethodPost, "/ui/login", nil)
 		r.RemoteAddr = "[2001:db8::" + strings.ToLower(strings.TrimLeft(strings.ToUpper(hex4(i)), "0")) + "1]:1"
-		th.Failed(r)
+		th.Fail(r)
 	}
 	r := httptest.NewRequest(http.MethodPost, "/ui/login", nil)
 	r.RemoteAddr = "[2001:db8::ffff:1]:1"
-	if d := th.Wait(r); d == 0 {
+	if d := th.Take(r); d == 0 {
 		t.Error("a new address past the bound was not throttled: the overflow bucket is spent")
 	}
 }

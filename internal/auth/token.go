@@ -58,6 +58,7 @@ const (
 // Token is the mailbox's API token. It prints as [redacted].
 type Token struct {
 	digest [sha256.Size]byte // of the token: compared without leaking its length
+	short  bool              // shorter than MinStrongLength (WarnIfWeak)
 	// One key per purpose (signature.Key): no value made for one purpose
 	// is valid for another, and none is keyed with the token itself.
 	request, session, delivery []byte
@@ -95,11 +96,32 @@ func NewToken(secret string) (*Token, error) {
 		return nil, errors.New("auth: the token is empty")
 	}
 	return &Token{
+		short:    len(secret) < MinStrongLength,
 		digest:   sha256.Sum256([]byte(secret)),
 		request:  signature.Key([]byte(secret), signature.PurposeRequest),
 		session:  signature.Key([]byte(secret), signature.PurposeSession),
 		delivery: signature.Key([]byte(secret), signature.PurposeDelivery),
 	}, nil
+}
+
+// MinStrongLength is the shortest token the mailbox does not warn about:
+// 32 bytes, as many as the HMAC-SHA256 keys derived from it.
+const MinStrongLength = 32
+
+// WarnIfWeak logs a warning naming auth_token_secret when t is shorter
+// than MinStrongLength bytes. Nothing refuses such a token (deployments
+// have them), but nothing caps guessing it either: the throttle of wrong
+// credentials never refuses the right one (see Guard), so its length is
+// the defence. A nil t (no token) logs nothing.
+func WarnIfWeak(t *Token, log *slog.Logger) {
+	if t == nil || !t.short {
+		return
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("the token (auth_token_secret) is shorter than 32 bytes and could be guessed; make a new one with: openssl rand -hex 32",
+		"setting", "auth_token_secret", "min_bytes", MinStrongLength)
 }
 
 // Matches reports whether s is the token, in constant time. The UI's
@@ -156,11 +178,50 @@ func (t *Token) CheckRequeue(r *http.Request, body []byte, now time.Time, window
 	return failed
 }
 
-func (t *Token) checkSignature(r *http.Request, body []byte, value string, now time.Time, window time.Duration) error {
-	ts := r.Header.Get(signature.HeaderTimestamp)
-	if err := signature.CheckTime(ts, now, window); err != nil {
+// CheckRequeueHeaders checks what CheckRequeue can without the body: it
+// returns needBody false and nil when r carries the bearer token, needBody
+// true and nil when it carries a signature of the right form (v1= and 64
+// hex digits) with an X-Mailbox-Timestamp within window of now, which
+// CheckRequeue then checks with the body; else the error CheckRequeue
+// would return.
+func (t *Token) CheckRequeueHeaders(r *http.Request, now time.Time, window time.Duration) (needBody bool, err error) {
+	var failed error
+	if r.Header.Get("Authorization") != "" {
+		if failed = t.CheckBearer(r); failed == nil {
+			return false, nil
+		}
+	}
+	if v := r.Header.Get(signature.HeaderRequest); v != "" {
+		err := checkSignatureHeaders(r, v, now, window)
+		if err == nil {
+			return true, nil
+		}
+		if failed == nil {
+			failed = err
+		}
+	}
+	if failed == nil {
+		return false, ErrMissingRequeueToken
+	}
+	return false, failed
+}
+
+// checkSignatureHeaders checks a signature's timestamp and form.
+func checkSignatureHeaders(r *http.Request, value string, now time.Time, window time.Duration) error {
+	if err := signature.CheckTime(r.Header.Get(signature.HeaderTimestamp), now, window); err != nil {
 		return &Error{signature.HeaderTimestamp, "bad signature: X-Mailbox-Timestamp is " + err.Error() + "; sign with the current unix time"}
 	}
+	if !signature.WellFormed(value) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+func (t *Token) checkSignature(r *http.Request, body []byte, value string, now time.Time, window time.Duration) error {
+	if err := checkSignatureHeaders(r, value, now, window); err != nil {
+		return err
+	}
+	ts := r.Header.Get(signature.HeaderTimestamp)
 	canonical, err := signature.Request(r.Method, r.URL.EscapedPath(), ts, r.Header, body)
 	if err != nil || !signature.Equal(t.request, canonical, value) {
 		return ErrBadSignature

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -361,4 +362,70 @@ func TestErrorFields(t *testing.T) {
 			t.Errorf("%v: Field = %q, want %q", tc.err, tc.err.Field(), tc.field)
 		}
 	}
+}
+
+func TestCheckRequeueHeaders(t *testing.T) {
+	t.Parallel()
+	tok := newToken(t, secret)
+	sig, ts := signAt(secret, http.MethodPost, "/deadletter/fn", nil, []byte("b"), now.Unix())
+	stale := strconv.FormatInt(now.Add(-time.Hour).Unix(), 10)
+	for _, c := range []struct {
+		name     string
+		header   []string
+		needBody bool
+		err      error // nil: accepted so far
+		field    string
+	}{
+		{name: "bearer", header: []string{"Authorization", "Bearer " + secret}},
+		{name: "well-formed signature", header: []string{auth.HeaderSignature, sig, "X-Mailbox-Timestamp", ts}, needBody: true},
+		{name: "a wrong signature of the right form", header: []string{auth.HeaderSignature, "v1=" + strings.Repeat("0", 64), "X-Mailbox-Timestamp", ts}, needBody: true},
+		{name: "wrong bearer, well-formed signature", header: []string{"Authorization", "Bearer x", auth.HeaderSignature, sig, "X-Mailbox-Timestamp", ts}, needBody: true},
+		{name: "none", err: auth.ErrMissingRequeueToken},
+		{name: "wrong bearer", header: []string{"Authorization", "Bearer x"}, err: auth.ErrBadToken},
+		{name: "garbage signature", header: []string{auth.HeaderSignature, "sha256=x", "X-Mailbox-Timestamp", ts}, err: auth.ErrBadSignature},
+		{name: "63 hex digits", header: []string{auth.HeaderSignature, sig[:len(sig)-1], "X-Mailbox-Timestamp", ts}, err: auth.ErrBadSignature},
+		{name: "no timestamp", header: []string{auth.HeaderSignature, sig}, field: "X-Mailbox-Timestamp"},
+		{name: "stale timestamp", header: []string{auth.HeaderSignature, sig, "X-Mailbox-Timestamp", stale}, field: "X-Mailbox-Timestamp"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/deadletter/fn", nil)
+		for i := 0; i+1 < len(c.header); i += 2 {
+			r.Header.Set(c.header[i], c.header[i+1])
+		}
+		needBody, err := tok.CheckRequeueHeaders(r, now, time.Minute)
+		switch {
+		case c.field != "":
+			var ae *auth.Error
+			if !errors.As(err, &ae) || ae.Field() != c.field {
+				t.Errorf("%s: %v, want an error about %s", c.name, err, c.field)
+			}
+		case err != c.err || needBody != c.needBody:
+			t.Errorf("%s: needBody %v, %v; want %v, %v", c.name, needBody, err, c.needBody, c.err)
+		}
+	}
+}
+
+// A short token is guessable however the guessing is throttled (the
+// throttle never refuses the right token, see Guard): the mailbox warns
+// at start-up, naming the setting, and still starts.
+func TestWarnIfWeak(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		secret string
+		warn   bool
+	}{
+		{strings.Repeat("x", 31), true},
+		{strings.Repeat("x", 32), false},
+		{strings.Repeat("x", 64), false},
+	} {
+		var logs bytes.Buffer
+		auth.WarnIfWeak(newToken(t, c.secret), slog.New(slog.NewTextHandler(&logs, nil)))
+		got := logs.String()
+		if c.warn != (strings.Contains(got, "level=WARN") && strings.Contains(got, "auth_token_secret")) {
+			t.Errorf("a token of %d bytes: logged %q, want a warning %v", len(c.secret), got, c.warn)
+		}
+		if strings.Contains(got, c.secret) {
+			t.Errorf("the warning quotes the token: %q", got)
+		}
+	}
+	auth.WarnIfWeak(nil, slog.New(slog.DiscardHandler)) // no token: nothing to say
 }

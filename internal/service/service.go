@@ -123,6 +123,7 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 	if err != nil {
 		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
 	}
+	auth.WarnIfWeak(token, logger)
 	targets, err := Targets(cfg)
 	if err != nil {
 		return nil, err

@@ -192,6 +192,18 @@ func Equal(key []byte, canonical, value string) bool {
 	return hmac.Equal(sig, m.Sum(nil))
 }
 
+// WellFormed reports whether value has a signature's form: "v1=" and the
+// hex of an HMAC-SHA256, as Sign makes it and Equal reads it. It says
+// nothing about whether it is right.
+func WellFormed(value string) bool {
+	got, ok := strings.CutPrefix(strings.TrimSpace(value), version)
+	if !ok || len(got) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(got)
+	return err == nil
+}
+
 // Timestamp is the X-Mailbox-Timestamp value of t.
 func Timestamp(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
 

@@ -6,8 +6,9 @@
 //
 // A user signs in with the API token and gets a session (auth.Sessions):
 // it expires on the server (session_ttl, 12 h by default), and signing out
-// ends it there. Failed sign-ins are throttled per client address
-// (auth.Throttle): past the burst the form answers 429 with Retry-After.
+// ends it there. Sign-in attempts are throttled per client address
+// (auth.Throttle, shared with the API's guard): past the burst the form
+// answers 429 with Retry-After before it reads the form.
 // The cookie is SameSite=Strict, so another site cannot make a browser
 // send it along with a forged form post; every POST also has to come from
 // this origin when the browser says where it comes from. The page takes
@@ -66,7 +67,8 @@ type Options struct {
 	// Sessions are the users' sessions. Defaults to Token's, lasting
 	// auth.DefaultSessionTTL.
 	Sessions *auth.Sessions
-	// Throttle slows failed sign-ins. Defaults to auth.NewThrottle(nil).
+	// Throttle bounds sign-in attempts per client address. Defaults to
+	// Guard's, so wrong bearer tokens and wrong sign-ins share a budget.
 	Throttle *auth.Throttle
 	// Logger defaults to discarding logs.
 	Logger *slog.Logger
@@ -90,7 +92,7 @@ func New(o Options) (http.Handler, error) {
 		o.Sessions = o.Token.Sessions(0, nil)
 	}
 	if o.Throttle == nil {
-		o.Throttle = auth.NewThrottle(nil)
+		o.Throttle = o.Guard.Throttle()
 	}
 	static, err := fs.Sub(assets, "assets")
 	if err != nil {
@@ -239,9 +241,11 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 			h.render(w, r, http.StatusForbidden, "login", &p)
 			return
 		}
-		if wait := h.o.Throttle.Wait(r); wait > 0 {
-			// Before the form is read: a guess now is not even tried.
-			secs := int((wait + time.Second - 1) / time.Second)
+		// The attempt is taken before the form is read, so connections
+		// that send their forms slowly cannot all pass a check made before
+		// any of them failed. Past the budget the guess is not even read.
+		if wait := h.o.Throttle.Take(r); wait > 0 {
+			secs := auth.RetryAfter(wait)
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			p.Error = fmt.Sprintf("Too many failed sign-ins from your address; try again in %d s.", secs)
 			h.render(w, r, http.StatusTooManyRequests, "login", &p)
@@ -249,7 +253,6 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
 		if err := r.ParseForm(); err != nil || !h.o.Token.Matches(r.PostForm.Get("token")) {
-			h.o.Throttle.Failed(r)
 			h.o.Guard.Count(auth.UI)
 			p.Error = "That is not the mailbox's token."
 			h.render(w, r, http.StatusUnauthorized, "login", &p)

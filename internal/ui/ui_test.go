@@ -52,6 +52,8 @@ func (c *clock) add(d time.Duration) {
 
 type bundle struct {
 	srv   *httptest.Server
+	h     http.Handler
+	store *deadletter.Store
 	reg   *prometheus.Registry
 	q     queue.Queue
 	token *auth.Token
@@ -100,6 +102,7 @@ func setup(t testing.TB) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.h, b.store = h, store
 	b.srv = httptest.NewServer(h)
 	t.Cleanup(b.srv.Close)
 	poll.Until(t, 10*time.Second, "JetStream ready", q.Connected)
@@ -399,6 +402,102 @@ func TestSignInThrottled(t *testing.T) {
 	}
 	b.clock.add(10 * time.Second)
 	b.signIn(t)
+}
+
+// gatedBody is a sign-in form that arrives only when release is closed;
+// reached is called when the handler first reads it.
+type gatedBody struct {
+	release <-chan struct{}
+	reached func()
+	r       io.Reader
+}
+
+func (g *gatedBody) Read(p []byte) (int, error) {
+	g.reached()
+	<-g.release
+	return g.r.Read(p)
+}
+
+// Many connections sending their forms slowly must not each get a guess:
+// the attempt is taken from the bucket before the form is read, so at
+// most the burst is tried however many wait on their bodies.
+func TestSignInThrottleNotRacedBySlowBodies(t *testing.T) {
+	b := setup(t)
+	const n = 30
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	reached := make(chan struct{}, n) // one per request: reading its form, or answered without
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			var once sync.Once
+			signal := func() { once.Do(func() { reached <- struct{}{} }) }
+			req := httptest.NewRequest(http.MethodPost, "/ui/login", &gatedBody{release: release, reached: signal, r: strings.NewReader("token=guess")})
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.RemoteAddr = "192.0.2.9:1234"
+			rec := httptest.NewRecorder()
+			b.h.ServeHTTP(rec, req)
+			signal()
+			codes <- rec.Code
+		}()
+	}
+	deadline := time.After(10 * time.Second)
+	for range n {
+		select {
+		case <-reached:
+		case <-deadline:
+			t.Fatal("the sign-ins neither read their forms nor were answered")
+		}
+	}
+	releaseOnce.Do(func() { close(release) })
+	tried, throttled := 0, 0
+	for range n {
+		select {
+		case code := <-codes:
+			switch code {
+			case http.StatusUnauthorized:
+				tried++
+			case http.StatusTooManyRequests:
+				throttled++
+			default:
+				t.Errorf("a wrong token: %d", code)
+			}
+		case <-deadline:
+			t.Fatal("the sign-ins were not answered")
+		}
+	}
+	if tried > 10 || throttled < n-10 {
+		t.Fatalf("%d concurrent slow guesses: %d tried, %d answered 429; want at most the burst (10) tried", n, tried, throttled)
+	}
+}
+
+// Wrong bearer tokens at the API and wrong sign-ins draw on one budget:
+// by default the page takes the guard's throttle.
+func TestSignInSharesTheGuardsThrottle(t *testing.T) {
+	b := setup(t)
+	guard, err := auth.NewGuard(b.token, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ui.New(ui.Options{Store: b.store, Token: b.token, Guard: guard, Waiting: b.q.Waiting})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		r := httptest.NewRequest(http.MethodGet, "/deadletters", nil)
+		r.RemoteAddr = "192.0.2.9:1"
+		r.Header.Set("Authorization", "Bearer guess")
+		guard.Authorize(httptest.NewRecorder(), r, auth.Management, nil)
+	}
+	req := httptest.NewRequest(http.MethodPost, "/ui/login", strings.NewReader("token=guess"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.RemoteAddr = "192.0.2.9:2"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("a sign-in after 10 wrong bearer tokens from the address: %d, want 429", rec.Code)
+	}
 }
 
 func TestBulkPurgeOfEverythingNeedsAll(t *testing.T) {

@@ -177,7 +177,7 @@ func Open(o Options) (*Queue, error) {
 			q.index.SetSynced(false)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			q.log.Info("reconnected to NATS", "url", nc.ConnectedUrl())
+			q.log.Info("reconnected to NATS", "url", queue.RedactURL(nc.ConnectedUrl()))
 		}),
 	}
 	if o.CredentialsFile != "" {

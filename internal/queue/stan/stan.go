@@ -164,7 +164,7 @@ func (q *Queue) run() {
 	for {
 		g, err := q.connect()
 		if err != nil {
-			q.log.Warn("cannot connect to NATS Streaming, retrying", "url", q.o.URL, "error", err, "retry_in", backoff)
+			q.log.Warn("cannot connect to NATS Streaming, retrying", "url", queue.RedactURL(q.o.URL), "error", err, "retry_in", backoff)
 			select {
 			case <-q.closed:
 				return
@@ -176,7 +176,7 @@ func (q *Queue) run() {
 		backoff = 100 * time.Millisecond
 		q.maxPayload.Store(g.sc.NatsConn().MaxPayload())
 		q.set(g)
-		q.log.Info("connected to NATS Streaming", "url", q.o.URL, "cluster_id", q.o.ClusterID)
+		q.log.Info("connected to NATS Streaming", "url", queue.RedactURL(q.o.URL), "cluster_id", q.o.ClusterID)
 		select {
 		case <-g.lost:
 			q.set(nil)
