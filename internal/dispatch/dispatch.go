@@ -331,7 +331,9 @@ func (d *Dispatcher) refuse(e *envelope.Envelope) error {
 // half a minute, and up to half that again at random so that callbacks
 // held together do not all come back together.
 func callbackWait(holds int) time.Duration {
-	w := min(time.Second<<min(holds, 5), 30*time.Second)
+	// Clamped both ways: a forged envelope may carry any holds, and a
+	// shift by a negative count panics.
+	w := min(time.Second<<min(max(holds, 0), 5), 30*time.Second)
 	return w + time.Duration(rand.Int64N(int64(w/2)+1))
 }
 

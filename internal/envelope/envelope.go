@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -228,6 +229,54 @@ func Decode(data []byte) (*Envelope, error) {
 	if err := json.Unmarshal(data[start:end], &e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
+	if err := e.check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
+	}
 	e.Body = data[end:]
 	return &e, nil
+}
+
+// check refuses values no mailbox writes. Whatever is on NATS may have
+// been put there by anyone who can publish: an impossible value (a
+// negative count once made the connector panic) makes the envelope
+// malformed, kept as a dead letter rather than acted on.
+func (e *Envelope) check() error {
+	switch e.Kind {
+	case KindMessage, KindDeadLetter, KindCallback:
+	default:
+		return fmt.Errorf("unknown kind %q", e.Kind)
+	}
+	switch e.Backoff {
+	case "", BackoffFixed, BackoffExponential:
+	default:
+		return fmt.Errorf("unknown backoff %q", e.Backoff)
+	}
+	if e.Reason != "" && !slices.Contains(Reasons, e.Reason) {
+		return fmt.Errorf("unknown reason %q", e.Reason)
+	}
+	for _, c := range []struct {
+		name string
+		n    int
+	}{{"retries", e.Retries}, {"holds", e.Holds}, {"replays", e.Replays}, {"last_status", e.LastStatus}} {
+		if c.n < 0 {
+			return fmt.Errorf("%s is negative", c.name)
+		}
+	}
+	if e.MaxRetries != nil && *e.MaxRetries < 0 {
+		return errors.New("max_retries is negative")
+	}
+	for _, d := range []struct {
+		name string
+		d    *time.Duration
+	}{{"delay", e.Delay}, {"max_delay", e.MaxDelay}, {"ttl", e.TTL}} {
+		if d.d != nil && *d.d < 0 {
+			return fmt.Errorf("%s is negative", d.name)
+		}
+	}
+	for _, d := range e.Deaths {
+		if d.Retries < 0 || d.LastStatus < 0 {
+			return errors.New("a death's retries or last_status is negative")
+		}
+	}
+	return nil
 }
