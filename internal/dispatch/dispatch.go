@@ -420,9 +420,13 @@ func routedTo(dec delivery.Decision) string {
 }
 
 // Header is what a delivery of e under p sends: the kept request headers
-// plus the mailbox's control headers with the settled values.
+// plus the mailbox's control headers with the settled values. Stored
+// headers the mailbox sets itself are dropped first (the API does not
+// store them, but an envelope stored before it did, or put on NATS by
+// hand, may hold them): the delivery's signature covers only the
+// mailbox's values.
 func Header(e *envelope.Envelope, p delivery.Policy) http.Header {
-	h := e.Header.Clone()
+	h := envelope.StripHeader(e.Header, e.Kind == envelope.KindDeadLetter)
 	if h == nil {
 		h = http.Header{}
 	}

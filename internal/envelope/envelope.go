@@ -14,8 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/signature"
 )
 
 // The mailbox's control headers. A requeue sets them; the connector writes
@@ -93,6 +97,78 @@ const (
 	HeaderCallID         = "X-Call-Id"
 	HeaderAttempts       = "X-Mailbox-Attempts"
 )
+
+// MailboxHeaders are every header whose value is the mailbox's word: the
+// control headers it reads on a requeue, those it sets on what it
+// delivers (a routed dead letter's X-Dead-Letter-*, a callback's outcome,
+// function, status and attempts) and its signatures'. A delivery's
+// signature covers them (signature.DeliveryHeaders), so a caller's value
+// of one is never stored among a message's headers (StripHeader, at
+// requeue) nor passed on from stored headers (again before each call).
+// X-Call-Id is not one: it is not signed, and a message keeps its
+// original call's id for tracing.
+var MailboxHeaders = append([]string{
+	HeaderRetries, HeaderMaxRetries, HeaderDelay, HeaderMessageID, HeaderBackoff, HeaderMaxDelay, HeaderTTL,
+	HeaderDeadLetterFunction, HeaderCallbackURL,
+	HeaderOutcome, HeaderFunctionStatus, HeaderFunctionName, HeaderAttempts,
+	signature.HeaderRequest, signature.HeaderDelivery, signature.HeaderTimestamp, signature.HeaderFunction,
+}, DeadLetterHeaders...)
+
+// DeadLetterHeaders tell a routed dead letter's story. Of MailboxHeaders,
+// only they are kept, and only on a dead letter (KindDeadLetter): the
+// mailbox routing it set them, or a dead-letter function requeuing it
+// sent them under its signature.
+var DeadLetterHeaders = []string{HeaderDeadLetterReason, HeaderDeadLetterFrom, HeaderDeadLetterTime, HeaderDeadLetterRetries}
+
+// hopByHop describe one connection, not the message (RFC 9110 section
+// 7.6.1); Proxy-Connection is the non-standard alias some clients still
+// send. Host and Content-Length are set by the transport for each request.
+var hopByHop = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+}
+
+// StripHeader returns a copy of h without the headers a message must
+// not carry to its function: hop-by-hop ones (with those Connection
+// names), those of the transport, and MailboxHeaders, but for a dead
+// letter (deadLetter) its DeadLetterHeaders. Names are compared in
+// canonical form, so a stored "x-mailbox-outcome" goes too. It returns
+// nil when nothing is left.
+func StripHeader(h http.Header, deadLetter bool) http.Header {
+	drop := map[string]bool{}
+	for _, name := range slices.Concat(hopByHop, MailboxHeaders) {
+		drop[textproto.CanonicalMIMEHeaderKey(name)] = true
+	}
+	if deadLetter {
+		for _, name := range DeadLetterHeaders {
+			delete(drop, textproto.CanonicalMIMEHeaderKey(name))
+		}
+	}
+	for key, vs := range h {
+		if textproto.CanonicalMIMEHeaderKey(key) != "Connection" {
+			continue
+		}
+		// Connection may name further per-connection headers.
+		for _, v := range vs {
+			for _, name := range strings.Split(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					drop[textproto.CanonicalMIMEHeaderKey(name)] = true
+				}
+			}
+		}
+	}
+	var out http.Header
+	for key, vs := range h {
+		if drop[textproto.CanonicalMIMEHeaderKey(key)] {
+			continue
+		}
+		if out == nil {
+			out = http.Header{}
+		}
+		out[key] = slices.Clone(vs)
+	}
+	return out
+}
 
 // Outcomes a callback reports.
 const (
