@@ -67,8 +67,11 @@ type Limiter interface {
 }
 
 // Signer signs the headers of a call the connector makes: auth.Token.
+// Callbacks are signed apart from deliveries, so that neither verifies as
+// the other.
 type Signer interface {
 	SignDelivery(h http.Header, body []byte, now time.Time) error
+	SignCallback(h http.Header, body []byte, now time.Time) error
 }
 
 // Options configure a Dispatcher.
@@ -449,7 +452,13 @@ func (d *Dispatcher) sign(e *envelope.Envelope, h http.Header) (http.Header, err
 		h = http.Header{}
 	}
 	h.Set(signature.HeaderFunction, e.Function)
-	if err := d.signer.SignDelivery(h, e.Body, time.Now()); err != nil {
+	sign := d.signer.SignDelivery
+	if e.Kind == envelope.KindCallback {
+		// Its X-Mailbox-Function names the function it reports on: signed
+		// as a delivery, its receiver could replay it to that function.
+		sign = d.signer.SignCallback
+	}
+	if err := sign(h, e.Body, time.Now()); err != nil {
 		return nil, err
 	}
 	return h, nil
