@@ -224,3 +224,35 @@ func TestConnectorSurvivesForgedNegativeHolds(t *testing.T) {
 		poll.Until(t, 10*time.Second, "a delivery after the forged envelope", func() bool { return plain.Len() == 1 })
 	})
 }
+
+// TestCallbackToGatewayChecksTargets: a callback to the gateway is a call
+// to a function, so the function must be one the mailbox may target
+// (allow_functions, allow_namespaces, never mailbox_function): a requeue
+// naming another is a 400 naming X-Callback-Url, and a message put on NATS
+// with one is a dead letter with reason refused, no call made.
+func TestCallbackToGatewayChecksTargets(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"allow_functions": "ok,receiver"}, func(t *testing.T, b *bundle) {
+		ok, receiver, other, self := b.deploy("ok", nil, nil), b.deploy("receiver", nil, nil), b.deploy("other", nil, nil), b.deploy("mailbox", nil, nil)
+		gw := b.gw.URL()
+		for _, u := range []string{gw + "/function/mailbox/deadletter/ok", gw + "/function/other", gw + "/async-function/other.openfaas-fn",
+			gw + "/function/Other", gw + "/function/%6d%61ilbox/deadletter/ok"} {
+			code, a, _ := b.requeue(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", u)
+			if code != http.StatusBadRequest || !strings.Contains(a.Error, envelope.HeaderCallbackURL) {
+				t.Errorf("requeue with X-Callback-Url %s answered %d %+v, want 400 naming the header", u, code, a)
+			}
+		}
+		now := time.Now().UTC()
+		forged := &envelope.Envelope{ID: "callback-to-other", Function: "ok", Body: []byte("z"), AcceptedAt: now, DueAt: now,
+			Policy: envelope.Policy{CallbackURL: gw + "/function/other"}}
+		b.putOnQueue(t, forged)
+		b.startConnector(t)
+		b.mustSchedule(t, "ok", []byte("y"), "X-Delay-Duration", "0", "X-Callback-Url", gw+"/function/receiver")
+		poll.Until(t, 15*time.Second, "the allowed callback", func() bool { return receiver.Len() == 1 })
+		if d := b.deadLetter(t, forged.ID); d.Reason != envelope.ReasonRefused {
+			t.Errorf("the message with a callback to other: reason %q, want %q", d.Reason, envelope.ReasonRefused)
+		}
+		if ok.Len() != 1 || other.Len()+self.Len() != 0 {
+			t.Errorf("calls: ok %d, other %d, mailbox %d; want ok 1, no other", ok.Len(), other.Len(), self.Len())
+		}
+	})
+}
