@@ -172,7 +172,8 @@ func verifyAt(r *http.Request, body []byte, token string, now time.Time, window 
 // body, with token: it sets X-Mailbox-Timestamp (now) and
 // X-Mailbox-Signature, which covers the method, the path the mailbox
 // receives (/deadletter/<function>, whatever prefix the gateway adds in
-// front), every control header and the body. The signature is valid for
+// front), every control header, Content-Type and the body: set them
+// before signing. The signature is valid for
 // that one request, for 5 minutes (the mailbox's signature_window);
 // Request signs this way when given WithToken.
 func SignRequest(req *http.Request, body []byte, token string) error {

@@ -29,8 +29,9 @@
 //	<escaped path the mailbox receives, e.g. /deadletter/fn (behind the
 //	 gateway: without /function/mailbox)>
 //	<the X-Mailbox-Timestamp value>
-//	<name>:<value>   one line per value of each RequestHeaders entry present,
-//	                 in RequestHeaders' order; name in lower case, value
+//	<name>:<value>   one line per value of each RequestHeaders entry present
+//	                 (the control headers, then Content-Type), in
+//	                 RequestHeaders' order; name in lower case, value
 //	                 without surrounding spaces or tabs
 //	<hex SHA-256 of the body>
 //
@@ -98,12 +99,14 @@ const DefaultWindow = 5 * time.Minute
 // version prefixes every signature value.
 const version = "v1="
 
-// RequestHeaders are the control headers a requeue's signature covers:
-// every header the mailbox reads on a requeue.
+// RequestHeaders are the headers a requeue's signature covers: every
+// header the mailbox reads on a requeue, and Content-Type, which is
+// stored and passed on and says how the function reads the body.
 var RequestHeaders = []string{
 	"X-Retries", "X-Max-Retries", "X-Delay-Duration", "X-Max-Delay", "X-Backoff",
 	"X-Message-TTL", "X-Mailbox-Message-Id", "X-Callback-Url", "X-Dead-Letter-Function",
 	"X-Dead-Letter-Reason", "X-Dead-Letter-From", "X-Dead-Letter-Time", "X-Dead-Letter-Retries",
+	"Content-Type",
 }
 
 // DeliveryHeaders are the headers a delivery's signature covers: every
