@@ -184,8 +184,9 @@ func (t *Token) SignRequest(method, escapedPath string, h http.Header, body []by
 }
 
 // SignDelivery sets X-Mailbox-Timestamp (now) and
-// X-Mailbox-Delivery-Signature on h, the headers of a call the connector
-// makes with body, so the receiver can check it with requeue.Verify.
+// X-Mailbox-Delivery-Signature on h, the headers of a delivery (a call to
+// a function or a routed dead letter) the connector makes with body, so
+// the receiver can check it with requeue.Verify.
 func (t *Token) SignDelivery(h http.Header, body []byte, now time.Time) error {
 	return t.signCall(h, body, now, signature.Delivery, "delivery")
 }
