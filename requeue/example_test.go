@@ -34,7 +34,7 @@ func ExampleRequest() {
 		body, _ := io.ReadAll(r.Body)
 		// ... the work failed with a 429 that asked for 30 seconds ...
 		// WithToken signs the requeue, and carries the delivery's id and
-		// attempts over only when the mailbox signed it.
+		// attempts over only when the mailbox signed it, for resize.
 		res, err := requeue.Request(r.Context(), nil, mailboxURL, "resize", r, body,
 			requeue.WithDelay(30*time.Second), requeue.WithDefaultMaxRetries(5), requeue.WithToken(token))
 		switch {
@@ -57,6 +57,7 @@ func ExampleRequest() {
 	r.Header.Set(requeue.HeaderRetries, "1")
 	r.Header.Set(requeue.HeaderMaxRetries, "3")
 	r.Header.Set(requeue.HeaderMessageID, "img-7")
+	r.Header.Set(requeue.HeaderFunction, "resize") // the function it was made for
 	signAsTheMailbox(r.Header, nil, token)
 	w := httptest.NewRecorder()
 	handle(w, r)

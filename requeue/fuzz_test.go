@@ -86,6 +86,10 @@ func FuzzVerify(f *testing.F) {
 		if err != nil && !errors.Is(err, requeue.ErrBadSignature) && !errors.Is(err, requeue.ErrNotSigned) {
 			t.Fatalf("Verify error %v wraps neither ErrBadSignature nor ErrNotSigned", err)
 		}
+		// A delivery is never a callback, whatever it carries.
+		if c, err := requeue.VerifyCallback(r, body, token); err == nil {
+			t.Fatalf("VerifyCallback accepted a delivery: %+v", c)
+		}
 	})
 }
 

@@ -40,8 +40,10 @@ type options struct {
 // (SignRequest), which a mailbox with auth_token_secret set asks for; the
 // token itself is never sent. It also makes Request verify the request
 // being handled as a signed delivery (Verify, with the body given), to
-// carry its control headers over, unless FromDelivery or TrustIncoming
-// says where they come from. Read the token from the secret the function
+// carry its control headers over when it was made for the function
+// requeued to (or is a routed dead letter going back to its
+// X-Dead-Letter-From), unless FromDelivery or TrustIncoming says where
+// they come from. Read the token from the secret the function
 // is given, e.g. /var/openfaas/secrets/mailbox-token. Header ignores it.
 func WithToken(token string) Option {
 	return func(o *options) error {

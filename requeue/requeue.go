@@ -156,7 +156,12 @@ func Request(ctx context.Context, c *http.Client, mailboxURL, function string, r
 	if o.token != "" && o.delivery == nil && !o.trust {
 		// The request being handled carries its control headers over
 		// only when the mailbox signed it (X-Retries aside, see Header).
-		if d, err := Verify(r, body, o.token); err == nil {
+		// And only to the function it was made for: a delivery replayed
+		// to another function that requeues itself must not give it its
+		// id and limits. A routed dead letter may go back where it came
+		// from, still marked, so that it is not routed again.
+		if d, err := Verify(r, body, o.token); err == nil &&
+			(d.Function == function || (d.header.Get("X-Dead-Letter-From") != "" && d.header.Get("X-Dead-Letter-From") == function)) {
 			opts = append(opts[:len(opts):len(opts)], FromDelivery(d))
 		}
 	}

@@ -42,8 +42,9 @@ type Delivery struct {
 	ID string
 	// Function is the function the mailbox called (X-Mailbox-Function):
 	// compare it with your own name to refuse a delivery made for
-	// another function that shares the token. For a callback it is the
-	// function whose outcome the callback reports.
+	// another function that shares the token. Request with WithToken
+	// carries a delivery's control headers over only to that function
+	// (or, for a routed dead letter, back to its X-Dead-Letter-From).
 	Function string
 	// Retries is X-Retries, the attempts made before this one; 0 when
 	// absent (a callback).
@@ -54,23 +55,73 @@ type Delivery struct {
 	header http.Header // the signed control headers, for Header
 }
 
-// Verify checks that r is a call the mailbox made and signed with token:
-// its X-Mailbox-Delivery-Signature covers the message id, retries,
-// function, the mailbox's other control headers, X-Mailbox-Timestamp
-// (within DefaultWindow of now) and body, which is r's body as the caller
-// read it. A mailbox signs every call it makes (to functions, dead-letter
-// functions and callback URLs) when auth_token_secret is set; pass the
-// same token, e.g. read from the function's mailbox-token secret.
+// Verify checks that r is a delivery the mailbox made and signed with
+// token: a call to a function or a dead letter routed to one, not a
+// callback (VerifyCallback). Its X-Mailbox-Delivery-Signature covers the
+// message id, retries, function, the mailbox's other control headers,
+// X-Mailbox-Timestamp (within DefaultWindow of now) and body, which is r's
+// body as the caller read it. A mailbox signs every call it makes (to
+// functions, dead-letter functions and callback URLs) when
+// auth_token_secret is set; pass the same token, e.g. read from the
+// function's mailbox-token secret.
 //
 // It returns the Delivery, or an error wrapping ErrNotSigned or
 // ErrBadSignature. Pass the Delivery to Header or Request with
 // FromDelivery to carry its control headers over; without it they are
 // dropped, since any caller of a public function can set them.
 func Verify(r *http.Request, body []byte, token string) (*Delivery, error) {
-	return verifyAt(r, body, token, time.Now(), DefaultWindow)
+	return verifyAt(r, body, token, time.Now(), DefaultWindow, signature.Delivery)
 }
 
-func verifyAt(r *http.Request, body []byte, token string, now time.Time, window time.Duration) (*Delivery, error) {
+// Callback is a message's outcome the mailbox POSTed to its callback URL
+// and signed, as VerifyCallback found it. Its values come from headers
+// the signature covers.
+type Callback struct {
+	// ID is the message's id (X-Mailbox-Message-Id).
+	ID string
+	// Function is the function whose outcome it reports
+	// (X-Mailbox-Function, X-Function-Name).
+	Function string
+	// Outcome is "delivered" or "dead-lettered" (X-Mailbox-Outcome).
+	Outcome string
+	// Status is the function's last HTTP status (X-Function-Status), 0
+	// when it never answered.
+	Status int
+	// Attempts is the calls made (X-Mailbox-Attempts).
+	Attempts int
+	// Reason is a dead letter's reason (X-Dead-Letter-Reason).
+	Reason string
+	// Time is when the mailbox signed the call.
+	Time time.Time
+}
+
+// VerifyCallback checks that r is a callback the mailbox made and signed
+// with token, as Verify does for deliveries; a delivery does not verify
+// as a callback, nor a callback as a delivery. A callback is no delivery
+// to the function it reports on: it carries no control headers to
+// requeue with.
+func VerifyCallback(r *http.Request, body []byte, token string) (*Callback, error) {
+	d, err := verifyAt(r, body, token, time.Now(), DefaultWindow, signature.Callback)
+	if err != nil {
+		return nil, err
+	}
+	c := &Callback{ID: d.ID, Function: d.Function, Outcome: d.header.Get("X-Mailbox-Outcome"),
+		Reason: d.header.Get("X-Dead-Letter-Reason"), Time: d.Time}
+	for _, f := range []struct {
+		name string
+		n    *int
+	}{{"X-Function-Status", &c.Status}, {"X-Mailbox-Attempts", &c.Attempts}} {
+		if v := d.header.Get(f.name); v != "" {
+			if *f.n, err = strconv.Atoi(v); err != nil || !isDigits(v) {
+				return nil, fmt.Errorf("%w: %s %q is not a non-negative integer", ErrBadSignature, f.name, v)
+			}
+		}
+	}
+	return c, nil
+}
+
+func verifyAt(r *http.Request, body []byte, token string, now time.Time, window time.Duration,
+	canon func(string, http.Header, []byte) (string, error)) (*Delivery, error) {
 	if r == nil {
 		return nil, ErrNotSigned
 	}
@@ -86,7 +137,7 @@ func verifyAt(r *http.Request, body []byte, token string, now time.Time, window 
 	if err := signature.CheckTime(ts, now, window); err != nil {
 		return nil, fmt.Errorf("%w: X-Mailbox-Timestamp is %s", ErrBadSignature, err)
 	}
-	canonical, err := signature.Delivery(ts, r.Header, body)
+	canonical, err := canon(ts, r.Header, body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
 	}
@@ -121,7 +172,8 @@ func verifyAt(r *http.Request, body []byte, token string, now time.Time, window 
 // body, with token: it sets X-Mailbox-Timestamp (now) and
 // X-Mailbox-Signature, which covers the method, the path the mailbox
 // receives (/deadletter/<function>, whatever prefix the gateway adds in
-// front), every control header and the body. The signature is valid for
+// front), every control header, Content-Type and the body: set them
+// before signing. The signature is valid for
 // that one request, for 5 minutes (the mailbox's signature_window);
 // Request signs this way when given WithToken.
 func SignRequest(req *http.Request, body []byte, token string) error {

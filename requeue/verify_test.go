@@ -129,8 +129,20 @@ func TestVerifyThroughTheGateway(t *testing.T) {
 type received struct {
 	delivery
 	verified *requeue.Delivery
+	callback *requeue.Callback // from callbackVerifier
 	err      error
 	req      *http.Request
+}
+
+// callbackVerifier is a callback receiver that verifies what it is sent.
+func callbackVerifier() (http.Handler, <-chan received) {
+	got := make(chan received, 16)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(r.Body)
+		c, err := requeue.VerifyCallback(r, b.Bytes(), token)
+		got <- received{delivery: delivery{header: r.Header.Clone(), body: b.String()}, callback: c, err: err}
+	}), got
 }
 
 // verifier is a function that verifies what it is sent.
@@ -163,7 +175,7 @@ func TestSignedDeliveries(t *testing.T) {
 	t.Parallel()
 	fn, fnGot := verifier()
 	dlq, dlqGot := verifier()
-	cb, cbGot := verifier()
+	cb, cbGot := callbackVerifier()
 	m := mailboxtest.Start(t, mailboxtest.Options{Token: token, Functions: map[string]http.Handler{"fn": fn, "dlq": dlq, "cb": cb}})
 
 	post := func(fn string, body []byte, headers ...string) *http.Response {
@@ -193,8 +205,9 @@ func TestSignedDeliveries(t *testing.T) {
 		t.Fatalf("the delivery to fn: %+v, %v (headers %v)", got.verified, got.err, got.header)
 	}
 	c := wait(t, cbGot, "the callback")
-	if c.err != nil || c.verified.ID != "m-1" || c.verified.Function != "fn" || c.header.Get("X-Mailbox-Outcome") != "delivered" {
-		t.Fatalf("the callback: %+v, %v (headers %v)", c.verified, c.err, c.header)
+	if c.err != nil || c.callback.ID != "m-1" || c.callback.Function != "fn" || c.callback.Outcome != "delivered" ||
+		c.callback.Status != http.StatusOK || c.callback.Attempts != 1 {
+		t.Fatalf("the callback: %+v, %v (headers %v)", c.callback, c.err, c.header)
 	}
 
 	// The function requeues the verified delivery: its id and attempts
@@ -227,5 +240,69 @@ func TestSignedDeliveries(t *testing.T) {
 	dl := wait(t, dlqGot, "dlq")
 	if dl.err != nil || dl.verified.Function != "dlq" || dl.body != "spent" || dl.header.Get("X-Dead-Letter-From") != "fn" {
 		t.Fatalf("the routed dead letter: %+v, %v (headers %v)", dl.verified, dl.err, dl.header)
+	}
+	// The dead-letter function may send it back where it came from, still
+	// marked (so it is not routed again); to any other function it is a
+	// new message.
+	back, err := requeue.Request(t.Context(), nil, m.URL, "fn", dl.req, []byte(dl.body), requeue.WithToken(token), requeue.WithDelay(time.Hour))
+	if err != nil || back.ID != "m-2-dl" {
+		t.Fatalf("the routed dead letter requeued to fn = %+v, %v; want its id m-2-dl carried over", back, err)
+	}
+	elsewhere, err := requeue.Request(t.Context(), nil, m.URL, "elsewhere", dl.req, []byte(dl.body), requeue.WithToken(token), requeue.WithDelay(time.Hour))
+	if err != nil || elsewhere.ID == "m-2-dl" {
+		t.Fatalf("the routed dead letter requeued to elsewhere = %+v, %v; want a new id", elsewhere, err)
+	}
+}
+
+// TestCallbackIsNotADelivery: a callback's signature names the function
+// it reports on (X-Mailbox-Function), so its receiver could replay it, in
+// the window, to that function as if the mailbox had delivered it. It is
+// signed as a callback: Verify refuses it. And a delivery signed for one
+// function carries nothing over when requeued for another (its id,
+// X-Max-Retries), as a delivery replayed to another function would.
+func TestCallbackIsNotADelivery(t *testing.T) {
+	t.Parallel()
+	fn, fnGot := verifier()
+	cb, cbGot := verifier()
+	m := mailboxtest.Start(t, mailboxtest.Options{Token: token, Functions: map[string]http.Handler{"fn": fn, "cb": cb}})
+	req, _ := http.NewRequest(http.MethodPost, m.URL+"/deadletter/fn", bytes.NewReader([]byte("work")))
+	req.Header.Set("X-Mailbox-Message-Id", "m-1")
+	req.Header.Set("X-Max-Retries", "7")
+	req.Header.Set("X-Delay-Duration", "0")
+	req.Header.Set("X-Callback-Url", m.GatewayURL+"/function/cb")
+	if err := requeue.SignRequest(req, []byte("work"), token); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		t.Fatalf("signed requeue: %d", res.StatusCode)
+	}
+	got := wait(t, fnGot, "fn")
+	if got.err != nil {
+		t.Fatalf("the delivery does not verify: %v", got.err)
+	}
+	c := wait(t, cbGot, "the callback")
+	// The callback replayed to fn, which checks deliveries.
+	replay := httptest.NewRequest(http.MethodPost, "/function/fn", nil)
+	replay.Header = c.header.Clone()
+	if d, err := requeue.Verify(replay, []byte(c.body), token); !errors.Is(err, requeue.ErrBadSignature) {
+		t.Errorf("a callback replayed as a delivery: Verify = %+v, %v; want ErrBadSignature", d, err)
+	}
+	if cb, err := requeue.VerifyCallback(replay, []byte(c.body), token); err != nil || cb.ID != "m-1" || cb.Function != "fn" {
+		t.Errorf("VerifyCallback of the callback = %+v, %v; want m-1 reporting on fn", cb, err)
+	}
+	// Nor does a delivery verify as a callback.
+	if cb, err := requeue.VerifyCallback(got.req, []byte(got.body), token); !errors.Is(err, requeue.ErrBadSignature) {
+		t.Errorf("a delivery as a callback: VerifyCallback = %+v, %v; want ErrBadSignature", cb, err)
+	}
+
+	// The delivery to fn replayed to other, which requeues itself.
+	res2, err := requeue.Request(t.Context(), nil, m.URL, "other", got.req, []byte(got.body), requeue.WithToken(token), requeue.WithDelay(time.Hour))
+	if err != nil || res2.ID == "m-1" || res2.MaxRetries == 7 {
+		t.Errorf("requeue for other of a delivery to fn = %+v, %v; want a new id and other's own max retries", res2, err)
 	}
 }

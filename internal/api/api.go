@@ -379,7 +379,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	e := &envelope.Envelope{
 		ID:         p.id,
 		Function:   function,
-		Header:     keptHeaders(r.Header, h.keepCredentials),
+		Header:     keptHeaders(r.Header, h.keepCredentials, p.routed),
 		Body:       body,
 		Retries:    p.retries,
 		Policy:     p.policy,

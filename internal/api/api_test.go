@@ -1027,3 +1027,55 @@ func TestRequeueRefusesHeaderNotUTF8(t *testing.T) {
 		t.Fatalf("status %d, want 202 (body %q)", w.Code, w.Body)
 	}
 }
+
+// TestRequeueDropsMailboxHeaders: the headers the mailbox sets on what it
+// delivers (a callback's outcome, the function name, attempts, the
+// delivery signature) are the mailbox's word, and a delivery's signature
+// covers them. A caller's copies, or those added to a captured signed
+// requeue, are never stored, so never vouched for. A routed dead letter
+// keeps the X-Dead-Letter-* that make it one; a plain message does not.
+func TestRequeueDropsMailboxHeaders(t *testing.T) {
+	t.Parallel()
+	forged := func() http.Header {
+		return http.Header{
+			"Content-Type":                 {"text/plain"},
+			"X-Custom":                     {"kept"},
+			"X-Mailbox-Outcome":            {"delivered"},
+			"X-Function-Status":            {"200"},
+			"X-Function-Name":              {"payments"},
+			"X-Mailbox-Attempts":           {"1"},
+			"X-Mailbox-Function":           {"payments"},
+			"X-Mailbox-Delivery-Signature": {"v1=00"},
+			"X-Mailbox-Timestamp":          {"1"},
+			"X-Dead-Letter-Reason":         {"rejected"},
+			"X-Dead-Letter-Time":           {"2026-01-01T00:00:00Z"},
+			"X-Dead-Letter-Retries":        {"3"},
+			"x-mailbox-outcome":            {"non-canonical"},
+			"Connection":                   {"X-Hop, keep-alive"},
+			"X-Hop":                        {"1"},
+			"Keep-Alive":                   {"timeout=5"},
+		}
+	}
+	b := setup(t, nil)
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), forged()); w.Code != http.StatusAccepted {
+		t.Fatalf("status = %d, want 202 (body %q)", w.Code, w.Body)
+	}
+	routed := forged()
+	routed.Set("X-Dead-Letter-From", "fn")
+	if w := b.do(http.MethodPost, "/deadletter/dlq", []byte("x"), routed); w.Code != http.StatusAccepted {
+		t.Fatalf("routed: status = %d, want 202 (body %q)", w.Code, w.Body)
+	}
+	s, _ := b.queue.stored()
+	if len(s) != 2 {
+		t.Fatalf("stored %d messages, want 2", len(s))
+	}
+	want := http.Header{"Content-Type": {"text/plain"}, "X-Custom": {"kept"}}
+	if !reflect.DeepEqual(s[0].Header, want) {
+		t.Errorf("stored header %v, want %v", s[0].Header, want)
+	}
+	want = http.Header{"Content-Type": {"text/plain"}, "X-Custom": {"kept"}, "X-Dead-Letter-Reason": {"rejected"},
+		"X-Dead-Letter-Time": {"2026-01-01T00:00:00Z"}, "X-Dead-Letter-Retries": {"3"}, "X-Dead-Letter-From": {"fn"}}
+	if !reflect.DeepEqual(s[1].Header, want) {
+		t.Errorf("routed dead letter's stored header %v, want %v", s[1].Header, want)
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/names"
-	"github.com/openfaas/mailbox/internal/signature"
 )
 
 const (
@@ -242,41 +241,13 @@ func newMessageID() (string, error) {
 }
 
 // keptHeaders returns a copy of h without the headers that must not be
-// replayed to the function: hop-by-hop ones, those set by the transport
-// (Host, Content-Length), the mailbox's control headers (stored as
-// envelope fields instead) and, unless keepCredentials, credentials,
-// which would otherwise sit at rest on the broker.
-func keptHeaders(h http.Header, keepCredentials bool) http.Header {
-	out := h.Clone()
-	if out == nil {
-		return nil
-	}
-	// Connection may name further per-connection headers.
-	for _, v := range h.Values("Connection") {
-		for _, name := range strings.Split(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				out.Del(name)
-			}
-		}
-	}
-	drop := []string{
-		// Hop-by-hop: they describe one connection, not the message
-		// (RFC 9110 section 7.6.1). Proxy-Connection is the non-standard
-		// alias some clients still send.
-		"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-		// Set by the transport for this request, not part of the message.
-		"Host", "Content-Length",
-		envelope.HeaderRetries, envelope.HeaderMaxRetries, envelope.HeaderDelay, envelope.HeaderMessageID,
-		envelope.HeaderBackoff, envelope.HeaderMaxDelay, envelope.HeaderTTL,
-		envelope.HeaderDeadLetterFunction, envelope.HeaderCallbackURL,
-		// Sign this request to the mailbox, or an earlier delivery, not
-		// the message: a delivery is signed afresh.
-		signature.HeaderRequest, signature.HeaderTimestamp, signature.HeaderDelivery, signature.HeaderFunction,
-	}
-	for _, name := range drop {
-		out.Del(name)
-	}
+// stored with the message: hop-by-hop ones, those of the transport, every
+// header the mailbox reads or sets itself (envelope.MailboxHeaders; a
+// routed dead letter keeps its X-Dead-Letter-*), which a delivery's
+// signature would otherwise vouch for, and, unless keepCredentials,
+// credentials, which would otherwise sit at rest on the broker.
+func keptHeaders(h http.Header, keepCredentials, routed bool) http.Header {
+	out := envelope.StripHeader(h, routed)
 	if !keepCredentials {
 		out.Del("Authorization")
 		out.Del("Cookie")

@@ -313,7 +313,7 @@ func TestKeptHeaders(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			before := tt.header.Clone()
-			got := keptHeaders(tt.header, tt.keepCredentials)
+			got := keptHeaders(tt.header, tt.keepCredentials, false)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("keptHeaders() = %v, want %v", got, tt.want)
 			}

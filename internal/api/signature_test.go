@@ -41,6 +41,7 @@ func TestSignatureMeansOneRequest(t *testing.T) {
 		"X-Max-Retries":    {"2"},
 		"X-Delay-Duration": {"60"},
 		"X-Callback-Url":   {testGateway + "/function/cb"},
+		"Content-Type":     {"application/json"},
 	}
 	if err := token.SignRequest(http.MethodPost, "/deadletter/a", captured, body, time.Now()); err != nil {
 		t.Fatal(err)
@@ -63,6 +64,8 @@ func TestSignatureMeansOneRequest(t *testing.T) {
 		{"X-Callback-Url changed", "/deadletter/a", changed("X-Callback-Url", "http://169.254.169.254/latest"), body, auth.HeaderSignature},
 		{"X-Mailbox-Message-Id added", "/deadletter/a", changed("X-Mailbox-Message-Id", "victim"), body, auth.HeaderSignature},
 		{"another body", "/deadletter/a", captured, []byte(`{"order":2}`), auth.HeaderSignature},
+		// Stored and passed on: it says how the function reads the body.
+		{"Content-Type changed", "/deadletter/a", changed("Content-Type", "application/x-www-form-urlencoded"), body, auth.HeaderSignature},
 		{"timestamp moved", "/deadletter/a", changed("X-Mailbox-Timestamp", strconv.FormatInt(time.Now().Unix()+1, 10)), body, auth.HeaderSignature},
 	} {
 		w := b.do(http.MethodPost, c.path, c.body, c.header)

@@ -245,13 +245,25 @@ func (t *Token) SignRequest(method, escapedPath string, h http.Header, body []by
 }
 
 // SignDelivery sets X-Mailbox-Timestamp (now) and
-// X-Mailbox-Delivery-Signature on h, the headers of a call the connector
-// makes with body, so the receiver can check it with requeue.Verify.
+// X-Mailbox-Delivery-Signature on h, the headers of a delivery (a call to
+// a function or a routed dead letter) the connector makes with body, so
+// the receiver can check it with requeue.Verify.
 func (t *Token) SignDelivery(h http.Header, body []byte, now time.Time) error {
+	return t.signCall(h, body, now, signature.Delivery, "delivery")
+}
+
+// SignCallback is SignDelivery for a callback (a message's outcome POSTed
+// to its callback URL), which requeue.VerifyCallback checks and
+// requeue.Verify refuses.
+func (t *Token) SignCallback(h http.Header, body []byte, now time.Time) error {
+	return t.signCall(h, body, now, signature.Callback, "callback")
+}
+
+func (t *Token) signCall(h http.Header, body []byte, now time.Time, canon func(string, http.Header, []byte) (string, error), what string) error {
 	ts := signature.Timestamp(now)
-	canonical, err := signature.Delivery(ts, h, body)
+	canonical, err := canon(ts, h, body)
 	if err != nil {
-		return fmt.Errorf("auth: signing a delivery: %w", err)
+		return fmt.Errorf("auth: signing a %s: %w", what, err)
 	}
 	h.Set(signature.HeaderTimestamp, ts)
 	h.Set(signature.HeaderDelivery, signature.Sign(t.delivery, canonical))

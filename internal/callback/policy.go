@@ -7,7 +7,9 @@
 //
 //   - A callback may go to the gateway (gateway_url's scheme, host and
 //     port), and there only to /function/<name> or /async-function/<name>
-//     under gateway_url's path: never to the gateway's /system API.
+//     under gateway_url's path: never to the gateway's /system API. With
+//     Options.Functions, only to a function a message could go to
+//     (allow_functions, allow_namespaces, never mailbox_function).
 //   - Other hosts only through callback_allow_hosts: "host" (the scheme's
 //     default port), "host:port", "*.example.com" or "*.example.com:port".
 //   - Addresses are checked after resolution, when the connection is made
@@ -60,6 +62,10 @@ type Options struct {
 	// Resolver resolves names at dial time. Defaults to
 	// net.DefaultResolver.
 	Resolver Resolver
+	// Functions, when set, checks the function a callback to the gateway
+	// would call (auth.Targets.Check): a callback there is a call to a
+	// function, and must go only where a message could.
+	Functions func(name string) error
 }
 
 // Policy is where callbacks may go. It is safe for concurrent use.
@@ -69,6 +75,7 @@ type Policy struct {
 	exact       []Host
 	wildcard    []Host
 	resolver    Resolver
+	functions   func(name string) error
 }
 
 // endpoint is a scheme, a normalised host and a port.
@@ -97,7 +104,7 @@ func New(o Options) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("callback: gateway_url %q: %w", o.GatewayURL, err)
 	}
-	p := &Policy{gateway: gw, gatewayPath: strings.TrimRight(u.EscapedPath(), "/"), resolver: o.Resolver}
+	p := &Policy{gateway: gw, gatewayPath: strings.TrimRight(u.EscapedPath(), "/"), resolver: o.Resolver, functions: o.Functions}
 	if p.resolver == nil {
 		p.resolver = net.DefaultResolver
 	}
@@ -197,8 +204,14 @@ func (p *Policy) Check(raw string) error {
 	}
 	where := net.JoinHostPort(e.host, e.port)
 	if e.host == p.gateway.host && e.port == p.gateway.port {
-		if e.scheme != p.gateway.scheme || !p.functionPath(u.EscapedPath()) {
+		name, ok := p.functionPath(u.EscapedPath())
+		if e.scheme != p.gateway.scheme || !ok {
 			return fmt.Errorf("%w: on the gateway (gateway_url) a callback may only go to %s/function/<name> or %s/async-function/<name>", ErrRefused, p.gatewayPath, p.gatewayPath)
+		}
+		if p.functions != nil {
+			if err := p.functions(name); err != nil {
+				return fmt.Errorf("%w: a callback to the gateway calls a function, and may call only one a message could go to: %v", ErrRefused, err)
+			}
 		}
 		return nil
 	}
@@ -212,30 +225,33 @@ func (p *Policy) Check(raw string) error {
 	return nil
 }
 
-// functionPath reports whether escaped, a path on the gateway, is a
-// function's: <gateway path>/function/<name>[/...] or async-function, with
-// no dot segment or encoded separator that a router could resolve into
-// another route.
-func (p *Policy) functionPath(escaped string) bool {
+// functionPath returns the function escaped, a path on the gateway,
+// calls, unescaped, and whether it is a function's path at all:
+// <gateway path>/function/<name>[/...] or async-function, with no dot
+// segment or encoded separator that a router could resolve into another
+// route.
+func (p *Policy) functionPath(escaped string) (string, bool) {
 	rest, ok := strings.CutPrefix(escaped, p.gatewayPath+"/")
 	if !ok {
-		return false
+		return "", false
 	}
 	route, rest, _ := strings.Cut(rest, "/")
 	if route != "function" && route != "async-function" {
-		return false
+		return "", false
 	}
 	name, _, _ := strings.Cut(rest, "/")
 	if name == "" {
-		return false
+		return "", false
 	}
 	for seg := range strings.SplitSeq(rest, "/") {
 		s, err := url.PathUnescape(seg)
 		if err != nil || s == "." || s == ".." || strings.ContainsAny(s, "/\\") {
-			return false
+			return "", false
 		}
 	}
-	return true
+	// The gateway routes on the decoded name: %6dailbox is mailbox.
+	name, _ = url.PathUnescape(name)
+	return name, true
 }
 
 // trust is how far host:port may reach, as the transport dials it (the

@@ -275,3 +275,39 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckGatewayFunctionIsATarget: a callback to the gateway calls a
+// function, which must pass Options.Functions (auth.Targets.Check in the
+// mailbox), however its name is spelled in the path.
+func TestCheckGatewayFunctionIsATarget(t *testing.T) {
+	var asked []string
+	p := mustPolicy(t, Options{GatewayURL: "http://gateway.openfaas:8080", Functions: func(name string) error {
+		asked = append(asked, name)
+		if name != "done" {
+			return errors.New(name + " is not allowed")
+		}
+		return nil
+	}})
+	if err := p.Check("http://gateway.openfaas:8080/function/done/sub"); err != nil {
+		t.Errorf("allowed function: %v", err)
+	}
+	for _, u := range []string{
+		"http://gateway.openfaas:8080/function/mailbox/deadletter/x",
+		"http://gateway.openfaas:8080/async-function/other.ns",
+		"http://gateway.openfaas:8080/function/%6dailbox/deadletter/x",
+	} {
+		if err := p.Check(u); !errors.Is(err, ErrRefused) {
+			t.Errorf("Check(%s) = %v, want refused", u, err)
+		}
+	}
+	if want := []string{"done", "mailbox", "other.ns", "mailbox"}; strings.Join(asked, " ") != strings.Join(want, " ") {
+		t.Errorf("functions checked %v, want %v", asked, want)
+	}
+	// Other hosts are not functions: not asked.
+	asked = nil
+	_ = mustPolicy(t, Options{GatewayURL: "http://gateway.openfaas:8080", AllowHosts: []string{"hooks.example.com"},
+		Functions: func(string) error { asked = append(asked, "?"); return nil }}).Check("https://hooks.example.com/function/x")
+	if len(asked) != 0 {
+		t.Errorf("Functions asked about a callback to another host")
+	}
+}

@@ -67,8 +67,11 @@ type Limiter interface {
 }
 
 // Signer signs the headers of a call the connector makes: auth.Token.
+// Callbacks are signed apart from deliveries, so that neither verifies as
+// the other.
 type Signer interface {
 	SignDelivery(h http.Header, body []byte, now time.Time) error
+	SignCallback(h http.Header, body []byte, now time.Time) error
 }
 
 // Options configure a Dispatcher.
@@ -331,7 +334,9 @@ func (d *Dispatcher) refuse(e *envelope.Envelope) error {
 // half a minute, and up to half that again at random so that callbacks
 // held together do not all come back together.
 func callbackWait(holds int) time.Duration {
-	w := min(time.Second<<min(holds, 5), 30*time.Second)
+	// Clamped both ways: a forged envelope may carry any holds, and a
+	// shift by a negative count panics.
+	w := min(time.Second<<min(max(holds, 0), 5), 30*time.Second)
 	return w + time.Duration(rand.Int64N(int64(w/2)+1))
 }
 
@@ -418,9 +423,13 @@ func routedTo(dec delivery.Decision) string {
 }
 
 // Header is what a delivery of e under p sends: the kept request headers
-// plus the mailbox's control headers with the settled values.
+// plus the mailbox's control headers with the settled values. Stored
+// headers the mailbox sets itself are dropped first (the API does not
+// store them, but an envelope stored before it did, or put on NATS by
+// hand, may hold them): the delivery's signature covers only the
+// mailbox's values.
 func Header(e *envelope.Envelope, p delivery.Policy) http.Header {
-	h := e.Header.Clone()
+	h := envelope.StripHeader(e.Header, e.Kind == envelope.KindDeadLetter)
 	if h == nil {
 		h = http.Header{}
 	}
@@ -443,7 +452,13 @@ func (d *Dispatcher) sign(e *envelope.Envelope, h http.Header) (http.Header, err
 		h = http.Header{}
 	}
 	h.Set(signature.HeaderFunction, e.Function)
-	if err := d.signer.SignDelivery(h, e.Body, time.Now()); err != nil {
+	sign := d.signer.SignDelivery
+	if e.Kind == envelope.KindCallback {
+		// Its X-Mailbox-Function names the function it reports on: signed
+		// as a delivery, its receiver could replay it to that function.
+		sign = d.signer.SignCallback
+	}
+	if err := sign(h, e.Body, time.Now()); err != nil {
 		return nil, err
 	}
 	return h, nil

@@ -14,7 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/signature"
 )
 
 // The mailbox's control headers. A requeue sets them; the connector writes
@@ -92,6 +97,78 @@ const (
 	HeaderCallID         = "X-Call-Id"
 	HeaderAttempts       = "X-Mailbox-Attempts"
 )
+
+// MailboxHeaders are every header whose value is the mailbox's word: the
+// control headers it reads on a requeue, those it sets on what it
+// delivers (a routed dead letter's X-Dead-Letter-*, a callback's outcome,
+// function, status and attempts) and its signatures'. A delivery's
+// signature covers them (signature.DeliveryHeaders), so a caller's value
+// of one is never stored among a message's headers (StripHeader, at
+// requeue) nor passed on from stored headers (again before each call).
+// X-Call-Id is not one: it is not signed, and a message keeps its
+// original call's id for tracing.
+var MailboxHeaders = append([]string{
+	HeaderRetries, HeaderMaxRetries, HeaderDelay, HeaderMessageID, HeaderBackoff, HeaderMaxDelay, HeaderTTL,
+	HeaderDeadLetterFunction, HeaderCallbackURL,
+	HeaderOutcome, HeaderFunctionStatus, HeaderFunctionName, HeaderAttempts,
+	signature.HeaderRequest, signature.HeaderDelivery, signature.HeaderTimestamp, signature.HeaderFunction,
+}, DeadLetterHeaders...)
+
+// DeadLetterHeaders tell a routed dead letter's story. Of MailboxHeaders,
+// only they are kept, and only on a dead letter (KindDeadLetter): the
+// mailbox routing it set them, or a dead-letter function requeuing it
+// sent them under its signature.
+var DeadLetterHeaders = []string{HeaderDeadLetterReason, HeaderDeadLetterFrom, HeaderDeadLetterTime, HeaderDeadLetterRetries}
+
+// hopByHop describe one connection, not the message (RFC 9110 section
+// 7.6.1); Proxy-Connection is the non-standard alias some clients still
+// send. Host and Content-Length are set by the transport for each request.
+var hopByHop = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+}
+
+// StripHeader returns a copy of h without the headers a message must
+// not carry to its function: hop-by-hop ones (with those Connection
+// names), those of the transport, and MailboxHeaders, but for a dead
+// letter (deadLetter) its DeadLetterHeaders. Names are compared in
+// canonical form, so a stored "x-mailbox-outcome" goes too. It returns
+// nil when nothing is left.
+func StripHeader(h http.Header, deadLetter bool) http.Header {
+	drop := map[string]bool{}
+	for _, name := range slices.Concat(hopByHop, MailboxHeaders) {
+		drop[textproto.CanonicalMIMEHeaderKey(name)] = true
+	}
+	if deadLetter {
+		for _, name := range DeadLetterHeaders {
+			delete(drop, textproto.CanonicalMIMEHeaderKey(name))
+		}
+	}
+	for key, vs := range h {
+		if textproto.CanonicalMIMEHeaderKey(key) != "Connection" {
+			continue
+		}
+		// Connection may name further per-connection headers.
+		for _, v := range vs {
+			for _, name := range strings.Split(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					drop[textproto.CanonicalMIMEHeaderKey(name)] = true
+				}
+			}
+		}
+	}
+	var out http.Header
+	for key, vs := range h {
+		if drop[textproto.CanonicalMIMEHeaderKey(key)] {
+			continue
+		}
+		if out == nil {
+			out = http.Header{}
+		}
+		out[key] = slices.Clone(vs)
+	}
+	return out
+}
 
 // Outcomes a callback reports.
 const (
@@ -228,6 +305,54 @@ func Decode(data []byte) (*Envelope, error) {
 	if err := json.Unmarshal(data[start:end], &e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
+	if err := e.check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
+	}
 	e.Body = data[end:]
 	return &e, nil
+}
+
+// check refuses values no mailbox writes. Whatever is on NATS may have
+// been put there by anyone who can publish: an impossible value (a
+// negative count once made the connector panic) makes the envelope
+// malformed, kept as a dead letter rather than acted on.
+func (e *Envelope) check() error {
+	switch e.Kind {
+	case KindMessage, KindDeadLetter, KindCallback:
+	default:
+		return fmt.Errorf("unknown kind %q", e.Kind)
+	}
+	switch e.Backoff {
+	case "", BackoffFixed, BackoffExponential:
+	default:
+		return fmt.Errorf("unknown backoff %q", e.Backoff)
+	}
+	if e.Reason != "" && !slices.Contains(Reasons, e.Reason) {
+		return fmt.Errorf("unknown reason %q", e.Reason)
+	}
+	for _, c := range []struct {
+		name string
+		n    int
+	}{{"retries", e.Retries}, {"holds", e.Holds}, {"replays", e.Replays}, {"last_status", e.LastStatus}} {
+		if c.n < 0 {
+			return fmt.Errorf("%s is negative", c.name)
+		}
+	}
+	if e.MaxRetries != nil && *e.MaxRetries < 0 {
+		return errors.New("max_retries is negative")
+	}
+	for _, d := range []struct {
+		name string
+		d    *time.Duration
+	}{{"delay", e.Delay}, {"max_delay", e.MaxDelay}, {"ttl", e.TTL}} {
+		if d.d != nil && *d.d < 0 {
+			return fmt.Errorf("%s is negative", d.name)
+		}
+	}
+	for _, d := range e.Deaths {
+		if d.Retries < 0 || d.LastStatus < 0 {
+			return errors.New("a death's retries or last_status is negative")
+		}
+	}
+	return nil
 }

@@ -150,6 +150,12 @@ func FuzzEnvelopeDecode(f *testing.F) {
 			}
 			return
 		}
+		// Nothing the connector computes with may be negative (a shift by
+		// a negative count panics), nor a kind it does not know.
+		if e.Retries < 0 || e.Holds < 0 || e.Replays < 0 || (e.MaxRetries != nil && *e.MaxRetries < 0) ||
+			(e.Delay != nil && *e.Delay < 0) || (e.Kind != envelope.KindMessage && e.Kind != envelope.KindDeadLetter && e.Kind != envelope.KindCallback) {
+			t.Fatalf("Decode accepted an impossible envelope: %+v", e)
+		}
 		encoded, err := envelope.Encode(e)
 		if err != nil {
 			t.Fatalf("what decodes does not encode: %v", err)
@@ -181,4 +187,47 @@ func roundTripForm(e *envelope.Envelope) *envelope.Envelope {
 		c.Deaths = nil
 	}
 	return &c
+}
+
+// TestDecodeRejectsImpossibleValues: whatever is on NATS may be forged. An
+// envelope whose fields no mailbox writes (a negative count, an unknown
+// kind) is ErrFormat, so the consumer keeps it as a malformed dead letter
+// instead of acting on it; a negative holds once panicked the connector.
+func TestDecodeRejectsImpossibleValues(t *testing.T) {
+	t.Parallel()
+	for _, meta := range []string{
+		`{"id":"x","function":"f","kind":"callback","callback_url":"http://gw/function/f","holds":-1}`,
+		`{"id":"x","function":"f","retries":-1}`,
+		`{"id":"x","function":"f","replays":-2}`,
+		`{"id":"x","function":"f","max_retries":-1}`,
+		`{"id":"x","function":"f","delay":-1}`,
+		`{"id":"x","function":"f","max_delay":-1000}`,
+		`{"id":"x","function":"f","ttl":-5}`,
+		`{"id":"x","function":"f","last_status":-200}`,
+		`{"id":"x","function":"f","kind":"surprise"}`,
+		`{"id":"x","function":"f","backoff":"sideways"}`,
+		`{"id":"x","function":"f","reason":"because"}`,
+		`{"id":"x","function":"f","deaths":[{"reason":"expired","retries":-1}]}`,
+	} {
+		data := binary.AppendUvarint([]byte{envelope.Version}, uint64(len(meta)))
+		data = append(append(data, meta...), "body"...)
+		if e, err := envelope.Decode(data); !errors.Is(err, envelope.ErrFormat) {
+			t.Errorf("Decode(%s) = %+v, %v; want ErrFormat", meta, e, err)
+		}
+	}
+	// What the mailbox writes still decodes, malformed dead letters too.
+	for _, e := range []*envelope.Envelope{
+		full(),
+		{ID: "malformed-00", Reason: envelope.ReasonMalformed, Body: []byte("junk")},
+		{ID: "x-cb", Kind: envelope.KindCallback, Function: "f", Policy: envelope.Policy{CallbackURL: "http://gw/function/g"}, Holds: 3},
+		{ID: "x-dl", Kind: envelope.KindDeadLetter, Function: "f", Replays: 1, Deaths: []envelope.Death{{Reason: envelope.ReasonRejected, LastStatus: 400}}},
+	} {
+		data, err := envelope.Encode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := envelope.Decode(data); err != nil {
+			t.Errorf("Decode(Encode(%+v)) = %v", e, err)
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/metricstest"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue/consume"
 	"github.com/openfaas/mailbox/internal/service"
 )
 
@@ -173,6 +174,85 @@ func TestCallbackQueryRedactedWhereShown(t *testing.T) {
 		policy, _ := detail["policy"].(map[string]any)
 		if got, want := policy["callback_url"], b.gw.URL()+"/function/done?REDACTED"; got != want {
 			t.Errorf("callback_url shown as %v, want %s", got, want)
+		}
+	})
+}
+
+// TestConnectorSurvivesForgedNegativeHolds: an envelope put on NATS by
+// hand with "holds": -1, of kind callback, while every callback slot is
+// taken, once panicked the connector (a shift by a negative count). It is
+// now a malformed dead letter, and the connector goes on delivering.
+func TestConnectorSurvivesForgedNegativeHolds(t *testing.T) {
+	release := make(chan struct{})
+	var blocked atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		blocked.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) }) // before the servers and connectors stop
+	_, port, _ := net.SplitHostPort(slow.Listener.Addr().String())
+	env := map[string]string{
+		"callback_max_inflight": "1", "upstream_timeout": "20s",
+		"callback_allow_hosts": "127.0.0.1:" + port,
+	}
+	forEachBackendWith(t, env, func(t *testing.T, b *bundle) {
+		plain := b.deploy("plain", nil, nil)
+		now := time.Now().UTC()
+		hold := &envelope.Envelope{ID: "holds-the-slot-cb", Kind: envelope.KindCallback, Function: "plain",
+			Policy: envelope.Policy{CallbackURL: slow.URL + "/"}, AcceptedAt: now, DueAt: now}
+		b.putOnQueue(t, hold)
+		b.startConnector(t)
+		poll.Until(t, 15*time.Second, "the only callback slot taken", func() bool { return blocked.Load() > 0 })
+
+		forged := &envelope.Envelope{ID: "forged-cb", Kind: envelope.KindCallback, Function: "plain",
+			Policy: envelope.Policy{CallbackURL: slow.URL + "/"}, Holds: -1, AcceptedAt: now, DueAt: now}
+		b.putOnQueue(t, forged)
+		data, err := envelope.Encode(forged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := b.deadLetter(t, consume.MalformedID(data))
+		if d.Reason != envelope.ReasonMalformed || !strings.Contains(d.LastError, "holds") {
+			t.Errorf("forged envelope's dead letter: reason %q, error %q; want malformed, naming holds", d.Reason, d.LastError)
+		}
+		// Still running: a message after it is delivered.
+		b.mustSchedule(t, "plain", []byte("after"), "X-Delay-Duration", "0")
+		poll.Until(t, 10*time.Second, "a delivery after the forged envelope", func() bool { return plain.Len() == 1 })
+	})
+}
+
+// TestCallbackToGatewayChecksTargets: a callback to the gateway is a call
+// to a function, so the function must be one the mailbox may target
+// (allow_functions, allow_namespaces, never mailbox_function): a requeue
+// naming another is a 400 naming X-Callback-Url, and a message put on NATS
+// with one is a dead letter with reason refused, no call made.
+func TestCallbackToGatewayChecksTargets(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"allow_functions": "ok,receiver"}, func(t *testing.T, b *bundle) {
+		ok, receiver, other, self := b.deploy("ok", nil, nil), b.deploy("receiver", nil, nil), b.deploy("other", nil, nil), b.deploy("mailbox", nil, nil)
+		gw := b.gw.URL()
+		for _, u := range []string{gw + "/function/mailbox/deadletter/ok", gw + "/function/other", gw + "/async-function/other.openfaas-fn",
+			gw + "/function/Other", gw + "/function/%6d%61ilbox/deadletter/ok"} {
+			code, a, _ := b.requeue(t, "ok", []byte("x"), "X-Delay-Duration", "0", "X-Callback-Url", u)
+			if code != http.StatusBadRequest || !strings.Contains(a.Error, envelope.HeaderCallbackURL) {
+				t.Errorf("requeue with X-Callback-Url %s answered %d %+v, want 400 naming the header", u, code, a)
+			}
+		}
+		now := time.Now().UTC()
+		forged := &envelope.Envelope{ID: "callback-to-other", Function: "ok", Body: []byte("z"), AcceptedAt: now, DueAt: now,
+			Policy: envelope.Policy{CallbackURL: gw + "/function/other"}}
+		b.putOnQueue(t, forged)
+		b.startConnector(t)
+		b.mustSchedule(t, "ok", []byte("y"), "X-Delay-Duration", "0", "X-Callback-Url", gw+"/function/receiver")
+		poll.Until(t, 15*time.Second, "the allowed callback", func() bool { return receiver.Len() == 1 })
+		if d := b.deadLetter(t, forged.ID); d.Reason != envelope.ReasonRefused {
+			t.Errorf("the message with a callback to other: reason %q, want %q", d.Reason, envelope.ReasonRefused)
+		}
+		if ok.Len() != 1 || other.Len()+self.Len() != 0 {
+			t.Errorf("calls: ok %d, other %d, mailbox %d; want ok 1, no other", ok.Len(), other.Len(), self.Len())
 		}
 	})
 }

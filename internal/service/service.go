@@ -201,9 +201,13 @@ func Targets(cfg config.Config) (*auth.Targets, error) {
 }
 
 // Callbacks is where X-Callback-Url may point: the gateway's functions
-// and callback_allow_hosts.
+// the mailbox may target (Targets), and callback_allow_hosts.
 func Callbacks(cfg config.Config) (*callback.Policy, error) {
-	return callback.New(callback.Options{GatewayURL: cfg.GatewayURL, AllowHosts: cfg.CallbackAllowHosts})
+	targets, err := Targets(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return callback.New(callback.Options{GatewayURL: cfg.GatewayURL, AllowHosts: cfg.CallbackAllowHosts, Functions: targets.Check})
 }
 
 // DeadLetters returns the store of q's dead letters: the connector runs

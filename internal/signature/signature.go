@@ -29,8 +29,9 @@
 //	<escaped path the mailbox receives, e.g. /deadletter/fn (behind the
 //	 gateway: without /function/mailbox)>
 //	<the X-Mailbox-Timestamp value>
-//	<name>:<value>   one line per value of each RequestHeaders entry present,
-//	                 in RequestHeaders' order; name in lower case, value
+//	<name>:<value>   one line per value of each RequestHeaders entry present
+//	                 (the control headers, then Content-Type), in
+//	                 RequestHeaders' order; name in lower case, value
 //	                 without surrounding spaces or tabs
 //	<hex SHA-256 of the body>
 //
@@ -49,10 +50,14 @@
 //
 // where the canonical delivery is, joined by "\n":
 //
-//	mailbox-delivery-v1
+//	mailbox-delivery-v1   (mailbox-callback-v1 for a callback)
 //	<the X-Mailbox-Timestamp value>
 //	<name>:<value>   as above, for each DeliveryHeaders entry present
 //	<hex SHA-256 of the body>
+//
+// The first line tells a callback from a delivery: a callback names the
+// function it reports on in X-Mailbox-Function, and its receiver must not
+// be able to pass it off as a delivery to that function.
 //
 // DeliveryHeaders hold the message id, attempts, target function and every
 // other control header the mailbox sets, so a receiver that checks the
@@ -94,12 +99,14 @@ const DefaultWindow = 5 * time.Minute
 // version prefixes every signature value.
 const version = "v1="
 
-// RequestHeaders are the control headers a requeue's signature covers:
-// every header the mailbox reads on a requeue.
+// RequestHeaders are the headers a requeue's signature covers: every
+// header the mailbox reads on a requeue, and Content-Type, which is
+// stored and passed on and says how the function reads the body.
 var RequestHeaders = []string{
 	"X-Retries", "X-Max-Retries", "X-Delay-Duration", "X-Max-Delay", "X-Backoff",
 	"X-Message-TTL", "X-Mailbox-Message-Id", "X-Callback-Url", "X-Dead-Letter-Function",
 	"X-Dead-Letter-Reason", "X-Dead-Letter-From", "X-Dead-Letter-Time", "X-Dead-Letter-Retries",
+	"Content-Type",
 }
 
 // DeliveryHeaders are the headers a delivery's signature covers: every
@@ -138,10 +145,22 @@ func Request(method, escapedPath, timestamp string, h http.Header, body []byte) 
 	return finish(&b, h, RequestHeaders, body)
 }
 
-// Delivery is the canonical delivery (see the package documentation).
+// Delivery is the canonical delivery (see the package documentation): a
+// call to a function, or a dead letter routed to one.
 func Delivery(timestamp string, h http.Header, body []byte) (string, error) {
+	return call("mailbox-delivery-v1\n", timestamp, h, body)
+}
+
+// Callback is the canonical callback: as Delivery, but for a message's
+// outcome POSTed to its callback URL, so that neither ever verifies as
+// the other.
+func Callback(timestamp string, h http.Header, body []byte) (string, error) {
+	return call("mailbox-callback-v1\n", timestamp, h, body)
+}
+
+func call(first, timestamp string, h http.Header, body []byte) (string, error) {
 	var b strings.Builder
-	b.WriteString("mailbox-delivery-v1\n")
+	b.WriteString(first)
 	if strings.ContainsAny(timestamp, "\r\n") {
 		return "", ErrMalformed
 	}

@@ -41,6 +41,7 @@ func TestCanonicalFormsTellRequestsApart(t *testing.T) {
 		"body":          func(_, _, _ *string, _ http.Header, b *[]byte) { *b = []byte("c") },
 		"path into ts":  func(_, p, ts *string, _ http.Header, _ *[]byte) { *p, *ts = "/deadletter/fn\n1800000000", "" },
 		"other header ": func(_, _, _ *string, h http.Header, _ *[]byte) { h.Set("X-Delay-Duration", "3") },
+		"content type":  func(_, _, _ *string, h http.Header, _ *[]byte) { h.Set("Content-Type", "text/plain") },
 	} {
 		m, p, ts, h, b := base()
 		change(&m, &p, &ts, h, &b)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -174,6 +175,16 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 	}
 	ctx, cancel := context.WithTimeout(d.Pool.ctx, d.HandlerTimeout)
 	defer cancel()
+	// A panic handling one message would end the process and every
+	// delivery in it, and come back with the message: keep the message's
+	// bytes as a malformed dead letter instead, as for bytes that do not
+	// decode.
+	defer func() {
+		if p := recover(); p != nil {
+			d.Log.Error("panic while handling a message", "id", e.ID, "panic", p, "stack", string(debug.Stack()))
+			d.keepMalformed(m, fmt.Errorf("the connector panicked handling it: %v", p))
+		}
+	}()
 	if err := h(ctx, e); err != nil {
 		d.Log.Warn("handler failed, the broker will deliver the message again", "id", e.ID, "error", err)
 		m.Release()
@@ -214,12 +225,20 @@ func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
 	if decodeErr == nil {
 		return e, true
 	}
+	d.keepMalformed(m, decodeErr)
+	return nil, false
+}
+
+// keepMalformed stores m's bytes as a dead letter with reason malformed
+// and cause as its error, and acknowledges m; it releases m if the dead
+// letter cannot be stored.
+func (d *Deliverer) keepMalformed(m Message, cause error) {
 	now := time.Now().UTC()
 	dead := &envelope.Envelope{
 		ID:         MalformedID(m.Data()),
 		Body:       m.Data(),
 		AcceptedAt: now,
-		LastError:  decodeErr.Error(),
+		LastError:  cause.Error(),
 		Reason:     envelope.ReasonMalformed,
 		DeadAt:     now,
 	}
@@ -228,20 +247,19 @@ func (d *Deliverer) Decode(m Message) (e *envelope.Envelope, ok bool) {
 	// what fits rather than never acknowledging them.
 	for errors.Is(err, queue.ErrTooLarge) && len(dead.Body) > 0 {
 		dead.Body = dead.Body[:len(dead.Body)/2]
-		dead.LastError = fmt.Sprintf("%s (body cut to its first %d bytes to fit)", decodeErr, len(dead.Body))
+		dead.LastError = fmt.Sprintf("%s (body cut to its first %d bytes to fit)", cause, len(dead.Body))
 		err = d.DeadLetter(d.Pool.ctx, dead)
 	}
 	if err != nil {
-		d.Log.Warn("cannot store malformed message as a dead letter", "dead_letter_id", dead.ID, "decode_error", decodeErr, "error", err)
+		d.Log.Warn("cannot store malformed message as a dead letter", "dead_letter_id", dead.ID, "decode_error", cause, "error", err)
 		m.Release()
-		return nil, false
+		return
 	}
 	if d.DeadLetters != nil {
 		d.DeadLetters.WithLabelValues("", envelope.ReasonMalformed).Inc()
 	}
-	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", decodeErr)
+	d.Log.Error("malformed message stored as a dead letter", "dead_letter_id", dead.ID, "error", cause)
 	Ack(d.Log, m, dead.ID)
-	return nil, false
 }
 
 // MalformedID is the id of the dead letter that bytes which are not an

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 )
@@ -92,5 +93,36 @@ func TestMalformedKeepsItsIDOnRedelivery(t *testing.T) {
 		if len(id) > 64 || strings.Trim(id, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 			t.Errorf("id %q is not a message id (1 to 64 of a-z, 0-9, '-')", id)
 		}
+	}
+}
+
+// TestHandlerPanicBecomesDeadLetter: a panic while handling one message
+// (a bug, or a forged envelope nothing foresaw) must not end the process
+// and every delivery in it. The message is kept as a malformed dead
+// letter under its stable id and acknowledged, so it does not come back.
+func TestHandlerPanicBecomesDeadLetter(t *testing.T) {
+	t.Parallel()
+	d, dead, logs := deliverer(t)
+	data, err := envelope.Encode(&envelope.Envelope{ID: "boom", Function: "fn"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &message{data: data}
+	d.Deliver(m, time.Now().Add(time.Minute), func(context.Context, *envelope.Envelope) error { panic("kaboom") })
+	if !m.acked || m.released || len(*dead) != 1 {
+		t.Fatalf("acked %v, released %v, %d dead letters; want acknowledged once stored as one dead letter", m.acked, m.released, len(*dead))
+	}
+	got := (*dead)[0]
+	if got.ID != MalformedID(data) || got.Reason != envelope.ReasonMalformed || !strings.Contains(got.LastError, "kaboom") || !bytes.Equal(got.Body, data) {
+		t.Errorf("dead letter %+v: want id %s, reason malformed, the panic in its error and the bytes as body", got, MalformedID(data))
+	}
+	if !strings.Contains(logs.String(), "kaboom") {
+		t.Errorf("log %q does not name the panic", logs.String())
+	}
+	// The delivery slot was given back.
+	ok := false
+	d.Deliver(&message{data: data}, time.Now().Add(time.Second), func(context.Context, *envelope.Envelope) error { ok = true; return nil })
+	if !ok {
+		t.Error("the next message was not handled: the panicking one kept its slot")
 	}
 }

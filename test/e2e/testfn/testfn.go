@@ -11,8 +11,9 @@
 //	         unsigned call for a message it requeued 401
 //
 // With token_secret (the name of a secret under secret_mount_path, as
-// OpenFaaS mounts them), every call is checked with requeue.Verify and
-// the call records whether the mailbox signed it; signed needs it.
+// OpenFaaS mounts them), every call is checked with requeue.Verify (a
+// callback with requeue.VerifyCallback) and the call records whether the
+// mailbox signed it; signed needs it.
 //
 // Each call is recorded; GET /calls?id=<message id>[&id=...] (through the
 // gateway: /function/<name>/calls?id=...) lists the calls for those
@@ -55,7 +56,8 @@ type Call struct {
 	MaxRetries string    `json:"max_retries"`
 	Body       string    `json:"body"`
 	Status     int       `json:"status"`
-	// Verified says requeue.Verify accepted the call with the token;
+	// Verified says requeue.Verify (VerifyCallback for a callback)
+	// accepted the call with the token;
 	// NotVerified is its error otherwise. Both are empty without a token.
 	Verified    bool   `json:"verified,omitempty"`
 	NotVerified string `json:"not_verified,omitempty"`
@@ -157,7 +159,14 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var d *requeue.Delivery
 	if f.token != "" {
-		if d, err = requeue.Verify(r, body, f.token); err == nil {
+		// A callback is signed apart from deliveries: neither verifies
+		// as the other.
+		if c.Outcome != "" {
+			_, err = requeue.VerifyCallback(r, body, f.token)
+		} else {
+			d, err = requeue.Verify(r, body, f.token)
+		}
+		if err == nil {
 			c.Verified = true
 		} else {
 			c.NotVerified = err.Error()
