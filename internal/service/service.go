@@ -124,11 +124,7 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		return nil, fmt.Errorf("config: auth_token_secret: %w", err)
 	}
 	auth.WarnIfWeak(token, logger)
-	targets, err := Targets(cfg)
-	if err != nil {
-		return nil, err
-	}
-	callbacks, err := Callbacks(cfg)
+	targets, callbacks, err := Policies(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -194,27 +190,27 @@ func HTTP(cfg config.Config) httpserver.Options {
 // page on: whether an API process needs a dead-letter store.
 func Management(cfg config.Config) bool { return cfg.AuthTokenSecret != "" }
 
-// Targets is what the mailbox may deliver to: allow_functions and
-// allow_namespaces, never mailbox_function.
-func Targets(cfg config.Config) (*auth.Targets, error) {
-	return auth.NewTargets(cfg.AllowFunctions, cfg.AllowNamespaces, cfg.MailboxFunction)
-}
-
-// Callbacks is where X-Callback-Url may point: the gateway's functions
-// the mailbox may target (Targets), and callback_allow_hosts.
-func Callbacks(cfg config.Config) (*callback.Policy, error) {
-	targets, err := Targets(cfg)
+// Policies are what the mailbox may deliver to (allow_functions and
+// allow_namespaces, never mailbox_function) and where X-Callback-Url may
+// point: the gateway's functions among those targets, and
+// callback_allow_hosts.
+func Policies(cfg config.Config) (*auth.Targets, *callback.Policy, error) {
+	targets, err := auth.NewTargets(cfg.AllowFunctions, cfg.AllowNamespaces, cfg.MailboxFunction)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return callback.New(callback.Options{GatewayURL: cfg.GatewayURL, AllowHosts: cfg.CallbackAllowHosts, Functions: targets.Check})
+	callbacks, err := callback.New(callback.Options{GatewayURL: cfg.GatewayURL, AllowHosts: cfg.CallbackAllowHosts, Functions: targets.Check})
+	if err != nil {
+		return nil, nil, err
+	}
+	return targets, callbacks, nil
 }
 
 // DeadLetters returns the store of q's dead letters: the connector runs
 // one to apply retention and the limit, and an API process with the
 // management API one to serve them.
 func DeadLetters(cfg config.Config, q queue.Queue, reg prometheus.Registerer, logger *slog.Logger) (*deadletter.Store, error) {
-	targets, err := Targets(cfg)
+	targets, _, err := Policies(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -297,11 +293,7 @@ func Dispatcher(cfg config.Config, q queue.Queue, reg prometheus.Registerer, log
 		}
 		return err
 	}
-	targets, err := Targets(cfg)
-	if err != nil {
-		return nil, err
-	}
-	callbacks, err := Callbacks(cfg)
+	targets, callbacks, err := Policies(cfg)
 	if err != nil {
 		return nil, err
 	}
