@@ -349,9 +349,21 @@ func (e *Envelope) check() error {
 			return fmt.Errorf("%s is negative", d.name)
 		}
 	}
-	for _, d := range e.Deaths {
+	times := []*time.Time{&e.AcceptedAt, &e.DueAt, &e.FirstAttemptAt, &e.LastAttemptAt, &e.MissingSince, &e.SlotAt, &e.DeadAt}
+	for i := range e.Deaths {
+		d := &e.Deaths[i]
 		if d.Retries < 0 || d.LastStatus < 0 {
 			return errors.New("a death's retries or last_status is negative")
+		}
+		times = append(times, &d.DeadAt)
+	}
+	// A time JSON reads but cannot write (an offset of +24:00, a year
+	// past 9999 once in UTC) would make every later store of the message
+	// fail: times are kept in UTC, and must be writable.
+	for _, t := range times {
+		*t = t.UTC()
+		if y := t.Year(); y < 0 || y > 9999 {
+			return fmt.Errorf("a time in year %d", y)
 		}
 	}
 	return nil
