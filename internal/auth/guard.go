@@ -112,10 +112,6 @@ func NewGuard(token *Token, reg prometheus.Registerer, opts ...GuardOption) (*Gu
 	return g, nil
 }
 
-// Throttle is the Guard's throttle of wrong credentials, for the web
-// page's sign-in form to share.
-func (g *Guard) Throttle() *Throttle { return g.throttle }
-
 // UnauthorizedCounter returns mailbox_unauthorized_total{endpoint} on reg,
 // registering it on first use, with a series at zero for each Endpoint.
 func UnauthorizedCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {

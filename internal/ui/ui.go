@@ -7,8 +7,11 @@
 // A user signs in with the API token and gets a session (auth.Sessions):
 // it expires on the server (session_ttl, 12 h by default), and signing out
 // ends it there. Sign-in attempts are throttled per client address
-// (auth.Throttle, shared with the API's guard): past the burst the form
-// answers 429 with Retry-After before it reads the form.
+// (auth.Throttle): past the burst the form answers 429 with Retry-After
+// before it reads the form. The bucket is the form's own, not the API
+// guard's: behind the gateway every caller has one address, and a
+// function sending a stale token to the API must not lock the operators
+// out of the page.
 // The cookie is SameSite=Strict, so another site cannot make a browser
 // send it along with a forged form post; every POST also has to come from
 // this origin when the browser says where it comes from. The page takes
@@ -92,7 +95,7 @@ func New(o Options) (http.Handler, error) {
 		o.Sessions = o.Token.Sessions(0, nil)
 	}
 	if o.Throttle == nil {
-		o.Throttle = o.Guard.Throttle()
+		o.Throttle = auth.NewThrottle(nil)
 	}
 	static, err := fs.Sub(assets, "assets")
 	if err != nil {
