@@ -25,8 +25,8 @@
 // the mailbox can call.
 //
 // The package uses only the standard library (and the module's own
-// internal/signature, itself standard library only), so any Go function
-// can import it whatever its template.
+// internal/signature and internal/names, themselves standard library
+// only), so any Go function can import it whatever its template.
 //
 // A function should answer 2xx once the mailbox has the message, scheduled
 // or dead-lettered: when the mailbox delivered the request being handled, a
@@ -46,6 +46,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/openfaas/mailbox/internal/names"
 )
 
 // Status values of a Result.
@@ -161,7 +163,7 @@ func Request(ctx context.Context, c *http.Client, mailboxURL, function string, r
 		// id and limits. A routed dead letter may go back where it came
 		// from, still marked, so that it is not routed again.
 		if d, err := Verify(r, body, o.token); err == nil &&
-			(d.Function == function || (d.header.Get("X-Dead-Letter-From") != "" && d.header.Get("X-Dead-Letter-From") == function)) {
+			(sameFunction(d.Function, function) || (d.header.Get("X-Dead-Letter-From") != "" && sameFunction(d.header.Get("X-Dead-Letter-From"), function))) {
 			opts = append(opts[:len(opts):len(opts)], FromDelivery(d))
 		}
 	}
@@ -293,3 +295,9 @@ func clip(b []byte) string {
 
 // excerpt is clip, quoted.
 func excerpt(b []byte) string { return strconv.Quote(clip(b)) }
+
+// sameFunction reports whether a and b name one function, as the mailbox
+// counts them: a name without a namespace is in the default one.
+func sameFunction(a, b string) bool {
+	return names.Qualify(a, names.DefaultNamespace) == names.Qualify(b, names.DefaultNamespace)
+}

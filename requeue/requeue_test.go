@@ -334,3 +334,23 @@ func TestTokenIsSentAndNeeded(t *testing.T) {
 		t.Fatal("WithToken with an empty token: no error")
 	}
 }
+
+// TestSignedDeliveryUnderTheOtherName: a delivery signed for
+// fn.openfaas-fn, requeued by the function as fn, is one function's: its
+// id and limits are carried over, as the mailbox counts the two names as
+// one.
+func TestSignedDeliveryUnderTheOtherName(t *testing.T) {
+	t.Parallel()
+	m := mailboxtest.Start(t, mailboxtest.Options{Token: token})
+	r := incoming("X-Retries", "1", "X-Max-Retries", "3", "X-Mailbox-Message-Id", "order-7",
+		requeue.HeaderFunction, "fn.openfaas-fn")
+	signAsTheMailbox(r.Header, []byte("work"), token)
+	res, err := requeue.Request(t.Context(), http.DefaultClient, m.URL+"/", "fn", r, []byte("work"),
+		requeue.WithToken(token), requeue.WithDelay(time.Hour))
+	if err != nil {
+		t.Fatalf("Request = %v", err)
+	}
+	if res.ID != "order-7" || res.Retries != 2 || res.MaxRetries != 3 {
+		t.Fatalf("Result = %+v, want order-7, retries 2 of 3", res)
+	}
+}
