@@ -188,8 +188,16 @@ func FuzzRedact(f *testing.F) {
 		if (u.RawQuery != "" && u.RawQuery != Redacted) || (u.User != nil && u.User.String() != Redacted) || (u.Fragment != "" && u.Fragment != Redacted) {
 			t.Fatalf("Redact(%q) = %q keeps a query, credentials or a fragment", raw, r)
 		}
-		if orig, err := url.Parse(raw); err == nil && len(orig.RawQuery) >= 8 && !strings.Contains(raw[:strings.Index(raw, "?")], orig.RawQuery) && strings.Contains(r, orig.RawQuery) {
-			t.Fatalf("Redact(%q) = %q repeats the query", raw, r)
+		// The query is not moved into the part of the URL Redact keeps:
+		// what precedes the redacted query holds it only where the
+		// original path did (the fuzzer found the query text spanning the
+		// end of the path and the "?", and "%20" before a run of zeros).
+		if orig, err := url.Parse(raw); err == nil && len(orig.RawQuery) >= 8 {
+			head, _, _ := strings.Cut(r, "?")
+			if strings.Contains(head, orig.RawQuery) && !strings.Contains(orig.EscapedPath(), orig.RawQuery) &&
+				!strings.Contains(raw[:strings.Index(raw, "?")], orig.RawQuery) {
+				t.Fatalf("Redact(%q) = %q repeats the query", raw, r)
+			}
 		}
 	})
 }
