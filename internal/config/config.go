@@ -72,6 +72,10 @@ type Config struct {
 	// last step (a waiting message's: after it is due); greater than
 	// zero. Defaults to 24h.
 	StatusRetention time.Duration
+	// MaxStatusesPerFunction is the most statuses JetStream keeps per
+	// function name, its newest (jetstream.Options.StatusesPerFunction),
+	// 1..1000000. Defaults to 100000.
+	MaxStatusesPerFunction int
 	// NATSClusterID is the NATS Streaming cluster id ([A-Za-z0-9_-]+).
 	// Defaults to faas-cluster.
 	NATSClusterID string

@@ -199,6 +199,15 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "max_statuses_per_function", Default: "100000",
+			Usage: "JetStream: most statuses kept per function name, 1..1000000, its newest; one function's flood of statuses pushes out its own, never another's",
+			apply: func(c *Config, v string) error {
+				n, err := parseInt(v, 1, 1_000_000)
+				c.MaxStatusesPerFunction = int(n)
+				return err
+			},
+		},
+		{
 			Name: "channel_prefix", Default: "mailbox",
 			Usage: "prefix of the queue channel names",
 			apply: func(c *Config, v string) error {

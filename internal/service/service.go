@@ -85,11 +85,12 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
 	case "jetstream":
 		return jetstream.Open(jetstream.Options{
-			Options:          common,
-			Stream:           cfg.JetStreamStream,
-			Consumer:         cfg.JetStreamConsumer,
-			Replicas:         cfg.JetStreamReplicas,
-			DeadLetterMaxAge: cfg.DeadLetterMaxAge,
+			Options:             common,
+			Stream:              cfg.JetStreamStream,
+			Consumer:            cfg.JetStreamConsumer,
+			Replicas:            cfg.JetStreamReplicas,
+			DeadLetterMaxAge:    cfg.DeadLetterMaxAge,
+			StatusesPerFunction: cfg.MaxStatusesPerFunction,
 		})
 	default:
 		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)

@@ -94,6 +94,11 @@ type Options struct {
 	// at most (measured as status.TestIndexMemory does, with 1,000,000
 	// ids).
 	StatusIndexLimit int
+	// StatusesPerFunction bounds the statuses the status stream keeps for
+	// one function name, its newest, so that one function's flood of
+	// statuses pushes out its own and not another's (the stream's own
+	// limit drops the oldest of any function). Defaults to 100,000.
+	StatusesPerFunction int
 }
 
 // Queue is a JetStream backend. The NATS connection reconnects by itself;
@@ -114,6 +119,10 @@ type Queue struct {
 	index     *status.Index
 	indexOnce sync.Once
 	indexDone chan struct{}   // closed when the index stops following
+	// written counts this process's status writes per function name
+	// since it last trimmed that function's statuses (trim).
+	writtenMu sync.Mutex
+	written   map[string]int
 	ctx       context.Context // ends at Close
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -148,6 +157,9 @@ func Open(o Options) (*Queue, error) {
 	if o.StatusIndexLimit <= 0 {
 		o.StatusIndexLimit = statusMaxMsgs
 	}
+	if o.StatusesPerFunction <= 0 {
+		o.StatusesPerFunction = 100_000
+	}
 	deadLetters, err := o.DeadLetterCounter()
 	if err != nil {
 		return nil, err
@@ -159,6 +171,7 @@ func Open(o Options) (*Queue, error) {
 		done:        make(chan struct{}),
 		deadLetters: deadLetters,
 		index:       status.NewIndex(o.StatusIndexLimit, true),
+		written:     map[string]int{},
 	}
 	opts := []nats.Option{
 		nats.Name("mailbox"),

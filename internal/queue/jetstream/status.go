@@ -90,10 +90,48 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 			if err != nil {
 				return fmt.Errorf("%w: status of %s: %v", queue.ErrUnavailable, s.ID, err)
 			}
+			q.trim(ctx, s.Function)
 			return nil
 		}
 	}
 	return fmt.Errorf("%w: status of %s: written by others %d times meanwhile", queue.ErrUnavailable, s.ID, casAttempts)
+}
+
+// trackedFunctions bounds the function names written counts; past it the
+// counts start again, so a flood of names cannot grow the map for ever.
+const trackedFunctions = 10_000
+
+// trim keeps the newest StatusesPerFunction statuses of function and
+// removes the others, after every tenth of that many writes of its
+// statuses by this process: so one function's flood of statuses pushes
+// out its own first, as NATS Streaming's index does, and not another
+// function's, as the stream's MaxMsgs alone would (it drops the oldest
+// of any). The server does the work: a purge filtered to the function's
+// subjects, keeping the newest. Between trims a function may hold up to
+// a tenth more per writing process. A failed trim is logged and tried
+// again at the next tenth; the status itself is stored.
+func (q *Queue) trim(ctx context.Context, function string) {
+	every := max(q.o.StatusesPerFunction/10, 1)
+	q.writtenMu.Lock()
+	n := q.written[function] + 1
+	if n >= every {
+		delete(q.written, function)
+	} else {
+		if len(q.written) >= trackedFunctions {
+			clear(q.written)
+		}
+		q.written[function] = n
+	}
+	q.writtenMu.Unlock()
+	if n < every {
+		return
+	}
+	err := q.statusStream.Purge(ctx,
+		jetstream.WithPurgeSubject(q.o.Prefix+".status."+token(function)+".*"),
+		jetstream.WithPurgeKeep(uint64(q.o.StatusesPerFunction)))
+	if err != nil {
+		q.log.Warn("cannot trim a function's statuses to its newest", "function", function, "keep", q.o.StatusesPerFunction, "error", err)
+	}
 }
 
 // Status returns the last status of id, of whichever function recorded
