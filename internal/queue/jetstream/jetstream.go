@@ -118,7 +118,7 @@ type Queue struct {
 	// started by the first Waiting.
 	index     *status.Index
 	indexOnce sync.Once
-	indexDone chan struct{}   // closed when the index stops following
+	indexDone chan struct{} // closed when the index stops following
 	// written counts this process's status writes per function name
 	// since it last trimmed that function's statuses (trim).
 	writtenMu sync.Mutex
