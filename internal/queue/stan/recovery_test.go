@@ -1,0 +1,216 @@
+package stan_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/queue/stan"
+	"github.com/openfaas/mailbox/internal/stanserver"
+	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
+)
+
+// childURL, set in the environment, makes the test binary a consumer
+// (see TestMain) that a test kills, as a connector process is SIGKILLed.
+const (
+	childURL      = "MAILBOX_STAN_TEST_CONSUMER_URL"
+	childClientID = "MAILBOX_STAN_TEST_CONSUMER_CLIENT_ID"
+)
+
+func TestMain(m *testing.M) {
+	if url := os.Getenv(childURL); url != "" {
+		os.Exit(runChild(url, os.Getenv(childClientID)))
+	}
+	os.Exit(m.Run())
+}
+
+// slowHandler is the handler timeout of the recovery tests: an ack wait
+// of minutes, as with the default upstream_timeout, so that a message
+// that comes back within seconds was not waiting for its ack wait.
+const slowHandler = time.Minute
+
+// runChild consumes with the default client id unless clientID is set,
+// prints "held <id>" for each message and never finishes one.
+func runChild(url, clientID string) int {
+	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(os.Stderr, nil))), ClientID: clientID})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var mu sync.Mutex
+	err = q.Consume(context.Background(), func(ctx context.Context, e *envelope.Envelope) error {
+		mu.Lock()
+		fmt.Printf("held %s\n", e.ID)
+		mu.Unlock()
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	fmt.Fprintln(os.Stderr, "Consume:", err)
+	return 1
+}
+
+func recoveryOptions(url string, log *slog.Logger) queue.Options {
+	return queue.Options{URL: url, MaxInflight: 16, HandlerTimeout: slowHandler, PublishTimeout: 5 * time.Second, Logger: log}
+}
+
+// startChild runs a consumer process and returns a channel of the ids it
+// holds and how to kill it (SIGKILL: its connection is never closed).
+func startChild(t *testing.T, url, clientID string) (held <-chan string, kill func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childURL+"="+url, childClientID+"="+clientID)
+	cmd.Stderr = t.Output()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ids := make(chan string, 1000)
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			if id, ok := strings.CutPrefix(s.Text(), "held "); ok {
+				ids <- id
+			}
+		}
+	}()
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(kill)
+	return ids, kill
+}
+
+func openRecovery(t *testing.T, url, clientID string) *stan.Queue {
+	t.Helper()
+	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(t.Output(), nil))), ClientID: clientID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	poll.Until(t, 10*time.Second, "client connects", q.Connected)
+	return q
+}
+
+// gotten records the ids a handler received.
+type gotten struct {
+	mu  sync.Mutex
+	ids map[string]int
+}
+
+func (g *gotten) handle(_ context.Context, e *envelope.Envelope) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ids == nil {
+		g.ids = map[string]int{}
+	}
+	g.ids[e.ID]++
+	return nil
+}
+
+func (g *gotten) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.ids)
+}
+
+func (g *gotten) has(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.ids[id] > 0
+}
+
+func consumeUntilEnd(t *testing.T, q *stan.Queue, h queue.Handler) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = q.Consume(ctx, h)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func scheduleNow(t *testing.T, q *stan.Queue, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		e := &envelope.Envelope{ID: id, Function: "fn", Body: []byte(id), AcceptedAt: time.Now().UTC(), DueAt: time.Now()}
+		if err := q.Schedule(context.Background(), e); err != nil {
+			t.Fatalf("Schedule(%s): %v", id, err)
+		}
+	}
+}
+
+// killHolding starts a consumer process, has it take n messages and kills
+// it while it holds them; it returns when the process is dead.
+func killHolding(t *testing.T, producer *stan.Queue, url, clientID string, n int) {
+	t.Helper()
+	held, kill := startChild(t, url, clientID)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("held%d", i)
+	}
+	scheduleNow(t, producer, ids...)
+	for range n {
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the consumer process did not take every message")
+		}
+	}
+	kill()
+}
+
+// A connector replica restarted after a SIGKILL (a container restarted in
+// its pod, keeping its hostname) takes over at once what its dead
+// predecessor held, even on a server left at NATS Streaming's heartbeat
+// defaults, which would drop the dead client only after about 5 minutes:
+// with the default client id, derived from the host name, it replaces the
+// dead registration. Fault on the old code: a random client id per start,
+// so the messages waited for the server's heartbeats or the ack wait.
+func TestRestartedReplicaTakesOverAtOnce(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.StartWith(t, stanserver.Options{HeartbeatInterval: 30 * time.Second, HeartbeatTimeout: 10 * time.Second, HeartbeatFailCount: 10})
+	producer := openRecovery(t, srv.URL(), "producer")
+	killHolding(t, producer, srv.URL(), "", 10)
+	killed := time.Now()
+
+	restarted := openRecovery(t, srv.URL(), "")
+	var g gotten
+	consumeUntilEnd(t, restarted, g.handle)
+	poll.Until(t, 15*time.Second-time.Since(killed), "the restarted replica gets what the killed one held within 15 s", func() bool { return g.count() == 10 })
+	t.Logf("held messages back %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// A replica SIGKILLed for good (its pod deleted): the embedded server's
+// heartbeats drop it and hand what it held to the other replica within
+// 15 s, far inside the ack wait.
+func TestKilledReplicaMessagesGoToTheOther(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.Start(t)
+	producer := openRecovery(t, srv.URL(), "producer")
+	other := openRecovery(t, srv.URL(), "other")
+	var g gotten
+	// The other replica joins the queue group only after the dying one has
+	// taken every message.
+	killHolding(t, producer, srv.URL(), "dying", 10)
+	killed := time.Now()
+	consumeUntilEnd(t, other, g.handle)
+	poll.Until(t, 15*time.Second-time.Since(killed), "the other replica gets what the killed one held within 15 s", func() bool { return g.count() == 10 })
+	t.Logf("held messages back %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
