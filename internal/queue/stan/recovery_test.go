@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,6 +131,18 @@ func (g *gotten) count() int {
 	return len(g.ids)
 }
 
+func (g *gotten) twice() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, c := range g.ids {
+		if c > 1 {
+			n++
+		}
+	}
+	return n
+}
+
 func (g *gotten) has(id string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -213,4 +226,70 @@ func TestKilledReplicaMessagesGoToTheOther(t *testing.T) {
 	consumeUntilEnd(t, other, g.handle)
 	poll.Until(t, 15*time.Second-time.Since(killed), "the other replica gets what the killed one held within 15 s", func() bool { return g.count() == 10 })
 	t.Logf("held messages back %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// After NATS Streaming restarts (a file store: it recovers this client and
+// its subscriptions), new messages reach the consumer within seconds, not
+// after the ready channel's ack wait (about 2 minutes here, as by
+// default). The consumer holds a full window when the server stops.
+//
+// "handled while down": the handler finishes what it held while the
+// server is down, so every acknowledgement fails (no reconnect buffer).
+// The server still counts those messages in flight, the window stays full
+// and nothing new is sent until the ack wait passes. Fault on the old
+// code: the probe waited for the ack wait.
+//
+// "held across the restart": the handler finishes only after the client
+// has reconnected. The server sends what the subscription held again as
+// soon as it starts, before the client has reconnected (so into nothing),
+// but the client still holds the messages and its acknowledgements, now
+// sent, free the window: on the old code already no stall.
+func TestNoStallAfterServerRestart(t *testing.T) {
+	t.Parallel()
+	for _, handledWhileDown := range []bool{true, false} {
+		name := map[bool]string{true: "handled while down", false: "held across the restart"}[handledWhileDown]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := stanservertest.Start(t)
+			producer := openRecovery(t, srv.URL(), "producer")
+			q := openRecovery(t, srv.URL(), "consumer")
+			gate := make(chan struct{})
+			var g gotten
+			var started atomic.Int64
+			consumeUntilEnd(t, q, func(ctx context.Context, e *envelope.Envelope) error {
+				started.Add(1)
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				return g.handle(ctx, e)
+			})
+			ids := make([]string, 200)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("load%03d", i)
+			}
+			scheduleNow(t, producer, ids...)
+			poll.Until(t, 15*time.Second, "the consumer calls as many as it may", func() bool { return started.Load() == 16 })
+
+			if handledWhileDown {
+				srv.Stop()
+				close(gate)
+				// The 16 being handled and the 64 more the window holds.
+				poll.Until(t, 15*time.Second, "the held messages handled while the server is down", func() bool { return g.count() >= 80 })
+				srv.Restart(t)
+			} else {
+				srv.Restart(t)
+				poll.Until(t, 15*time.Second, "client reconnects", q.Connected)
+				close(gate)
+			}
+			restarted := time.Now()
+			poll.Until(t, 15*time.Second, "producer reconnects", producer.Connected)
+			poll.Until(t, 15*time.Second, "schedule after the restart", func() bool {
+				return producer.Schedule(context.Background(), &envelope.Envelope{ID: "probe", Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now()}) == nil
+			})
+			poll.Until(t, 15*time.Second-time.Since(restarted), "a message scheduled after the restart delivered within 15 s", func() bool { return g.has("probe") })
+			t.Logf("probe delivered %v after the restart; %d messages handled twice", time.Since(restarted).Round(10*time.Millisecond), g.twice())
+		})
+	}
 }

@@ -131,9 +131,27 @@ type generation struct {
 	sc       stango.Conn
 	lost     chan struct{}
 	lostOnce sync.Once
+
+	mu          sync.Mutex
+	reconnected chan struct{} // closed and replaced when NATS reconnects
 }
 
 func (g *generation) markLost() { g.lostOnce.Do(func() { close(g.lost) }) }
+
+// reconnects is closed the next time the NATS connection under g is
+// made again (the streaming session goes on).
+func (g *generation) reconnects() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reconnected
+}
+
+func (g *generation) markReconnected() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.reconnected)
+	g.reconnected = make(chan struct{})
+}
 
 // Open validates o and starts connecting in the background; it does not
 // wait for the server, so a process can start while NATS is down.
@@ -241,11 +259,15 @@ func (q *Queue) run() {
 }
 
 func (q *Queue) connect() (*generation, error) {
-	g := &generation{lost: make(chan struct{})}
+	g := &generation{lost: make(chan struct{}), reconnected: make(chan struct{})}
 	natsOpts := []nats.Option{
 		nats.Name(q.clientID),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			q.log.Info("reconnected to NATS")
+			g.markReconnected()
+		}),
 		// Fail publishes at once while disconnected instead of buffering
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
