@@ -13,12 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/stanserver"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // childURL, set in the environment, makes the test binary a consumer
@@ -292,4 +296,88 @@ func TestNoStallAfterServerRestart(t *testing.T) {
 			t.Logf("probe delivered %v after the restart; %d messages handled twice", time.Since(restarted).Round(10*time.Millisecond), g.twice())
 		})
 	}
+}
+
+// A NATS Streaming store that is reset (a server on --store memory
+// restarted, as OpenFaaS CE's; a wiped file store) starts its channels at
+// sequence 1 again. The dead-letter index and the status index see the
+// reset and rebuild themselves: they list the dead letters stored after
+// it, not those that are gone, and count no message that is gone. Fault
+// on the old code: the dead-letter index skipped every record at or below
+// the last sequence it had seen, listing the gone ones and hiding the new
+// one, and the status index kept counting a message that was gone.
+func TestStoreResetRebuildsIndexes(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.StartWith(t, stanserver.Options{Memory: true})
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	q := openRecovery(t, srv.URL(), "api")
+	store, err := deadletter.New(deadletter.Options{Queue: q, Limit: 100, Registerer: prometheus.NewRegistry(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = store.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	listed := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		page, err := store.List(ctx, deadletter.Filter{}, 0, 100)
+		if err != nil {
+			return err.Error()
+		}
+		var ids []string
+		for _, e := range page.Items {
+			ids = append(ids, e.ID)
+		}
+		return strings.Join(ids, " ")
+	}
+	waiting := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		counts, err := q.Waiting(ctx)
+		if err != nil {
+			return err.Error()
+		}
+		return fmt.Sprint(counts)
+	}
+	kill := func(id string) {
+		t.Helper()
+		e := &envelope.Envelope{ID: id, Function: "fn", Body: []byte(id), AcceptedAt: time.Now().UTC(), DueAt: time.Now(),
+			Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}
+		poll.Until(t, 15*time.Second, "dead letter "+id+" stored", func() bool { return q.DeadLetter(context.Background(), e) == nil })
+	}
+	wait := func(fn, id string) {
+		t.Helper()
+		e := &envelope.Envelope{ID: id, Function: fn, AcceptedAt: time.Now().UTC(), DueAt: time.Now().Add(time.Hour)}
+		poll.Until(t, 15*time.Second, "status of "+id+" stored", func() bool {
+			return q.RecordStatus(context.Background(), status.Of(e, status.Waiting, time.Now())) == nil
+		})
+	}
+
+	for _, id := range []string{"old1", "old2", "old3"} {
+		kill(id)
+	}
+	wait("gone", "old")
+	until := func(what, want string, read func() string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for got := read(); got != want; got = read() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %q, want %q", what, got, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	until("dead letters listed before the reset", "old3 old2 old1", listed)
+	until("messages counted before the reset", "map[gone:1]", waiting)
+
+	srv.Restart(t) // on a memory store: everything is gone
+	poll.Until(t, 15*time.Second, "client reconnects", q.Connected)
+	kill("new1")
+	wait("fn", "new1")
+	wait("fn", "new2")
+	until("messages counted after the reset", "map[fn:2]", waiting)
+	until("dead letters listed after the reset", "new1", listed)
 }

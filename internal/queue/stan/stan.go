@@ -103,6 +103,11 @@ type Queue struct {
 	// a live process has it.
 	clientID  string
 	derivedID bool
+
+	// The last records read by FollowDeadLetters and the status index,
+	// to tell a reset store (TestStoreResetRebuildsIndexes).
+	deadLetterMark lastMark
+	statusMark     lastMark
 }
 
 // DefaultClientID is the client id of a process on this host: <prefix>-<host
