@@ -3,6 +3,7 @@ package stan_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -380,4 +381,58 @@ func TestStoreResetRebuildsIndexes(t *testing.T) {
 	wait("fn", "new2")
 	until("messages counted after the reset", "map[fn:2]", waiting)
 	until("dead letters listed after the reset", "new1", listed)
+}
+
+// After a reset, a log that has grown past the last seq a follower read
+// still reads as reset: the record at that seq is another one (its server
+// time differs). Fault it guards: following on from that seq would skip
+// the new records before it.
+func TestFollowAfterResetPastLastSeq(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.StartWith(t, stanserver.Options{Memory: true})
+	q := openRecovery(t, srv.URL(), "api")
+	store := func(n int, prefix string) {
+		t.Helper()
+		for i := range n {
+			e := &envelope.Envelope{ID: fmt.Sprintf("%s%d", prefix, i), Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now(),
+				Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}
+			poll.Until(t, 15*time.Second, "dead letter stored", func() bool { return q.DeadLetter(context.Background(), e) == nil })
+		}
+	}
+	follow := func(after uint64, n int) (last uint64, err error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var mu sync.Mutex
+		seen := 0
+		done := make(chan error, 1)
+		go func() {
+			done <- q.FollowDeadLetters(ctx, after, func(r queue.Record) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen, last = seen+1, r.Seq
+				if seen == n {
+					cancel()
+				}
+			})
+		}()
+		select {
+		case err = <-done:
+		case <-time.After(15 * time.Second):
+			t.Fatal("FollowDeadLetters did not return")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return last, err
+	}
+	store(3, "old")
+	last, err := follow(0, 3)
+	if last != 3 {
+		t.Fatalf("followed up to %d (%v), want 3", last, err)
+	}
+	srv.Restart(t) // on a memory store: everything is gone
+	poll.Until(t, 15*time.Second, "client reconnects", q.Connected)
+	store(5, "new")
+	if _, err := follow(last, 5); !errors.Is(err, queue.ErrLogReset) {
+		t.Fatalf("following on from %d after a reset: %v, want ErrLogReset", last, err)
+	}
 }
