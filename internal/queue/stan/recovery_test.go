@@ -294,7 +294,7 @@ func TestNoStallAfterServerRestart(t *testing.T) {
 				return producer.Schedule(context.Background(), &envelope.Envelope{ID: "probe", Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now()}) == nil
 			})
 			poll.Until(t, 15*time.Second-time.Since(restarted), "a message scheduled after the restart delivered within 15 s", func() bool { return g.has("probe") })
-			t.Logf("probe delivered %v after the restart; %d messages handled twice", time.Since(restarted).Round(10*time.Millisecond), g.twice())
+			t.Logf("probe delivered %v after the restart; %d messages handled twice by then", time.Since(restarted).Round(10*time.Millisecond), g.twice())
 		})
 	}
 }
@@ -434,5 +434,25 @@ func TestFollowAfterResetPastLastSeq(t *testing.T) {
 	store(5, "new")
 	if _, err := follow(last, 5); !errors.Is(err, queue.ErrLogReset) {
 		t.Fatalf("following on from %d after a reset: %v, want ErrLogReset", last, err)
+	}
+}
+
+// Two live processes on one host share the default client id: the second
+// cannot replace the first (the server finds it alive), so it takes a
+// random suffix and both work. Fault it guards: a second process that
+// never connects, or one that takes the id from a live one.
+func TestTwoProcessesOnOneHost(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.Start(t)
+	first := openRecovery(t, srv.URL(), "")
+	second := openRecovery(t, srv.URL(), "")
+	var a, b gotten
+	consumeUntilEnd(t, first, a.handle)
+	consumeUntilEnd(t, second, b.handle)
+	scheduleNow(t, first, "from-first")
+	scheduleNow(t, second, "from-second")
+	poll.Until(t, 15*time.Second, "both messages delivered", func() bool { return a.count()+b.count() == 2 })
+	if !first.Connected() || !second.Connected() {
+		t.Fatal("one of the two lost its connection: the id was taken from a live process")
 	}
 }
