@@ -261,7 +261,7 @@ func (s *Store) followLog(ctx context.Context) {
 // restarted), so the dead letters it holds are gone and new ones have
 // seqs it has passed.
 func (s *Store) rebuild(after uint64, cause error) {
-	s.log.Warn("dead-letter log reset: rebuilding the dead-letter index from the log", "read_up_to", after, "cause", cause)
+	s.log.Warn("the dead-letter log no longer holds what the index read (the broker's store was reset, or its newest records expired): rebuilding the index from the log", "read_up_to", after, "cause", cause)
 	s.mu.Lock()
 	s.x = newIndex(s.o.Limit)
 	s.reset = false
@@ -300,8 +300,9 @@ func (s *Store) sync(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	if head < s.x.applied {
-		// A log only grows: it was reset. Have the follower rebuild the
-		// index, and wait for that.
+		// The log's newest record is older than one the index read: the
+		// log was reset (or, on JetStream, its newest records expired).
+		// Have the follower rebuild the index, and wait for that.
 		s.reset = true
 		if s.stopFollow != nil {
 			s.stopFollow()
