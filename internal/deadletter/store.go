@@ -226,6 +226,10 @@ func (s *Store) followLog(ctx context.Context) {
 		s.mu.Lock()
 		after := s.x.applied
 		s.stopFollow = stop
+		if s.reset {
+			// Asked for between two follows.
+			stop()
+		}
 		s.mu.Unlock()
 		err := s.q.FollowDeadLetters(followCtx, after, s.apply)
 		stop()
