@@ -240,7 +240,7 @@ func (s *Store) followLog(ctx context.Context) {
 		reset := s.reset || errors.Is(err, queue.ErrLogReset)
 		s.mu.Unlock()
 		if reset {
-			s.rebuild(after, err)
+			s.rebuild(err)
 			continue
 		}
 		s.log.Debug("dead-letter log: following again", "after", after, "error", err, "retry_in", backoff)
@@ -264,9 +264,9 @@ func (s *Store) followLog(ctx context.Context) {
 // start: the log was reset under it (a NATS Streaming store on memory,
 // restarted), so the dead letters it holds are gone and new ones have
 // seqs it has passed.
-func (s *Store) rebuild(after uint64, cause error) {
-	s.log.Warn("the dead-letter log no longer holds what the index read (the broker's store was reset, or its newest records expired): rebuilding the index from the log", "read_up_to", after, "cause", cause)
+func (s *Store) rebuild(cause error) {
 	s.mu.Lock()
+	s.log.Warn("the dead-letter log no longer holds what the index read (the broker's store was reset, or its newest records expired): rebuilding the index from the log", "read_up_to", s.x.applied, "cause", cause)
 	s.x = newIndex(s.o.Limit)
 	s.reset = false
 	s.rebuilds++
