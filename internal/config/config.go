@@ -79,6 +79,10 @@ type Config struct {
 	// NATSClusterID is the NATS Streaming cluster id ([A-Za-z0-9_-]+).
 	// Defaults to faas-cluster.
 	NATSClusterID string
+	// NATSClientID is this process's NATS Streaming client id
+	// ([A-Za-z0-9_-]+), unique per replica; empty for <channel_prefix>-<host
+	// name> (stan.DefaultClientID). Defaults to empty.
+	NATSClientID string
 	// ChannelPrefix is the prefix of the channel names ([a-z0-9_-]+, no
 	// dots: they separate subject tokens). Defaults to mailbox.
 	ChannelPrefix string

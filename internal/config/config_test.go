@@ -239,6 +239,7 @@ func TestLoadValid(t *testing.T) {
 		{"nats_url", "nats://127.0.0.1:4222", func(c *Config) { c.NATSURL = "nats://127.0.0.1:4222" }},
 		{"nats_url", "tls://nats.example.com:4443", func(c *Config) { c.NATSURL = "tls://nats.example.com:4443" }},
 		{"nats_cluster_id", "my_Cluster-2", func(c *Config) { c.NATSClusterID = "my_Cluster-2" }},
+		{"nats_client_id", "mailbox-0", func(c *Config) { c.NATSClientID = "mailbox-0" }},
 		{"channel_prefix", "mb_2-x", func(c *Config) { c.ChannelPrefix = "mb_2-x" }},
 		{"gateway_url", "https://gw.example.com/", func(c *Config) { c.GatewayURL = "https://gw.example.com" }},
 		{"gateway_url", "http://gw:8080/prefix//", func(c *Config) { c.GatewayURL = "http://gw:8080/prefix" }},
@@ -385,6 +386,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"nats_url", "nats://", `config: nats_url: "nats://" has no host`},
 		{"nats_url", "nats.openfaas:4222", `config: nats_url: "nats.openfaas:4222" is not a nats:// or tls:// URL`},
 		{"nats_cluster_id", "faas cluster", `config: nats_cluster_id: "faas cluster" has characters outside [A-Za-z0-9_-]`},
+		{"nats_client_id", "pod.name", `config: nats_client_id: "pod.name" has characters outside [A-Za-z0-9_-]`},
 		{"channel_prefix", "mail.box", `config: channel_prefix: "mail.box" has characters outside [a-z0-9_-]`},
 		{"channel_prefix", "Mailbox", `config: channel_prefix: "Mailbox" has characters outside [a-z0-9_-]`},
 		{"gateway_url", "gateway:8080", `config: gateway_url: "gateway:8080" is not a http:// or https:// URL`},
@@ -785,7 +787,7 @@ func TestSettings(t *testing.T) {
 	t.Parallel()
 
 	wantNames := []string{
-		"backend", "nats_url", "nats_credentials_file", "nats_cluster_id",
+		"backend", "nats_url", "nats_credentials_file", "nats_cluster_id", "nats_client_id",
 		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
 		"dead_letter_limit", "max_waiting", "max_waiting_bytes", "max_waiting_per_function", "replay_rate",
 		"status_retention", "max_statuses_per_function", "channel_prefix", "gateway_url",
@@ -835,7 +837,7 @@ func TestSettings(t *testing.T) {
 
 	// Every setting reaches the Config: a valid non-default value changes it.
 	nonDefault := map[string]string{
-		"backend": "jetstream", "nats_url": "tls://n:1", "nats_credentials_file": "/c", "nats_cluster_id": "c",
+		"backend": "jetstream", "nats_url": "tls://n:1", "nats_credentials_file": "/c", "nats_cluster_id": "c", "nats_client_id": "r0",
 		"jetstream_stream": "s", "jetstream_consumer": "k", "jetstream_replicas": "3", "dead_letter_max_age": "1h",
 		"dead_letter_limit": "5", "replay_rate": "1/m",
 		"max_waiting": "20000", "max_waiting_bytes": "2097152", "max_waiting_per_function": "5",

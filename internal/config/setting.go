@@ -115,6 +115,24 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "nats_client_id", Default: "",
+			Usage:        "NATS Streaming client id of this process, one per replica; empty for <channel_prefix>-<host name>, which a restarted container keeps (a restarted replica then takes over at once what the dead one held)",
+			emptyIsValue: true,
+			apply: func(c *Config, v string) error {
+				if v == "" {
+					c.NATSClientID = ""
+					return nil
+				}
+				if err := checkChars(v, "A-Za-z0-9_-", func(r rune) bool {
+					return r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+				}); err != nil {
+					return err
+				}
+				c.NATSClientID = v
+				return nil
+			},
+		},
+		{
 			Name: "jetstream_stream", Default: "mailbox",
 			Usage: "JetStream stream of waiting messages; dead letters go to <it>-deadletter",
 			apply: func(c *Config, v string) (err error) {

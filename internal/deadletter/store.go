@@ -84,6 +84,13 @@ type Store struct {
 	runCtx     context.Context
 	follow     chan struct{}
 	followOnce sync.Once
+	// stopFollow ends the follow under way; reset asks followLog to
+	// rebuild the index before following again, set by sync when the
+	// log's newest record is older than the index (the log was reset).
+	// rebuilds counts the rebuilds.
+	stopFollow context.CancelFunc
+	reset      bool
+	rebuilds   int
 
 	m *metrics
 }
@@ -215,12 +222,26 @@ func (s *Store) startFollowing() error {
 func (s *Store) followLog(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
+		followCtx, stop := context.WithCancel(ctx)
 		s.mu.Lock()
 		after := s.x.applied
+		s.stopFollow = stop
+		if s.reset {
+			// Asked for between two follows.
+			stop()
+		}
 		s.mu.Unlock()
-		err := s.q.FollowDeadLetters(ctx, after, s.apply)
+		err := s.q.FollowDeadLetters(followCtx, after, s.apply)
+		stop()
 		if ctx.Err() != nil {
 			return
+		}
+		s.mu.Lock()
+		reset := s.reset || errors.Is(err, queue.ErrLogReset)
+		s.mu.Unlock()
+		if reset {
+			s.rebuild(err)
+			continue
 		}
 		s.log.Debug("dead-letter log: following again", "after", after, "error", err, "retry_in", backoff)
 		select {
@@ -237,6 +258,21 @@ func (s *Store) followLog(ctx context.Context) {
 			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
+}
+
+// rebuild forgets what the index read, to read the log again from its
+// start: the log was reset under it (a NATS Streaming store on memory,
+// restarted), so the dead letters it holds are gone and new ones have
+// seqs it has passed.
+func (s *Store) rebuild(cause error) {
+	s.mu.Lock()
+	s.log.Warn("the dead-letter log no longer holds what the index read (the broker's store was reset, or its newest records expired): rebuilding the index from the log", "read_up_to", s.x.applied, "cause", cause)
+	s.x = newIndex(s.o.Limit)
+	s.reset = false
+	s.rebuilds++
+	close(s.advance)
+	s.advance = make(chan struct{})
+	s.mu.Unlock()
 }
 
 func (s *Store) apply(r queue.Record) {
@@ -266,11 +302,23 @@ func (s *Store) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	if head < s.x.applied {
+		// The log's newest record is older than one the index read: the
+		// log was reset (or, on JetStream, its newest records expired).
+		// Have the follower rebuild the index, and wait for that.
+		s.reset = true
+		if s.stopFollow != nil {
+			s.stopFollow()
+		}
+	}
+	rebuilds := s.rebuilds
+	s.mu.Unlock()
 	for {
 		s.mu.Lock()
-		applied, advance := s.x.applied, s.advance
+		applied, reset, rebuilt, advance := s.x.applied, s.reset, s.rebuilds > rebuilds, s.advance
 		s.mu.Unlock()
-		if applied >= head {
+		if applied >= head && (!reset || rebuilt) {
 			return nil
 		}
 		select {

@@ -23,6 +23,12 @@ type DeadLetterLog interface {
 	// the connection to the broker is lost (ErrUnavailable; the caller
 	// follows again from the last seq it saw). A record already removed
 	// from the broker is skipped. fn is not called once it has returned.
+	//
+	// When the log no longer holds the record at after as the caller saw
+	// it, because the broker's store was reset and numbers its records
+	// from 1 again (NATS Streaming on a memory store, restarted), it
+	// returns ErrLogReset: the caller forgets what it read and follows
+	// from 0.
 	FollowDeadLetters(ctx context.Context, after uint64, fn func(Record)) error
 	// LastDeadLetterSeq is the seq of the newest record now, 0 when the
 	// log is empty; a follower that has seen it is up to date.
@@ -82,6 +88,10 @@ type Removal struct {
 
 // ErrNoDeadLetter means no dead letter is kept at a seq.
 var ErrNoDeadLetter = errors.New("queue: no such dead letter")
+
+// ErrLogReset means the dead-letter log was reset under a follower: the
+// record it read last is gone or another one has its seq.
+var ErrLogReset = errors.New("queue: the dead-letter log was reset")
 
 // removalMark starts every encoded Removal, so that a removal never reads
 // as an envelope (whose first byte is its version, 0x01).

@@ -82,7 +82,7 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	}
 	switch cfg.Backend {
 	case "stan":
-		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID})
 	case "jetstream":
 		return jetstream.Open(jetstream.Options{
 			Options:             common,

@@ -44,6 +44,22 @@ type Options struct {
 	StatusChannel string
 	StatusMaxAge  time.Duration
 	StatusMaxMsgs int
+	// HeartbeatInterval, HeartbeatTimeout and HeartbeatFailCount are how
+	// the server finds a client that died without closing (SIGKILL, a
+	// lost node): it asks every HeartbeatInterval, waits HeartbeatTimeout
+	// for the answer, and drops the client after HeartbeatFailCount
+	// unanswered, which hands its unacknowledged messages to the other
+	// members of its queue groups. Default to 1s, 1s and 3 (a dead client
+	// dropped within about 6 s), nats-streaming-server's --hbi 1s --hbt 1s
+	// --hbf 3; the server's own defaults (30s, 10s, 10) take about 5
+	// minutes.
+	HeartbeatInterval  time.Duration
+	HeartbeatTimeout   time.Duration
+	HeartbeatFailCount int
+	// Memory keeps everything in memory instead of a file store in Dir:
+	// a restart loses every message and client, as NATS Streaming run
+	// with --store memory (OpenFaaS CE's). Defaults to false.
+	Memory bool
 }
 
 // Server is a running embedded NATS Streaming server.
@@ -85,11 +101,23 @@ func Start(o Options) (*Server, error) {
 	if o.StatusMaxMsgs == 0 {
 		o.StatusMaxMsgs = 1_000_000
 	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = time.Second
+	}
+	if o.HeartbeatTimeout <= 0 {
+		o.HeartbeatTimeout = time.Second
+	}
+	if o.HeartbeatFailCount <= 0 {
+		o.HeartbeatFailCount = 3
+	}
 
 	sopts := stand.GetDefaultOptions()
 	sopts.ID = o.ClusterID
 	sopts.StoreType = stores.TypeFile
 	sopts.FilestoreDir = o.Dir
+	if o.Memory {
+		sopts.StoreType = stores.TypeMemory
+	}
 	// Limits by count or size would let the server discard messages that
 	// are still waiting; only age bounds the store.
 	sopts.MaxChannels = 0
@@ -100,9 +128,9 @@ func Start(o Options) (*Server, error) {
 	sopts.PerChannel = perChannel(o)
 	// Detect a dead client within seconds rather than the default five
 	// minutes, so its unacknowledged messages go to a live replica.
-	sopts.ClientHBInterval = 2 * time.Second
-	sopts.ClientHBTimeout = 2 * time.Second
-	sopts.ClientHBFailCount = 3
+	sopts.ClientHBInterval = o.HeartbeatInterval
+	sopts.ClientHBTimeout = o.HeartbeatTimeout
+	sopts.ClientHBFailCount = o.HeartbeatFailCount
 
 	nopts := stand.NewNATSOptions()
 	nopts.Host = o.Host

@@ -249,6 +249,21 @@ func (x *Index) Len() int {
 	return x.n
 }
 
+// Reset forgets every status, for a backend whose store was reset under
+// the index and that reads it again from the start. What this process
+// reserved stays reserved.
+func (x *Index) Reset() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.byID = map[string]*entry{}
+	x.n = 0
+	x.busiest = nil
+	x.open.init()
+	x.expiry = nil
+	x.functions = map[string]*function{}
+	x.counted, x.countedBytes = 0, 0
+}
+
 // SetSynced marks the index as read up to now (true) or lagging (false).
 func (x *Index) SetSynced(v bool) {
 	x.mu.Lock()

@@ -250,3 +250,27 @@ func TestIndexMemory(t *testing.T) {
 		runtime.KeepAlive(x)
 	}
 }
+
+// Reset forgets every status and count, and the index works as new after
+// it: a backend whose store was reset reads it again from the start.
+func TestIndexReset(t *testing.T) {
+	x := NewIndex(2, false)
+	x.Put(at("a", "fn", Waiting, 0), t0)
+	x.Put(at("b", "fn", Delivered, 0), t0)
+	x.Reset()
+	if n := x.Len(); n != 0 {
+		t.Fatalf("%d statuses after Reset, want 0", n)
+	}
+	if _, ok := x.Get("a", t0); ok {
+		t.Fatal("a status found after Reset")
+	}
+	wantCounts(t, x, t0, map[string]int{})
+	// Full again at its limit, forgetting the final status first.
+	x.Put(at("c", "fn", Waiting, 0), t0)
+	x.Put(at("d", "other", Delivered, 0), t0)
+	x.Put(at("e", "fn", InFlight, 0), t0)
+	wantCounts(t, x, t0, map[string]int{"fn": 2})
+	if _, ok := x.Get("d", t0); ok || x.Len() != 2 {
+		t.Fatalf("after Reset the limit of 2 kept d (%v) or %d statuses", ok, x.Len())
+	}
+}

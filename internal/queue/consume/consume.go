@@ -164,7 +164,7 @@ func (d *Deliverer) Deliver(m Message, startBy time.Time, h queue.Handler) {
 	if e.Kind != envelope.KindCallback {
 		release, ok := d.slot(startBy)
 		if !ok {
-			d.Log.Debug("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
+			d.Log.Info("no delivery slot in time, the broker will deliver the message again", "id", e.ID)
 			m.Release()
 			return
 		}

@@ -2,6 +2,7 @@ package stan
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	stango "github.com/nats-io/stan.go"
@@ -45,15 +46,10 @@ func (q *Queue) Consume(ctx context.Context, h queue.Handler) error {
 // consumeGeneration consumes on one connection until it is lost, the
 // queue closes or ctx ends.
 func (q *Queue) consumeGeneration(ctx context.Context, g *generation, h queue.Handler) {
+	reconnected := g.reconnects()
 	w := consume.NewPool()
 	var subs []stango.Subscription
-	defer func() {
-		for _, s := range subs {
-			// Close, not Unsubscribe: the durable keeps its position and
-			// the server hands unacknowledged messages to other members.
-			_ = s.Close()
-		}
-	}()
+	defer func() { q.closeSubscriptions(g, subs) }()
 
 	subscribe := func(channel string, window int, hold time.Duration, cb stango.MsgHandler) error {
 		s, err := g.sc.QueueSubscribe(channel, q.o.Prefix+"-connector", cb,
@@ -111,6 +107,17 @@ func (q *Queue) consumeGeneration(ctx context.Context, g *generation, h queue.Ha
 	case <-ctx.Done():
 		// Graceful: let in-flight deliveries finish and be acknowledged.
 		w.Stop(q.o.HandlerTimeout)
+	case <-reconnected:
+		// The server kept this session (a restart on a file store, or a
+		// blip of the connection), but acknowledgements sent around the
+		// outage are lost, some silently, and so is what it sent before
+		// the client was back: it counts those messages as held here
+		// until their ack wait, and a subscription whose window they fill
+		// gets nothing new (TestNoStallAfterServerRestart). Let the calls
+		// under way finish and be acknowledged, then subscribe again: the
+		// server sends what it counts as held at once.
+		q.log.Info("NATS reconnected: subscribing again once the calls under way finish, so the server sends again what it holds for this connector", "grace", q.o.HandlerTimeout.String())
+		w.Stop(q.o.HandlerTimeout)
 	case <-g.lost:
 		w.Stop(0)
 	case <-q.closed:
@@ -151,3 +158,39 @@ func (m msg) Ack() error   { return m.m.Ack() }
 // Release does nothing: NATS Streaming cannot give a message back, it
 // delivers it again after its ack wait.
 func (m msg) Release() {}
+
+// closeTimeout bounds how long closeSubscriptions tries to close one
+// subscription before it gives the connection up.
+const closeTimeout = 10 * time.Second
+
+// closeSubscriptions closes subs: Close, not Unsubscribe, so the durable
+// keeps its position and the server hands what each held to the other
+// members, or to the next member that joins. A close the server did not
+// answer (just restarted, it may not serve requests yet) is tried again:
+// the server would otherwise keep the subscription as a member, handing
+// it messages nobody receives, for as long as this connection lives. If
+// that does not work within closeTimeout, the connection is given up,
+// which ends its subscriptions on the server.
+func (q *Queue) closeSubscriptions(g *generation, subs []stango.Subscription) {
+	for _, s := range subs {
+		deadline := time.Now().Add(closeTimeout)
+		for {
+			err := s.Close()
+			if !errors.Is(err, stango.ErrCloseReqTimeout) {
+				break // closed, or the server answered
+			}
+			if time.Now().After(deadline) {
+				q.log.Warn("cannot close a subscription, reconnecting so the server drops it", "error", err)
+				g.markLost()
+				return
+			}
+			select {
+			case <-g.lost:
+				return
+			case <-q.closed:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}

@@ -53,6 +53,20 @@ func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(que
 	}
 	start := stango.DeliverAllAvailable()
 	if after > 0 {
+		// A reset store numbers from 1 again: a subscription past its
+		// last record would get only records after it, skipping the new
+		// ones at or below after, and the caller would keep the gone ones.
+		seen := q.deadLetterMark.get()
+		if seen.seq != after {
+			seen = mark{seq: after} // read by another Queue: its time is unknown
+		}
+		kept, err := q.holds(ctx, g, q.deadLetterChannel(), seen)
+		if err != nil {
+			return err
+		}
+		if !kept {
+			return fmt.Errorf("%w: record %d is no longer the one read (the NATS Streaming store was reset, or the record expired)", queue.ErrLogReset, after)
+		}
 		start = stango.StartAtSequence(after + 1)
 	}
 	// mu makes fn's calls end before FollowDeadLetters returns: the
@@ -80,6 +94,7 @@ func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(que
 			return
 		}
 		first, last = false, m.Sequence
+		q.deadLetterMark.set(mark{seq: m.Sequence, ts: m.Timestamp})
 		r, err := queue.DecodeRecord(m.Sequence, time.Unix(0, m.Timestamp), m.Data)
 		if err != nil {
 			q.log.Warn("dead-letter record skipped", "seq", m.Sequence, "error", err)
@@ -186,15 +201,65 @@ func (q *Queue) ReadDeadLetter(ctx context.Context, seq uint64) (queue.Record, e
 // returns the first message the server sends, or nil when none arrives
 // within wait.
 func (q *Queue) firstDeadLetter(ctx context.Context, g *generation, start stango.SubscriptionOption, wait time.Duration) (*stango.Msg, error) {
+	return q.firstMessage(ctx, g, q.deadLetterChannel(), start, wait)
+}
+
+// mark is a record of a channel an index has read: its sequence and the
+// server's time of it, which another record stored at that sequence after
+// a reset does not have.
+type mark struct {
+	seq uint64
+	ts  int64 // 0: unknown
+}
+
+// lastMark is the last record an index read from a channel.
+type lastMark struct {
+	mu sync.Mutex
+	m  mark
+}
+
+func (l *lastMark) get() mark {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m
+}
+
+func (l *lastMark) set(m mark) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.m = m
+}
+
+// holds reports whether channel still holds m: false when its last
+// record is older (a reset store numbers from 1 again) or the record at
+// m.seq is gone (expired) or another one. An empty channel, or a server
+// slower than the publish timeout, reads as not holding it.
+func (q *Queue) holds(ctx context.Context, g *generation, channel string, m mark) (bool, error) {
+	// Asked for a sequence past its last record, the server would send
+	// only what comes next: ask for the last one first.
+	last, err := q.firstMessage(ctx, g, channel, stango.StartWithLastReceived(), q.o.PublishTimeout)
+	if err != nil || last == nil || last.Sequence < m.seq {
+		return false, err
+	}
+	got, err := q.firstMessage(ctx, g, channel, stango.StartAtSequence(m.seq), q.o.PublishTimeout)
+	if err != nil {
+		return false, err
+	}
+	return got != nil && got.Sequence == m.seq && (m.ts == 0 || got.Timestamp == m.ts), nil
+}
+
+// firstMessage subscribes to channel from start and returns the first
+// message the server sends, or nil when none arrives within wait.
+func (q *Queue) firstMessage(ctx context.Context, g *generation, channel string, start stango.SubscriptionOption, wait time.Duration) (*stango.Msg, error) {
 	got := make(chan *stango.Msg, 1)
-	sub, err := g.sc.Subscribe(q.deadLetterChannel(), func(m *stango.Msg) {
+	sub, err := g.sc.Subscribe(channel, func(m *stango.Msg) {
 		select {
 		case got <- m:
 		default:
 		}
 	}, start, stango.MaxInflight(1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: dead-letter channel: %v", queue.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: channel %s: %v", queue.ErrUnavailable, channel, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	timer := time.NewTimer(wait)
@@ -207,7 +272,7 @@ func (q *Queue) firstDeadLetter(ctx context.Context, g *generation, start stango
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-g.lost:
-		return nil, fmt.Errorf("%w: dead-letter channel: connection lost", queue.ErrUnavailable)
+		return nil, fmt.Errorf("%w: channel %s: connection lost", queue.ErrUnavailable, channel)
 	case <-q.closed:
 		return nil, queue.ErrUnavailable
 	}

@@ -24,7 +24,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,7 +53,16 @@ type Options struct {
 	queue.Options
 	// ClusterID of NATS Streaming. Defaults to faas-cluster.
 	ClusterID string
-	// ClientID must be unique per process. Defaults to <Prefix>-<random>.
+	// ClientID names this process to NATS Streaming; two live processes
+	// must not share one. A process that connects with the id of one that
+	// died without closing (SIGKILL) replaces its registration: the
+	// server hands what the dead one held to the queue group at once,
+	// instead of after its heartbeats drop it (about 5 minutes at the
+	// server's defaults). Defaults to DefaultClientID: <Prefix>-<host
+	// name>, the same for a container restarted in its Kubernetes pod.
+	// When a live process already has the default id (two processes on
+	// one host), a random suffix is added; a configured id is retried
+	// until it is free.
 	ClientID string
 	// TierWindow is how many messages each tier worker holds at once. A
 	// tier of T seconds keeps its messages on time while no more than
@@ -86,7 +97,38 @@ type Queue struct {
 	closed      chan struct{}
 	closeOnce   sync.Once
 	done        chan struct{}
+
+	// clientID is the id the next connection uses, changed by run only:
+	// Options.ClientID, or that with a random suffix when derivedID and
+	// a live process has it.
+	clientID  string
+	derivedID bool
+
+	// The last records read by FollowDeadLetters and the status index,
+	// to tell a reset store (TestStoreResetRebuildsIndexes).
+	deadLetterMark lastMark
+	statusMark     lastMark
 }
+
+// DefaultClientID is the client id of a process on this host: <prefix>-<host
+// name>, with characters NATS Streaming does not allow in an id as _, or
+// <prefix>-<random> when the host name is unknown.
+func DefaultClientID(prefix string) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		return prefix + "-" + nuid.Next()
+	}
+	return prefix + "-" + strings.Map(func(r rune) rune {
+		if r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, host)
+}
+
+// errClientIDTaken is the server's answer to a connect with the id of a
+// live client.
+const errClientIDTaken = "clientID already registered"
 
 // generation is one NATS Streaming connection; lost is closed when the
 // server no longer answers, after which a new generation is made.
@@ -94,9 +136,27 @@ type generation struct {
 	sc       stango.Conn
 	lost     chan struct{}
 	lostOnce sync.Once
+
+	mu          sync.Mutex
+	reconnected chan struct{} // closed and replaced when NATS reconnects
 }
 
 func (g *generation) markLost() { g.lostOnce.Do(func() { close(g.lost) }) }
+
+// reconnects is closed the next time the NATS connection under g is
+// made again (the streaming session goes on).
+func (g *generation) reconnects() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.reconnected
+}
+
+func (g *generation) markReconnected() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.reconnected)
+	g.reconnected = make(chan struct{})
+}
 
 // Open validates o and starts connecting in the background; it does not
 // wait for the server, so a process can start while NATS is down.
@@ -109,8 +169,9 @@ func Open(o Options) (*Queue, error) {
 	if o.ClusterID == "" {
 		o.ClusterID = "faas-cluster"
 	}
-	if o.ClientID == "" {
-		o.ClientID = o.Prefix + "-" + nuid.Next()
+	derivedID := o.ClientID == ""
+	if derivedID {
+		o.ClientID = DefaultClientID(o.Prefix)
 	}
 	if o.TierWindow <= 0 {
 		o.TierWindow = 2048
@@ -126,7 +187,9 @@ func Open(o Options) (*Queue, error) {
 	}
 	q := &Queue{
 		o:           o,
-		log:         o.Logger.With("component", "stan", "client_id", o.ClientID),
+		log:         o.Logger.With("component", "stan"),
+		clientID:    o.ClientID,
+		derivedID:   derivedID,
 		changed:     make(chan struct{}),
 		closed:      make(chan struct{}),
 		done:        make(chan struct{}),
@@ -163,8 +226,16 @@ func (q *Queue) run() {
 	backoff := 100 * time.Millisecond
 	for {
 		g, err := q.connect()
+		if err != nil && q.derivedID && strings.Contains(err.Error(), errClientIDTaken) {
+			// Another process on this host: this one cannot replace it.
+			taken := q.clientID
+			q.clientID = taken + "-" + nuid.Next()
+			q.derivedID = false
+			q.log.Warn("another live process has this host's NATS Streaming client id, using a random one: if this process dies, what it holds waits for the server's heartbeats", "taken", taken, "client_id", q.clientID)
+			continue
+		}
 		if err != nil {
-			q.log.Warn("cannot connect to NATS Streaming, retrying", "url", queue.RedactURL(q.o.URL), "error", err, "retry_in", backoff)
+			q.log.Warn("cannot connect to NATS Streaming, retrying", "url", queue.RedactURL(q.o.URL), "client_id", q.clientID, "error", err, "retry_in", backoff)
 			select {
 			case <-q.closed:
 				return
@@ -176,7 +247,7 @@ func (q *Queue) run() {
 		backoff = 100 * time.Millisecond
 		q.maxPayload.Store(g.sc.NatsConn().MaxPayload())
 		q.set(g)
-		q.log.Info("connected to NATS Streaming", "url", queue.RedactURL(q.o.URL), "cluster_id", q.o.ClusterID)
+		q.log.Info("connected to NATS Streaming", "url", queue.RedactURL(q.o.URL), "cluster_id", q.o.ClusterID, "client_id", q.clientID)
 		select {
 		case <-g.lost:
 			q.set(nil)
@@ -193,11 +264,15 @@ func (q *Queue) run() {
 }
 
 func (q *Queue) connect() (*generation, error) {
-	g := &generation{lost: make(chan struct{})}
+	g := &generation{lost: make(chan struct{}), reconnected: make(chan struct{})}
 	natsOpts := []nats.Option{
-		nats.Name(q.o.ClientID),
+		nats.Name(q.clientID),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			q.log.Info("reconnected to NATS")
+			g.markReconnected()
+		}),
 		// Fail publishes at once while disconnected instead of buffering
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
@@ -205,7 +280,7 @@ func (q *Queue) connect() (*generation, error) {
 	if q.o.CredentialsFile != "" {
 		natsOpts = append(natsOpts, nats.UserCredentials(q.o.CredentialsFile))
 	}
-	sc, err := stango.Connect(q.o.ClusterID, q.o.ClientID,
+	sc, err := stango.Connect(q.o.ClusterID, q.clientID,
 		stango.NatsURL(q.o.URL),
 		stango.NatsOptions(natsOpts...),
 		stango.ConnectWait(5*time.Second),

@@ -127,7 +127,36 @@ func (q *Queue) runIndex() {
 // supersedes, and an equal one is the same.
 func (q *Queue) indexGeneration(g *generation) {
 	token := append(append([]byte{}, syncMark...), nuid.Next()...)
+	// Replaying the channel again only adds to the index: when the store
+	// was reset, what the index holds is gone, and it starts afresh.
+	if seen := q.statusMark.get(); seen.seq > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-q.closed:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		kept, err := q.holds(ctx, g, StatusChannel(q.o.Prefix), seen)
+		cancel()
+		if err != nil {
+			q.log.Warn("cannot read the status channel, retrying", "error", err)
+			select {
+			case <-g.lost:
+			case <-q.closed:
+			case <-time.After(time.Second):
+			}
+			return
+		}
+		if !kept {
+			q.log.Warn("the status channel no longer holds the last status read (the NATS Streaming store was reset, or it expired): rebuilding the status index from the channel", "seq", seen.seq)
+			q.index.Reset()
+			q.statusMark.set(mark{})
+		}
+	}
 	sub, err := g.sc.Subscribe(StatusChannel(q.o.Prefix), func(m *stango.Msg) {
+		q.statusMark.set(mark{seq: m.Sequence, ts: m.Timestamp})
 		if bytes.HasPrefix(m.Data, syncMark) {
 			if bytes.Equal(m.Data, token) {
 				q.index.SetSynced(true)

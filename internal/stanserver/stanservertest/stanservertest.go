@@ -26,8 +26,16 @@ type Server struct{ *servertest.Server }
 // Start runs a server that stops when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, stanserver.Options{})
+}
+
+// StartWith runs a server with o (its Dir and Port are the test's) that
+// stops when the test ends.
+func StartWith(t testing.TB, o stanserver.Options) *Server {
+	t.Helper()
 	return &Server{servertest.Start(t, func(dir string, port int) (string, func(), error) {
-		srv, err := stanserver.Start(stanserver.Options{Dir: dir, Port: port})
+		o.Dir, o.Port = dir, port
+		srv, err := stanserver.Start(o)
 		if err != nil {
 			return "", nil, err
 		}

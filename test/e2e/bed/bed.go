@@ -340,7 +340,7 @@ func (b *Bed) OpenQueue() (queue.Queue, error) {
 		Registerer:      prometheus.NewRegistry(),
 	}
 	if cfg.Backend == Stan {
-		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID})
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID})
 	}
 	return jetstream.Open(jetstream.Options{Options: common, Stream: cfg.JetStreamStream, Consumer: cfg.JetStreamConsumer,
 		Replicas: cfg.JetStreamReplicas, DeadLetterMaxAge: cfg.DeadLetterMaxAge})
