@@ -126,6 +126,12 @@ func forEachBackendWith(t *testing.T, env map[string]string, test func(t *testin
 // backend and the requeue API; startConnector starts the connector.
 func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	t.Helper()
+	return setupIn(t, backend, extra, t.TempDir())
+}
+
+// setupIn is setup with the server storing in dir.
+func setupIn(t testing.TB, backend string, extra map[string]string, dir string) *bundle {
+	t.Helper()
 	gw, err := gatewaytest.Start(gatewaytest.Options{User: gatewayUser, Password: gatewayPassword})
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +139,9 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	t.Cleanup(gw.Stop)
 	b := &bundle{gw: gw}
 	if backend == "jetstream" {
-		b.nats = jetStreamBroker{jsservertest.Start(t)}
+		b.nats = jetStreamBroker{jsservertest.StartIn(t, dir)}
 	} else {
-		b.nats = stanBroker{stanservertest.Start(t)}
+		b.nats = stanBroker{stanservertest.StartIn(t, dir)}
 	}
 	secrets := t.TempDir()
 	for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": gatewayPassword, "mailbox-token": apiToken} {

@@ -390,7 +390,33 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
 	default:
-		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, m.Subject, err)
+		return publishError(m.Subject, err)
+	}
+}
+
+// The server's error codes (nats-server's errors.json) that refuse a
+// write for want of storage.
+const (
+	codeAccountResourcesExceeded = 10002 // the account's storage limit
+	codeInsufficientResources    = 10023 // the server's max_store (max_file_store)
+	codeStorageResourcesExceeded = 10047 // no storage left for a new stream or replica
+)
+
+// publishError classifies a failed write to subject: queue.ErrStorageFull
+// when the server refused it for want of storage, queue.ErrTimeout when
+// it did not answer in time (a stalled server; also a file store whose
+// disk filled, which answers nothing and refuses every later write to
+// that stream until the server restarts), queue.ErrUnavailable otherwise.
+func publishError(subject string, err error) error {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.As(err, &apiErr) && (apiErr.ErrorCode == codeAccountResourcesExceeded ||
+		apiErr.ErrorCode == codeInsufficientResources || apiErr.ErrorCode == codeStorageResourcesExceeded):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrStorageFull, subject, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrTimeout, subject, err)
+	default:
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, subject, err)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"math/bits"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -313,6 +314,13 @@ func (q *Queue) publish(ctx context.Context, g *generation, channel string, data
 		return nil
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
+	case strings.Contains(err.Error(), "no space left on device"):
+		// The server's store could not write: it answers the publisher
+		// so when it fails to store, though a failed flush of its file
+		// store makes it panic (nats-streaming-server's ioLoop).
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrStorageFull, channel, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, stango.ErrTimeout):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrTimeout, channel, err)
 	default:
 		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, channel, err)
 	}
