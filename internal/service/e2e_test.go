@@ -157,12 +157,15 @@ func setupIn(t testing.TB, backend string, extra map[string]string, dir string) 
 		"secret_mount_path": secrets,
 		"upstream_timeout":  "5s",
 		"auth_token_secret": "mailbox-token",
+		// The store's file system is watched only where a test asks.
+		"data_dir_reserve_bytes": "0",
 	}
 	maps.Copy(env, extra)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.StoreDir = dir // as mailbox serve sets it for its embedded server
 	b.cfg = cfg
 
 	b.apiReg = prometheus.NewRegistry()
