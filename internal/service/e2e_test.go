@@ -132,6 +132,13 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 // setupIn is setup with the server storing in dir.
 func setupIn(t testing.TB, backend string, extra map[string]string, dir string) *bundle {
 	t.Helper()
+	return setupWith(t, backend, extra, dir, nil)
+}
+
+// setupWith is setupIn with the API (and the connector) reaching the
+// server at via(its URL), when via is not nil: through a proxy.
+func setupWith(t testing.TB, backend string, extra map[string]string, dir string, via func(string) string) *bundle {
+	t.Helper()
 	gw, err := gatewaytest.Start(gatewaytest.Options{User: gatewayUser, Password: gatewayPassword})
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +166,9 @@ func setupIn(t testing.TB, backend string, extra map[string]string, dir string) 
 		"auth_token_secret": "mailbox-token",
 		// The store's file system is watched only where a test asks.
 		"data_dir_reserve_bytes": "0",
+	}
+	if via != nil {
+		env["nats_url"] = via(b.nats.URL())
 	}
 	maps.Copy(env, extra)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)

@@ -1,0 +1,203 @@
+package service_test
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
+)
+
+// stallProxy forwards TCP connections to a NATS server and, while
+// stalled, holds every byte in both directions: the server looks alive
+// (the connection stays open) but answers nothing, as a broker stuck on
+// a slow disk or a saturated link.
+type stallProxy struct {
+	ln     net.Listener
+	target string
+
+	mu      sync.Mutex
+	stalled bool
+	resume  chan struct{} // closed when a stall ends
+	conns   []net.Conn
+}
+
+// startProxy forwards to the host:port of natsURL until the test ends.
+func startProxy(t testing.TB, natsURL string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, target: strings.TrimPrefix(natsURL, "nats://"), resume: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		p.Stall(false)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	return p
+}
+
+func (p *stallProxy) URL() string { return "nats://" + p.ln.Addr().String() }
+
+func (p *stallProxy) forward(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, s)
+	p.mu.Unlock()
+	go p.copy(s, c)
+	p.copy(c, s)
+}
+
+// copy forwards from src to dst, holding what it read while stalled.
+func (p *stallProxy) copy(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		stalled, resume := p.stalled, p.resume
+		p.mu.Unlock()
+		if stalled {
+			<-resume
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Stall starts (true) or ends (false) holding every byte.
+func (p *stallProxy) Stall(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on == p.stalled {
+		return
+	}
+	p.stalled = on
+	if !on {
+		close(p.resume)
+		p.resume = make(chan struct{})
+	}
+}
+
+// slowBrokerBound is how long a requeue may take against a broker that
+// answers nothing: the publish timeout (5s, service.publishTimeout), plus
+// the quota check's wait for its index (queue.QuotaWait), plus a margin
+// for a busy machine.
+const slowBrokerBound = 5*time.Second + queue.QuotaWait + 5*time.Second
+
+// A broker that stops answering, its connection still open: requeues are
+// answered 503 "broker timeout" (or "broker unavailable", once the client
+// has given the connection up) with Retry-After within slowBrokerBound,
+// none hangs, nothing is accepted; once the broker answers again, so do
+// requeues, without a restart.
+func TestSlowBrokerAnswers503InTime(t *testing.T) {
+	t.Parallel()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			var p *stallProxy
+			b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
+				p = startProxy(t, natsURL)
+				return p.URL()
+			})
+			b.mustSchedule(t, "fn", []byte("before"), "X-Delay-Duration", "3600")
+
+			p.Stall(true)
+			const n = 8
+			var wg sync.WaitGroup
+			errs := make(chan error, n)
+			for i := range n {
+				wg.Go(func() {
+					start := time.Now()
+					code, cause, retryAfter, err := rawRequeue(b, "fn", "3600")
+					took := time.Since(start)
+					switch {
+					case err != nil:
+						errs <- err
+					case took > slowBrokerBound:
+						errs <- errors.New("requeue " + strconv.Itoa(i) + " took " + took.String() + ", more than " + slowBrokerBound.String())
+					case code != http.StatusServiceUnavailable || retryAfter == "" ||
+						(cause != "broker timeout" && cause != "broker unavailable"):
+						errs <- errors.New("requeue " + strconv.Itoa(i) + " answered " + strconv.Itoa(code) + " cause " + cause + " Retry-After " + retryAfter + ", want 503 broker timeout or unavailable with Retry-After")
+					default:
+						t.Logf("requeue %d: 503 %s after %v", i, cause, took.Round(time.Millisecond))
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			p.Stall(false)
+			poll.Until(t, 30*time.Second, "a requeue accepted once the broker answers", func() bool {
+				code, _, _, err := rawRequeue(b, "fn", "3600")
+				return err == nil && code == http.StatusAccepted
+			})
+		})
+	}
+}
+
+// rawRequeue POSTs a requeue to fn and returns its status, cause and
+// Retry-After.
+func rawRequeue(b *bundle, fn, delay string) (code int, cause, retryAfter string, err error) {
+	req, err := http.NewRequest(http.MethodPost, b.api.URL+"/deadletter/"+fn, strings.NewReader("x"))
+	if err != nil {
+		return 0, "", "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	req.Header.Set("X-Delay-Duration", delay)
+	// The client's own bound, far past slowBrokerBound: a hang fails the
+	// test instead of stalling it.
+	client := &http.Client{Timeout: 2 * time.Minute}
+	res, err := client.Do(req)
+	if err != nil {
+		return 0, "", "", err
+	}
+	defer res.Body.Close()
+	var a struct {
+		Cause string `json:"cause"`
+	}
+	data, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, "", "", err
+	}
+	_ = json.Unmarshal(data, &a)
+	return res.StatusCode, a.Cause, res.Header.Get("Retry-After"), nil
+}
