@@ -81,6 +81,8 @@ type bundle struct {
 	reg  *prometheus.Registry // the connector's
 	// apiReg is the API's, and its dead-letter store's.
 	apiReg *prometheus.Registry
+	// connectorLog receives the connector's logs; nil discards them.
+	connectorLog *slog.Logger
 }
 
 // broker is an embedded NATS server for one backend.
@@ -215,11 +217,15 @@ var quiet = slog.New(slog.DiscardHandler)
 func (b *bundle) startConnector(t testing.TB) (stop func()) {
 	t.Helper()
 	b.reg = prometheus.NewRegistry()
-	q, err := service.OpenQueue(b.cfg, b.reg, quiet)
+	logger := quiet
+	if b.connectorLog != nil {
+		logger = b.connectorLog
+	}
+	q, err := service.OpenQueue(b.cfg, b.reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := service.Dispatcher(b.cfg, q, b.reg, quiet)
+	d, err := service.Dispatcher(b.cfg, q, b.reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,11 @@
 package service_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -115,6 +117,23 @@ func (p *stallProxy) Stall(on bool) {
 	}
 }
 
+// Break closes every connection, dropping what a stall held: writes the
+// clients sent meanwhile never reach the server, as on a link that
+// failed. Clients reconnect through the proxy.
+func (p *stallProxy) Break() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	if p.stalled {
+		p.stalled = false
+		close(p.resume)
+		p.resume = make(chan struct{})
+	}
+}
+
 // slowBrokerBound is how long a requeue may take against a broker that
 // answers nothing: the publish timeout (5s, service.publishTimeout), plus
 // the quota check's wait for its index (queue.QuotaWait), plus a margin
@@ -177,7 +196,12 @@ func TestSlowBrokerAnswers503InTime(t *testing.T) {
 // rawRequeue POSTs a requeue to fn and returns its status, cause and
 // Retry-After.
 func rawRequeue(b *bundle, fn, delay string) (code int, cause, retryAfter string, err error) {
-	req, err := http.NewRequest(http.MethodPost, b.api.URL+"/deadletter/"+fn, strings.NewReader("x"))
+	return rawRequeueBody(b, fn, delay, []byte("x"))
+}
+
+// rawRequeueBody is rawRequeue with body.
+func rawRequeueBody(b *bundle, fn, delay string, body []byte) (code int, cause, retryAfter string, err error) {
+	req, err := http.NewRequest(http.MethodPost, b.api.URL+"/deadletter/"+fn, bytes.NewReader(body))
 	if err != nil {
 		return 0, "", "", err
 	}
@@ -200,4 +224,65 @@ func rawRequeue(b *bundle, fn, delay string) (code int, cause, retryAfter string
 	}
 	_ = json.Unmarshal(data, &a)
 	return res.StatusCode, a.Cause, res.Header.Get("Retry-After"), nil
+}
+
+// lockedBuffer is a bytes.Buffer for logs written from many goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A delivery whose outcome cannot be stored (the broker stalls just as
+// the function fails, then the link breaks, so its retry never reaches
+// the server) is not lost: the handler gives up, the message stays
+// unacknowledged, and once the broker is reached again the original is
+// delivered again (X-Retries 0, not the retry's 1) and completes.
+func TestRetryNotStoredIsRedelivered(t *testing.T) {
+	t.Parallel()
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			var p *stallProxy
+			b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
+				p = startProxy(t, natsURL)
+				return p.URL()
+			})
+			logs := &lockedBuffer{}
+			b.connectorLog = slog.New(slog.NewTextHandler(logs, nil))
+			flaky := b.deploy("flaky", func(n int) int {
+				if n == 1 {
+					// The broker stalls while the function fails:
+					// its retry cannot be stored.
+					p.Stall(true)
+					return http.StatusInternalServerError
+				}
+				return http.StatusOK
+			}, nil)
+			a := b.mustSchedule(t, "flaky", []byte("retry me"), "X-Delay-Duration", "1", "X-Max-Retries", "3")
+			b.startConnector(t)
+			poll.Until(t, 30*time.Second, "the connector gives up storing the retry", func() bool {
+				return strings.Contains(logs.String(), "handler failed")
+			})
+			p.Break()
+			poll.Until(t, 3*time.Minute, "the message delivered again", func() bool {
+				return flaky.Len() >= 2
+			})
+			calls := callsWith(flaky, a.ID)
+			if got := calls[1].Header.Get("X-Retries"); got != "0" {
+				t.Fatalf("second call has X-Retries %q, want 0: the original redelivered, as its retry was never stored", got)
+			}
+		})
+	}
 }
