@@ -105,3 +105,33 @@ func TestFullDiskRefusesRequeuesDeliversAccepted(t *testing.T) {
 		})
 	}
 }
+
+// JetStream's own limit on its store (max_file_store; the embedded
+// server's default is 75% of the space free when it starts) refuses
+// writes with "insufficient resources" (10023), which was answered 503
+// "queue unavailable" as if the broker were down: it is 507 naming the
+// cause, with Retry-After. The reserve check is off here, so that the
+// server's answer is what the API reports.
+func TestJetStreamStoreLimitAnswers507(t *testing.T) {
+	t.Parallel()
+	fs := diskspacetest.Mount(t, 16<<20)
+	b := setupIn(t, "jetstream", nil, filepath.Join(fs, "store"))
+	body := bytes.Repeat([]byte("x"), 256<<10)
+	for i := 0; ; i++ {
+		code, cause, retryAfter, err := rawRequeueBody(b, "fn", "3600", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code == http.StatusAccepted {
+			if i > 64 { // 16 MiB
+				t.Fatalf("%d requeues of 256 KiB accepted on a 16 MiB file system", i)
+			}
+			continue
+		}
+		if code != http.StatusInsufficientStorage || cause != "broker storage full" || retryAfter == "" {
+			t.Fatalf("requeue %d answered %d cause %q Retry-After %q, want 507 broker storage full with Retry-After", i, code, cause, retryAfter)
+		}
+		t.Logf("refused after %d requeues of 256 KiB", i)
+		break
+	}
+}
