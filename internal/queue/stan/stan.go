@@ -92,12 +92,19 @@ type Queue struct {
 // generation is one NATS Streaming connection; lost is closed when the
 // server no longer answers, after which a new generation is made.
 type generation struct {
-	sc       stango.Conn
+	sc stango.Conn
+	// nc is sc's NATS connection, kept because sc.NatsConn() returns nil
+	// once sc is closed, which the loop may do while others still hold g.
+	nc       *nats.Conn
 	lost     chan struct{}
 	lostOnce sync.Once
 }
 
 func (g *generation) markLost() { g.lostOnce.Do(func() { close(g.lost) }) }
+
+// up reports whether g's NATS connection is connected now; false once it
+// is closed.
+func (g *generation) up() bool { return g.nc.IsConnected() }
 
 // Open validates o and starts connecting in the background; it does not
 // wait for the server, so a process can start while NATS is down.
@@ -175,7 +182,7 @@ func (q *Queue) run() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		q.maxPayload.Store(g.sc.NatsConn().MaxPayload())
+		q.maxPayload.Store(g.nc.MaxPayload())
 		q.set(g)
 		q.log.Info("connected to NATS Streaming", "url", queue.RedactURL(q.o.URL), "cluster_id", q.o.ClusterID)
 		select {
@@ -224,7 +231,7 @@ func (q *Queue) connect() (*generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.sc = sc
+	g.sc, g.nc = sc, sc.NatsConn()
 	return g, nil
 }
 
@@ -264,7 +271,7 @@ func (q *Queue) wait(ctx context.Context) (*generation, error) {
 // Connected reports whether the server is reachable now.
 func (q *Queue) Connected() bool {
 	g := q.current()
-	return g != nil && g.sc.NatsConn().IsConnected()
+	return g != nil && g.up()
 }
 
 // MaxPayload is the largest encoded envelope the server accepts.
