@@ -73,8 +73,9 @@ type Options struct {
 // Queue is a NATS Streaming backend. It connects in the background and
 // reconnects by itself for as long as it is open.
 type Queue struct {
-	o   Options
-	log *slog.Logger
+	o       Options
+	log     *slog.Logger
+	breaker *queue.Breaker // the connection, to break when a write is stuck
 
 	mu      sync.Mutex
 	cur     *generation   // nil while disconnected
@@ -134,6 +135,7 @@ func Open(o Options) (*Queue, error) {
 	}
 	q := &Queue{
 		o:           o,
+		breaker:     &queue.Breaker{},
 		log:         o.Logger.With("component", "stan", "client_id", o.ClientID),
 		changed:     make(chan struct{}),
 		closed:      make(chan struct{}),
@@ -209,6 +211,12 @@ func (q *Queue) connect() (*generation, error) {
 		// Fail publishes at once while disconnected instead of buffering
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
+		// A write to a server that stopped reading (its socket buffers
+		// full) blocks every publish on the connection: the flusher gives
+		// it up after PublishTimeout instead of nats.go's minute, and a
+		// publish stuck behind it breaks the connection (queue.Breaker).
+		nats.FlusherTimeout(q.o.PublishTimeout),
+		nats.SetCustomDialer(q.breaker),
 	}
 	if q.o.CredentialsFile != "" {
 		natsOpts = append(natsOpts, nats.UserCredentials(q.o.CredentialsFile))
@@ -305,6 +313,9 @@ func (q *Queue) store(ctx context.Context, e *envelope.Envelope, channel func() 
 
 // publish returns once the server has acknowledged data on channel.
 func (q *Queue) publish(ctx context.Context, g *generation, channel string, data []byte) error {
+	// The ack is awaited for PublishTimeout (PubAckWait); PublishAsync
+	// itself may block on a stuck connection.
+	defer q.breaker.Guard(q.o.PublishTimeout)()
 	acked := make(chan error, 1)
 	_, err := g.sc.PublishAsync(channel, data, func(_ string, err error) { acked <- err })
 	if err == nil {
