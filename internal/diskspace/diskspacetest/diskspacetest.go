@@ -5,8 +5,9 @@ package diskspacetest
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
+
+	"github.com/openfaas/mailbox/internal/diskspace"
 )
 
 // Mount mounts a tmpfs of size bytes on a new directory, unmounted when
@@ -45,11 +46,10 @@ func Fill(t testing.TB, dir string, leave int64) (free func()) {
 	defer f.Close()
 	block := make([]byte, 4096)
 	for {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(dir, &st); err != nil {
-			t.Fatal(err)
+		avail, ok := diskspace.Free(dir)
+		if !ok {
+			t.Fatalf("cannot read the free space on %s", dir)
 		}
-		avail := int64(st.Bavail) * int64(st.Bsize)
 		if avail <= leave {
 			break
 		}
