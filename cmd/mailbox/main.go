@@ -130,18 +130,26 @@ func run(ctx context.Context, args, environ []string, stderr io.Writer, ready fu
 	return serve(ctx, cfg, cfg.Logger(stderr), ready)
 }
 
+// storeDir is where the embedded server of cfg's backend stores.
+func storeDir(cfg config.Config) string {
+	if cfg.Backend == "jetstream" {
+		return filepath.Join(cfg.DataDir, "jetstream")
+	}
+	return filepath.Join(cfg.DataDir, "nats")
+}
+
 // embed starts the server the backend needs, storing in data_dir.
 func embed(cfg config.Config) (url string, shutdown func(), err error) {
 	switch cfg.Backend {
 	case "jetstream":
-		srv, err := jsserver.Start(jsserver.Options{Dir: filepath.Join(cfg.DataDir, "jetstream")})
+		srv, err := jsserver.Start(jsserver.Options{Dir: storeDir(cfg)})
 		if err != nil {
 			return "", nil, err
 		}
 		return srv.URL(), srv.Shutdown, nil
 	default:
 		srv, err := stanserver.Start(stanserver.Options{
-			Dir:       filepath.Join(cfg.DataDir, "nats"),
+			Dir:       storeDir(cfg),
 			ClusterID: cfg.NATSClusterID,
 			Retention: cfg.MaxDelay + outageTolerance,
 			// Dead letters are kept until they are dealt with, or a day
@@ -169,6 +177,8 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ready fu
 		}
 		defer shutdown()
 		cfg.NATSURL = url
+		// The requeue API keeps data_dir_reserve_bytes free there.
+		cfg.StoreDir = storeDir(cfg)
 		logger.Info("embedded NATS server started", "backend", cfg.Backend, "url", url, "data_dir", cfg.DataDir)
 	}
 

@@ -68,10 +68,10 @@ type child struct {
 }
 
 // startChild runs `mailbox serve` on dataDir, delivering through
-// gatewayURL, and returns once its API listens. The port is chosen by the
+// gatewayURL, with env (name=value) over the test's settings, and returns once its API listens. The port is chosen by the
 // kernel (--listen 127.0.0.1:0) and read from the log, so that parallel
 // tests cannot race for a port. The process is killed when the test ends.
-func startChild(t *testing.T, dataDir, gatewayURL, backend string) *child {
+func startChild(t *testing.T, dataDir, gatewayURL, backend string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve",
 		"--backend", backend,
@@ -86,6 +86,7 @@ func startChild(t *testing.T, dataDir, gatewayURL, backend string) *child {
 		"log_level=info",
 		"upstream_timeout=10s",
 	)
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,18 @@ import (
 // reconnect, short enough that a caller's message is not held up for long.
 const retryAfterSeconds = "5"
 
+// storageRetryAfterSeconds is sent with 507 answers for a full broker
+// store: space comes back as waiting messages are delivered or an
+// operator frees it, which takes longer than a reconnect.
+const storageRetryAfterSeconds = "30"
+
+// The causes named in 503 and 507 answers.
+const (
+	causeUnavailable = "broker unavailable"
+	causeTimeout     = "broker timeout"
+	causeStorageFull = "broker storage full"
+)
+
 // Options configures the handler returned by New.
 type Options struct {
 	// Queue stores accepted messages. Required.
@@ -87,6 +99,12 @@ type Options struct {
 	// the web page under /ui; nil turns them off.
 	DeadLetters *deadletter.Store
 	UI          http.Handler
+
+	// Storage, when set, is asked before every requeue whether the
+	// broker's store has room (diskspace.Guard.Check): an error wrapping
+	// queue.ErrStorageFull refuses the requeue with 507 before anything
+	// is reserved or stored. Nil: only the broker's answer counts.
+	Storage func() error
 
 	// Logger receives operational logs; request bodies are never logged.
 	// Defaults to discarding logs.
@@ -153,6 +171,7 @@ type handler struct {
 	callbacks       *callback.Policy
 	guard           *auth.Guard
 	requeueAuth     bool
+	storage         func() error
 }
 
 // New returns the requeue API handler. It fails when o is invalid or its
@@ -197,6 +216,7 @@ func New(o Options) (http.Handler, error) {
 		callbacks:       o.Callbacks,
 		guard:           o.Guard,
 		requeueAuth:     o.RequeueAuth,
+		storage:         o.Storage,
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -357,8 +377,7 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	if limit <= 0 {
 		// No configured limit and the broker's is not known yet (not
 		// connected): a write could not succeed now anyway.
-		w.Header().Set("Retry-After", retryAfterSeconds)
-		return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later")
+		return writeUnavailable(w, causeUnavailable)
 	}
 	if r.ContentLength > limit {
 		return writeError(w, http.StatusRequestEntityTooLarge, "", fmt.Sprintf("body of %d bytes is larger than the limit of %d bytes", r.ContentLength, limit))
@@ -393,6 +412,11 @@ func (h *handler) requeue(w http.ResponseWriter, r *http.Request, path string) i
 	// decision.
 	policy := delivery.Resolve(e, envelope.Policy{}, h.defaults)
 	d := delivery.Admit(e, policy, now, rand.Float64())
+	if h.storage != nil {
+		if err := h.storage(); err != nil {
+			return h.queueError(w, e, d.Action == delivery.DeadLetter, err)
+		}
+	}
 	release, err := h.reserve(r.Context(), d)
 	if errors.Is(err, queue.ErrRepeat) {
 		return h.repeat(w, e)
@@ -492,8 +516,7 @@ func (h *handler) authorizeRequeue(w http.ResponseWriter, r *http.Request) (int,
 	}
 	limit := h.bodyLimit()
 	if limit <= 0 {
-		w.Header().Set("Retry-After", retryAfterSeconds)
-		return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later"), false
+		return writeUnavailable(w, causeUnavailable), false
 	}
 	body, err := auth.ReadBody(w, r, limit)
 	if err != nil {
@@ -537,11 +560,29 @@ func (h *handler) queueError(w http.ResponseWriter, e *envelope.Envelope, dead b
 		h.log.Debug("requeue: refused by a quota", "function", e.Function, "id", e.ID, "quota", qe.Quota, "limit", qe.Limit)
 		return writeJSON(w, code, quotaResponse{Error: qe.Error(), Quota: qe.Quota, Limit: qe.Limit, Function: qe.Function})
 	}
+	if errors.Is(err, queue.ErrStorageFull) {
+		// Warn, not error: the mailbox works as meant, refusing what it
+		// has no room for; operators free space or grow the store.
+		h.log.Warn("requeue: refused, broker storage full",
+			"function", e.Function, "id", e.ID, "dead_letter", dead, "error", err)
+		w.Header().Set("Retry-After", storageRetryAfterSeconds)
+		return writeJSON(w, http.StatusInsufficientStorage, errorResponse{
+			Error: "broker storage is full, retry later", Cause: causeStorageFull})
+	}
 	h.log.Error("requeue: queue write failed",
 		"function", e.Function, "id", e.ID, "dead_letter", dead,
 		"body_bytes", len(e.Body), "error", err)
+	cause := causeUnavailable
+	if errors.Is(err, queue.ErrTimeout) {
+		cause = causeTimeout
+	}
+	return writeUnavailable(w, cause)
+}
+
+// writeUnavailable answers 503, telling the caller to retry and why.
+func writeUnavailable(w http.ResponseWriter, cause string) int {
 	w.Header().Set("Retry-After", retryAfterSeconds)
-	return writeError(w, http.StatusServiceUnavailable, "", "queue unavailable, retry later")
+	return writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: "queue unavailable, retry later", Cause: cause})
 }
 
 // bodyLimit is MaxBodyBytes lowered to the broker's max payload, read per
@@ -563,10 +604,13 @@ type quotaResponse struct {
 	Function string `json:"function,omitempty"`
 }
 
-// errorResponse is the body of every error answer.
+// errorResponse is the body of every error answer. Cause, on 503 and 507
+// answers, names what the broker lacks: causeUnavailable, causeTimeout
+// or causeStorageFull.
 type errorResponse struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
+	Cause string `json:"cause,omitempty"`
 }
 
 func writeFieldError(w http.ResponseWriter, code int, err error) int {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -149,4 +151,81 @@ func TestRequeueRepeatFoundByQuotaCheck(t *testing.T) {
 		t.Fatalf("answer %d %v, want 200 repeat", w.Code, m)
 	}
 	wantNothingStored(t, b.queue)
+}
+
+// A broker that refuses a write for want of storage (JetStream's
+// "insufficient resources", a full disk) was answered like an unreachable
+// one: 503 "queue unavailable", no cause. It is 507 naming the cause, with
+// Retry-After, nothing stored and the reservation given back; a broker
+// that did not answer in time is 503 "broker timeout", one unreachable
+// 503 "broker unavailable", both with Retry-After.
+func TestRequeueBrokerCauses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err        error
+		code       int
+		cause      string
+		retryAfter string
+	}{
+		{fmt.Errorf("%w: publish to mailbox.delay: nats: insufficient resources", queue.ErrStorageFull), http.StatusInsufficientStorage, "broker storage full", "30"},
+		{fmt.Errorf("%w: publish to mailbox.delay: context deadline exceeded", queue.ErrTimeout), http.StatusServiceUnavailable, "broker timeout", "5"},
+		{fmt.Errorf("%w: publish to mailbox.delay: nats: connection closed", queue.ErrUnavailable), http.StatusServiceUnavailable, "broker unavailable", "5"},
+	} {
+		t.Run(tc.cause, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			b.queue.quotaFails = func(status.Claim) error { return nil }
+			b.queue.scheduleErr = tc.err
+			w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderMessageID: {"m-1"}})
+			m := wantError(t, w, tc.code, "")
+			if m["cause"] != tc.cause {
+				t.Errorf("answer %v, want cause %q", m, tc.cause)
+			}
+			if got := w.Header().Get("Retry-After"); got != tc.retryAfter {
+				t.Errorf("Retry-After = %q, want %q", got, tc.retryAfter)
+			}
+			if strings.Contains(w.Body.String(), "mailbox.delay") {
+				t.Errorf("answer %q tells the broker's error to the caller", w.Body)
+			}
+			wantNothingStored(t, b.queue)
+			if len(b.queue.reserved) != 0 {
+				t.Errorf("the refused requeue kept its reservation: %+v", b.queue.reserved)
+			}
+			if _, ok := b.queue.status("m-1"); ok {
+				t.Errorf("the refused requeue recorded a status")
+			}
+		})
+	}
+}
+
+// With Storage set (the standalone binary's diskspace.Guard), a requeue
+// the store has no room for is refused with 507 before anything is
+// reserved or stored; once the check passes again, so does the requeue.
+func TestRequeueStorageCheck(t *testing.T) {
+	t.Parallel()
+	var full atomic.Bool
+	full.Store(true)
+	b := setup(t, func(o *Options) {
+		o.Storage = func() error {
+			if full.Load() {
+				return fmt.Errorf("%w: 1024 bytes free", queue.ErrStorageFull)
+			}
+			return nil
+		}
+	})
+	reserveCalled := false
+	b.queue.quotaFails = func(status.Claim) error { reserveCalled = true; return nil }
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil)
+	m := wantError(t, w, http.StatusInsufficientStorage, "")
+	if m["cause"] != "broker storage full" || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("answer %v (Retry-After %q), want cause broker storage full and Retry-After", m, w.Header().Get("Retry-After"))
+	}
+	if reserveCalled {
+		t.Errorf("a requeue refused for want of storage reserved a place")
+	}
+	wantNothingStored(t, b.queue)
+	full.Store(false)
+	if w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), nil); w.Code != http.StatusAccepted {
+		t.Fatalf("with room again: status %d, want 202 (body %q)", w.Code, w.Body)
+	}
 }

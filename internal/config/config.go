@@ -194,6 +194,16 @@ type Config struct {
 	// DataDir is where the standalone binary's embedded NATS server stores
 	// its data. Defaults to ./mailbox-data.
 	DataDir string
+	// DataDirReserveBytes is the free space kept on DataDir's file system
+	// while the standalone binary embeds the server: below it, requeues
+	// are refused (507) so that the server's store never runs out of space
+	// for what it already accepted. 0 turns the check off. Defaults to
+	// 64 MiB.
+	DataDirReserveBytes int64
+	// StoreDir is not a setting: the standalone binary sets it to its
+	// embedded server's store, whose file system the requeue API then
+	// watches (DataDirReserveBytes). Empty: nothing is watched.
+	StoreDir string
 	// LogLevel is the minimum level logged: debug, info, warn or error.
 	// Defaults to info.
 	LogLevel slog.Level

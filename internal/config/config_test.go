@@ -82,8 +82,10 @@ func builtin() Config {
 		// /metrics is open, as Prometheus expects.
 		MetricsAuth: false,
 		DataDir:     "./mailbox-data",
-		LogLevel:    slog.LevelInfo,
-		LogFormat:   "json",
+		// Requeues stop with 64 MiB left for what was accepted.
+		DataDirReserveBytes: 64 << 20,
+		LogLevel:            slog.LevelInfo,
+		LogFormat:           "json",
 	}
 }
 
@@ -799,7 +801,7 @@ func TestSettings(t *testing.T) {
 		"no_such_function_grace", "callback_max_retries", "callback_delay",
 		"callback_allow_hosts", "callback_max_inflight", "function_refresh",
 		"max_body_bytes", "keep_credentials", "listen", "read_timeout", "write_timeout", "metrics_auth",
-		"data_dir", "log_level", "log_format",
+		"data_dir", "data_dir_reserve_bytes", "log_level", "log_format",
 	}
 	settings := Settings()
 	if len(settings) != len(wantNames) {
@@ -852,7 +854,7 @@ func TestSettings(t *testing.T) {
 		"callback_allow_hosts": "h", "callback_max_inflight": "2",
 		"max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
 		"read_timeout": "1", "write_timeout": "1", "metrics_auth": "true",
-		"data_dir": "/d", "log_level": "debug", "log_format": "text",
+		"data_dir": "/d", "data_dir_reserve_bytes": "0", "log_level": "debug", "log_format": "text",
 	}
 	for _, s := range settings {
 		v, ok := nonDefault[s.Name]

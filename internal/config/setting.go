@@ -567,6 +567,14 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "data_dir_reserve_bytes", Default: "67108864",
+			Usage: "free space kept on data_dir's file system, 0..1125899906842624: below it the standalone binary's requeue API refuses new messages with 507, keeping the rest for retries, statuses and dead letters of accepted ones; 0 turns the check off",
+			apply: func(c *Config, v string) (err error) {
+				c.DataDirReserveBytes, err = parseInt(v, 0, 1<<50)
+				return err
+			},
+		},
+		{
 			Name: "log_level", Default: "info",
 			Usage: "minimum log level: debug, info, warn or error",
 			apply: func(c *Config, v string) error {

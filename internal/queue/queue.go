@@ -7,6 +7,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -75,6 +76,16 @@ type Handler func(ctx context.Context, e *envelope.Envelope) error
 var (
 	// ErrUnavailable means the broker cannot be reached now; retry later.
 	ErrUnavailable = errors.New("queue: broker unavailable")
+	// ErrTimeout means the broker did not acknowledge a write within
+	// Options.PublishTimeout (a slow or stalled broker); nothing may be
+	// taken as stored. It is an ErrUnavailable.
+	ErrTimeout = fmt.Errorf("%w: no acknowledgement in time", ErrUnavailable)
+	// ErrStorageFull means the broker refused a write for want of
+	// storage (JetStream's "insufficient resources", a store whose file
+	// system is full) or, before any write, that the store's file system
+	// has less free space than the mailbox keeps in reserve
+	// (diskspace.Guard): retry once space is freed.
+	ErrStorageFull = errors.New("queue: broker storage full")
 	// ErrTooLarge means the encoded envelope exceeds MaxPayload.
 	ErrTooLarge = errors.New("queue: message too large")
 	// ErrNoStatus means no status is kept for a message id.

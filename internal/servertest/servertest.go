@@ -27,7 +27,14 @@ type Server struct {
 // Start runs a server that stops when the test ends.
 func Start(t testing.TB, start StartFunc) *Server {
 	t.Helper()
-	s := &Server{start: start, dir: t.TempDir(), port: -1}
+	return StartIn(t, t.TempDir(), start)
+}
+
+// StartIn is Start storing in dir, which the test provides (a small
+// file system, to be filled).
+func StartIn(t testing.TB, dir string, start StartFunc) *Server {
+	t.Helper()
+	s := &Server{start: start, dir: dir, port: -1}
 	s.run(t)
 	t.Cleanup(s.Stop)
 	return s

@@ -81,6 +81,8 @@ type bundle struct {
 	reg  *prometheus.Registry // the connector's
 	// apiReg is the API's, and its dead-letter store's.
 	apiReg *prometheus.Registry
+	// connectorLog receives the connector's logs; nil discards them.
+	connectorLog *slog.Logger
 }
 
 // broker is an embedded NATS server for one backend.
@@ -126,6 +128,19 @@ func forEachBackendWith(t *testing.T, env map[string]string, test func(t *testin
 // backend and the requeue API; startConnector starts the connector.
 func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	t.Helper()
+	return setupIn(t, backend, extra, t.TempDir())
+}
+
+// setupIn is setup with the server storing in dir.
+func setupIn(t testing.TB, backend string, extra map[string]string, dir string) *bundle {
+	t.Helper()
+	return setupWith(t, backend, extra, dir, nil)
+}
+
+// setupWith is setupIn with the API (and the connector) reaching the
+// server at via(its URL), when via is not nil: through a proxy.
+func setupWith(t testing.TB, backend string, extra map[string]string, dir string, via func(string) string) *bundle {
+	t.Helper()
 	gw, err := gatewaytest.Start(gatewaytest.Options{User: gatewayUser, Password: gatewayPassword})
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +148,9 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 	t.Cleanup(gw.Stop)
 	b := &bundle{gw: gw}
 	if backend == "jetstream" {
-		b.nats = jetStreamBroker{jsservertest.Start(t)}
+		b.nats = jetStreamBroker{jsservertest.StartIn(t, dir)}
 	} else {
-		b.nats = stanBroker{stanservertest.Start(t)}
+		b.nats = stanBroker{stanservertest.StartIn(t, dir)}
 	}
 	secrets := t.TempDir()
 	for name, v := range map[string]string{"basic-auth-user": gatewayUser, "basic-auth-password": gatewayPassword, "mailbox-token": apiToken} {
@@ -151,12 +166,18 @@ func setup(t testing.TB, backend string, extra map[string]string) *bundle {
 		"secret_mount_path": secrets,
 		"upstream_timeout":  "5s",
 		"auth_token_secret": "mailbox-token",
+		// The store's file system is watched only where a test asks.
+		"data_dir_reserve_bytes": "0",
+	}
+	if via != nil {
+		env["nats_url"] = via(b.nats.URL())
 	}
 	maps.Copy(env, extra)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.StoreDir = dir // as mailbox serve sets it for its embedded server
 	b.cfg = cfg
 
 	b.apiReg = prometheus.NewRegistry()
@@ -196,11 +217,15 @@ var quiet = slog.New(slog.DiscardHandler)
 func (b *bundle) startConnector(t testing.TB) (stop func()) {
 	t.Helper()
 	b.reg = prometheus.NewRegistry()
-	q, err := service.OpenQueue(b.cfg, b.reg, quiet)
+	logger := quiet
+	if b.connectorLog != nil {
+		logger = b.connectorLog
+	}
+	q, err := service.OpenQueue(b.cfg, b.reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := service.Dispatcher(b.cfg, q, b.reg, quiet)
+	d, err := service.Dispatcher(b.cfg, q, b.reg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/delivery"
+	"github.com/openfaas/mailbox/internal/diskspace"
 	"github.com/openfaas/mailbox/internal/dispatch"
 	"github.com/openfaas/mailbox/internal/httpserver"
 	"github.com/openfaas/mailbox/internal/invoke"
@@ -140,6 +141,11 @@ func API(cfg config.Config, q queue.Queue, reg *prometheus.Registry, store *dead
 		Registerer:      reg,
 		Gatherer:        reg,
 		Logger:          logger,
+	}
+	if cfg.StoreDir != "" && cfg.DataDirReserveBytes > 0 {
+		// The embedded server's store: refuse requeues before its file
+		// system fills (diskspace explains why).
+		o.Storage = diskspace.Guard{Dir: cfg.StoreDir, Reserve: cfg.DataDirReserveBytes}.Check
 	}
 	if token != nil {
 		if store == nil {

@@ -29,7 +29,14 @@ type Server struct{ *servertest.Server }
 // Start runs a server that stops when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	return &Server{servertest.Start(t, func(dir string, port int) (string, func(), error) {
+	return StartIn(t, t.TempDir())
+}
+
+// StartIn is Start storing in dir, which the test provides (a small
+// file system, to be filled).
+func StartIn(t testing.TB, dir string) *Server {
+	t.Helper()
+	return &Server{servertest.StartIn(t, dir, func(dir string, port int) (string, func(), error) {
 		srv, err := jsserver.Start(jsserver.Options{Dir: dir, Port: port})
 		if err != nil {
 			return "", nil, err

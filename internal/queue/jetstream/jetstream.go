@@ -108,8 +108,9 @@ type Queue struct {
 	log     *slog.Logger
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	ready   atomic.Bool   // streams and consumer exist
-	readyCh chan struct{} // closed once ready
+	breaker *queue.Breaker // the connection, to break when a write is stuck
+	ready   atomic.Bool    // streams and consumer exist
+	readyCh chan struct{}  // closed once ready
 	// statusStream and deadLetterStream are set before ready.
 	statusStream     jetstream.Stream
 	deadLetterStream jetstream.Stream
@@ -166,6 +167,7 @@ func Open(o Options) (*Queue, error) {
 	}
 	q := &Queue{
 		o:           o,
+		breaker:     &queue.Breaker{},
 		log:         o.Logger.With("component", "jetstream"),
 		readyCh:     make(chan struct{}),
 		done:        make(chan struct{}),
@@ -182,6 +184,12 @@ func Open(o Options) (*Queue, error) {
 		// Fail publishes at once while disconnected instead of buffering
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
+		// A write to a server that stopped reading (its socket buffers
+		// full) blocks every publish on the connection: the flusher gives
+		// it up after PublishTimeout instead of nats.go's minute, and a
+		// publish stuck behind it breaks the connection (queue.Breaker).
+		nats.FlusherTimeout(o.PublishTimeout),
+		nats.SetCustomDialer(q.breaker),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: closed on purpose
 				q.log.Warn("disconnected from NATS", "error", err)
@@ -379,7 +387,9 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
+	disarm := q.breaker.Guard(q.o.PublishTimeout)
 	ack, err := q.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID(msgID))...)
+	disarm()
 	switch {
 	case err == nil && ack.Duplicate:
 		return fmt.Errorf("%w: %s stored within the de-duplication window", queue.ErrRepeat, msgID)
@@ -390,7 +400,33 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
 	default:
-		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, m.Subject, err)
+		return publishError(m.Subject, err)
+	}
+}
+
+// The server's error codes (nats-server's errors.json) that refuse a
+// write for want of storage.
+const (
+	codeAccountResourcesExceeded = 10002 // the account's storage limit
+	codeInsufficientResources    = 10023 // the server's max_store (max_file_store)
+	codeStorageResourcesExceeded = 10047 // no storage left for a new stream or replica
+)
+
+// publishError classifies a failed write to subject: queue.ErrStorageFull
+// when the server refused it for want of storage, queue.ErrTimeout when
+// it did not answer in time (a stalled server; also a file store whose
+// disk filled, which answers nothing and refuses every later write to
+// that stream until the server restarts), queue.ErrUnavailable otherwise.
+func publishError(subject string, err error) error {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.As(err, &apiErr) && (apiErr.ErrorCode == codeAccountResourcesExceeded ||
+		apiErr.ErrorCode == codeInsufficientResources || apiErr.ErrorCode == codeStorageResourcesExceeded):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrStorageFull, subject, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrTimeout, subject, err)
+	default:
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, subject, err)
 	}
 }
 

@@ -66,6 +66,7 @@ func (q *Queue) RecordStatus(ctx context.Context, s status.Status) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, q.o.PublishTimeout)
 	defer cancel()
+	defer q.breaker.Guard(q.o.PublishTimeout)()
 	now := time.Now()
 	s.ExpiresAt = s.Expiry(q.o.StatusRetention).UTC()
 	ttl := max(time.Until(s.ExpiresAt).Truncate(time.Second)+time.Second, time.Second)

@@ -44,7 +44,7 @@ func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(que
 	if g == nil {
 		return queue.ErrUnavailable
 	}
-	nc := g.sc.NatsConn()
+	nc := g.nc
 	// Listening before checking: a drop after the check is still heard.
 	dropped := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
 	defer nc.RemoveStatusListener(dropped)
@@ -131,7 +131,7 @@ func (q *Queue) FollowDeadLetters(ctx context.Context, after uint64, fn func(que
 // connected returns the current connection if NATS is reachable on it.
 func (q *Queue) connected() *generation {
 	g := q.current()
-	if g == nil || !g.sc.NatsConn().IsConnected() {
+	if g == nil || !g.up() {
 		return nil
 	}
 	return g

@@ -83,8 +83,9 @@ type Options struct {
 // Queue is a NATS Streaming backend. It connects in the background and
 // reconnects by itself for as long as it is open.
 type Queue struct {
-	o   Options
-	log *slog.Logger
+	o       Options
+	log     *slog.Logger
+	breaker *queue.Breaker // the connection, to break when a write is stuck
 
 	mu      sync.Mutex
 	cur     *generation   // nil while disconnected
@@ -133,7 +134,10 @@ const errClientIDTaken = "clientID already registered"
 // generation is one NATS Streaming connection; lost is closed when the
 // server no longer answers, after which a new generation is made.
 type generation struct {
-	sc       stango.Conn
+	sc stango.Conn
+	// nc is sc's NATS connection, kept because sc.NatsConn() returns nil
+	// once sc is closed, which the loop may do while others still hold g.
+	nc       *nats.Conn
 	lost     chan struct{}
 	lostOnce sync.Once
 
@@ -157,6 +161,10 @@ func (g *generation) markReconnected() {
 	close(g.reconnected)
 	g.reconnected = make(chan struct{})
 }
+
+// up reports whether g's NATS connection is connected now; false once it
+// is closed.
+func (g *generation) up() bool { return g.nc.IsConnected() }
 
 // Open validates o and starts connecting in the background; it does not
 // wait for the server, so a process can start while NATS is down.
@@ -187,6 +195,7 @@ func Open(o Options) (*Queue, error) {
 	}
 	q := &Queue{
 		o:           o,
+		breaker:     &queue.Breaker{},
 		log:         o.Logger.With("component", "stan"),
 		clientID:    o.ClientID,
 		derivedID:   derivedID,
@@ -245,7 +254,7 @@ func (q *Queue) run() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		q.maxPayload.Store(g.sc.NatsConn().MaxPayload())
+		q.maxPayload.Store(g.nc.MaxPayload())
 		q.set(g)
 		q.log.Info("connected to NATS Streaming", "url", queue.RedactURL(q.o.URL), "cluster_id", q.o.ClusterID, "client_id", q.clientID)
 		select {
@@ -276,6 +285,12 @@ func (q *Queue) connect() (*generation, error) {
 		// Fail publishes at once while disconnected instead of buffering
 		// them: the API answers 503 and stores nothing.
 		nats.ReconnectBufSize(-1),
+		// A write to a server that stopped reading (its socket buffers
+		// full) blocks every publish on the connection: the flusher gives
+		// it up after PublishTimeout instead of nats.go's minute, and a
+		// publish stuck behind it breaks the connection (queue.Breaker).
+		nats.FlusherTimeout(q.o.PublishTimeout),
+		nats.SetCustomDialer(q.breaker),
 	}
 	if q.o.CredentialsFile != "" {
 		natsOpts = append(natsOpts, nats.UserCredentials(q.o.CredentialsFile))
@@ -298,7 +313,7 @@ func (q *Queue) connect() (*generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.sc = sc
+	g.sc, g.nc = sc, sc.NatsConn()
 	return g, nil
 }
 
@@ -338,7 +353,7 @@ func (q *Queue) wait(ctx context.Context) (*generation, error) {
 // Connected reports whether the server is reachable now.
 func (q *Queue) Connected() bool {
 	g := q.current()
-	return g != nil && g.sc.NatsConn().IsConnected()
+	return g != nil && g.up()
 }
 
 // MaxPayload is the largest encoded envelope the server accepts.
@@ -372,6 +387,9 @@ func (q *Queue) store(ctx context.Context, e *envelope.Envelope, channel func() 
 
 // publish returns once the server has acknowledged data on channel.
 func (q *Queue) publish(ctx context.Context, g *generation, channel string, data []byte) error {
+	// The ack is awaited for PublishTimeout (PubAckWait); PublishAsync
+	// itself may block on a stuck connection.
+	defer q.breaker.Guard(q.o.PublishTimeout)()
 	acked := make(chan error, 1)
 	_, err := g.sc.PublishAsync(channel, data, func(_ string, err error) { acked <- err })
 	if err == nil {
@@ -388,6 +406,13 @@ func (q *Queue) publish(ctx context.Context, g *generation, channel string, data
 		return nil
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
+	case strings.Contains(err.Error(), "no space left on device"):
+		// The server's store could not write: it answers the publisher
+		// so when it fails to store, though a failed flush of its file
+		// store makes it panic (nats-streaming-server's ioLoop).
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrStorageFull, channel, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, stango.ErrTimeout):
+		return fmt.Errorf("%w: publish to %s: %v", queue.ErrTimeout, channel, err)
 	default:
 		return fmt.Errorf("%w: publish to %s: %v", queue.ErrUnavailable, channel, err)
 	}

@@ -29,11 +29,23 @@ func Start(t testing.TB) *Server {
 	return StartWith(t, stanserver.Options{})
 }
 
+// StartIn is Start storing in dir, which the test provides (a small
+// file system, to be filled).
+func StartIn(t testing.TB, dir string) *Server {
+	t.Helper()
+	return startIn(t, dir, stanserver.Options{})
+}
+
 // StartWith runs a server with o (its Dir and Port are the test's) that
 // stops when the test ends.
 func StartWith(t testing.TB, o stanserver.Options) *Server {
 	t.Helper()
-	return &Server{servertest.Start(t, func(dir string, port int) (string, func(), error) {
+	return startIn(t, t.TempDir(), o)
+}
+
+func startIn(t testing.TB, dir string, o stanserver.Options) *Server {
+	t.Helper()
+	return &Server{servertest.StartIn(t, dir, func(dir string, port int) (string, func(), error) {
 		o.Dir, o.Port = dir, port
 		srv, err := stanserver.Start(o)
 		if err != nil {
