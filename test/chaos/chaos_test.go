@@ -18,6 +18,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -230,7 +231,13 @@ func run(t *testing.T, s settings, backend string) {
 	// Every accepted message delivered or kept as a dead letter.
 	dl := newDeadLetters(backend)
 	var dead map[string]bool
-	settleErr := poll(ctx, s.settle, "every accepted message delivered or dead-lettered", func() error {
+	// Within go test's -timeout, so that a failure is reported, not a
+	// panic.
+	bound := s.settle
+	if d, ok := t.Deadline(); ok {
+		bound = max(time.Second, min(bound, time.Until(d)-30*time.Second))
+	}
+	settleErr := poll(ctx, bound, "every accepted message delivered or dead-lettered", func() error {
 		open := rec.open()
 		if len(open) == 0 {
 			return nil
@@ -293,7 +300,7 @@ type result struct {
 	unacceptedDelivered                 int // not answered 202, delivered all the same
 	unknown                             int
 	calls, failedCalls                  int
-	lateness                            []time.Duration // of every call after the first fault, by its fault
+	latest                              []lateCall // the latest calls, latest first
 	byFault                             [][]time.Duration
 	baseline                            []time.Duration // of the calls due before the first fault
 	errors                              []string
@@ -330,8 +337,10 @@ func verdict(rec *record, dead map[string]bool, faults []faultRun) result {
 			// When it was due: its delay after the requeue, or after the
 			// call before it (fixed backoff).
 			late := c.at.Sub(expected)
+			r.noteLate(lateCall{m, c, late})
 			expected = c.at.Add(m.delay)
-			if i := faultBefore(faults, c.at.Add(-late)); i >= 0 {
+			// A call in flight at a fault was due a little before it.
+			if i := faultBefore(faults, c.at.Add(-late).Add(dupSlack)); i >= 0 {
 				r.byFault[i] = append(r.byFault[i], late)
 			} else {
 				r.baseline = append(r.baseline, late)
@@ -381,6 +390,22 @@ func verdict(rec *record, dead map[string]bool, faults []faultRun) result {
 	return r
 }
 
+// lateCall is a call and how late it came.
+type lateCall struct {
+	m    *message
+	c    call
+	late time.Duration
+}
+
+// noteLate keeps the latest calls.
+func (r *result) noteLate(l lateCall) {
+	const keep = 5
+	i, _ := slices.BinarySearchFunc(r.latest, l, func(a, b lateCall) int { return cmp.Compare(b.late, a.late) })
+	if i < keep {
+		r.latest = slices.Insert(r.latest, i, l)[:min(keep, len(r.latest)+1)]
+	}
+}
+
 // faultBefore is the index of the last fault at or before t, or -1.
 func faultBefore(faults []faultRun, t time.Time) int {
 	i := -1
@@ -406,7 +431,7 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 		r.delivered, r.deadLettered, r.both, r.accepted-r.delivered-r.deadLettered, settled.Sub(loadEnd).Round(time.Second))
 	fmt.Fprintf(&b, "- %d calls, %d failed; delivered more than once: %d messages (%d extra calls), bound: %d in flight at a fault; %d not accepted but delivered or dead letters\n",
 		r.calls, r.failedCalls, r.dupMessages, r.dupCalls, r.inFlight, r.unacceptedDelivered)
-	fmt.Fprintf(&b, "\n| fault | at | restarted after | requeue accepted after | delivery after | calls due until next fault | late p50 | late p99 | late max |\n")
+	fmt.Fprintf(&b, "\n| fault | at | restarted after | requeue accepted after | delivery after | calls due in its window | late p50 | late p99 | late max |\n")
 	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	{
 		late := slices.Clone(r.baseline)
@@ -444,6 +469,15 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", name, n, rs.Round(10*time.Millisecond),
 				as.Round(10*time.Millisecond), ds.Round(10*time.Millisecond), quantile(late, 0.99), quantile(late, 1))
 		}
+	}
+	fmt.Fprintf(&b, "\nThe latest calls (id, when due, late by, the message's calls as X-Retries:status@time):\n\n")
+	for _, l := range r.latest {
+		var h []string
+		for _, c := range l.m.calls {
+			h = append(h, fmt.Sprintf("%s:%d@%s", c.retries, c.status, c.at.Format("15:04:05.000")))
+		}
+		fmt.Fprintf(&b, "- %s due %s, late %s: sent %s, delay %s; %s\n", l.m.id, l.c.at.Add(-l.late).Format("15:04:05.000"),
+			l.late.Round(10*time.Millisecond), l.m.sent.Format("15:04:05.000"), l.m.delay, strings.Join(h, " "))
 	}
 	fmt.Fprintf(&b, "\nMemory (RSS, MiB, sampled every %s: first, max, last): %s\n", mem.every, mem)
 	return b.String()
