@@ -296,6 +296,7 @@ type result struct {
 	sent, accepted, refused, unanswered int
 	delivered, deadLettered, both       int
 	dupMessages, dupCalls               int
+	dupUnanswered                       int // duplicates at no fault: a 2xx call's answer lost, the message retried
 	inFlight                            int // messages in flight at some fault: the bound of dupMessages
 	unacceptedDelivered                 int // not answered 202, delivered all the same
 	unknown                             int
@@ -309,7 +310,8 @@ type result struct {
 // verdict checks the record once everything has settled: nothing accepted
 // is lost, nothing unknown is delivered, and every message delivered more
 // than once was in flight (sent before a restart, not delivered until
-// dupSlack before its kill) at some fault.
+// dupSlack before its kill) at some fault, or was retried after a 2xx
+// call the connector never got the answer of (retriedAfter2xx).
 func verdict(rec *record, dead map[string]bool, faults []faultRun) result {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
@@ -376,7 +378,13 @@ func verdict(rec *record, dead map[string]bool, faults []faultRun) result {
 		if n := m.deliveries(); n > 1 {
 			r.dupMessages++
 			r.dupCalls += n - 1
-			if !inFlight {
+			switch {
+			case inFlight:
+			case retriedAfter2xx(m):
+				// The mailbox counted a 2xx call as failed: its answer
+				// did not reach the connector within upstream_timeout.
+				r.dupUnanswered++
+			default:
 				unexplained = append(unexplained, m.id)
 			}
 		}
@@ -406,6 +414,26 @@ func (r *result) noteLate(l lateCall) {
 	}
 }
 
+// retriedAfter2xx reports whether each 2xx call after the first has a
+// higher X-Retries than the 2xx call before it: the mailbox saw the
+// earlier one fail (no answer within upstream_timeout, a broken
+// connection) and retried the message, rather than delivering the same
+// attempt again after a crash.
+func retriedAfter2xx(m *message) bool {
+	prev := -1
+	for _, c := range m.calls {
+		if c.status/100 != 2 {
+			continue
+		}
+		var n int
+		if _, err := fmt.Sscan(c.retries, &n); err != nil || n <= prev {
+			return false
+		}
+		prev = n
+	}
+	return true
+}
+
 // faultBefore is the index of the last fault at or before t, or -1.
 func faultBefore(faults []faultRun, t time.Time) int {
 	i := -1
@@ -429,8 +457,8 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
 		r.delivered, r.deadLettered, r.both, r.accepted-r.delivered-r.deadLettered, settled.Sub(loadEnd).Round(time.Second))
-	fmt.Fprintf(&b, "- %d calls, %d failed; delivered more than once: %d messages (%d extra calls), bound: %d in flight at a fault; %d not accepted but delivered or dead letters\n",
-		r.calls, r.failedCalls, r.dupMessages, r.dupCalls, r.inFlight, r.unacceptedDelivered)
+	fmt.Fprintf(&b, "- %d calls, %d failed; delivered more than once: %d messages (%d extra calls), bound: %d in flight at a fault; %d more at no fault, retried after a 2xx call whose answer was lost; %d not accepted but delivered or dead letters\n",
+		r.calls, r.failedCalls, r.dupMessages-r.dupUnanswered, r.dupCalls, r.inFlight, r.dupUnanswered, r.unacceptedDelivered)
 	fmt.Fprintf(&b, "\n| fault | at | restarted after | requeue accepted after | delivery after | calls due in its window | late p50 | late p99 | late max |\n")
 	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	{
