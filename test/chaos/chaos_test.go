@@ -453,7 +453,7 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 		form = "long form, " + s.duration.String()
 	}
 	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", backend, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
-	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d ticks skipped (%d unanswered at once)\n",
+	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d not sent (%d unanswered at once)\n",
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
 		r.delivered, r.deadLettered, r.both, r.accepted-r.delivered-r.deadLettered, settled.Sub(loadEnd).Round(time.Second))
