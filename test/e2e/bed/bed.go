@@ -118,9 +118,6 @@ type Config struct {
 	// and the connector (KEY=VALUE), for instance a shorter
 	// upstream_timeout, which both must share on JetStream.
 	MailboxEnv []string
-	// StreamingArgs are added to the NATS Streaming server's arguments,
-	// for instance its client heartbeats (--hbi, --hbt, --hbf).
-	StreamingArgs []string
 }
 
 // Bed is a running test bed.
@@ -224,8 +221,8 @@ func (b *Bed) component(name string) (component, bool) {
 		// it with --store memory, which keeps nothing).
 		return component{
 			bin: b.cfg.Bin.StreamingServer,
-			args: append([]string{"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
-				"-st", "file", "--dir", filepath.Join(b.cfg.Dir, NATSStreaming)}, b.cfg.StreamingArgs...),
+			args: []string{"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
+				"-st", "file", "--dir", filepath.Join(b.cfg.Dir, NATSStreaming)},
 			ready: logged("Streaming Server is ready"),
 		}, true
 	case NATSJetStream:
