@@ -22,8 +22,8 @@ require (
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
 	github.com/hashicorp/raft v1.6.0 // indirect
 	github.com/nats-io/nats-streaming-server v0.25.6 // indirect
-	github.com/nats-io/nats.go v1.53.1 // indirect
-	github.com/nats-io/stan.go v0.10.4 // indirect
+	github.com/nats-io/nats.go v1.53.1
+	github.com/nats-io/stan.go v0.10.4
 	go.etcd.io/bbolt v1.5.0 // indirect
 )
 
@@ -58,7 +58,7 @@ require (
 	github.com/moby/sys/signal v0.7.1 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
-	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/nats-io/nuid v1.0.1
 	github.com/openfaas/faas-provider v0.25.12
 	github.com/planetscale/vtprotobuf v0.6.1-0.20240319094008-0393e58bdf10 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect

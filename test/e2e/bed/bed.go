@@ -114,6 +114,10 @@ type Config struct {
 	// Log receives every component's output, one line at a time
 	// prefixed with its name.
 	Log io.Writer
+	// MailboxEnv is put over the settings of both the mailbox function
+	// and the connector (KEY=VALUE), for instance a shorter
+	// upstream_timeout, which both must share on JetStream.
+	MailboxEnv []string
 }
 
 // Bed is a running test bed.
@@ -288,17 +292,18 @@ func (b *Bed) component(name string) (component, bool) {
 			env = append(env, "auth_token_secret="+name)
 		}
 		b.mu.Unlock()
+		env = append(env,
+			"gateway_url="+GatewayURL,
+			"basic_auth=true",
+			"secret_mount_path="+b.secrets,
+			"listen=127.0.0.1:8091",
+			"upstream_timeout=30s",
+			"log_format=json",
+			"log_level=debug",
+		)
 		return component{
-			bin: b.cfg.Bin.Connector,
-			env: append(env,
-				"gateway_url="+GatewayURL,
-				"basic_auth=true",
-				"secret_mount_path="+b.secrets,
-				"listen=127.0.0.1:8091",
-				"upstream_timeout=30s",
-				"log_format=json",
-				"log_level=debug",
-			),
+			bin:   b.cfg.Bin.Connector,
+			env:   proc.Environ(withEnv(envMap(env), b.cfg.MailboxEnv...)),
 			ready: listening("127.0.0.1:8091"),
 		}, true
 	}
@@ -306,19 +311,19 @@ func (b *Bed) component(name string) (component, bool) {
 }
 
 // mailboxEnv is the queue settings the mailbox function and the
-// connector share.
+// connector share, with Config.MailboxEnv put over them.
 func (b *Bed) mailboxEnv() []string {
 	natsURL := NATSStreamingURL
 	if b.cfg.Backend == JetStream {
 		natsURL = JetStreamURL
 	}
-	return []string{
-		"backend=" + b.cfg.Backend,
-		"nats_url=" + natsURL,
-		"nats_cluster_id=faas-cluster",
-		"channel_prefix=" + Prefix,
-		"jetstream_stream=" + Stream,
-	}
+	return proc.Environ(withEnv(map[string]string{
+		"backend":          b.cfg.Backend,
+		"nats_url":         natsURL,
+		"nats_cluster_id":  "faas-cluster",
+		"channel_prefix":   Prefix,
+		"jetstream_stream": Stream,
+	}, b.cfg.MailboxEnv...))
 }
 
 // OpenQueue opens the mailbox's queue on the bed's NATS, with the settings
@@ -421,6 +426,16 @@ func (b *Bed) Close() {
 	for _, stop := range slices.Backward(stops) {
 		stop()
 	}
+}
+
+// envMap is env (KEY=VALUE pairs) as a map.
+func envMap(env []string) map[string]string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
 }
 
 // listening is ready once the process accepts connections on addr.

@@ -38,6 +38,11 @@ const (
 	// deployed with the others: it needs the token secret (see
 	// DeployTestFunction).
 	Signed = testfn.Signed
+	// Random fails a random share of its calls and reports each call to
+	// a recorder (package testfn). It is not deployed with the others:
+	// its deployer gives it the share and the recorder's URL
+	// (DeployTestFunction).
+	Random = testfn.Random
 )
 
 // Functions deployed from stack.yml.

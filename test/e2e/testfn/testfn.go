@@ -9,6 +9,11 @@
 //	         the mailbox signed has X-Retries requeue_times, then answers
 //	         200; a callback (X-Mailbox-Outcome) is answered 200, and an
 //	         unsigned call for a message it requeued 401
+//	random   answers 500 to a random fail_ratio of its calls (a number
+//	         from 0 to 1), 200 to the others, and reports each call to
+//	         report_url (POST, JSON Report) before it answers: when the
+//	         report fails it answers 503, so that no answered 200 goes
+//	         unreported; its calls are not kept for /calls
 //
 // With token_secret (the name of a secret under secret_mount_path, as
 // OpenFaaS mounts them), every call is checked with requeue.Verify (a
@@ -22,11 +27,13 @@
 package testfn
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -46,7 +53,16 @@ const (
 	Failing = "failing"
 	Slow    = "slow"
 	Signed  = "signed"
+	Random  = "random"
 )
+
+// Report is what random POSTs to its report_url for each call.
+type Report struct {
+	MessageID string    `json:"message_id"`
+	Retries   string    `json:"retries"`
+	Status    int       `json:"status"`
+	At        time.Time `json:"at"` // when the call arrived
+}
 
 // Call is one call the function answered.
 type Call struct {
@@ -82,6 +98,9 @@ type Function struct {
 	mailboxURL   string
 	requeueTimes int
 	client       *http.Client
+	// random: the share of calls it fails, and where it reports them.
+	failRatio float64
+	reportURL string
 
 	mu       sync.Mutex
 	calls    map[string][]Call   // by message id, in order
@@ -122,9 +141,18 @@ func FromEnv(getenv func(string) string) (*Function, error) {
 		if f.requeueTimes, err = strconv.Atoi(getenv("requeue_times")); err != nil {
 			return nil, fmt.Errorf("requeue_times: %w", err)
 		}
+	case Random:
+		if f.failRatio, err = strconv.ParseFloat(getenv("fail_ratio"), 64); err != nil || f.failRatio < 0 || f.failRatio > 1 {
+			return nil, fmt.Errorf("fail_ratio %q: want a number from 0 to 1", getenv("fail_ratio"))
+		}
+		if f.reportURL = getenv("report_url"); f.reportURL == "" {
+			return nil, errors.New("report_url: required by " + Random)
+		}
+		// Calls come many at once: reports keep their connections.
+		f.client.Transport = &http.Transport{MaxIdleConnsPerHost: 64}
 	case Failing:
 	default:
-		return nil, fmt.Errorf("behaviour %q is not %s, %s, %s or %s", f.behaviour, Flaky, Failing, Slow, Signed)
+		return nil, fmt.Errorf("behaviour %q is not %s, %s, %s, %s or %s", f.behaviour, Flaky, Failing, Slow, Signed, Random)
 	}
 	return f, nil
 }
@@ -139,6 +167,10 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
+		return
+	}
+	if f.behaviour == Random {
+		f.random(w, r)
 		return
 	}
 	body, err := io.ReadAll(r.Body)
@@ -197,6 +229,44 @@ func (f *Function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	w.WriteHeader(c.Status)
 	fmt.Fprintf(w, "%s: %d for %q\n", f.behaviour, c.Status, c.Body)
+}
+
+// random answers a call as the random behaviour does.
+func (f *Function) random(w http.ResponseWriter, r *http.Request) {
+	rep := Report{At: time.Now(), MessageID: r.Header.Get("X-Mailbox-Message-Id"), Retries: r.Header.Get("X-Retries"), Status: http.StatusOK}
+	_, _ = io.Copy(io.Discard, r.Body)
+	if rand.Float64() < f.failRatio {
+		rep.Status = http.StatusInternalServerError
+	}
+	if err := f.report(r.Context(), rep); err != nil {
+		http.Error(w, "report: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(rep.Status)
+	fmt.Fprintf(w, "%s: %d\n", f.behaviour, rep.Status)
+}
+
+// report POSTs rep to the report URL.
+func (f *Function) report(ctx context.Context, rep Report) error {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.reportURL, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	res, err := f.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, _ = io.Copy(io.Discard, res.Body)
+	if res.StatusCode/100 != 2 {
+		return fmt.Errorf("%s answered %d", f.reportURL, res.StatusCode)
+	}
+	return nil
 }
 
 // requeue asks the mailbox to call the function again with body, as a

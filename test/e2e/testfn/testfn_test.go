@@ -1,6 +1,7 @@
 package testfn
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +163,77 @@ func TestSignedRequeuesItselfSigned(t *testing.T) {
 	}
 	if !slices.Equal(verified, []bool{true, true, false, true}) || calls["m-1"][3].Outcome != "delivered" {
 		t.Errorf("calls for m-1: %+v, want verified but the unsigned one, the last a callback", calls["m-1"])
+	}
+}
+
+// TestRandomReportsEachCall: random fails about fail_ratio of its calls,
+// reports every call before answering it, and answers 503 when the report
+// fails.
+func TestRandomReportsEachCall(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		reports []Report
+		refuse  bool
+	)
+	recorder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		var rep Report
+		if refuse || json.NewDecoder(r.Body).Decode(&rep) != nil {
+			http.Error(w, "no", http.StatusInternalServerError)
+			return
+		}
+		reports = append(reports, rep)
+	}))
+	defer recorder.Close()
+	f, err := FromEnv(env{"behaviour": Random, "fail_ratio": "0.33", "report_url": recorder.URL}.get)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	call := func(id string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("x"))
+		req.Header.Set("X-Mailbox-Message-Id", id)
+		req.Header.Set("X-Retries", "2")
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	const n = 600
+	failed := 0
+	for i := range n {
+		id := fmt.Sprint("m-", i)
+		status := call(id)
+		if status == http.StatusInternalServerError {
+			failed++
+		} else if status != http.StatusOK {
+			t.Fatalf("call %d answered %d, want 200 or 500", i, status)
+		}
+		mu.Lock()
+		rep, got := reports[len(reports)-1], len(reports)
+		mu.Unlock()
+		if got != i+1 || rep.MessageID != id || rep.Retries != "2" || rep.Status != status {
+			t.Fatalf("call %d answered %d, reported %+v (%d reports)", i, status, rep, got)
+		}
+	}
+	// 0.33 of 600 is 198; 120 to 280 is over seven standard deviations.
+	if failed < 120 || failed > 280 {
+		t.Errorf("%d of %d calls failed, want about a third", failed, n)
+	}
+	mu.Lock()
+	refuse = true
+	mu.Unlock()
+	if status := call("unreported"); status != http.StatusServiceUnavailable {
+		t.Errorf("with the report refused the call answered %d, want 503", status)
+	}
+	for _, bad := range []string{"", "1.5", "-0.1", "x"} {
+		if _, err := FromEnv(env{"behaviour": Random, "fail_ratio": bad, "report_url": recorder.URL}.get); err == nil {
+			t.Errorf("fail_ratio %q accepted", bad)
+		}
 	}
 }
