@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 )
@@ -229,24 +230,6 @@ func rawRequeueBody(b *bundle, fn, delay string, body []byte) (code int, cause, 
 	return res.StatusCode, a.Cause, res.Header.Get("Retry-After"), nil
 }
 
-// lockedBuffer is a bytes.Buffer for logs written from many goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A delivery whose outcome cannot be stored (the broker stalls just as
 // the function fails, then the link breaks, so its retry never reaches
 // the server) is not lost: the handler gives up, the message stays
@@ -262,7 +245,7 @@ func TestRetryNotStoredIsRedelivered(t *testing.T) {
 				p = startProxy(t, natsURL)
 				return p.URL()
 			})
-			logs := &lockedBuffer{}
+			logs := &logtest.Buffer{}
 			b.connectorLog = slog.New(slog.NewTextHandler(logs, nil))
 			flaky := b.deploy("flaky", func(n int) int {
 				if n == 1 {

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/openfaas/mailbox/test/e2e/bed"
+	"github.com/openfaas/mailbox/test/internal/nocache"
 )
 
 // binaries are built once, before the tests move into the bed's
@@ -109,7 +110,7 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the bed builds and runs OpenFaaS, NATS and the mailbox, which takes minutes")
 	}
-	neverCached(t)
+	nocache.Mark(t)
 	s := loadSettings(t)
 	t.Run("Stan", func(t *testing.T) { run(t, s, bed.Stan) })
 	t.Run("JetStream", func(t *testing.T) { run(t, s, bed.JetStream) })
@@ -595,23 +596,4 @@ func (m *memory) String() string {
 		}
 	}
 	return strings.Join(parts, "; ")
-}
-
-// neverCached keeps go test from caching a pass, as the e2e tests do (see
-// neverCached in test/e2e): what this test runs is built from the root
-// module, which go test does not see.
-func neverCached(t *testing.T) {
-	const name = ".never-cached" // in .gitignore
-	future := time.Now().Add(24 * time.Hour)
-	if err := os.WriteFile(name, []byte("see neverCached in chaos_test.go\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(name, future, future); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 }

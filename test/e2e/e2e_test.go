@@ -32,6 +32,7 @@ import (
 	mbrequeue "github.com/openfaas/mailbox/requeue"
 	"github.com/openfaas/mailbox/test/e2e/bed"
 	"github.com/openfaas/mailbox/test/e2e/testfn"
+	"github.com/openfaas/mailbox/test/internal/nocache"
 	"github.com/openfaas/mailbox/test/internal/proc"
 )
 
@@ -92,7 +93,7 @@ func run(t *testing.T, backend string) {
 	if testing.Short() {
 		t.Skip("-short: the bed builds and runs OpenFaaS, NATS and the mailbox, which takes minutes")
 	}
-	neverCached(t)
+	nocache.Mark(t)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: t.Output()})
@@ -106,31 +107,6 @@ func run(t *testing.T, backend string) {
 			t.Fatalf("%s failed, and it stops components: the scenarios after it are not run", s.name)
 		}
 	}
-}
-
-// neverCached keeps go test from caching a pass. go test reuses a result
-// while the test binary, its flags, the environment variables the test
-// read and the files under test/ it opened are unchanged; what this test
-// really runs, the connector and the functions built by go build from the
-// root module, is none of those. A test cannot set its own -count=1, and
-// the environment go test compares is its own, so a variable the test
-// reads cannot change per run either. But go test caches no run that
-// opened a file modified less than two seconds before it looks: this
-// file is dated a day ahead at every run.
-func neverCached(t *testing.T) {
-	const name = ".never-cached" // in .gitignore
-	future := time.Now().Add(24 * time.Hour)
-	if err := os.WriteFile(name, []byte("see neverCached in e2e_test.go\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(name, future, future); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 }
 
 // pollEvery is how often until asks: a scenario waits a little longer

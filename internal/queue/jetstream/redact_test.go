@@ -1,42 +1,24 @@
 package jetstream_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
 )
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // nats_url may carry a user and password: the reconnect log shows where
 // the mailbox connected, never them.
 func TestLogsRedactTheURL(t *testing.T) {
 	t.Parallel()
 	srv := jsservertest.Start(t)
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	q, err := jetstream.Open(jetstream.Options{Options: queue.Options{
 		URL:    strings.Replace(srv.URL(), "nats://", "nats://alice:s3cret@", 1),
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),

@@ -1,35 +1,17 @@
 package stan_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/stan"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 )
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // nats_url may carry a user and password: the logs show where the mailbox
 // connects, never them.
@@ -42,7 +24,7 @@ func TestLogsRedactTheURL(t *testing.T) {
 		{strings.Replace(srv.URL(), "nats://", "nats://alice:s3cret@", 1), "connected to NATS Streaming"},
 		{"nats://alice:s3cret@127.0.0.1:1", "cannot connect to NATS Streaming"},
 	} {
-		logs := &logBuffer{}
+		logs := &logtest.Buffer{}
 		q, err := stan.Open(stan.Options{Options: queue.Options{URL: c.url, Logger: slog.New(slog.NewTextHandler(logs, nil))}})
 		if err != nil {
 			t.Fatal(err)
