@@ -8,7 +8,8 @@
 //     onto <prefix>.due.<key> in the same stream and purges the schedule.
 //   - A durable pull consumer on <prefix>.due.> (and <prefix>.due, where
 //     earlier versions put due messages), shared by connector replicas,
-//     with explicit acks.
+//     with explicit acks and a 10 s ack wait; a connector reports each
+//     message it holds in progress until it acknowledges it (consume.go).
 //   - A dead-letter stream on <prefix>.deadletter: a log of dead letters
 //     and of removals, each removal followed by the delete of the record
 //     it removes (deadletters.go).
@@ -57,7 +58,8 @@ const scheduleLead = 400 * time.Millisecond
 const headerRoom = 512
 
 // prefetch is how many messages a consumer holds beyond the MaxInflight
-// being delivered: those fired early and waiting for their due time.
+// being delivered: those fired early and waiting for their due time, or
+// waiting for a delivery slot. Each is reported in progress while held.
 const prefetch = 512
 
 // Options configure the backend. Options.URL may list several servers,
@@ -79,7 +81,11 @@ type Options struct {
 	// DuplicateWindow is how long the work and dead-letter streams
 	// remember a stored message's id (Nats-Msg-Id). A repeat is refused
 	// after it too, as long as the first is still waiting. Defaults to
-	// 2m; at least 100ms.
+	// 2m, or longer when HandlerTimeout asks (minDuplicateWindow: 148 s
+	// with the connector's default of 65 s), so that a retry or dead
+	// letter stored by a connector that died before its ack, and stored
+	// again by the connector that gets the message next, is kept once; at
+	// least 100ms.
 	DuplicateWindow time.Duration
 	// DeadLetterMaxAge is the dead-letter retention. The mailbox removes
 	// older dead letters itself; a removal expires (Nats-TTL) this long
@@ -152,7 +158,7 @@ func Open(o Options) (*Queue, error) {
 		o.Replicas = 1
 	}
 	if o.DuplicateWindow <= 0 {
-		o.DuplicateWindow = 2 * time.Minute
+		o.DuplicateWindow = max(2*time.Minute, minDuplicateWindow(o.HandlerTimeout))
 	}
 	if o.StatusIndexLimit <= 0 {
 		o.StatusIndexLimit = statusMaxMsgs
