@@ -249,6 +249,9 @@ func (q *Queue) setUp(ctx context.Context) {
 }
 
 func (q *Queue) ensure(ctx context.Context) error {
+	if err := q.awaitAPI(ctx); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -281,6 +284,38 @@ func (q *Queue) ensure(ctx context.Context) error {
 	}
 	return nil
 }
+
+// awaitAPI asks for the account's JetStream information, each request
+// bounded by apiProbeTimeout, until the API answers, for up to 10 s. The
+// servers of a fresh cluster answer no JetStream request until they have
+// elected their meta leader, and a stream creation sent before that
+// waited out its whole 10 s timeout before it was tried again.
+func (q *Queue) awaitAPI(ctx context.Context) error {
+	give := time.Now().Add(10 * time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, apiProbeTimeout)
+		_, err := q.js.AccountInfo(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			errors.As(err, &apiErr) && apiErr.Code == 503 // JetStream cluster not available yet
+		if !unanswered || ctx.Err() != nil || time.Now().After(give) {
+			return fmt.Errorf("JetStream API: %w", err)
+		}
+		q.log.Debug("JetStream API not answering yet", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// apiProbeTimeout bounds one request of awaitAPI.
+const apiProbeTimeout = time.Second
 
 // Connected reports whether the server is reachable and the streams exist.
 func (q *Queue) Connected() bool { return q.ready.Load() && q.nc.IsConnected() }
