@@ -157,14 +157,33 @@ func (q *Queue) Consume(ctx context.Context, h queue.Handler) error {
 		// The consumer may be gone or have moved: define it again.
 		c = nil
 		q.log.Warn("cannot consume, retrying", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
+		q.waitToRetry(ctx, backoff)
 		backoff = min(backoff*2, 5*time.Second)
 	}
 	pool.Stop(q.o.HandlerTimeout)
 	return nil
+}
+
+// waitToRetry waits for backoff, or until the connection is back if it
+// is down now, so that pulling resumes as soon as NATS is reachable again.
+func (q *Queue) waitToRetry(ctx context.Context, backoff time.Duration) {
+	down := !q.nc.IsConnected()
+	timer := time.NewTimer(backoff)
+	defer timer.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		case <-tick.C:
+			if down && q.nc.IsConnected() {
+				return
+			}
+		}
+	}
 }
 
 // reserve takes every free place in held, waiting for the first, and
