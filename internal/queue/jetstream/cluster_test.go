@@ -1,10 +1,13 @@
 package jetstream_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,4 +143,62 @@ func caughtUp(c *natsjs.ClusterInfo) bool {
 		}
 	}
 	return true
+}
+
+// A fresh three-server cluster is ready for the mailbox soon after its
+// servers elect their meta leader: the streams are created, and the
+// consumer is defined, without a request timing out first.
+func TestFreshClusterReadySoon(t *testing.T) {
+	t.Parallel()
+	c := jsservertest.StartCluster(t, 3)
+	started := time.Now()
+	var logs syncBuffer
+	q, err := jetstream.Open(jetstream.Options{
+		Options: queue.Options{
+			URL:    c.URL(),
+			Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logs), nil)),
+		},
+		Replicas: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	poll.Until(t, 60*time.Second, "streams created on the cluster", q.Connected)
+	streams := time.Since(started)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = q.Consume(ctx, func(context.Context, *envelope.Envelope) error { return nil })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	poll.Until(t, 60*time.Second, "consumer defined", func() bool { return consumerInfoOrNil(c.URL()) != nil })
+	t.Logf("streams created %v after the servers started, consumer defined %v after", streams.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
+	// Before the servers elected their meta leader the first stream
+	// creation went unanswered and was retried only after its timeout.
+	if l := logs.String(); strings.Contains(l, "cannot set up JetStream streams") || strings.Contains(l, "cannot consume") {
+		t.Errorf("setting up on the fresh cluster failed first; logs:\n%s", l)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

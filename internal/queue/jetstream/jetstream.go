@@ -8,7 +8,8 @@
 //     onto <prefix>.due.<key> in the same stream and purges the schedule.
 //   - A durable pull consumer on <prefix>.due.> (and <prefix>.due, where
 //     earlier versions put due messages), shared by connector replicas,
-//     with explicit acks.
+//     with explicit acks and a 10 s ack wait; a connector reports each
+//     message it holds in progress until it acknowledges it (consume.go).
 //   - A dead-letter stream on <prefix>.deadletter: a log of dead letters
 //     and of removals, each removal followed by the delete of the record
 //     it removes (deadletters.go).
@@ -57,7 +58,8 @@ const scheduleLead = 400 * time.Millisecond
 const headerRoom = 512
 
 // prefetch is how many messages a consumer holds beyond the MaxInflight
-// being delivered: those fired early and waiting for their due time.
+// being delivered: those fired early and waiting for their due time, or
+// waiting for a delivery slot. Each is reported in progress while held.
 const prefetch = 512
 
 // Options configure the backend. Options.URL may list several servers,
@@ -79,7 +81,11 @@ type Options struct {
 	// DuplicateWindow is how long the work and dead-letter streams
 	// remember a stored message's id (Nats-Msg-Id). A repeat is refused
 	// after it too, as long as the first is still waiting. Defaults to
-	// 2m; at least 100ms.
+	// 2m, or longer when HandlerTimeout asks (minDuplicateWindow: 148 s
+	// with the connector's default of 65 s), so that a retry or dead
+	// letter stored by a connector that died before its ack, and stored
+	// again by the connector that gets the message next, is kept once; at
+	// least 100ms.
 	DuplicateWindow time.Duration
 	// DeadLetterMaxAge is the dead-letter retention. The mailbox removes
 	// older dead letters itself; a removal expires (Nats-TTL) this long
@@ -153,7 +159,7 @@ func Open(o Options) (*Queue, error) {
 		o.Replicas = 1
 	}
 	if o.DuplicateWindow <= 0 {
-		o.DuplicateWindow = 2 * time.Minute
+		o.DuplicateWindow = max(2*time.Minute, minDuplicateWindow(o.HandlerTimeout))
 	}
 	if o.StatusIndexLimit <= 0 {
 		o.StatusIndexLimit = statusMaxMsgs
@@ -251,6 +257,9 @@ func (q *Queue) setUp(ctx context.Context) {
 }
 
 func (q *Queue) ensure(ctx context.Context) error {
+	if err := q.awaitAPI(ctx); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -283,6 +292,38 @@ func (q *Queue) ensure(ctx context.Context) error {
 	}
 	return nil
 }
+
+// awaitAPI asks for the account's JetStream information, each request
+// bounded by apiProbeTimeout, until the API answers, for up to 10 s. The
+// servers of a fresh cluster answer no JetStream request until they have
+// elected their meta leader, and a stream creation sent before that
+// waited out its whole 10 s timeout before it was tried again.
+func (q *Queue) awaitAPI(ctx context.Context) error {
+	give := time.Now().Add(10 * time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, apiProbeTimeout)
+		_, err := q.js.AccountInfo(rctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			errors.As(err, &apiErr) && apiErr.Code == 503 // JetStream cluster not available yet
+		if !unanswered || ctx.Err() != nil || time.Now().After(give) {
+			return fmt.Errorf("JetStream API: %w", err)
+		}
+		q.log.Debug("JetStream API not answering yet", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// apiProbeTimeout bounds one request of awaitAPI.
+const apiProbeTimeout = time.Second
 
 // Connected reports whether the server is reachable and the streams exist.
 func (q *Queue) Connected() bool { return q.ready.Load() && q.nc.IsConnected() }
