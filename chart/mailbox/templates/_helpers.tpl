@@ -131,8 +131,8 @@ the function and the connector cannot disagree on them.
 {{/*
 The settings the connector and the mailbox function must share, as a YAML
 map of setting name to string: the backend, NATS, and for JetStream the
-stream, consumer and replicas, plus upstream_timeout (the ack wait is
-computed from it), the dead letters' retention and limit (both processes
+stream, consumer and replicas, plus upstream_timeout (the streams'
+duplicate window is computed from it), the dead letters' retention and limit (both processes
 apply them; on JetStream the age also sets the dead-letter stream's age
 limit), what the mailbox may target, where callbacks may go (gateway_url
 and callback_allow_hosts: the API refuses at requeue what the connector
