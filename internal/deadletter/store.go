@@ -298,15 +298,21 @@ func (s *Store) sync(ctx context.Context) error {
 	if err := s.startFollowing(); err != nil {
 		return err
 	}
+	// read is what the index had read before the head was asked for: the
+	// follower may read newer records while the head is on its way.
+	s.mu.Lock()
+	read := s.x.applied
+	s.mu.Unlock()
 	head, err := s.q.LastDeadLetterSeq(ctx)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	if head < s.x.applied {
-		// The log's newest record is older than one the index read: the
-		// log was reset (or, on JetStream, its newest records expired).
-		// Have the follower rebuild the index, and wait for that.
+	if head < read && s.x.applied >= read {
+		// The log's newest record is older than one the index had read
+		// (and the index was not rebuilt meanwhile): the log was reset
+		// (or, on JetStream, its newest records expired). Have the
+		// follower rebuild the index, and wait for that.
 		s.reset = true
 		if s.stopFollow != nil {
 			s.stopFollow()

@@ -127,3 +127,84 @@ func TestStoreRebuildsAfterLogReset(t *testing.T) {
 		t.Fatalf("after the reset: %q, want new1", got)
 	}
 }
+
+// racingLog answers LastDeadLetterSeq with the head it read before a new
+// dead letter arrived and the index read it: the head a lookup sees can
+// be older than what the follower applied meanwhile.
+type racingLog struct {
+	*logQueue
+	store *Store
+	race  bool
+}
+
+func (q *racingLog) LastDeadLetterSeq(ctx context.Context) (uint64, error) {
+	head, err := q.logQueue.LastDeadLetterSeq(ctx)
+	if !q.race || err != nil {
+		return head, err
+	}
+	q.race = false
+	if err := q.DeadLetter(ctx, &envelope.Envelope{ID: "racing", Function: "fn", Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}); err != nil {
+		return 0, err
+	}
+	for {
+		q.store.mu.Lock()
+		applied := q.store.x.applied
+		q.store.mu.Unlock()
+		if applied > head {
+			return head, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// A dead letter read by the follower while a lookup asks for the log's
+// head is no reset: the store does not rebuild its index for it. Fault
+// on the first version: every such race wiped and re-read the index.
+func TestStoreNoRebuildWhenHeadRaces(t *testing.T) {
+	t.Parallel()
+	q := &racingLog{logQueue: newLogQueue()}
+	s, err := New(Options{Queue: q, Limit: 100, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.store = s
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := q.DeadLetter(ctx, &envelope.Envelope{ID: "first", Function: "fn", Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	list := func() string {
+		t.Helper()
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var page Page
+		var err error
+		poll.Until(t, 10*time.Second, "the store runs", func() bool {
+			page, err = s.List(lctx, Filter{}, 0, 100)
+			return !errors.Is(err, ErrNotRunning)
+		})
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		return strings.Join(ids(page.Items), " ")
+	}
+	if got := list(); got != "first" {
+		t.Fatalf("listed %q, want first", got)
+	}
+	q.race = true
+	if got := list(); got != "racing first" {
+		t.Fatalf("listed %q, want racing first", got)
+	}
+	s.mu.Lock()
+	rebuilds := s.rebuilds
+	s.mu.Unlock()
+	if rebuilds != 0 {
+		t.Errorf("the index was rebuilt %d times, want 0: a dead letter read during a lookup is no reset", rebuilds)
+	}
+}

@@ -232,8 +232,10 @@ func (l *lastMark) set(m mark) {
 
 // holds reports whether channel still holds m: false when its last
 // record is older (a reset store numbers from 1 again) or the record at
-// m.seq is gone (expired) or another one. An empty channel, or a server
-// slower than the publish timeout, reads as not holding it.
+// m.seq is gone (expired) or another one. An empty channel reads as not
+// holding it: the server answered the subscription (a stalled server
+// fails it, an error, and nothing is rebuilt) and sent nothing within
+// the publish timeout.
 func (q *Queue) holds(ctx context.Context, g *generation, channel string, m mark) (bool, error) {
 	// Asked for a sequence past its last record, the server would send
 	// only what comes next: ask for the last one first.
