@@ -80,7 +80,7 @@ type Config struct {
 	// Defaults to faas-cluster.
 	NATSClusterID string
 	// NATSClientID is this process's NATS Streaming client id
-	// ([A-Za-z0-9_-]+), unique per replica; empty for <channel_prefix>-<host
+	// ([A-Za-z0-9_-]+), unique per replica; empty for <channel_prefix>-<role>-<host
 	// name> (stan.DefaultClientID). Defaults to empty.
 	NATSClientID string
 	// ChannelPrefix is the prefix of the channel names ([a-z0-9_-]+, no

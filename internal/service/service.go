@@ -62,6 +62,12 @@ func Registry() (*prometheus.Registry, error) {
 // OpenQueue opens the configured backend. It does not wait for the broker:
 // the queue connects, and reconnects, in the background.
 func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger) (queue.Queue, error) {
+	return openQueue(cfg, reg, logger, "api")
+}
+
+// openQueue is OpenQueue for a process doing role (api, connector): on
+// NATS Streaming, part of its default client id.
+func openQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger, role string) (queue.Queue, error) {
 	if cfg.NATSURL == "" {
 		return nil, errors.New("config: nats_url: required")
 	}
@@ -83,7 +89,7 @@ func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	}
 	switch cfg.Backend {
 	case "stan":
-		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID})
+		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID, Role: role})
 	case "jetstream":
 		return jetstream.Open(jetstream.Options{
 			Options:             common,
@@ -410,7 +416,7 @@ func OpenConnector(cfg config.Config, logger *slog.Logger) (*Connector, error) {
 	if err != nil {
 		return nil, err
 	}
-	q, err := OpenQueue(cfg, reg, logger)
+	q, err := openQueue(cfg, reg, logger, "connector")
 	if err != nil {
 		return nil, err
 	}

@@ -31,11 +31,12 @@ import (
 const (
 	childURL      = "MAILBOX_STAN_TEST_CONSUMER_URL"
 	childClientID = "MAILBOX_STAN_TEST_CONSUMER_CLIENT_ID"
+	childRole     = "MAILBOX_STAN_TEST_CONSUMER_ROLE"
 )
 
 func TestMain(m *testing.M) {
 	if url := os.Getenv(childURL); url != "" {
-		os.Exit(runChild(url, os.Getenv(childClientID)))
+		os.Exit(runChild(url, os.Getenv(childClientID), os.Getenv(childRole)))
 	}
 	os.Exit(m.Run())
 }
@@ -47,8 +48,8 @@ const slowHandler = time.Minute
 
 // runChild consumes with the default client id unless clientID is set,
 // prints "held <id>" for each message and never finishes one.
-func runChild(url, clientID string) int {
-	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(os.Stderr, nil))), ClientID: clientID})
+func runChild(url, clientID, role string) int {
+	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(os.Stderr, nil))), ClientID: clientID, Role: role})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -71,10 +72,10 @@ func recoveryOptions(url string, log *slog.Logger) queue.Options {
 
 // startChild runs a consumer process and returns a channel of the ids it
 // holds and how to kill it (SIGKILL: its connection is never closed).
-func startChild(t *testing.T, url, clientID string) (held <-chan string, kill func()) {
+func startChild(t *testing.T, url, clientID, role string) (held <-chan string, kill func()) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childURL+"="+url, childClientID+"="+clientID)
+	cmd.Env = append(os.Environ(), childURL+"="+url, childClientID+"="+clientID, childRole+"="+role)
 	cmd.Stderr = t.Output()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -105,7 +106,13 @@ func startChild(t *testing.T, url, clientID string) (held <-chan string, kill fu
 
 func openRecovery(t *testing.T, url, clientID string) *stan.Queue {
 	t.Helper()
-	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(t.Output(), nil))), ClientID: clientID})
+	return openAs(t, url, clientID, "")
+}
+
+// openAs is openRecovery for a process doing role.
+func openAs(t *testing.T, url, clientID, role string) *stan.Queue {
+	t.Helper()
+	q, err := stan.Open(stan.Options{Options: recoveryOptions(url, slog.New(slog.NewTextHandler(t.Output(), nil))), ClientID: clientID, Role: role})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +185,13 @@ func scheduleNow(t *testing.T, q *stan.Queue, ids ...string) {
 // it while it holds them; it returns when the process is dead.
 func killHolding(t *testing.T, producer *stan.Queue, url, clientID string, n int) {
 	t.Helper()
-	held, kill := startChild(t, url, clientID)
+	killHoldingAs(t, producer, url, clientID, "", n)
+}
+
+// killHoldingAs is killHolding with a consumer doing role.
+func killHoldingAs(t *testing.T, producer *stan.Queue, url, clientID, role string, n int) {
+	t.Helper()
+	held, kill := startChild(t, url, clientID, role)
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("held%d", i)
@@ -212,6 +225,27 @@ func TestRestartedReplicaTakesOverAtOnce(t *testing.T) {
 	var g gotten
 	consumeUntilEnd(t, restarted, g.handle)
 	poll.Until(t, 15*time.Second-time.Since(killed), "the restarted replica gets what the killed one held within 15 s", func() bool { return g.count() == 10 })
+	t.Logf("held messages back %v after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// An API process on the connector's host (faasd, the test bed, mailbox
+// serve) does not take the id a restarted connector needs: the default
+// id names the role, so the restarted connector replaces its dead
+// predecessor's registration at once. Fault with one default id for both
+// roles: the API held it, each connector start took a random id beside
+// it, and the dead one kept its messages until the server's heartbeats
+// or the ack wait.
+func TestRestartedConnectorBesideAnAPI(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.StartWith(t, stanserver.Options{HeartbeatInterval: 30 * time.Second, HeartbeatTimeout: 10 * time.Second, HeartbeatFailCount: 10})
+	api := openAs(t, srv.URL(), "", "api")
+	killHoldingAs(t, api, srv.URL(), "", "connector", 10)
+	killed := time.Now()
+
+	restarted := openAs(t, srv.URL(), "", "connector")
+	var g gotten
+	consumeUntilEnd(t, restarted, g.handle)
+	poll.Until(t, 15*time.Second-time.Since(killed), "the restarted connector gets what the killed one held within 15 s", func() bool { return g.count() == 10 })
 	t.Logf("held messages back %v after the kill", time.Since(killed).Round(10*time.Millisecond))
 }
 

@@ -58,12 +58,18 @@ type Options struct {
 	// died without closing (SIGKILL) replaces its registration: the
 	// server hands what the dead one held to the queue group at once,
 	// instead of after its heartbeats drop it (about 5 minutes at the
-	// server's defaults). Defaults to DefaultClientID: <Prefix>-<host
+	// server's defaults). Defaults to DefaultClientID: <Prefix>-<Role>-<host
 	// name>, the same for a container restarted in its Kubernetes pod.
 	// When a live process already has the default id (two processes on
 	// one host), a random suffix is added; a configured id is retried
 	// until it is free.
 	ClientID string
+	// Role is what the process does with the queue (api, connector), part
+	// of the default ClientID: an API and a connector on one host (faasd,
+	// a bed, mailbox serve) each keep an id of their own, so a restarted
+	// connector replaces its own dead registration, not falls back to a
+	// random id beside it. Defaults to queue.
+	Role string
 	// TierWindow is how many messages each tier worker holds at once. A
 	// tier of T seconds keeps its messages on time while no more than
 	// TierWindow/T of them a second pass through it (the 1 s tier holds a
@@ -112,7 +118,7 @@ type Queue struct {
 }
 
 // DefaultClientID is the client id of a process on this host: <prefix>-<host
-// name>, with characters NATS Streaming does not allow in an id as _, or
+// name> (Open passes <prefix>-<role>), with characters NATS Streaming does not allow in an id as _, or
 // <prefix>-<random> when the host name is unknown.
 func DefaultClientID(prefix string) string {
 	host, err := os.Hostname()
@@ -178,8 +184,11 @@ func Open(o Options) (*Queue, error) {
 		o.ClusterID = "faas-cluster"
 	}
 	derivedID := o.ClientID == ""
+	if o.Role == "" {
+		o.Role = "queue"
+	}
 	if derivedID {
-		o.ClientID = DefaultClientID(o.Prefix)
+		o.ClientID = DefaultClientID(o.Prefix + "-" + o.Role)
 	}
 	if o.TierWindow <= 0 {
 		o.TierWindow = 2048
