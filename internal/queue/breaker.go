@@ -7,7 +7,8 @@ import (
 )
 
 // Breaker dials the broker for a NATS client (nats.SetCustomDialer) and
-// can close the connection it dialed from outside the client.
+// closes the connection it dialed from outside the client when a write on
+// it is stuck (Guard).
 //
 // A server that stops reading (stalled, or its socket buffers full) blocks
 // the client's socket write, and the client holds its connection's lock
@@ -22,7 +23,7 @@ type Breaker struct {
 	d    net.Dialer
 }
 
-// Dial dials as net.Dialer does and keeps the connection for Break.
+// Dial dials as net.Dialer does and keeps the connection for Guard.
 func (b *Breaker) Dial(network, address string) (net.Conn, error) {
 	c, err := b.d.Dial(network, address)
 	if err != nil {
@@ -34,25 +35,23 @@ func (b *Breaker) Dial(network, address string) (net.Conn, error) {
 	return c, nil
 }
 
-// Break closes the connection last dialed, if any.
-func (b *Breaker) Break() {
-	b.mu.Lock()
-	c := b.conn
-	b.mu.Unlock()
-	if c != nil {
-		_ = c.Close()
-	}
-}
-
 // stuckGrace is how long past its timeout a write may take before Guard
 // takes it to be stuck in the client rather than waiting for the server's
 // acknowledgement, which the timeout already ends.
 const stuckGrace = 2 * time.Second
 
-// Guard arms Break to fire if a write given timeout has not returned
-// within timeout plus a grace, and returns the function that disarms it,
-// to be called once the write returns.
+// Guard arms a timer that closes the connection dialed last, the one the
+// write is on, if a write given timeout has not returned within timeout
+// plus a grace, and returns the function that disarms it, to be called
+// once the write returns. A connection dialed after Guard (a reconnect
+// meanwhile) is never closed by it.
 func (b *Breaker) Guard(timeout time.Duration) (disarm func()) {
-	t := time.AfterFunc(timeout+stuckGrace, b.Break)
+	b.mu.Lock()
+	c := b.conn
+	b.mu.Unlock()
+	if c == nil {
+		return func() {}
+	}
+	t := time.AfterFunc(timeout+stuckGrace, func() { _ = c.Close() })
 	return func() { t.Stop() }
 }
