@@ -77,14 +77,9 @@ func (q *logQueue) LastDeadLetterSeq(context.Context) (uint64, error) {
 	return uint64(len(q.recs)), nil
 }
 
-// A log reset under the index (its newest record older than the last one
-// the index read) makes the store rebuild its index, whatever the
-// backend: it lists what the log holds now. Fault on the old code: the
-// index kept the gone dead letters and skipped the new one, whose seq it
-// had passed.
-func TestStoreRebuildsAfterLogReset(t *testing.T) {
-	t.Parallel()
-	q := newLogQueue()
+// runStore runs a store of q until the test ends.
+func runStore(t *testing.T, q queue.Queue) *Store {
+	t.Helper()
 	s, err := New(Options{Queue: q, Limit: 100, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -93,28 +88,45 @@ func TestStoreRebuildsAfterLogReset(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
 
-	kill := func(id string) {
-		t.Helper()
-		if err := q.DeadLetter(ctx, &envelope.Envelope{ID: id, Function: "fn", Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}); err != nil {
-			t.Fatal(err)
-		}
+// killIn stores a dead letter id of fn in q.
+func killIn(t *testing.T, q *logQueue, id string) {
+	t.Helper()
+	if err := q.DeadLetter(context.Background(), &envelope.Envelope{ID: id, Function: "fn", Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
 	}
-	listed := func() string {
-		t.Helper()
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		var page Page
-		var err error
-		poll.Until(t, 10*time.Second, "the store runs", func() bool {
-			page, err = s.List(lctx, Filter{}, 0, 100)
-			return !errors.Is(err, ErrNotRunning)
-		})
-		if err != nil {
-			t.Fatalf("List: %v", err)
-		}
-		return strings.Join(ids(page.Items), " ")
+}
+
+// listIDs lists s's dead letters' ids, newest first, once it runs.
+func listIDs(t *testing.T, s *Store) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var page Page
+	var err error
+	poll.Until(t, 10*time.Second, "the store runs", func() bool {
+		page, err = s.List(ctx, Filter{}, 0, 100)
+		return !errors.Is(err, ErrNotRunning)
+	})
+	if err != nil {
+		t.Fatalf("List: %v", err)
 	}
+	return strings.Join(ids(page.Items), " ")
+}
+
+// A log reset under the index (its newest record older than the last one
+// the index read) makes the store rebuild its index, whatever the
+// backend: it lists what the log holds now. Fault on the old code: the
+// index kept the gone dead letters and skipped the new one, whose seq it
+// had passed.
+func TestStoreRebuildsAfterLogReset(t *testing.T) {
+	t.Parallel()
+	q := newLogQueue()
+	s := runStore(t, q)
+	kill := func(id string) { t.Helper(); killIn(t, q, id) }
+	listed := func() string { t.Helper(); return listIDs(t, s) }
 	kill("old1")
 	kill("old2")
 	kill("old3")
@@ -167,33 +179,10 @@ func (q *racingLog) LastDeadLetterSeq(ctx context.Context) (uint64, error) {
 func TestStoreNoRebuildWhenHeadRaces(t *testing.T) {
 	t.Parallel()
 	q := &racingLog{logQueue: newLogQueue()}
-	s, err := New(Options{Queue: q, Limit: 100, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := runStore(t, q)
 	q.store = s
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := q.DeadLetter(ctx, &envelope.Envelope{ID: "first", Function: "fn", Reason: envelope.ReasonMaxRetries, DeadAt: time.Now().UTC()}); err != nil {
-		t.Fatal(err)
-	}
-	list := func() string {
-		t.Helper()
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		var page Page
-		var err error
-		poll.Until(t, 10*time.Second, "the store runs", func() bool {
-			page, err = s.List(lctx, Filter{}, 0, 100)
-			return !errors.Is(err, ErrNotRunning)
-		})
-		if err != nil {
-			t.Fatalf("List: %v", err)
-		}
-		return strings.Join(ids(page.Items), " ")
-	}
+	killIn(t, q.logQueue, "first")
+	list := func() string { t.Helper(); return listIDs(t, s) }
 	if got := list(); got != "first" {
 		t.Fatalf("listed %q, want first", got)
 	}
