@@ -155,11 +155,7 @@ func TestSlowBrokerAnswers503InTime(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
-			var p *stallProxy
-			b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
-				p = startProxy(t, natsURL)
-				return p.URL()
-			})
+			b, p := setupBehindProxy(t, backend)
 			b.mustSchedule(t, "fn", []byte("before"), "X-Delay-Duration", "3600")
 
 			p.Stall(true)
@@ -230,6 +226,17 @@ func rawRequeueBody(b *bundle, fn, delay string, body []byte) (code int, cause, 
 	return res.StatusCode, a.Cause, res.Header.Get("Retry-After"), nil
 }
 
+// setupBehindProxy is setupWith reaching NATS through a stallProxy.
+func setupBehindProxy(t *testing.T, backend string) (*bundle, *stallProxy) {
+	t.Helper()
+	var p *stallProxy
+	b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
+		p = startProxy(t, natsURL)
+		return p.URL()
+	})
+	return b, p
+}
+
 // A delivery whose outcome cannot be stored (the broker stalls just as
 // the function fails, then the link breaks, so its retry never reaches
 // the server) is not lost: the handler gives up, the message stays
@@ -240,11 +247,7 @@ func TestRetryNotStoredIsRedelivered(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
 			t.Parallel()
-			var p *stallProxy
-			b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
-				p = startProxy(t, natsURL)
-				return p.URL()
-			})
+			b, p := setupBehindProxy(t, backend)
 			logs := &logtest.Buffer{}
 			b.connectorLog = slog.New(slog.NewTextHandler(logs, nil))
 			flaky := b.deploy("flaky", func(n int) int {
