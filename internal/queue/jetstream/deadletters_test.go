@@ -126,15 +126,7 @@ func deadLetterStream(t *testing.T, url string) natsjs.Stream {
 func TestDeadLetterStreamUpgrade(t *testing.T) {
 	t.Parallel()
 	srv := jsservertest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsClient(t, srv.URL())
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, natsjs.StreamConfig{
 		Name: "mailbox-deadletter", Subjects: []string{"mailbox.deadletter"}, Storage: natsjs.FileStorage,

@@ -40,17 +40,25 @@ func (s server) DeadLetters(t *testing.T) []*envelope.Envelope {
 }
 
 func (s server) PublishRaw(t *testing.T, data []byte) {
-	nc, err := nats.Connect(s.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsClient(t, s.URL())
 	// The stream exists once a client of the suite has connected.
 	if _, err := js.Publish(context.Background(), "mailbox.due", data); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// jsClient is a JetStream client of the server at url, closed when the
+// test ends.
+func jsClient(t testing.TB, url string) natsjs.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

@@ -223,15 +223,7 @@ func (c *calls) first(id string, attempt int) time.Time {
 // consumerInfo asks the server about the shared durable consumer.
 func consumerInfo(t *testing.T, url string) *natsjs.ConsumerInfo {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsClient(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := js.Consumer(ctx, "mailbox", "connector")

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
@@ -65,15 +64,7 @@ func TestStatusFloodPushesOutItsOwn(t *testing.T) {
 // functions whose stored name starts with prefix.
 func storedStatuses(t *testing.T, url, prefix string) int {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsClient(t, url)
 	s, err := js.Stream(context.Background(), "mailbox-status")
 	if err != nil {
 		t.Fatal(err)
