@@ -116,7 +116,7 @@ func settings() []Setting {
 		},
 		{
 			Name: "nats_client_id", Default: "",
-			Usage:        "NATS Streaming client id of this process, one per replica; empty for <channel_prefix>-<api|connector>-<host name>, which a restarted container keeps (a restarted replica then takes over at once what the dead one held)",
+			Usage:        "NATS Streaming client id of this process, one per replica; empty for <channel_prefix>-<role>-<host name> (role: api or connector), which a restarted container keeps (a restarted replica then takes over at once what the dead one held)",
 			emptyIsValue: true,
 			apply: func(c *Config, v string) error {
 				if v == "" {
