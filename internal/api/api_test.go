@@ -20,6 +20,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/delivery"
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/metricstest"
 	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
@@ -200,7 +201,7 @@ type bundle struct {
 	handler http.Handler
 	queue   *memQueue
 	reg     *prometheus.Registry
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 }
 
 // setup builds the handler on a fresh registry and memQueue; adjust may
@@ -210,7 +211,7 @@ func setup(t *testing.T, adjust func(*Options)) *bundle {
 	b := &bundle{
 		queue: &memQueue{maxPayload: 1 << 20, connected: true},
 		reg:   prometheus.NewRegistry(),
-		logs:  &syncBuffer{},
+		logs:  &logtest.Buffer{},
 	}
 	o := Options{
 		Queue:        b.queue,
@@ -243,23 +244,6 @@ func (b *bundle) do(method, target string, body []byte, header http.Header) *htt
 	w := httptest.NewRecorder()
 	b.handler.ServeHTTP(w, r)
 	return w
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
 
 // decodeJSON checks the answer is JSON and decodes it into a map.

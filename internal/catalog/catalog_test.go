@@ -1,7 +1,6 @@
 package catalog
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/metricstest"
 
 	"github.com/openfaas/faas-provider/auth"
@@ -303,7 +303,7 @@ type bundle struct {
 	c     *Catalog
 	gw    *gateway
 	reg   *prometheus.Registry
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 	clock *clock
 }
 
@@ -311,7 +311,7 @@ type bundle struct {
 // and a clock of its own; adjust may change the options before New.
 func setup(t *testing.T, gw *gateway, adjust func(*Options)) *bundle {
 	t.Helper()
-	b := &bundle{gw: gw, reg: prometheus.NewRegistry(), logs: &syncBuffer{}, clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	b := &bundle{gw: gw, reg: prometheus.NewRegistry(), logs: &logtest.Buffer{}, clock: &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}}
 	o := Options{
 		GatewayURL:  gw.srv.URL,
 		Credentials: &auth.BasicAuthCredentials{User: testUser, Password: testPassword},
@@ -939,21 +939,4 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package jetstream_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/jetstream"
@@ -152,7 +152,7 @@ func TestFreshClusterReadySoon(t *testing.T) {
 	t.Parallel()
 	c := jsservertest.StartCluster(t, 3)
 	started := time.Now()
-	var logs syncBuffer
+	var logs logtest.Buffer
 	q, err := jetstream.Open(jetstream.Options{
 		Options: queue.Options{
 			URL:    c.URL(),
@@ -185,20 +185,28 @@ func TestFreshClusterReadySoon(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+// A cluster too small for the streams' replicas is not taken for one
+// still forming for ever: once the grace is over, the warning names the
+// setting to change.
+func TestClusterTooSmallNamesTheSetting(t *testing.T) {
+	t.Parallel()
+	c := jsservertest.StartCluster(t, 2)
+	logs := &logtest.Buffer{}
+	q, err := jetstream.Open(jetstream.Options{
+		Options: queue.Options{
+			URL:    c.URL(),
+			Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs), nil)),
+		},
+		Replicas: 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	poll.Until(t, 60*time.Second, "a warning naming jetstream_replicas", func() bool {
+		return strings.Contains(logs.String(), "need 3 JetStream servers in the cluster (setting jetstream_replicas)")
+	})
+	if q.Connected() {
+		t.Error("ready on a cluster too small for its streams")
+	}
 }

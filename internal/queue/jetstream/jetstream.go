@@ -238,6 +238,7 @@ func (q *Queue) deadLetterSubject() string         { return q.o.Prefix + ".deadl
 func (q *Queue) setUp(ctx context.Context) {
 	defer close(q.done)
 	backoff := 100 * time.Millisecond
+	forming := time.Now().Add(formingGrace)
 	for {
 		err := q.ensure(ctx)
 		if err == nil {
@@ -246,11 +247,21 @@ func (q *Queue) setUp(ctx context.Context) {
 			q.log.Info("JetStream streams ready", "stream", q.o.Stream, "dead_letter_stream", q.o.DeadLetterStream, "status_stream", q.o.StatusStream, "replicas", q.o.Replicas)
 			return
 		}
+		if tooFewPeers(err) {
+			if time.Now().Before(forming) {
+				// A fresh cluster's meta leader learns of its peers one
+				// by one: ask again soon, without alarming anybody.
+				q.log.Debug("JetStream cluster still forming", "error", err)
+				if !sleep(ctx, 100*time.Millisecond) {
+					return
+				}
+				continue
+			}
+			err = fmt.Errorf("%w: the streams need %d JetStream servers in the cluster (setting jetstream_replicas)", err, q.o.Replicas)
+		}
 		q.log.Warn("cannot set up JetStream streams, retrying", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
@@ -314,16 +325,34 @@ func (q *Queue) awaitAPI(ctx context.Context) error {
 			return fmt.Errorf("JetStream API: %w", err)
 		}
 		q.log.Debug("JetStream API not answering yet", "error", err)
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, 100*time.Millisecond) {
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
 // apiProbeTimeout bounds one request of awaitAPI.
 const apiProbeTimeout = time.Second
+
+// formingGrace is how long after start-up a lack of peers is taken for a
+// cluster still forming rather than one too small for jetstream_replicas.
+const formingGrace = 10 * time.Second
+
+// tooFewPeers reports the server's "no suitable peers for placement".
+func tooFewPeers(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10005
+}
+
+// sleep waits d and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
 
 // Connected reports whether the server is reachable and the streams exist.
 func (q *Queue) Connected() bool { return q.ready.Load() && q.nc.IsConnected() }

@@ -231,10 +231,8 @@ func (q *Queue) followStatuses(ctx context.Context) {
 			return
 		}
 		q.log.Warn("cannot follow the status stream, retrying", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
