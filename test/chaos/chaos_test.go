@@ -22,6 +22,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -509,6 +510,9 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 			l.late.Round(10*time.Millisecond), l.m.sent.Format("15:04:05.000"), l.m.delay, strings.Join(h, " "))
 	}
 	fmt.Fprintf(&b, "\nMemory (RSS, MiB, sampled every %s: first, max, last): %s\n", mem.every, mem)
+	if t := mem.table(); t != "" {
+		fmt.Fprintf(&b, "\n%s", t)
+	}
 	return b.String()
 }
 
@@ -529,7 +533,17 @@ type memory struct {
 	first map[string]int64
 	max   map[string]int64
 	last  map[string]int64
+	// series is a sample every seriesEvery, for a long run's figures:
+	// whether memory levels off or keeps growing.
+	start  time.Time
+	series []map[string]int64
 }
+
+// seriesEvery is the time between two samples of memory.series.
+const seriesEvery = 10 * time.Minute
+
+// programs are sampled's keys, in the order figures lists them.
+var programs = []string{"mailbox-fn", "connector", "nats-server", "nats-streaming-server", "gateway"}
 
 // sampled are the programs memory samples, by the executables'.
 func sampled() map[string]string {
@@ -543,7 +557,7 @@ func sampled() map[string]string {
 }
 
 func startMemory(every time.Duration) *memory {
-	m := &memory{every: every, done: make(chan struct{}), first: map[string]int64{}, max: map[string]int64{}, last: map[string]int64{}}
+	m := &memory{every: every, done: make(chan struct{}), first: map[string]int64{}, max: map[string]int64{}, last: map[string]int64{}, start: time.Now()}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -562,6 +576,13 @@ func startMemory(every time.Duration) *memory {
 }
 
 func (m *memory) sample() {
+	defer func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if time.Since(m.start) >= time.Duration(len(m.series))*seriesEvery {
+			m.series = append(m.series, maps.Clone(m.last))
+		}
+	}()
 	for name, exe := range sampled() {
 		ps, err := processes(exe)
 		if err != nil || len(ps) == 0 {
@@ -590,10 +611,37 @@ func (m *memory) String() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var parts []string
-	for _, name := range []string{"mailbox-fn", "connector", "nats-server", "nats-streaming-server", "gateway"} {
+	for _, name := range programs {
 		if _, ok := m.first[name]; ok {
 			parts = append(parts, fmt.Sprintf("%s %d, %d, %d", name, m.first[name]>>20, m.max[name]>>20, m.last[name]>>20))
 		}
 	}
 	return strings.Join(parts, "; ")
+}
+
+// table is the series as a Markdown table, a row per program and a column
+// per sample; empty when the run was too short for two samples.
+func (m *memory) table() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.series) < 2 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("| RSS, MiB |")
+	for i := range m.series {
+		fmt.Fprintf(&b, " %s |", time.Duration(i)*seriesEvery)
+	}
+	b.WriteString("\n| --- |" + strings.Repeat(" --- |", len(m.series)) + "\n")
+	for _, name := range programs {
+		if _, ok := m.first[name]; !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "| %s |", name)
+		for _, s := range m.series {
+			fmt.Fprintf(&b, " %d |", s[name]>>20)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
