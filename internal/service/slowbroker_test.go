@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,123 +16,8 @@ import (
 	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/servertest"
 )
-
-// stallProxy forwards TCP connections to a NATS server and, while
-// stalled, holds every byte in both directions: the server looks alive
-// (the connection stays open) but answers nothing, as a broker stuck on
-// a slow disk or a saturated link.
-type stallProxy struct {
-	ln     net.Listener
-	target string
-
-	mu      sync.Mutex
-	stalled bool
-	resume  chan struct{} // closed when a stall ends
-	conns   []net.Conn
-}
-
-// startProxy forwards to the host:port of natsURL until the test ends.
-func startProxy(t testing.TB, natsURL string) *stallProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{ln: ln, target: strings.TrimPrefix(natsURL, "nats://"), resume: make(chan struct{})}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.forward(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		p.Stall(false)
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-	})
-	return p
-}
-
-func (p *stallProxy) URL() string { return "nats://" + p.ln.Addr().String() }
-
-func (p *stallProxy) forward(c net.Conn) {
-	s, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.conns = append(p.conns, c, s)
-	p.mu.Unlock()
-	go p.copy(s, c)
-	p.copy(c, s)
-}
-
-// copy forwards from src to dst, holding what it read while stalled.
-func (p *stallProxy) copy(dst, src net.Conn) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		p.mu.Lock()
-		stalled, resume := p.stalled, p.resume
-		p.mu.Unlock()
-		if stalled {
-			<-resume
-		}
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// Stall starts (true) or ends (false) holding every byte.
-func (p *stallProxy) Stall(on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if on == p.stalled {
-		return
-	}
-	p.stalled = on
-	if !on {
-		close(p.resume)
-		p.resume = make(chan struct{})
-	}
-}
-
-// Break closes every connection, dropping what a stall held: writes the
-// clients sent meanwhile never reach the server, as on a link that
-// failed. Clients reconnect through the proxy.
-func (p *stallProxy) Break() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-	if p.stalled {
-		p.stalled = false
-		close(p.resume)
-		p.resume = make(chan struct{})
-	}
-}
 
 // slowBrokerBound is how long a requeue may take against a broker that
 // answers nothing: the publish timeout (5s, service.publishTimeout), plus
@@ -226,12 +110,12 @@ func rawRequeueBody(b *bundle, fn, delay string, body []byte) (code int, cause, 
 	return res.StatusCode, a.Cause, res.Header.Get("Retry-After"), nil
 }
 
-// setupBehindProxy is setupWith reaching NATS through a stallProxy.
-func setupBehindProxy(t *testing.T, backend string) (*bundle, *stallProxy) {
+// setupBehindProxy is setupWith reaching NATS through a servertest.Proxy.
+func setupBehindProxy(t *testing.T, backend string) (*bundle, *servertest.Proxy) {
 	t.Helper()
-	var p *stallProxy
+	var p *servertest.Proxy
 	b := setupWith(t, backend, nil, t.TempDir(), func(natsURL string) string {
-		p = startProxy(t, natsURL)
+		p = servertest.StartProxy(t, natsURL)
 		return p.URL()
 	})
 	return b, p

@@ -21,6 +21,7 @@ import (
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/stan"
+	"github.com/openfaas/mailbox/internal/servertest"
 	"github.com/openfaas/mailbox/internal/stanserver"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 	"github.com/openfaas/mailbox/internal/status"
@@ -331,6 +332,50 @@ func TestNoStallAfterServerRestart(t *testing.T) {
 			t.Logf("probe delivered %v after the restart; %d messages handled twice by then", time.Since(restarted).Round(10*time.Millisecond), g.twice())
 		})
 	}
+}
+
+// The status index's link loses what the server sends it, then breaks,
+// too briefly for the server to drop the client: the
+// index reads the channel again once reconnected and has the status at
+// once. Fault on the old code: the server counted the lost status as
+// sent and sent it again only after the subscription's ack wait (30 s),
+// so lookups answered the older status meanwhile.
+func TestStatusIndexCatchesUpAfterReconnect(t *testing.T) {
+	t.Parallel()
+	srv := stanservertest.Start(t)
+	proxy := servertest.StartProxy(t, srv.URL())
+	index := openAs(t, proxy.URL(), "api", "")
+	producer := openRecovery(t, srv.URL(), "producer")
+	e := &envelope.Envelope{ID: "probe", Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now().Add(time.Hour)}
+	state := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := index.Status(ctx, e.ID)
+		if err != nil {
+			return err.Error()
+		}
+		return s.State
+	}
+	record := func(st string) {
+		t.Helper()
+		if err := producer.RecordStatus(context.Background(), status.Of(e, st, time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(status.Waiting)
+	poll.Until(t, 15*time.Second, "the index has the first status", func() bool { return state() == status.Waiting })
+
+	proxy.Drop()
+	record(status.InFlight)
+	poll.Until(t, 15*time.Second, "the server sends the index the second status, lost", func() bool {
+		return proxy.Dropped([]byte(`"status":"` + status.InFlight + `"`))
+	})
+	proxy.Break()
+	broken := time.Now()
+	poll.Until(t, 15*time.Second, "the index reconnects", index.Connected)
+	// Within the ack wait, by a margin a busy machine keeps.
+	poll.Until(t, 10*time.Second, "the index has the second status", func() bool { return state() == status.InFlight })
+	t.Logf("the index had the status sent into the broken connection %v after the break", time.Since(broken).Round(time.Millisecond))
 }
 
 // A NATS Streaming store that is reset (a server on --store memory

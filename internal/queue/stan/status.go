@@ -122,31 +122,42 @@ func (q *Queue) runIndex() {
 
 // indexGeneration replays the channel into the index on g, publishes a
 // marker and marks the index synced once it reads the marker back, then
-// follows the channel until g is lost. Replaying again after a reconnect
+// follows the channel until g is lost or reconnects. Replaying again
 // changes nothing already known: a status only replaces one it
 // supersedes, and an equal one is the same.
+//
+// A reconnect ends the generation's index too, whatever it is doing:
+// the server kept the subscription, but what it sent while the
+// connection was down is lost and comes again only after the ack wait,
+// so the index would miss those statuses meanwhile.
 func (q *Queue) indexGeneration(g *generation) {
+	reconnected := g.reconnects()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.lost:
+		case <-q.closed:
+		case <-ctx.Done():
+		case <-reconnected:
+			q.log.Info("NATS reconnected: reading the status channel again")
+		}
+		cancel()
+	}()
+	retry := func(what string, err error) {
+		q.log.Warn("cannot "+what+", retrying", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 	token := append(append([]byte{}, syncMark...), nuid.Next()...)
 	// Replaying the channel again only adds to the index: when the store
 	// was reset, what the index holds is gone, and it starts afresh.
 	if seen := q.statusMark.get(); seen.seq > 0 {
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-q.closed:
-			case <-ctx.Done():
-			}
-			cancel()
-		}()
 		kept, err := q.holds(ctx, g, StatusChannel(q.o.Prefix), seen)
-		cancel()
 		if err != nil {
-			q.log.Warn("cannot read the status channel, retrying", "error", err)
-			select {
-			case <-g.lost:
-			case <-q.closed:
-			case <-time.After(time.Second):
-			}
+			retry("read the status channel", err)
 			return
 		}
 		if !kept {
@@ -171,32 +182,19 @@ func (q *Queue) indexGeneration(g *generation) {
 		q.index.Put(s, time.Now())
 	}, stango.DeliverAllAvailable(), stango.MaxInflight(indexWindow))
 	if err != nil {
-		q.log.Warn("cannot subscribe to the status channel, retrying", "error", err)
-		select {
-		case <-g.lost:
-		case <-q.closed:
-		case <-time.After(time.Second):
-		}
+		retry("subscribe to the status channel", err)
 		return
 	}
 	defer func() {
 		q.index.SetSynced(false)
 		_ = sub.Close()
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), q.o.PublishTimeout)
-	err = q.publish(ctx, g, StatusChannel(q.o.Prefix), token)
-	cancel()
+	pctx, pcancel := context.WithTimeout(ctx, q.o.PublishTimeout)
+	err = q.publish(pctx, g, StatusChannel(q.o.Prefix), token)
+	pcancel()
 	if err != nil {
-		q.log.Warn("cannot publish the status index's marker, retrying", "error", err)
-		select {
-		case <-g.lost:
-		case <-q.closed:
-		case <-time.After(time.Second):
-		}
+		retry("publish the status index's marker", err)
 		return
 	}
-	select {
-	case <-g.lost:
-	case <-q.closed:
-	}
+	<-ctx.Done()
 }
