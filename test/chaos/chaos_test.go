@@ -82,7 +82,7 @@ type settings struct {
 }
 
 func loadSettings(t *testing.T) settings {
-	s := settings{rate: 40, faultEvery: 5 * time.Second, calm: 5 * time.Second, upstreamTimeout: "3s", settle: 3 * time.Minute}
+	s := settings{rate: 40, faultEvery: 5 * time.Second, calm: 5 * time.Second, upstreamTimeout: "30s", settle: 3 * time.Minute}
 	dur := func(name string, into *time.Duration) {
 		if v := os.Getenv(name); v != "" {
 			d, err := time.ParseDuration(v)
