@@ -6,7 +6,17 @@
 // mailbox delivers to (testfn's random behaviour, failing a third of its
 // calls) reports each call to a recorder in this process.
 //
-// The verdict, once per backend: every requeue answered 202 is delivered
+// Two more scenarios per backend: Serve* sends the requeues, with the
+// token, to two mailbox serve replicas (the standalone binary) on the
+// bed's NATS, alternately, and SIGKILLs and restarts one replica, the
+// other, then NATS; Disk* puts the NATS store on a small tmpfs and fills
+// it under load with a filler file (on JetStream first its storage limit
+// with a stream of another writer), wants requeues refused with 507 or
+// 503 naming the cause, with Retry-After, none left unanswered, and
+// requeues accepted again once the filler is gone, the mailbox not
+// restarted (the NATS server is, where it cannot recover by itself).
+//
+// The verdict, once per scenario: every requeue answered 202 is delivered
 // with a 2xx or kept as a dead letter; every message delivered more than
 // once was in flight at a fault; and each fault's recovery times are
 // reported (docs/reliability.md).
@@ -223,9 +233,12 @@ func run(t *testing.T, s settings, sc scenario) {
 			break
 		}
 		f := faultRun{name: sc.faults[i%len(sc.faults)], at: time.Now()}
-		if f.name == faultDisk {
+		switch f.name {
+		case faultDisk:
 			f.err = disk.fault(ctx, t, b, rec)
-		} else {
+		case faultStoreLimit:
+			f.err = storeLimitFault(ctx, t, b, rec)
+		default:
 			f.err = inject(ctx, b, f.name)
 		}
 		if f.err != nil {

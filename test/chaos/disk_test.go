@@ -25,8 +25,13 @@ const faultDisk = "disk"
 // diskScenario puts the NATS store of backend on a small tmpfs and fills
 // it once, under load, with requeues going to the bed's mailbox function
 // through the gateway: black box, as anything outside NATS sees it.
+// On JetStream its own storage limit is filled first (storelimit_test.go).
 func diskScenario(backend string) scenario {
-	return scenario{backend: backend, storeSize: 64 << 20, faults: []string{faultDisk}}
+	faults := []string{faultDisk}
+	if backend == bed.JetStream {
+		faults = []string{faultStoreLimit, faultDisk}
+	}
+	return scenario{backend: backend, storeSize: 64 << 20, faults: faults}
 }
 
 // recoverBound is how long requeues have to be accepted again after the
@@ -122,7 +127,6 @@ func (s *store) fault(ctx context.Context, t *testing.T, b *bed.Bed, rec *record
 		return err
 	}
 	removed := time.Now()
-	t.Logf("disk: answers while full: %s", rec.answersBetween(filled, removed))
 	restarted := ""
 	if err := poll(ctx, recoverBound, "a requeue accepted with the filler removed", func() error {
 		if a, _, _ := rec.resumed(removed); a.IsZero() {
@@ -141,6 +145,9 @@ func (s *store) fault(ctx context.Context, t *testing.T, b *bed.Bed, rec *record
 		}
 	}
 	t.Logf("disk: filler removed %s after the disk filled%s", removed.Sub(filled).Round(time.Millisecond), restarted)
+	if err := answeredWhileFull(ctx, t, rec, filled, removed); err != nil {
+		return err
+	}
 	fnAfter, err := processes(binaries.Functions[bed.Mailbox])
 	if err != nil {
 		return err
@@ -150,6 +157,26 @@ func (s *store) fault(ctx context.Context, t *testing.T, b *bed.Bed, rec *record
 	}
 	if b.Process(bed.Connector) != connector || connector.Exited() {
 		return errors.New("the connector exited during the disk fault")
+	}
+	return nil
+}
+
+// answeredWhileFull waits until every requeue sent from t0 to t1, while
+// the store was full, has its answer, logs them and fails if any had none:
+// the load's client gives up after 15 s, so a requeue may not hang.
+func answeredWhileFull(ctx context.Context, t *testing.T, rec *record, t0, t1 time.Time) error {
+	var summary string
+	var unanswered int
+	_ = poll(ctx, 20*time.Second, "every requeue sent while the store was full answered", func() error {
+		summary, unanswered = rec.answersBetween(t0, t1)
+		if unanswered > 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	t.Logf("answers while the store was full: %s", summary)
+	if unanswered > 0 {
+		return fmt.Errorf("%d requeues sent while the store was full had no answer within the load's 15 s", unanswered)
 	}
 	return nil
 }
@@ -171,8 +198,9 @@ func (r *record) refusedSince(t time.Time) []*message {
 }
 
 // answersBetween sums up the answers to the requeues sent from t0 to t1:
-// how many of each status and cause, and the longest wait for one.
-func (r *record) answersBetween(t0, t1 time.Time) string {
+// how many of each status and cause, and the longest wait for one; and
+// how many have no answer (yet, or the load's client gave up).
+func (r *record) answersBetween(t0, t1 time.Time) (summary string, unanswered int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	counts := map[string]int{}
@@ -180,6 +208,9 @@ func (r *record) answersBetween(t0, t1 time.Time) string {
 	for _, m := range r.order {
 		if m.sent.Before(t0) || m.sent.After(t1) {
 			continue
+		}
+		if m.answer.IsZero() || m.status == 0 {
+			unanswered++
 		}
 		k := strconv.Itoa(m.status)
 		if m.cause != "" {
@@ -195,5 +226,5 @@ func (r *record) answersBetween(t0, t1 time.Time) string {
 		parts = append(parts, fmt.Sprintf("%d × %s", n, k))
 	}
 	sort.Strings(parts)
-	return strings.Join(parts, ", ") + fmt.Sprintf("; the longest answered in %s", longest.Round(10*time.Millisecond))
+	return strings.Join(parts, ", ") + fmt.Sprintf("; the longest answered in %s", longest.Round(10*time.Millisecond)), unanswered
 }
