@@ -6,7 +6,17 @@
 // mailbox delivers to (testfn's random behaviour, failing a third of its
 // calls) reports each call to a recorder in this process.
 //
-// The verdict, once per backend: every requeue answered 202 is delivered
+// Two more scenarios per backend: Serve* sends the requeues, with the
+// token, to two mailbox serve replicas (the standalone binary) on the
+// bed's NATS, alternately, and SIGKILLs and restarts one replica, the
+// other, then NATS; Disk* puts the NATS store on a small tmpfs and fills
+// it under load with a filler file (on JetStream first its storage limit
+// with a stream of another writer), wants requeues refused with 507 or
+// 503 naming the cause, with Retry-After, none left unanswered, and
+// requeues accepted again once the filler is gone, the mailbox not
+// restarted (the NATS server is, where it cannot recover by itself).
+//
+// The verdict, once per scenario: every requeue answered 202 is delivered
 // with a 2xx or kept as a dead letter; every message delivered more than
 // once was in flight at a fault; and each fault's recovery times are
 // reported (docs/reliability.md).
@@ -113,8 +123,25 @@ func TestChaos(t *testing.T) {
 	}
 	nocache.Mark(t)
 	s := loadSettings(t)
-	t.Run("Stan", func(t *testing.T) { run(t, s, bed.Stan) })
-	t.Run("JetStream", func(t *testing.T) { run(t, s, bed.JetStream) })
+	t.Run("Stan", func(t *testing.T) { run(t, s, scenario{backend: bed.Stan, faults: faultOrder}) })
+	t.Run("JetStream", func(t *testing.T) { run(t, s, scenario{backend: bed.JetStream, faults: faultOrder}) })
+	t.Run("ServeStan", func(t *testing.T) { run(t, s, serveScenario(bed.Stan)) })
+	t.Run("ServeJetStream", func(t *testing.T) { run(t, s, serveScenario(bed.JetStream)) })
+	t.Run("DiskStan", func(t *testing.T) { run(t, s, diskScenario(bed.Stan)) })
+	t.Run("DiskJetStream", func(t *testing.T) { run(t, s, diskScenario(bed.JetStream)) })
+}
+
+// scenario is what a run sends requeues to and which faults it injects.
+type scenario struct {
+	backend string
+	// faults come in this order, again and again in the long form.
+	faults []string
+	// serve sends the requeues to two mailbox serve replicas
+	// (serve_test.go) instead of the bed's mailbox function.
+	serve bool
+	// storeSize, when not 0, puts the NATS store of the backend on a
+	// tmpfs of that many bytes (disk_test.go).
+	storeSize int64
 }
 
 // faultRun is one fault injected, and how the system came back.
@@ -127,8 +154,9 @@ type faultRun struct {
 	err       error
 }
 
-func run(t *testing.T, s settings, backend string) {
+func run(t *testing.T, s settings, sc scenario) {
 	ctx := context.Background()
+	backend := sc.backend
 	// Every component's output, in a file kept when the test fails: at
 	// hundreds of requeues a second it is too much for the test's log.
 	logs, err := os.CreateTemp("", "mailbox-chaos-"+backend+"-*.log")
@@ -147,11 +175,22 @@ func run(t *testing.T, s settings, backend string) {
 	if s.duration > 0 {
 		env = append(env, "log_level=info") // not a line per delivery
 	}
-	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: logs, MailboxEnv: env})
+	dir := t.TempDir()
+	var disk *store
+	if sc.storeSize > 0 {
+		disk = mountStore(t, dir, backend, sc.storeSize)
+	}
+	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: dir, Log: logs, MailboxEnv: env})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
+	tgt := mailboxTarget
+	if sc.serve {
+		if tgt, err = startServe(b); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rec := newRecord()
 	ln, err := net.Listen("tcp", recorderAddress)
 	if err != nil {
@@ -166,7 +205,7 @@ func run(t *testing.T, s settings, backend string) {
 
 	mem := startMemory(2 * time.Second)
 	start := time.Now()
-	l := startLoad(rec, backend, s.rate)
+	l := startLoad(rec, backend, s.rate, tgt)
 	stopped := false
 	stopLoad := func() {
 		if !stopped {
@@ -191,11 +230,19 @@ func run(t *testing.T, s settings, backend string) {
 
 	var faults []faultRun
 	for i := 0; ; i++ {
-		if s.duration == 0 && i == len(faultOrder) || s.duration > 0 && time.Since(start) >= s.duration {
+		if s.duration == 0 && i == len(sc.faults) || s.duration > 0 && time.Since(start) >= s.duration {
 			break
 		}
-		f := faultRun{name: faultOrder[i%len(faultOrder)], at: time.Now()}
-		if f.err = inject(ctx, b, f.name); f.err != nil {
+		f := faultRun{name: sc.faults[i%len(sc.faults)], at: time.Now()}
+		switch f.name {
+		case faultDisk:
+			f.err = disk.fault(ctx, t, b, rec)
+		case faultStoreLimit:
+			f.err = storeLimitFault(ctx, t, b, rec)
+		default:
+			f.err = inject(ctx, b, f.name)
+		}
+		if f.err != nil {
 			faults = append(faults, f)
 			t.Errorf("%s: %v", f.name, f.err)
 			break
@@ -231,7 +278,7 @@ func run(t *testing.T, s settings, backend string) {
 	loadEnd := time.Now()
 
 	// Every accepted message delivered or kept as a dead letter.
-	dl := newDeadLetters(backend)
+	dl := newDeadLetters(backend, tgt.prefix)
 	var dead map[string]bool
 	// Within go test's -timeout, so that a failure is reported, not a
 	// panic.
@@ -274,7 +321,7 @@ func run(t *testing.T, s settings, backend string) {
 	for _, e := range v.errors {
 		t.Error(e)
 	}
-	figures := v.figures(backend, s, start, loadEnd, settled, faults, l.skipped.Load(), mem)
+	figures := v.figures(t.Name(), s, start, loadEnd, settled, faults, sc.faults, l.skipped.Load(), mem)
 	t.Log("\n" + figures)
 	if s.report != "" {
 		f, err := os.OpenFile(s.report, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
@@ -448,13 +495,13 @@ func faultBefore(faults []faultRun, t time.Time) int {
 }
 
 // figures are the run's figures as Markdown.
-func (r result) figures(backend string, s settings, start, loadEnd, settled time.Time, faults []faultRun, skipped int64, mem *memory) string {
+func (r result) figures(name string, s settings, start, loadEnd, settled time.Time, faults []faultRun, kinds []string, skipped int64, mem *memory) string {
 	var b strings.Builder
 	form := "short form"
 	if s.duration > 0 {
 		form = "long form, " + s.duration.String()
 	}
-	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", backend, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
+	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", name, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
 	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d not sent (%d unanswered at once)\n",
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
@@ -483,7 +530,7 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 	if s.duration > 0 {
 		// The long form: figures per kind of fault.
 		fmt.Fprintf(&b, "\n| fault | count | restarted after (max) | accepted after (max) | delivery after (max) | late p99 | late max |\n| --- | --- | --- | --- | --- | --- | --- |\n")
-		for _, name := range faultOrder {
+		for _, name := range kinds {
 			var n int
 			var rs, as, ds time.Duration
 			var late []time.Duration
@@ -543,7 +590,7 @@ type memory struct {
 const seriesEvery = 10 * time.Minute
 
 // programs are sampled's keys, in the order figures lists them.
-var programs = []string{"mailbox-fn", "connector", "nats-server", "nats-streaming-server", "gateway"}
+var programs = []string{"mailbox-fn", "connector", "nats-server", "nats-streaming-server", "gateway", "mailbox serve"}
 
 // sampled are the programs memory samples, by the executables'.
 func sampled() map[string]string {
@@ -553,6 +600,7 @@ func sampled() map[string]string {
 		"nats-server":           binaries.NATSServer,
 		"nats-streaming-server": binaries.StreamingServer,
 		"gateway":               binaries.Gateway,
+		"mailbox serve":         binaries.Serve,
 	}
 }
 

@@ -24,12 +24,13 @@ import (
 // a loaded machine's NATS may answer late.
 type deadLetters struct {
 	backend string
+	prefix  string // the channel prefix and JetStream stream
 	last    uint64 // the last sequence read
 	ids     map[string]bool
 }
 
-func newDeadLetters(backend string) *deadLetters {
-	return &deadLetters{backend: backend, ids: map[string]bool{}}
+func newDeadLetters(backend, prefix string) *deadLetters {
+	return &deadLetters{backend: backend, prefix: prefix, ids: map[string]bool{}}
 }
 
 func (d *deadLetters) read(ctx context.Context) (map[string]bool, error) {
@@ -68,7 +69,7 @@ func (d *deadLetters) readJetStream(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, bed.DeadLetterStream)
+	st, err := js.Stream(ctx, d.prefix+"-deadletter") // the mailbox names it after its stream
 	if err != nil {
 		return err
 	}
@@ -106,7 +107,7 @@ func (d *deadLetters) readStan() error {
 		last    = time.Now()
 		readErr error
 	)
-	sub, err := sc.Subscribe(stan.DeadLetterChannel(bed.Prefix), func(m *stango.Msg) {
+	sub, err := sc.Subscribe(stan.DeadLetterChannel(d.prefix), func(m *stango.Msg) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err := d.add(m.Sequence, time.Unix(0, m.Timestamp), m.Data); err != nil && readErr == nil {

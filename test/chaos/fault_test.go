@@ -53,7 +53,7 @@ func inject(ctx context.Context, b *bed.Bed, fault string) error {
 		})
 	case faultNATS:
 		return restart(b, b.NATS())
-	case faultConnector, faultGateway:
+	case faultConnector, faultGateway, bed.ServeA, bed.ServeB:
 		return restart(b, fault)
 	}
 	return fmt.Errorf("no fault %q", fault)

@@ -26,7 +26,10 @@ type message struct {
 	sent   time.Time // the requeue was sent
 	answer time.Time // its answer arrived
 	status int       // its answer's status; 0 for no answer
-	calls  []call    // the function's calls for it, in order of arrival
+	// cause and retryAfter are a refusal's: the cause its JSON names,
+	// and its Retry-After.
+	cause, retryAfter string
+	calls             []call // the function's calls for it, in order of arrival
 }
 
 // call is one call of the random function, as it reported it.
@@ -104,10 +107,10 @@ func (r *record) sent(m *message) {
 }
 
 // answered records the requeue's answer.
-func (r *record) answered(m *message, status int, at time.Time) {
+func (r *record) answered(m *message, status int, at time.Time, cause, retryAfter string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m.status, m.answer = status, at
+	m.status, m.answer, m.cause, m.retryAfter = status, at, cause, retryAfter
 	if status == http.StatusAccepted {
 		r.accepted = append(r.accepted, acceptance{m.sent, at})
 	}
@@ -153,10 +156,24 @@ func (r *record) open() []*message {
 	return out
 }
 
-// load sends requeues for the random function to the mailbox through the
-// gateway at a steady rate, each with a new id and a random delay of 1 to
-// 3 s.
+// target is where the load sends requeues, and where the mailbox keeps
+// its dead letters.
+type target struct {
+	// urls are requeue URLs for the random function, taken in turn.
+	urls []string
+	// header is put on each requeue, for instance a token.
+	header http.Header
+	// prefix is the mailbox's channel prefix and JetStream stream.
+	prefix string
+}
+
+// mailboxTarget is the bed's mailbox function, through the gateway.
+var mailboxTarget = target{urls: []string{bed.GatewayURL + "/function/" + bed.Mailbox + "/deadletter/" + bed.Random}, prefix: bed.Prefix}
+
+// load sends requeues for the random function to the mailbox at a steady
+// rate, each with a new id and a random delay of 1 to 3 s.
 type load struct {
+	tgt      target
 	rec      *record
 	prefix   string
 	rate     float64
@@ -173,8 +190,8 @@ type load struct {
 // that many are is not sent, and counted.
 const maxInflight = 256
 
-func startLoad(rec *record, prefix string, rate float64) *load {
-	l := &load{rec: rec, prefix: prefix, rate: rate, stop: make(chan struct{}), done: make(chan struct{}),
+func startLoad(rec *record, prefix string, rate float64, tgt target) *load {
+	l := &load{tgt: tgt, rec: rec, prefix: prefix, rate: rate, stop: make(chan struct{}), done: make(chan struct{}),
 		client: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: maxInflight}}}
 	go l.run()
 	return l
@@ -203,20 +220,24 @@ func (l *load) run() {
 			m := &message{id: fmt.Sprintf("%s-%d", l.prefix, l.seq), delay: time.Duration(1000+rand.IntN(2001)) * time.Millisecond}
 			l.inflight.Add(1)
 			l.wg.Add(1)
+			url := l.tgt.urls[l.seq%len(l.tgt.urls)]
 			go func() {
 				defer l.wg.Done()
 				defer l.inflight.Add(-1)
-				l.send(m)
+				l.send(url, m)
 			}()
 		}
 	}
 }
 
 // send posts one requeue and records its answer.
-func (l *load) send(m *message) {
-	req, err := http.NewRequest(http.MethodPost, bed.GatewayURL+"/function/"+bed.Mailbox+"/deadletter/"+bed.Random, strings.NewReader(m.id))
+func (l *load) send(url string, m *message) {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(m.id))
 	if err != nil {
 		return
+	}
+	for k, v := range l.tgt.header {
+		req.Header[k] = v
 	}
 	req.Header.Set("X-Mailbox-Message-Id", m.id)
 	req.Header.Set("X-Delay-Duration", fmt.Sprintf("%dms", m.delay.Milliseconds()))
@@ -226,12 +247,18 @@ func (l *load) send(m *message) {
 	l.rec.sent(m)
 	res, err := l.client.Do(req)
 	status := 0
+	var cause, retryAfter string
 	if err == nil {
+		if res.StatusCode/100 != 2 {
+			var refusal struct{ Cause string }
+			_ = json.NewDecoder(io.LimitReader(res.Body, 1<<16)).Decode(&refusal)
+			cause, retryAfter = refusal.Cause, res.Header.Get("Retry-After")
+		}
 		_, _ = io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 		status = res.StatusCode
 	}
-	l.rec.answered(m, status, time.Now())
+	l.rec.answered(m, status, time.Now(), cause, retryAfter)
 }
 
 // Stop stops sending and returns once every requeue sent is answered.

@@ -133,6 +133,12 @@ type Queue struct {
 	ctx       context.Context // ends at Close
 	cancel    context.CancelFunc
 	done      chan struct{}
+	// refusedAt is when a write was last refused for want of storage
+	// (UnixNano, 0 for never): rearmLoop then looks for schedules the
+	// server fired and could not store (rearm.go). rearmDone is closed
+	// when it stops.
+	refusedAt atomic.Int64
+	rearmDone chan struct{}
 }
 
 // Open validates o, connects in the background and returns at once, so a
@@ -177,6 +183,7 @@ func Open(o Options) (*Queue, error) {
 		log:         o.Logger.With("component", "jetstream"),
 		readyCh:     make(chan struct{}),
 		done:        make(chan struct{}),
+		rearmDone:   make(chan struct{}),
 		deadLetters: deadLetters,
 		index:       status.NewIndex(o.StatusIndexLimit, true),
 		written:     map[string]int{},
@@ -222,6 +229,7 @@ func Open(o Options) (*Queue, error) {
 	q.nc, q.js = nc, js
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	go q.setUp(q.ctx)
+	go q.rearmLoop(q.ctx)
 	return q, nil
 }
 
@@ -470,7 +478,11 @@ func (q *Queue) publish(ctx context.Context, m *nats.Msg, msgID string, opts ...
 	case errors.Is(err, nats.ErrMaxPayload):
 		return fmt.Errorf("%w: %v", queue.ErrTooLarge, err)
 	default:
-		return publishError(m.Subject, err)
+		err = publishError(m.Subject, err)
+		if errors.Is(err, queue.ErrStorageFull) {
+			q.refusedAt.Store(time.Now().UnixNano())
+		}
+		return err
 	}
 }
 
@@ -504,6 +516,7 @@ func publishError(subject string, err error) error {
 func (q *Queue) Close() error {
 	q.cancel()
 	<-q.done
+	<-q.rearmDone
 	q.indexOnce.Do(func() {}) // none starts after this
 	if q.indexDone != nil {
 		<-q.indexDone

@@ -306,6 +306,8 @@ func (b *Bed) component(name string) (component, bool) {
 			env:   proc.Environ(withEnv(envMap(env), b.cfg.MailboxEnv...)),
 			ready: listening("127.0.0.1:8091"),
 		}, true
+	case ServeA, ServeB:
+		return b.serveComponent(name)
 	}
 	return component{}, false
 }
@@ -418,6 +420,11 @@ func (b *Bed) Close() {
 	stops := b.stops
 	b.stops = nil
 	b.mu.Unlock()
+	for name, p := range procs {
+		if !slices.Contains(startOrder, name) {
+			_ = p.Stop(stopGrace) // mailbox serve replicas: they need the rest
+		}
+	}
 	for _, name := range slices.Backward(startOrder) {
 		if p := procs[name]; p != nil {
 			_ = p.Stop(stopGrace)

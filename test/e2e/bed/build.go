@@ -15,6 +15,9 @@ type Binaries struct {
 	Tools
 	// Connector is the repository's connector.
 	Connector string
+	// Serve is the repository's standalone binary (cmd/mailbox), run as
+	// mailbox serve.
+	Serve string
 	// Stack is the stack file the functions were built from.
 	Stack string
 	// Functions maps a stack file function (Mailbox, RateLimited) to its
@@ -32,6 +35,7 @@ type Binaries struct {
 func build(ctx context.Context, root, outDir string) (Binaries, error) {
 	bin := Binaries{
 		Connector: filepath.Join(outDir, "connector"),
+		Serve:     filepath.Join(outDir, "mailbox"),
 		Stack:     filepath.Join(root, "stack.yml"),
 		TestFn:    filepath.Join(outDir, "testfn"),
 		Provider:  filepath.Join(outDir, "provider"),
@@ -40,7 +44,7 @@ func build(ctx context.Context, root, outDir string) (Binaries, error) {
 	if bin.Tools, err = buildTools(ctx, filepath.Join(root, "test", "tools"), filepath.Join(outDir, "tools")); err != nil {
 		return bin, err
 	}
-	if err := goBuild(ctx, root, outDir, "./connector"); err != nil {
+	if err := goBuild(ctx, root, outDir, "./connector", "./cmd/mailbox"); err != nil {
 		return bin, err
 	}
 	if err := goBuild(ctx, filepath.Join(root, "test"), outDir, "./e2e/cmd/testfn", "./e2e/cmd/provider"); err != nil {
