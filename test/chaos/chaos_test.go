@@ -112,8 +112,25 @@ func TestChaos(t *testing.T) {
 	}
 	nocache.Mark(t)
 	s := loadSettings(t)
-	t.Run("Stan", func(t *testing.T) { run(t, s, bed.Stan) })
-	t.Run("JetStream", func(t *testing.T) { run(t, s, bed.JetStream) })
+	t.Run("Stan", func(t *testing.T) { run(t, s, scenario{name: bed.Stan, backend: bed.Stan, faults: faultOrder}) })
+	t.Run("JetStream", func(t *testing.T) {
+		run(t, s, scenario{name: bed.JetStream, backend: bed.JetStream, faults: faultOrder})
+	})
+	t.Run("JetStreamCluster", func(t *testing.T) { run(t, s, clusterScenario) })
+}
+
+// scenario is what a run sets up and which faults it injects.
+type scenario struct {
+	name    string // in the figures and the messages' ids
+	backend string
+	// clusterNodes runs the mailbox's JetStream as a cluster of that
+	// many nodes (bed.Config.ClusterNodes).
+	clusterNodes int
+	// faults come in this order, again and again in the long form.
+	faults []string
+	// ready, if set, returns once the bed is ready for the next fault
+	// (a cluster whole again).
+	ready func(context.Context, *bed.Bed) error
 }
 
 // faultRun is one fault injected, and how the system came back.
@@ -126,11 +143,12 @@ type faultRun struct {
 	err       error
 }
 
-func run(t *testing.T, s settings, backend string) {
+func run(t *testing.T, s settings, sc scenario) {
+	backend := sc.backend
 	ctx := context.Background()
 	// Every component's output, in a file kept when the test fails: at
 	// hundreds of requeues a second it is too much for the test's log.
-	logs, err := os.CreateTemp("", "mailbox-chaos-"+backend+"-*.log")
+	logs, err := os.CreateTemp("", "mailbox-chaos-"+sc.name+"-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +164,8 @@ func run(t *testing.T, s settings, backend string) {
 	if s.duration > 0 {
 		env = append(env, "log_level=info") // not a line per delivery
 	}
-	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: logs, MailboxEnv: env})
+	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: t.TempDir(), Log: logs, MailboxEnv: env,
+		ClusterNodes: sc.clusterNodes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +184,7 @@ func run(t *testing.T, s settings, backend string) {
 
 	mem := startMemory(2 * time.Second)
 	start := time.Now()
-	l := startLoad(rec, backend, s.rate)
+	l := startLoad(rec, sc.name, s.rate)
 	stopped := false
 	stopLoad := func() {
 		if !stopped {
@@ -190,11 +209,17 @@ func run(t *testing.T, s settings, backend string) {
 
 	var faults []faultRun
 	for i := 0; ; i++ {
-		if s.duration == 0 && i == len(faultOrder) || s.duration > 0 && time.Since(start) >= s.duration {
+		if s.duration == 0 && i == len(sc.faults) || s.duration > 0 && time.Since(start) >= s.duration {
 			break
 		}
-		f := faultRun{name: faultOrder[i%len(faultOrder)], at: time.Now()}
-		if f.err = inject(ctx, b, f.name); f.err != nil {
+		if sc.ready != nil {
+			if err := sc.ready(ctx, b); err != nil {
+				t.Error(err)
+				break
+			}
+		}
+		f := faultRun{name: sc.faults[i%len(sc.faults)], at: time.Now()}
+		if f.err = inject(ctx, b, rec, f.name); f.err != nil {
 			faults = append(faults, f)
 			t.Errorf("%s: %v", f.name, f.err)
 			break
@@ -230,7 +255,7 @@ func run(t *testing.T, s settings, backend string) {
 	loadEnd := time.Now()
 
 	// Every accepted message delivered or kept as a dead letter.
-	dl := newDeadLetters(backend)
+	dl := newDeadLetters(backend, b.MailboxNATSURL())
 	var dead map[string]bool
 	// Within go test's -timeout, so that a failure is reported, not a
 	// panic.
@@ -273,7 +298,7 @@ func run(t *testing.T, s settings, backend string) {
 	for _, e := range v.errors {
 		t.Error(e)
 	}
-	figures := v.figures(backend, s, start, loadEnd, settled, faults, l.skipped.Load(), mem)
+	figures := v.figures(sc, s, start, loadEnd, settled, faults, l.skipped.Load(), mem)
 	t.Log("\n" + figures)
 	if s.report != "" {
 		f, err := os.OpenFile(s.report, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
@@ -447,13 +472,13 @@ func faultBefore(faults []faultRun, t time.Time) int {
 }
 
 // figures are the run's figures as Markdown.
-func (r result) figures(backend string, s settings, start, loadEnd, settled time.Time, faults []faultRun, skipped int64, mem *memory) string {
+func (r result) figures(sc scenario, s settings, start, loadEnd, settled time.Time, faults []faultRun, skipped int64, mem *memory) string {
 	var b strings.Builder
 	form := "short form"
 	if s.duration > 0 {
 		form = "long form, " + s.duration.String()
 	}
-	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", backend, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
+	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", sc.name, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
 	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d not sent (%d unanswered at once)\n",
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
@@ -482,7 +507,7 @@ func (r result) figures(backend string, s settings, start, loadEnd, settled time
 	if s.duration > 0 {
 		// The long form: figures per kind of fault.
 		fmt.Fprintf(&b, "\n| fault | count | restarted after (max) | accepted after (max) | delivery after (max) | late p99 | late max |\n| --- | --- | --- | --- | --- | --- | --- |\n")
-		for _, name := range faultOrder {
+		for _, name := range sc.faults {
 			var n int
 			var rs, as, ds time.Duration
 			var late []time.Duration

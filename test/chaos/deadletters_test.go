@@ -24,12 +24,13 @@ import (
 // a loaded machine's NATS may answer late.
 type deadLetters struct {
 	backend string
+	url     string // of the mailbox's NATS
 	last    uint64 // the last sequence read
 	ids     map[string]bool
 }
 
-func newDeadLetters(backend string) *deadLetters {
-	return &deadLetters{backend: backend, ids: map[string]bool{}}
+func newDeadLetters(backend, url string) *deadLetters {
+	return &deadLetters{backend: backend, url: url, ids: map[string]bool{}}
 }
 
 func (d *deadLetters) read(ctx context.Context) (map[string]bool, error) {
@@ -57,7 +58,7 @@ func (d *deadLetters) add(seq uint64, t time.Time, data []byte) error {
 }
 
 func (d *deadLetters) readJetStream(ctx context.Context) error {
-	nc, err := nats.Connect(bed.JetStreamURL, nats.Timeout(10*time.Second))
+	nc, err := nats.Connect(d.url, nats.Timeout(10*time.Second))
 	if err != nil {
 		return err
 	}
@@ -95,7 +96,7 @@ func (d *deadLetters) readJetStream(ctx context.Context) error {
 // readStan reads the dead-letter channel from after the last sequence
 // read until nothing more came for a while.
 func (d *deadLetters) readStan() error {
-	sc, err := stango.Connect("faas-cluster", "chaos-reader-"+nuid.Next(), stango.NatsURL(bed.NATSStreamingURL),
+	sc, err := stango.Connect("faas-cluster", "chaos-reader-"+nuid.Next(), stango.NatsURL(d.url),
 		stango.ConnectWait(10*time.Second))
 	if err != nil {
 		return err

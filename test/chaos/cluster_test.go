@@ -1,0 +1,151 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/openfaas/mailbox/test/e2e/bed"
+)
+
+// Faults of a JetStream cluster (bed.Cluster): a node SIGKILLed and
+// started again at once, and a node cut off from the other nodes and from
+// every client and let back in. Leader and follower are of the mailbox's
+// stream at the time of the fault.
+const (
+	faultLeaderNode        = "cluster leader node"
+	faultFollowerNode      = "cluster follower node"
+	faultPartitionLeader   = "partition leader"
+	faultPartitionFollower = "partition follower"
+)
+
+// clusterScenario runs the mailbox on a 3-node JetStream cluster, its
+// streams at 3 replicas, the gateway and the queue-worker on NATS
+// Streaming as always.
+var clusterScenario = scenario{
+	name:         "jetstream-cluster",
+	backend:      bed.JetStream,
+	clusterNodes: 3,
+	faults:       []string{faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultPartitionFollower},
+	ready:        clusterWhole,
+}
+
+// clusterTimeout bounds each wait on the cluster: a node's restart, its
+// catching up, the mailbox's recovery with a node cut off.
+const clusterTimeout = 2 * time.Minute
+
+// injectCluster injects a cluster fault. A killed node is started again
+// at once. A partition is held until the mailbox has recovered without
+// the node (a requeue sent after the cut was delivered), then healed:
+// with 3 replicas, one node cut off must not stop it.
+func injectCluster(ctx context.Context, b *bed.Bed, rec *record, fault string) error {
+	c := b.Cluster
+	if c == nil {
+		return fmt.Errorf("%s: the bed has no cluster", fault)
+	}
+	leader, err := streamLeader(ctx, b)
+	if err != nil {
+		return err
+	}
+	node := leader
+	if fault == faultFollowerNode || fault == faultPartitionFollower {
+		node = (leader + 1) % c.Nodes()
+	}
+	switch fault {
+	case faultLeaderNode, faultFollowerNode:
+		if err := c.Kill(node); err != nil {
+			return err
+		}
+		return c.Start(node)
+	}
+	at := time.Now()
+	if err := c.Partition(node); err != nil {
+		return err
+	}
+	// The cut took effect: from inside its namespace the node reaches
+	// no other node.
+	other := (node + 1) % c.Nodes()
+	dialCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	conn, dialErr := c.Dial(dialCtx, node, c.RouteAddr(other))
+	cancel()
+	if dialErr == nil {
+		conn.Close()
+		return errors.Join(fmt.Errorf("partitioned %s still reaches %s", c.Name(node), c.Name(other)), c.Heal(node))
+	}
+	recovered := poll(ctx, clusterTimeout, "a requeue sent after "+c.Name(node)+" was cut off delivered", func() error {
+		if _, ok := rec.deliveredSentAfter(at); !ok {
+			return errors.New("none yet")
+		}
+		return nil
+	})
+	return errors.Join(recovered, c.Heal(node))
+}
+
+// streamLeader is the node that leads the mailbox's stream.
+func streamLeader(ctx context.Context, b *bed.Bed) (int, error) {
+	var leader int
+	err := poll(ctx, clusterTimeout, "the mailbox stream's leader", func() error {
+		nc, err := nats.Connect(b.MailboxNATSURL(), nats.Timeout(5*time.Second))
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, bed.Stream)
+		if err != nil {
+			return err
+		}
+		info := s.CachedInfo()
+		if info.Cluster == nil || info.Cluster.Leader == "" {
+			return errors.New("no leader")
+		}
+		if leader = b.Cluster.Index(info.Cluster.Leader); leader < 0 {
+			return fmt.Errorf("leader %q is no node of the bed's", info.Cluster.Leader)
+		}
+		return nil
+	})
+	return leader, err
+}
+
+// clusterWhole returns once every node of the cluster answers its
+// /healthz with 200: it is running, in the cluster, and its replicas of
+// the streams and consumers are current.
+func clusterWhole(ctx context.Context, b *bed.Bed) error {
+	c := b.Cluster
+	for i := range c.Nodes() {
+		if err := poll(ctx, clusterTimeout, c.Name(i)+" healthy", func() error {
+			status, body, err := c.Monitor(ctx, i, "/healthz")
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("/healthz: %d %s", status, body)
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deliveredSentAfter is the first 2xx call of a message sent at or after
+// t, and false while there is none.
+func (r *record) deliveredSentAfter(t time.Time) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var first time.Time
+	for i := len(r.order) - 1; i >= 0 && !r.order[i].sent.Before(t); i-- {
+		if d, ok := r.order[i].delivered(); ok && (first.IsZero() || d.Before(first)) {
+			first = d
+		}
+	}
+	return first, !first.IsZero()
+}
