@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -121,19 +120,7 @@ func streamLeader(ctx context.Context, b *bed.Bed) (int, error) {
 // /healthz with 200: it is running, in the cluster, and its replicas of
 // the streams and consumers are current.
 func clusterWhole(ctx context.Context, b *bed.Bed) error {
-	c := b.Cluster
-	for i := range c.Nodes() {
-		if err := poll(ctx, clusterTimeout, c.Name(i)+" healthy", func() error {
-			status, body, err := c.Monitor(ctx, i, "/healthz")
-			if err == nil && status != http.StatusOK {
-				err = fmt.Errorf("/healthz: %d %s", status, body)
-			}
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
+	return b.Cluster.WaitHealthy(ctx, clusterTimeout)
 }
 
 // deliveredSentAfter is the first 2xx call of a message sent at or after

@@ -102,7 +102,55 @@ func startCluster(n int, bin, dir string, log io.Writer) (*Cluster, error) {
 		wg.Go(func() { errs[i] = c.Start(i) })
 	}
 	wg.Wait()
-	return c, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	// Whole before its clients come: routes set up, a meta leader
+	// elected. A client that creates its streams meanwhile can lose each
+	// request's answer (10 s each) while the routes are still sorting
+	// out duplicates.
+	for i := range n {
+		if err := c.waitHealthy(context.Background(), i, startTimeout); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// waitHealthy returns once node i's /healthz answers 200 (in the
+// cluster, a meta leader known, its replicas current), or the error after
+// timeout.
+func (c *Cluster) waitHealthy(ctx context.Context, i int, timeout time.Duration) error {
+	end := time.Now().Add(timeout)
+	for {
+		status, body, err := c.Monitor(ctx, i, "/healthz")
+		if err == nil && status == http.StatusOK {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("/healthz: %d %s", status, body)
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("%s not healthy after %s: %w", c.nodes[i].name, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitHealthy returns once every node answers /healthz with 200, or the
+// error after timeout.
+func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	end := time.Now().Add(timeout)
+	for i := range c.nodes {
+		if err := c.waitHealthy(ctx, i, time.Until(end)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // addNode makes node i's namespace and its link to the bridge.
