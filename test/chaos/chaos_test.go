@@ -1,12 +1,17 @@
 // Package chaos runs the mailbox inside real OpenFaaS (the test bed of
 // package bed) under sustained load, and SIGKILLs and restarts its parts
 // in turn while the load runs: the requeue API (mailbox-fn), the
-// connector, the NATS server and the gateway. It is black-box: requeues
+// connector, the NATS server and the gateway; and, with the mailbox on a
+// 3-node JetStream cluster (streams at 3 replicas, each node in a network
+// namespace of its own), the stream's leader node and a follower node,
+// each SIGKILLed and restarted, then each cut off from the other nodes
+// and every client (its link down) and healed. It is black-box: requeues
 // go through the gateway with ids it chooses, and the function the
 // mailbox delivers to (testfn's random behaviour, failing a third of its
 // calls) reports each call to a recorder in this process.
 //
-// The verdict, once per backend: every requeue answered 202 is delivered
+// The verdict, once per scenario (NATS Streaming, JetStream, the
+// JetStream cluster): every requeue answered 202 is delivered
 // with a 2xx or kept as a dead letter; every message delivered more than
 // once was in flight at a fault; and each fault's recovery times are
 // reported (docs/reliability.md).
@@ -14,7 +19,7 @@
 // The short form runs with the README's test command. The long form is
 // by hand (see settings), for instance
 //
-//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run 'TestChaos/JetStream' ./chaos/
+//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run 'TestChaos/JetStream$' ./chaos/
 package chaos
 
 import (
@@ -116,7 +121,7 @@ func TestChaos(t *testing.T) {
 	t.Run("JetStream", func(t *testing.T) {
 		run(t, s, scenario{name: bed.JetStream, backend: bed.JetStream, faults: faultOrder})
 	})
-	t.Run("JetStreamCluster", func(t *testing.T) { run(t, s, clusterScenario) })
+	t.Run("JetStreamCluster", func(t *testing.T) { run(t, s, clusterScenario(s)) })
 }
 
 // scenario is what a run sets up and which faults it injects.

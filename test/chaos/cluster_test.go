@@ -13,25 +13,37 @@ import (
 )
 
 // Faults of a JetStream cluster (bed.Cluster): a node SIGKILLed and
-// started again at once, and a node cut off from the other nodes and from
-// every client and let back in. Leader and follower are of the mailbox's
-// stream at the time of the fault.
+// started again at once; a node cut off from the other nodes and from
+// every client; and the heal that lets it back in, a fault of its own: the
+// node comes back having campaigned alone, at a higher term, and can
+// unseat the leaders. Leader and follower are of the mailbox's stream at
+// the time of the fault.
 const (
 	faultLeaderNode        = "cluster leader node"
 	faultFollowerNode      = "cluster follower node"
 	faultPartitionLeader   = "partition leader"
 	faultPartitionFollower = "partition follower"
+	faultHeal              = "heal partition"
 )
 
 // clusterScenario runs the mailbox on a 3-node JetStream cluster, its
 // streams at 3 replicas, the gateway and the queue-worker on NATS
-// Streaming as always.
-var clusterScenario = scenario{
-	name:         "jetstream-cluster",
-	backend:      bed.JetStream,
-	clusterNodes: 3,
-	faults:       []string{faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultPartitionFollower},
-	ready:        clusterWhole,
+// Streaming as always. The short form injects one fault of each kind:
+// the leader node killed, the leader cut off, the heal; the long form
+// cycles through the follower's too.
+func clusterScenario(s settings) scenario {
+	faults := []string{faultLeaderNode, faultPartitionLeader, faultHeal}
+	if s.duration > 0 {
+		faults = []string{faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultHeal,
+			faultPartitionFollower, faultHeal}
+	}
+	return scenario{
+		name:         "jetstream-cluster",
+		backend:      bed.JetStream,
+		clusterNodes: 3,
+		faults:       faults,
+		ready:        clusterWhole,
+	}
 }
 
 // clusterTimeout bounds each wait on the cluster: a node's restart, its
@@ -39,13 +51,26 @@ var clusterScenario = scenario{
 const clusterTimeout = 2 * time.Minute
 
 // injectCluster injects a cluster fault. A killed node is started again
-// at once. A partition is held until the mailbox has recovered without
-// the node (a requeue sent after the cut was delivered), then healed:
-// with 3 replicas, one node cut off must not stop it.
+// at once. A partition returns once the mailbox has recovered without the
+// node (a requeue sent after the cut was delivered): with 3 replicas, one
+// node cut off must not stop it. Heal lets every cut off node back in
+// and returns once every node is healthy.
 func injectCluster(ctx context.Context, b *bed.Bed, rec *record, fault string) error {
 	c := b.Cluster
 	if c == nil {
 		return fmt.Errorf("%s: the bed has no cluster", fault)
+	}
+	if fault == faultHeal {
+		// Running again once the cluster is whole: the healed node can
+		// unseat leaders after its link is up.
+		var errs []error
+		for _, i := range c.Partitioned() {
+			errs = append(errs, c.Heal(i))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		return c.WaitHealthy(ctx, clusterTimeout)
 	}
 	leader, err := streamLeader(ctx, b)
 	if err != nil {
@@ -76,13 +101,15 @@ func injectCluster(ctx context.Context, b *bed.Bed, rec *record, fault string) e
 		conn.Close()
 		return errors.Join(fmt.Errorf("partitioned %s still reaches %s", c.Name(node), c.Name(other)), c.Heal(node))
 	}
-	recovered := poll(ctx, clusterTimeout, "a requeue sent after "+c.Name(node)+" was cut off delivered", func() error {
+	if err := poll(ctx, clusterTimeout, "a requeue sent after "+c.Name(node)+" was cut off delivered", func() error {
 		if _, ok := rec.deliveredSentAfter(at); !ok {
 			return errors.New("none yet")
 		}
 		return nil
-	})
-	return errors.Join(recovered, c.Heal(node))
+	}); err != nil {
+		return errors.Join(err, c.Heal(node))
+	}
+	return nil
 }
 
 // streamLeader is the node that leads the mailbox's stream.
@@ -116,10 +143,13 @@ func streamLeader(ctx context.Context, b *bed.Bed) (int, error) {
 	return leader, err
 }
 
-// clusterWhole returns once every node of the cluster answers its
+// clusterWhole returns, unless a node is cut off, once every node of the cluster answers its
 // /healthz with 200: it is running, in the cluster, and its replicas of
 // the streams and consumers are current.
 func clusterWhole(ctx context.Context, b *bed.Bed) error {
+	if len(b.Cluster.Partitioned()) > 0 {
+		return nil // the next fault is the heal
+	}
 	return b.Cluster.WaitHealthy(ctx, clusterTimeout)
 }
 

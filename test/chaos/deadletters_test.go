@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -79,12 +80,15 @@ func (d *deadLetters) readJetStream(ctx context.Context) error {
 	}
 	for seq := max(d.last+1, info.State.FirstSeq); seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			d.last = seq
 			continue // deleted
+		}
+		if err != nil {
+			// Read again at the next call: on a cluster electing a
+			// leader a read fails for a while, and a sequence skipped
+			// would hide its dead letter for good.
+			return fmt.Errorf("dead letter %d: %w", seq, err)
 		}
 		if err := d.add(seq, m.Time, m.Data); err != nil {
 			return err

@@ -55,7 +55,7 @@ func inject(ctx context.Context, b *bed.Bed, rec *record, fault string) error {
 		return restart(b, b.NATS())
 	case faultConnector, faultGateway:
 		return restart(b, fault)
-	case faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultPartitionFollower:
+	case faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultPartitionFollower, faultHeal:
 		return injectCluster(ctx, b, rec, fault)
 	}
 	return fmt.Errorf("no fault %q", fault)

@@ -67,6 +67,7 @@ type clusterNode struct {
 	holder *exec.Cmd
 	netns  string // the holder's network namespace, /proc/<pid>/ns/net
 	p      *proc.Process
+	cut    bool // partitioned
 }
 
 // startCluster sets up the network of n nodes and starts them, each in
@@ -323,12 +324,37 @@ func (c *Cluster) Kill(i int) error {
 // (its link to the bridge down): its connections stay open, and what
 // they send is lost, as in a partition.
 func (c *Cluster) Partition(i int) error {
-	return ipCmd("", "link", "set", c.nodes[i].link, "down")
+	if err := ipCmd("", "link", "set", c.nodes[i].link, "down"); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.nodes[i].cut = true
+	c.mu.Unlock()
+	return nil
 }
 
 // Heal ends node i's partition.
 func (c *Cluster) Heal(i int) error {
-	return ipCmd("", "link", "set", c.nodes[i].link, "up")
+	if err := ipCmd("", "link", "set", c.nodes[i].link, "up"); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.nodes[i].cut = false
+	c.mu.Unlock()
+	return nil
+}
+
+// Partitioned lists the nodes cut off now.
+func (c *Cluster) Partitioned() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var cut []int
+	for i, n := range c.nodes {
+		if n.cut {
+			cut = append(cut, i)
+		}
+	}
+	return cut
 }
 
 // Dial connects to addr from inside node i's network namespace, as the
