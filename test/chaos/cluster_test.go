@@ -70,7 +70,7 @@ func injectCluster(ctx context.Context, b *bed.Bed, rec *record, fault string) e
 		if err := errors.Join(errs...); err != nil {
 			return err
 		}
-		return c.WaitHealthy(ctx, clusterTimeout)
+		return clusterWhole(ctx, b)
 	}
 	leader, err := streamLeader(ctx, b)
 	if err != nil {
@@ -143,14 +143,73 @@ func streamLeader(ctx context.Context, b *bed.Bed) (int, error) {
 	return leader, err
 }
 
-// clusterWhole returns, unless a node is cut off, once every node of the cluster answers its
-// /healthz with 200: it is running, in the cluster, and its replicas of
-// the streams and consumers are current.
+// clusterWhole returns, unless a node is cut off, once the cluster is
+// whole: every node answers /healthz with 200, and the mailbox's streams
+// and its consumer each have a leader and both other replicas online,
+// current and heard from within the last 2 s. /healthz alone is not
+// enough: a node just healed answers 200 from what it knew before the
+// cut, before it rejoins and unseats the leaders.
 func clusterWhole(ctx context.Context, b *bed.Bed) error {
 	if len(b.Cluster.Partitioned()) > 0 {
 		return nil // the next fault is the heal
 	}
-	return b.Cluster.WaitHealthy(ctx, clusterTimeout)
+	if err := b.Cluster.WaitHealthy(ctx, clusterTimeout); err != nil {
+		return err
+	}
+	return poll(ctx, clusterTimeout, "every replica of the mailbox's streams and consumer current", func() error {
+		return replicasCurrent(ctx, b)
+	})
+}
+
+// replicasCurrent is nil when the mailbox's streams and its consumer
+// each have a leader and every other replica is online, current and
+// recently active.
+func replicasCurrent(ctx context.Context, b *bed.Bed) error {
+	nc, err := nats.Connect(b.MailboxNATSURL(), nats.Timeout(5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	check := func(what string, c *jetstream.ClusterInfo) error {
+		if c == nil || c.Leader == "" {
+			return fmt.Errorf("%s has no leader", what)
+		}
+		if len(c.Replicas) != b.Cluster.Nodes()-1 {
+			return fmt.Errorf("%s has %d other replicas, want %d", what, len(c.Replicas), b.Cluster.Nodes()-1)
+		}
+		for _, r := range c.Replicas {
+			if !r.Current || r.Offline || r.Active > 2*time.Second {
+				return fmt.Errorf("%s: replica %s not caught up (current %t, offline %t, active %s ago)", what, r.Name, r.Current, r.Offline, r.Active)
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{bed.Stream, bed.DeadLetterStream, bed.Stream + "-status"} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		if err := check("stream "+name, st.CachedInfo().Cluster); err != nil {
+			return err
+		}
+		if name != bed.Stream {
+			continue
+		}
+		c, err := st.Consumer(ctx, "connector")
+		if err != nil {
+			return fmt.Errorf("consumer connector: %w", err)
+		}
+		if err := check("consumer connector", c.CachedInfo().Cluster); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deliveredSentAfter is the first 2xx call of a message sent at or after
