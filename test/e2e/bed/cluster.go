@@ -422,8 +422,8 @@ func (c *Cluster) Process(i int) *proc.Process {
 	return c.nodes[i].p
 }
 
-// Close stops every node and its namespace's holder; the links and the
-// bridge go with the namespaces.
+// Close stops every node and its namespace's holder, and removes the
+// links and the bridge.
 func (c *Cluster) Close() {
 	c.mu.Lock()
 	nodes := c.nodes
@@ -445,7 +445,12 @@ func (c *Cluster) Close() {
 		})
 	}
 	wg.Wait()
-	// The bed's own namespace stays as long as the bed: the bridge is
-	// removed so that another bed's cluster in it can be set up.
+	// The bed's own namespace stays as long as the bed: the links and the
+	// bridge are removed so that another bed's cluster in it can be set
+	// up. A link would go with its node's namespace, but the kernel frees
+	// a namespace later, in the background.
+	for _, n := range nodes {
+		_ = ipCmd("", "link", "del", n.link)
+	}
 	_ = ipCmd("", "link", "del", clusterBridge)
 }
