@@ -1,7 +1,11 @@
 // Package chaos runs the mailbox inside real OpenFaaS (the test bed of
 // package bed) under sustained load, and SIGKILLs and restarts its parts
 // in turn while the load runs: the requeue API (mailbox-fn), the
-// connector, the NATS server and the gateway. It is black-box: requeues
+// connector, the NATS server and the gateway; and, with the mailbox on a
+// 3-node JetStream cluster (streams at 3 replicas, each node in a network
+// namespace of its own), the stream's leader node and a follower node,
+// each SIGKILLed and restarted, then each cut off from the other nodes
+// and every client (its link down) and healed. It is black-box: requeues
 // go through the gateway with ids it chooses, and the function the
 // mailbox delivers to (testfn's random behaviour, failing a third of its
 // calls) reports each call to a recorder in this process.
@@ -24,7 +28,7 @@
 // The short form runs with the README's test command. The long form is
 // by hand (see settings), for instance
 //
-//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run 'TestChaos/JetStream' ./chaos/
+//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run 'TestChaos/JetStream$' ./chaos/
 package chaos
 
 import (
@@ -123,19 +127,30 @@ func TestChaos(t *testing.T) {
 	}
 	nocache.Mark(t)
 	s := loadSettings(t)
-	t.Run("Stan", func(t *testing.T) { run(t, s, scenario{backend: bed.Stan, faults: faultOrder}) })
-	t.Run("JetStream", func(t *testing.T) { run(t, s, scenario{backend: bed.JetStream, faults: faultOrder}) })
+	t.Run("Stan", func(t *testing.T) { run(t, s, scenario{name: bed.Stan, backend: bed.Stan, faults: faultOrder}) })
+	t.Run("JetStream", func(t *testing.T) {
+		run(t, s, scenario{name: bed.JetStream, backend: bed.JetStream, faults: faultOrder})
+	})
+	t.Run("JetStreamCluster", func(t *testing.T) { run(t, s, clusterScenario(s)) })
 	t.Run("ServeStan", func(t *testing.T) { run(t, s, serveScenario(bed.Stan)) })
 	t.Run("ServeJetStream", func(t *testing.T) { run(t, s, serveScenario(bed.JetStream)) })
 	t.Run("DiskStan", func(t *testing.T) { run(t, s, diskScenario(bed.Stan)) })
 	t.Run("DiskJetStream", func(t *testing.T) { run(t, s, diskScenario(bed.JetStream)) })
 }
 
-// scenario is what a run sends requeues to and which faults it injects.
+// scenario is what a run sets up, sends requeues to and which faults it
+// injects.
 type scenario struct {
+	name    string // in the figures and the messages' ids
 	backend string
+	// clusterNodes runs the mailbox's JetStream as a cluster of that
+	// many nodes (bed.Config.ClusterNodes).
+	clusterNodes int
 	// faults come in this order, again and again in the long form.
 	faults []string
+	// ready, if set, returns once the bed is ready for the next fault
+	// (a cluster whole again).
+	ready func(context.Context, *bed.Bed) error
 	// serve sends the requeues to two mailbox serve replicas
 	// (serve_test.go) instead of the bed's mailbox function.
 	serve bool
@@ -159,7 +174,7 @@ func run(t *testing.T, s settings, sc scenario) {
 	backend := sc.backend
 	// Every component's output, in a file kept when the test fails: at
 	// hundreds of requeues a second it is too much for the test's log.
-	logs, err := os.CreateTemp("", "mailbox-chaos-"+backend+"-*.log")
+	logs, err := os.CreateTemp("", "mailbox-chaos-"+sc.name+"-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +195,8 @@ func run(t *testing.T, s settings, sc scenario) {
 	if sc.storeSize > 0 {
 		disk = mountStore(t, dir, backend, sc.storeSize)
 	}
-	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: dir, Log: logs, MailboxEnv: env})
+	b, err := bed.Start(ctx, bed.Config{Backend: backend, Bin: binaries, Dir: dir, Log: logs, MailboxEnv: env,
+		ClusterNodes: sc.clusterNodes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +221,7 @@ func run(t *testing.T, s settings, sc scenario) {
 
 	mem := startMemory(2 * time.Second)
 	start := time.Now()
-	l := startLoad(rec, backend, s.rate, tgt)
+	l := startLoad(rec, sc.name, s.rate, tgt)
 	stopped := false
 	stopLoad := func() {
 		if !stopped {
@@ -233,6 +249,12 @@ func run(t *testing.T, s settings, sc scenario) {
 		if s.duration == 0 && i == len(sc.faults) || s.duration > 0 && time.Since(start) >= s.duration {
 			break
 		}
+		if sc.ready != nil {
+			if err := sc.ready(ctx, b); err != nil {
+				t.Error(err)
+				break
+			}
+		}
 		f := faultRun{name: sc.faults[i%len(sc.faults)], at: time.Now()}
 		switch f.name {
 		case faultDisk:
@@ -240,7 +262,7 @@ func run(t *testing.T, s settings, sc scenario) {
 		case faultStoreLimit:
 			f.err = storeLimitFault(ctx, t, b, rec)
 		default:
-			f.err = inject(ctx, b, f.name)
+			f.err = inject(ctx, b, rec, f.name)
 		}
 		if f.err != nil {
 			faults = append(faults, f)
@@ -278,7 +300,7 @@ func run(t *testing.T, s settings, sc scenario) {
 	loadEnd := time.Now()
 
 	// Every accepted message delivered or kept as a dead letter.
-	dl := newDeadLetters(backend, tgt.prefix)
+	dl := newDeadLetters(backend, b.MailboxNATSURL(), tgt.prefix)
 	var dead map[string]bool
 	// Within go test's -timeout, so that a failure is reported, not a
 	// panic.
@@ -321,7 +343,7 @@ func run(t *testing.T, s settings, sc scenario) {
 	for _, e := range v.errors {
 		t.Error(e)
 	}
-	figures := v.figures(t.Name(), s, start, loadEnd, settled, faults, sc.faults, l.skipped.Load(), mem)
+	figures := v.figures(sc, s, start, loadEnd, settled, faults, l.skipped.Load(), mem)
 	t.Log("\n" + figures)
 	if s.report != "" {
 		f, err := os.OpenFile(s.report, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
@@ -495,13 +517,13 @@ func faultBefore(faults []faultRun, t time.Time) int {
 }
 
 // figures are the run's figures as Markdown.
-func (r result) figures(name string, s settings, start, loadEnd, settled time.Time, faults []faultRun, kinds []string, skipped int64, mem *memory) string {
+func (r result) figures(sc scenario, s settings, start, loadEnd, settled time.Time, faults []faultRun, skipped int64, mem *memory) string {
 	var b strings.Builder
 	form := "short form"
 	if s.duration > 0 {
 		form = "long form, " + s.duration.String()
 	}
-	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", name, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
+	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", sc.name, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
 	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d not sent (%d unanswered at once)\n",
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
@@ -530,7 +552,7 @@ func (r result) figures(name string, s settings, start, loadEnd, settled time.Ti
 	if s.duration > 0 {
 		// The long form: figures per kind of fault.
 		fmt.Fprintf(&b, "\n| fault | count | restarted after (max) | accepted after (max) | delivery after (max) | late p99 | late max |\n| --- | --- | --- | --- | --- | --- | --- |\n")
-		for _, name := range kinds {
+		for _, name := range sc.faults {
 			var n int
 			var rs, as, ds time.Duration
 			var late []time.Duration

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -24,13 +25,14 @@ import (
 // a loaded machine's NATS may answer late.
 type deadLetters struct {
 	backend string
+	url     string // of the mailbox's NATS
 	prefix  string // the channel prefix and JetStream stream
 	last    uint64 // the last sequence read
 	ids     map[string]bool
 }
 
-func newDeadLetters(backend, prefix string) *deadLetters {
-	return &deadLetters{backend: backend, prefix: prefix, ids: map[string]bool{}}
+func newDeadLetters(backend, url, prefix string) *deadLetters {
+	return &deadLetters{backend: backend, url: url, prefix: prefix, ids: map[string]bool{}}
 }
 
 func (d *deadLetters) read(ctx context.Context) (map[string]bool, error) {
@@ -58,7 +60,7 @@ func (d *deadLetters) add(seq uint64, t time.Time, data []byte) error {
 }
 
 func (d *deadLetters) readJetStream(ctx context.Context) error {
-	nc, err := nats.Connect(bed.JetStreamURL, nats.Timeout(10*time.Second))
+	nc, err := nats.Connect(d.url, nats.Timeout(10*time.Second))
 	if err != nil {
 		return err
 	}
@@ -79,12 +81,15 @@ func (d *deadLetters) readJetStream(ctx context.Context) error {
 	}
 	for seq := max(d.last+1, info.State.FirstSeq); seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			d.last = seq
 			continue // deleted
+		}
+		if err != nil {
+			// Read again at the next call: on a cluster electing a
+			// leader a read fails for a while, and a sequence skipped
+			// would hide its dead letter for good.
+			return fmt.Errorf("dead letter %d: %w", seq, err)
 		}
 		if err := d.add(seq, m.Time, m.Data); err != nil {
 			return err
@@ -96,7 +101,7 @@ func (d *deadLetters) readJetStream(ctx context.Context) error {
 // readStan reads the dead-letter channel from after the last sequence
 // read until nothing more came for a while.
 func (d *deadLetters) readStan() error {
-	sc, err := stango.Connect("faas-cluster", "chaos-reader-"+nuid.Next(), stango.NatsURL(bed.NATSStreamingURL),
+	sc, err := stango.Connect("faas-cluster", "chaos-reader-"+nuid.Next(), stango.NatsURL(d.url),
 		stango.ConnectWait(10*time.Second))
 	if err != nil {
 		return err

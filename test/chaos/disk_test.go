@@ -31,7 +31,7 @@ func diskScenario(backend string) scenario {
 	if backend == bed.JetStream {
 		faults = []string{faultStoreLimit, faultDisk}
 	}
-	return scenario{backend: backend, storeSize: 64 << 20, faults: faults}
+	return scenario{name: "disk-" + backend, backend: backend, storeSize: 64 << 20, faults: faults}
 }
 
 // recoverBound is how long requeues have to be accepted again after the

@@ -30,7 +30,7 @@ var faultOrder = []string{faultMailbox, faultConnector, faultNATS, faultGateway}
 // once it is running again (the bed's readiness: listening, or the
 // server's ready line). The provider restarts mailbox-fn by itself, as a
 // container's restart policy would.
-func inject(ctx context.Context, b *bed.Bed, fault string) error {
+func inject(ctx context.Context, b *bed.Bed, rec *record, fault string) error {
 	switch fault {
 	case faultMailbox:
 		exe := binaries.Functions[bed.Mailbox]
@@ -55,6 +55,8 @@ func inject(ctx context.Context, b *bed.Bed, fault string) error {
 		return restart(b, b.NATS())
 	case faultConnector, faultGateway, bed.ServeA, bed.ServeB:
 		return restart(b, fault)
+	case faultLeaderNode, faultFollowerNode, faultPartitionLeader, faultPartitionFollower, faultHeal:
+		return injectCluster(ctx, b, rec, fault)
 	}
 	return fmt.Errorf("no fault %q", fault)
 }

@@ -13,7 +13,7 @@ import (
 // one replica, then of the other, each started again at once with its
 // client id, then of the NATS server.
 func serveScenario(backend string) scenario {
-	return scenario{backend: backend, serve: true, faults: []string{bed.ServeA, bed.ServeB, faultNATS}}
+	return scenario{name: "serve-" + backend, backend: backend, serve: true, faults: []string{bed.ServeA, bed.ServeB, faultNATS}}
 }
 
 // startServe starts the replicas and returns them as the load's target.

@@ -192,6 +192,14 @@ func Open(o Options) (*Queue, error) {
 		nats.Name("mailbox"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// A connection gone silent, to a server cut off by a partition
+		// (nothing answers, nothing closes), is given up after
+		// pingInterval times maxPingsOut+1 and the client moves to another
+		// member; at nats.go's 2-minute interval a connector sat on a cut
+		// off server, delivering nothing, for minutes (test/chaos
+		// TestChaos/JetStreamCluster).
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		// Keep trying when the server is not up yet at start.
 		nats.RetryOnFailedConnect(true),
 		// Fail publishes at once while disconnected instead of buffering
@@ -232,6 +240,14 @@ func Open(o Options) (*Queue, error) {
 	go q.rearmLoop(q.ctx)
 	return q, nil
 }
+
+// pingInterval and maxPingsOut bound how long a silent connection is
+// kept: 9 s, and at least 6 s without an answer, which a loaded but live
+// server does not reach.
+const (
+	pingInterval = 3 * time.Second
+	maxPingsOut  = 2
+)
 
 // Subjects. legacyDueSubject is where earlier versions put due messages,
 // and where schedules they stored still fire: it is still consumed.

@@ -118,6 +118,11 @@ type Config struct {
 	// and the connector (KEY=VALUE), for instance a shorter
 	// upstream_timeout, which both must share on JetStream.
 	MailboxEnv []string
+	// ClusterNodes, with the JetStream backend, runs the mailbox's
+	// JetStream as a cluster of that many nodes (3), each in a network
+	// namespace of its own (cluster.go), instead of one server, and the
+	// mailbox's streams with as many replicas. 0 runs one server.
+	ClusterNodes int
 }
 
 // Bed is a running test bed.
@@ -140,6 +145,9 @@ type Bed struct {
 	API *API
 	// Client talks to the gateway with the credentials, as faas-cli does.
 	Client *sdk.Client
+	// Cluster is the mailbox's JetStream cluster, nil unless
+	// Config.ClusterNodes is set.
+	Cluster *Cluster
 
 	mu    sync.Mutex
 	procs map[string]*proc.Process
@@ -151,6 +159,9 @@ type Bed struct {
 func Start(ctx context.Context, cfg Config) (*Bed, error) {
 	if cfg.Backend != Stan && cfg.Backend != JetStream {
 		return nil, fmt.Errorf("backend %q is not %s or %s", cfg.Backend, Stan, JetStream)
+	}
+	if cfg.ClusterNodes != 0 && cfg.Backend != JetStream {
+		return nil, fmt.Errorf("a cluster of %d nodes needs the %s backend", cfg.ClusterNodes, JetStream)
 	}
 	s, err := fnbuild.LoadStack(cfg.Bin.Stack)
 	if err != nil {
@@ -184,6 +195,14 @@ func (b *Bed) up(ctx context.Context) error {
 	}
 	gw, _ := url.Parse(GatewayURL)
 	b.Client = sdk.NewClient(gw, &sdk.BasicAuth{Username: b.User, Password: b.Password}, HTTPClient)
+	if b.cfg.ClusterNodes > 0 {
+		c, err := startCluster(b.cfg.ClusterNodes, b.cfg.Bin.NATSServer, b.cfg.Dir, b.cfg.Log)
+		b.Cluster = c
+		b.stops = append(b.stops, c.Close)
+		if err != nil {
+			return err
+		}
+	}
 	for _, name := range startOrder {
 		if name == Connector {
 			// It delivers to functions: they are deployed first.
@@ -226,7 +245,7 @@ func (b *Bed) component(name string) (component, bool) {
 			ready: logged("Streaming Server is ready"),
 		}, true
 	case NATSJetStream:
-		if b.cfg.Backend != JetStream {
+		if b.cfg.Backend != JetStream || b.cfg.ClusterNodes > 0 {
 			return component{}, false
 		}
 		return component{
@@ -315,17 +334,29 @@ func (b *Bed) component(name string) (component, bool) {
 // mailboxEnv is the queue settings the mailbox function and the
 // connector share, with Config.MailboxEnv put over them.
 func (b *Bed) mailboxEnv() []string {
-	natsURL := NATSStreamingURL
-	if b.cfg.Backend == JetStream {
-		natsURL = JetStreamURL
-	}
-	return proc.Environ(withEnv(map[string]string{
+	env := map[string]string{
 		"backend":          b.cfg.Backend,
-		"nats_url":         natsURL,
+		"nats_url":         b.MailboxNATSURL(),
 		"nats_cluster_id":  "faas-cluster",
 		"channel_prefix":   Prefix,
 		"jetstream_stream": Stream,
-	}, b.cfg.MailboxEnv...))
+	}
+	if b.cfg.ClusterNodes > 0 {
+		env["jetstream_replicas"] = strconv.Itoa(b.cfg.ClusterNodes)
+	}
+	return proc.Environ(withEnv(env, b.cfg.MailboxEnv...))
+}
+
+// MailboxNATSURL is the URL (a list of them for a cluster) of the
+// mailbox's NATS.
+func (b *Bed) MailboxNATSURL() string {
+	switch {
+	case b.Cluster != nil:
+		return b.Cluster.URL()
+	case b.cfg.Backend == JetStream:
+		return JetStreamURL
+	}
+	return NATSStreamingURL
 }
 
 // OpenQueue opens the mailbox's queue on the bed's NATS, with the settings
