@@ -204,7 +204,7 @@ func TestClusterTooSmallNamesTheSetting(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = q.Close() })
 	poll.Until(t, 60*time.Second, "a warning naming jetstream_replicas", func() bool {
-		return strings.Contains(logs.String(), "need 3 JetStream servers in the cluster (setting jetstream_replicas)")
+		return strings.Contains(logs.String(), "need 3 JetStream servers up in the cluster (setting jetstream_replicas)")
 	})
 	if q.Connected() {
 		t.Error("ready on a cluster too small for its streams")

@@ -237,15 +237,20 @@ func Open(o Options) (*Queue, error) {
 	q.nc, q.js = nc, js
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	go q.setUp(q.ctx)
-	go q.rearmLoop(q.ctx)
+	if o.Replicas == 1 {
+		go q.rearmLoop(q.ctx)
+	} else {
+		close(q.rearmDone)
+	}
 	return q, nil
 }
 
 // pingInterval and maxPingsOut bound how long a silent connection is
-// kept: 9 s, and at least 6 s without an answer, which a loaded but live
-// server does not reach.
+// kept: 15 s, and at least 10 s without an answer, as long as the
+// server's own write deadline (10 s), so a live server's answer queued
+// behind a large fetch on a slow link is still waited for.
 const (
-	pingInterval = 3 * time.Second
+	pingInterval = 5 * time.Second
 	maxPingsOut  = 2
 )
 
@@ -281,7 +286,7 @@ func (q *Queue) setUp(ctx context.Context) {
 				}
 				continue
 			}
-			err = fmt.Errorf("%w: the streams need %d JetStream servers in the cluster (setting jetstream_replicas)", err, q.o.Replicas)
+			err = fmt.Errorf("%w: the streams need %d JetStream servers up in the cluster (setting jetstream_replicas)", err, q.o.Replicas)
 		}
 		q.log.Warn("cannot set up JetStream streams, retrying", "error", err, "retry_in", backoff)
 		if !sleep(ctx, backoff) {

@@ -38,7 +38,7 @@ func TestSilentServerGivenUpQuickly(t *testing.T) {
 	p.Cut()
 	cut := time.Now()
 	// Three pings of 3 s unanswered, and slack for a loaded machine.
-	poll.Until(t, 20*time.Second, "the silent connection given up", func() bool {
+	poll.Until(t, 30*time.Second, "the silent connection given up", func() bool {
 		return strings.Contains(logs.String(), "disconnected from NATS")
 	})
 	t.Logf("given up %s after the cut", time.Since(cut).Round(100*time.Millisecond))
