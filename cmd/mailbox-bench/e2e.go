@@ -39,8 +39,9 @@ type e2eResult struct {
 	Burst e2eBurst
 	Paced lateness
 
-	// PeakRSSKiB is the process's VmHWM once the burst is delivered;
-	// PeakRSSEndKiB once the paced run is too.
+	// PeakRSSKiB is the process's peak resident memory (the most of VmHWM
+	// and VmRSS, sampled every rssEvery) until the burst is delivered;
+	// PeakRSSEndKiB until the paced run is too.
 	PeakRSSKiB    int
 	PeakRSSEndKiB int
 	Threads       int
@@ -223,7 +224,19 @@ type mailbox struct {
 	proc  *process
 	url   string // http://127.0.0.1:<port>
 	token string
+
+	// peakKiB is the most of VmHWM and VmRSS read so far. VmHWM alone is
+	// not a peak: Linux updates the high-water mark only at some events,
+	// and between them reports the larger of it and the current RSS, so
+	// after the Go runtime returns memory a later reading can be lower
+	// than an earlier one (seen here). The process is sampled every
+	// rssEvery as well.
+	peakKiB atomic.Int64
+	threads atomic.Int64
 }
+
+// rssEvery is how often the mailbox's memory is sampled.
+const rssEvery = 50 * time.Millisecond
 
 // startMailbox runs `mailbox serve` configured as a user would through
 // its environment: the backend's embedded server storing in dir, the API
@@ -270,6 +283,16 @@ func startMailbox(ctx context.Context, o options, backend string, statuses bool,
 		return nil, err
 	}
 	m := &mailbox{proc: p, url: "http://127.0.0.1:" + port, token: token}
+	go func() {
+		for {
+			_, _, _ = m.rss()
+			select {
+			case <-p.done:
+				return
+			case <-time.After(rssEvery):
+			}
+		}
+	}()
 	if err := waitFor(ctx, time.Minute, "mailbox serve healthy", func() bool {
 		return p.exited() || healthy(m.url+"/healthz")
 	}); err != nil || p.exited() {
@@ -335,13 +358,16 @@ func (m *mailbox) waitDelivered(ctx context.Context, sk *sink, want int, delay t
 	return nil
 }
 
-// rss reads the process's peak resident memory and threads.
+// rss reads the process's memory and returns the peak seen so far, and
+// its threads now.
 func (m *mailbox) rss() (peakKiB, threads int, err error) {
 	st, err := procStatus(m.proc.cmd.Process.Pid)
 	if err != nil {
-		return 0, 0, err
+		return int(m.peakKiB.Load()), int(m.threads.Load()), err
 	}
-	return st["VmHWM"], st["Threads"], nil
+	raise(&m.peakKiB, int64(max(st["VmHWM"], st["VmRSS"])))
+	m.threads.Store(int64(st["Threads"]))
+	return int(m.peakKiB.Load()), st["Threads"], nil
 }
 
 // lateOf returns, for the messages ids due at dues, each first arrival
