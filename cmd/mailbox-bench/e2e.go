@@ -172,6 +172,9 @@ func measureE2E(ctx context.Context, o options, backend string, statuses bool, l
 		return fail("burst delivery", err)
 	}
 	r.Burst.Calls, _, _ = sk.snapshot()
+	if err := m.checkStatuses(ctx, ids[len(ids)-1], statuses); err != nil {
+		return fail("statuses setting", err)
+	}
 	if r.PeakRSSKiB, r.Threads, err = m.rss(); err != nil {
 		return fail("peak RSS", err)
 	}
@@ -340,6 +343,38 @@ func (m *mailbox) requeuer(client *http.Client, body []byte, delay time.Duration
 		}
 		return a.ID, a.DueAt, nil
 	}
+}
+
+// checkStatuses makes sure the statuses setting took effect, so that an
+// on/off comparison compares what it says: with statuses on, GET
+// /messages/<id> of a delivered message answers 200 once its status is
+// stored (in the background); off, it answers 404 saying statuses are
+// off.
+func (m *mailbox) checkStatuses(ctx context.Context, id string, on bool) error {
+	var code int
+	var body []byte
+	get := func() bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.url+"/messages/"+id, nil)
+		if err != nil {
+			return false
+		}
+		req.Header.Set("Authorization", "Bearer "+m.token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		body, _ = io.ReadAll(res.Body)
+		code = res.StatusCode
+		return code == http.StatusOK || code == http.StatusNotFound && bytes.Contains(body, []byte("statuses=false"))
+	}
+	if err := waitFor(ctx, 30*time.Second, "GET /messages/"+id+" answered", get); err != nil {
+		return fmt.Errorf("%w: last answer %d %s", err, code, bytes.TrimSpace(body))
+	}
+	if on != (code == http.StatusOK) {
+		return fmt.Errorf("GET /messages/%s with statuses=%v answered %d %s", id, on, code, bytes.TrimSpace(body))
+	}
+	return nil
 }
 
 // waitDelivered waits for the sink to have received want distinct
