@@ -142,8 +142,9 @@ func measureE2E(ctx context.Context, o options, backend string, statuses bool, l
 	if err != nil {
 		return fail("mailbox serve", err)
 	}
+	stopped := false
 	defer func() {
-		if r.Stop == nil {
+		if !stopped {
 			r.Stop = m.proc.stop()
 		}
 	}()
@@ -215,7 +216,7 @@ func measureE2E(ctx context.Context, o options, backend string, statuses bool, l
 	}
 	log.Info("measured", "what", "paced", "p50", r.Paced.quantile(0.5), "p99", r.Paced.quantile(0.99), "max", r.Paced.quantile(1))
 
-	r.Stop = m.proc.stop()
+	r.Stop, stopped = m.proc.stop(), true
 	if r.Stop != nil {
 		return fail("stop", fmt.Errorf("%w; its log: %s", r.Stop, m.proc.log()))
 	}
