@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -49,6 +50,11 @@ type e2eResult struct {
 	// Other is the share of the CPU other processes used meanwhile (the
 	// mailbox process is this one's child and not counted).
 	Other float64
+	// StatusesDropped is mailbox_status_dropped_total once the burst is
+	// delivered: statuses not stored because the recorder's buffer was
+	// full or the write failed.
+	StatusesDropped float64
+
 	// Stop is how the process ended on SIGTERM: nil for a clean exit.
 	Stop error
 
@@ -173,8 +179,11 @@ func measureE2E(ctx context.Context, o options, backend string, statuses bool, l
 		return fail("burst delivery", err)
 	}
 	r.Burst.Calls, _, _ = sk.snapshot()
-	if err := m.checkStatuses(ctx, ids[len(ids)-1], statuses); err != nil {
+	if err := m.checkStatuses(ctx, ids, statuses); err != nil {
 		return fail("statuses setting", err)
+	}
+	if r.StatusesDropped, err = m.counter(ctx, "mailbox_status_dropped_total"); err != nil {
+		return fail("metrics", err)
 	}
 	if r.PeakRSSKiB, r.Threads, err = m.rss(); err != nil {
 		return fail("peak RSS", err)
@@ -348,13 +357,17 @@ func (m *mailbox) requeuer(client *http.Client, body []byte, delay time.Duration
 
 // checkStatuses makes sure the statuses setting took effect, so that an
 // on/off comparison compares what it says: with statuses on, GET
-// /messages/<id> of a delivered message answers 200 once its status is
-// stored (in the background); off, it answers 404 saying statuses are
-// off.
-func (m *mailbox) checkStatuses(ctx context.Context, id string, on bool) error {
+// /messages/<id> answers 200 for one of ten of ids spread over the burst
+// (statuses are stored in the background, and dropped when the
+// recorder's buffer is full, so not every message has one); off, it
+// answers 404 saying statuses are off.
+func (m *mailbox) checkStatuses(ctx context.Context, ids []string, on bool) error {
 	var code int
 	var body []byte
+	n := 0
 	get := func() bool {
+		id := ids[n%10*len(ids)/10]
+		n++
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.url+"/messages/"+id, nil)
 		if err != nil {
 			return false
@@ -369,13 +382,48 @@ func (m *mailbox) checkStatuses(ctx context.Context, id string, on bool) error {
 		code = res.StatusCode
 		return code == http.StatusOK || code == http.StatusNotFound && bytes.Contains(body, []byte("statuses=false"))
 	}
-	if err := waitFor(ctx, 30*time.Second, "GET /messages/"+id+" answered", get); err != nil {
+	if err := waitFor(ctx, 30*time.Second, "GET /messages/<id> answered", get); err != nil {
 		return fmt.Errorf("%w: last answer %d %s", err, code, bytes.TrimSpace(body))
 	}
 	if on != (code == http.StatusOK) {
-		return fmt.Errorf("GET /messages/%s with statuses=%v answered %d %s", id, on, code, bytes.TrimSpace(body))
+		return fmt.Errorf("GET /messages/<id> with statuses=%v answered %d %s", on, code, bytes.TrimSpace(body))
 	}
 	return nil
+}
+
+// counter reads the sum of a counter's series from the process's
+// /metrics (served open: metrics_auth is false).
+func (m *mailbox) counter(ctx context.Context, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.url+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET /metrics: %d, %v", res.StatusCode, err)
+	}
+	var sum float64
+	for line := range strings.Lines(string(data)) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("GET /metrics: %q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, nil
 }
 
 // waitDelivered waits for the sink to have received want distinct

@@ -114,7 +114,7 @@ func TestTinyE2E(t *testing.T) {
 			var out bytes.Buffer
 			writeE2ETables(&out, results)
 			for _, want := range []string{
-				"ingest (burst)", "delivery, end to end", "burst lateness p99", "paced lateness p99", "mailbox serve peak RSS",
+				"ingest (burst)", "delivery, end to end", "burst lateness p99", "statuses dropped", "paced lateness p99", "mailbox serve peak RSS",
 				backend + ": statuses cost",
 			} {
 				if !strings.Contains(out.String(), want) {

@@ -204,6 +204,9 @@ func e2eRows(r *e2eResult) []row {
 		p99 := b.quantile(0.99)
 		add("burst lateness p99", ms(p99), "<= "+ms(e2eTargetBurstP99), fmt.Sprintf("%.2fx target", float64(p99)/float64(e2eTargetBurstP99)), verdict(p99 <= e2eTargetBurstP99))
 		add("burst lateness max", ms(b.quantile(1)), "", "", "")
+		if r.Statuses {
+			add("  statuses dropped", thousands(round(r.StatusesDropped)), "mailbox_status_dropped_total after the burst", "", "")
+		}
 	}
 	if p := r.Paced; p.Messages > 0 {
 		add("paced lateness p50", ms(p.quantile(0.5)), fmt.Sprintf("%s requeues at %s/s", thousands(int64(p.Messages)), thousands(int64(p.Rate))), "", "")
