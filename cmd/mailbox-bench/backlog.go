@@ -105,11 +105,11 @@ func measureBacklog(ctx context.Context, b *broker, o options, log *slog.Logger)
 	}
 	env := b.env(gateway, o.Inflight)
 	env["listen"] = "127.0.0.1:" + port
-	c, err := startProcess(ctx, o.Connector, env)
+	c, err := startProcess(ctx, o.Connector, nil, env)
 	if err != nil {
 		return backlog{}, err
 	}
-	defer c.stop()
+	defer func() { _ = c.stop() }()
 	start = time.Now()
 	if err := waitFor(ctx, time.Minute, "connector healthy", func() bool {
 		return c.exited() || healthy("http://127.0.0.1:"+port+"/healthz")
@@ -148,14 +148,15 @@ func measureBacklog(ctx context.Context, b *broker, o options, log *slog.Logger)
 
 // process is a child process whose output is kept for error messages.
 type process struct {
-	cmd  *exec.Cmd
-	out  *tailBuffer
-	done chan struct{}
+	cmd     *exec.Cmd
+	out     *tailBuffer
+	done    chan struct{}
+	waitErr error // how it ended, once done is closed
 }
 
-// startProcess runs bin with exactly env as its environment.
-func startProcess(ctx context.Context, bin string, env map[string]string) (*process, error) {
-	cmd := exec.CommandContext(ctx, bin)
+// startProcess runs bin with args and exactly env as its environment.
+func startProcess(ctx context.Context, bin string, args []string, env map[string]string) (*process, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -165,7 +166,7 @@ func startProcess(ctx context.Context, bin string, env map[string]string) (*proc
 		return nil, err
 	}
 	go func() {
-		_ = cmd.Wait()
+		p.waitErr = cmd.Wait()
 		close(p.done)
 	}()
 	return p, nil
@@ -182,14 +183,18 @@ func (p *process) exited() bool {
 
 func (p *process) log() string { return p.out.String() }
 
-// stop asks the process to drain and end, and kills it after 10 s.
-func (p *process) stop() {
+// stop asks the process to drain and end, and kills it after 10 s. It
+// returns how the process ended: nil for a clean exit, an error if it
+// failed or had to be killed.
+func (p *process) stop() error {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
+		return p.waitErr
 	case <-time.After(10 * time.Second):
 		_ = p.cmd.Process.Kill()
 		<-p.done
+		return fmt.Errorf("did not end within 10 s of SIGTERM; killed")
 	}
 }
 

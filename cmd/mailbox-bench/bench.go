@@ -56,7 +56,29 @@ type options struct {
 	// CPUProfiles, if set, is a directory receiving a CPU profile per
 	// backend and phase.
 	CPUProfiles string
+
+	// Mode is what to measure: parts (the measurements in this process),
+	// e2e (a `mailbox serve` process from outside) or all.
+	Mode string
+	// Mailbox is the mailbox binary the e2e mode runs; empty builds one
+	// in Dir.
+	Mailbox string
+	// Burst is how many requeues the e2e mode sends at once, of E2EBody
+	// bytes, each due E2EDelay later.
+	Burst    int
+	E2EBody  int
+	E2EDelay time.Duration
+	// PacedRate is how many requeues the e2e mode sends a second, for
+	// PacedFor, after the burst.
+	PacedRate int
+	PacedFor  time.Duration
+	// Statuses are the values of the statuses setting the e2e mode runs
+	// each backend with, in order.
+	Statuses []bool
 }
+
+func (o options) parts() bool { return o.Mode == "parts" || o.Mode == "all" }
+func (o options) e2e() bool   { return o.Mode == "e2e" || o.Mode == "all" }
 
 // result is what one backend measured. A zero field was not measured.
 type result struct {
@@ -89,15 +111,25 @@ const (
 	leadMax = 2 * time.Second
 )
 
+// build compiles the package pkg of the module into dir/name, before
+// anything is timed.
+func build(ctx context.Context, dir, name, pkg string, log *slog.Logger) (string, error) {
+	out := filepath.Join(dir, name)
+	log.Info("building", "package", pkg, "out", out)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
+	}
+	return out, nil
+}
+
 // runAll measures every backend in turn; the backends do not overlap, so
 // each has the machine to itself.
 func runAll(ctx context.Context, o options, log *slog.Logger) ([]*result, error) {
 	if o.Connector == "" {
-		o.Connector = filepath.Join(o.Dir, "connector")
-		log.Info("building the connector", "out", o.Connector)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", o.Connector, "github.com/openfaas/mailbox/connector")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build connector: %w\n%s", err, out)
+		var err error
+		if o.Connector, err = build(ctx, o.Dir, "connector", "github.com/openfaas/mailbox/connector", log); err != nil {
+			return nil, err
 		}
 	}
 	if _, err := os.Stat(o.Connector); err != nil {

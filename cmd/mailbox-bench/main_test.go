@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestTinyRun runs every measurement on each backend at a tiny size: it
@@ -61,10 +62,75 @@ func TestTinyRun(t *testing.T) {
 	}
 }
 
+// TestTinyE2E runs the end-to-end mode on each backend, with statuses on
+// and off, at a tiny size: every requeue is accepted and delivered once
+// counted, the process is stopped cleanly, and the table shows it. It
+// proves the mode works, not how fast anything is.
+func TestTinyE2E(t *testing.T) {
+	// Built once, before the runs and without a deadline of the test's
+	// own, as in TestTinyRun.
+	mailbox := filepath.Join(t.TempDir(), "mailbox")
+	if out, err := exec.CommandContext(t.Context(), "go", "build", "-o", mailbox, "github.com/openfaas/mailbox/cmd/mailbox").CombinedOutput(); err != nil {
+		t.Fatalf("go build mailbox: %v\n%s", err, out)
+	}
+	for _, backend := range []string{"stan", "jetstream"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			o := options{
+				Mode: "e2e", Backends: []string{backend}, Dir: t.TempDir(), Mailbox: mailbox,
+				Clients: 8, Inflight: 16, Burst: 300, E2EBody: 1024, E2EDelay: 500 * time.Millisecond,
+				PacedRate: 100, PacedFor: time.Second, Statuses: []bool{true, false},
+			}
+			results, err := runE2E(t.Context(), o, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(results) != 2 {
+				t.Fatalf("%d results, want 2 (statuses on, off)", len(results))
+			}
+			for i, r := range results {
+				if r.Backend != backend || r.Statuses != o.Statuses[i] {
+					t.Errorf("result %d is of %s, %s", i, r.Backend, statusesLabel(r.Statuses))
+				}
+				if len(r.Errs) > 0 || r.Stop != nil {
+					t.Fatalf("%s: errors %v, stop %v", statusesLabel(r.Statuses), r.Errs, r.Stop)
+				}
+				b := r.Burst
+				if b.Messages != o.Burst || len(b.Late) != o.Burst || b.Calls < o.Burst {
+					t.Errorf("%s: burst of %d: %d messages, %d lateness figures, %d calls", statusesLabel(r.Statuses), o.Burst, b.Messages, len(b.Late), b.Calls)
+				}
+				// Nothing is due before the delay has passed since it
+				// was sent (JetStream may fire a schedule a little early).
+				if b.Ingest <= 0 || b.Delivered < o.E2EDelay/2 || b.Delivered < b.Ingest {
+					t.Errorf("%s: ingest took %v, delivery %v, with a delay of %v", statusesLabel(r.Statuses), b.Ingest, b.Delivered, o.E2EDelay)
+				}
+				if p := r.Paced; p.Messages != 100 || len(p.Sorted) != 100 || p.Calls < 100 {
+					t.Errorf("%s: paced: %d messages, %d lateness figures, %d calls, want 100", statusesLabel(r.Statuses), p.Messages, len(p.Sorted), p.Calls)
+				}
+				if r.PeakRSSKiB <= 0 || r.PeakRSSEndKiB < r.PeakRSSKiB || r.Threads <= 0 {
+					t.Errorf("%s: peak RSS %d KiB, then %d KiB, %d threads", statusesLabel(r.Statuses), r.PeakRSSKiB, r.PeakRSSEndKiB, r.Threads)
+				}
+			}
+			var out bytes.Buffer
+			writeE2ETables(&out, results)
+			for _, want := range []string{
+				"ingest (burst)", "delivery, end to end", "burst lateness p99", "statuses dropped", "paced lateness p99", "mailbox serve peak RSS",
+				backend + ": statuses cost",
+			} {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("no %q in the table:\n%s", want, out.String())
+				}
+			}
+		})
+	}
+}
+
 func TestFlagsAreValidated(t *testing.T) {
-	err := run(context.Background(), []string{"-backends", "kafka", "-waiting", "0"}, io.Discard, slog.New(slog.DiscardHandler))
-	if err == nil || !strings.Contains(err.Error(), "-backends") || !strings.Contains(err.Error(), "-waiting") {
-		t.Fatalf("run with bad flags: %v, want errors naming -backends and -waiting", err)
+	err := run(context.Background(), []string{"-backends", "kafka", "-waiting", "0", "-mode", "fast", "-statuses", "maybe", "-burst", "0"}, io.Discard, slog.New(slog.DiscardHandler))
+	for _, flag := range []string{"-backends", "-waiting", "-mode", "-statuses", "-burst"} {
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Errorf("run with bad flags: %v, want an error naming %s", err, flag)
+		}
 	}
 }
 

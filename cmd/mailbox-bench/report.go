@@ -165,3 +165,96 @@ func thousands(n int64) string {
 	}
 	return b.String()
 }
+
+// Targets of the end-to-end mode, from issue 13 (on the issue's 2-core
+// machine, burst of 20,000 requeues of 1 KiB due 1 s later).
+var e2eTargetDelivery = map[string]float64{"jetstream": 8000, "stan": 6000} // msg/s
+
+const (
+	e2eTargetBurstP99 = 250 * time.Millisecond
+	e2eTargetPacedP99 = 20 * time.Millisecond
+	// e2eTargetStatusCost is the most statuses may cost of delivery
+	// throughput, measured with them on and off in one run.
+	e2eTargetStatusCost = 0.10
+)
+
+// e2eRows turns one end-to-end result into its table.
+func e2eRows(r *e2eResult) []row {
+	var out []row
+	add := func(metric, value, target, ratio, verdict string) {
+		out = append(out, row{metric, value, target, ratio, verdict})
+	}
+	verdict := func(pass bool) string {
+		if pass {
+			return "PASS"
+		}
+		return "MISS"
+	}
+	if b := r.Burst; b.Messages > 0 && len(b.Late) > 0 {
+		load := fmt.Sprintf("%s requeues of burst, due %v later", thousands(int64(b.Messages)), b.Delay)
+		add("ingest (burst)", perSecond(b.ingestRate(), "req"), load, "", "")
+		v := perSecond(b.deliveryRate(), "msg")
+		if tgt, ok := e2eTargetDelivery[r.Backend]; ok {
+			add("delivery, end to end", v, ">= "+perSecond(tgt, "msg"), fmt.Sprintf("%.2fx target", b.deliveryRate()/tgt), verdict(b.deliveryRate() >= tgt))
+		} else {
+			add("delivery, end to end", v, "", "", "")
+		}
+		add("  first sent to last delivered", b.Delivered.Round(time.Millisecond).String(), fmt.Sprintf("%s calls at the sink", thousands(int64(b.Calls))), "", "")
+		add("burst lateness p50", ms(b.quantile(0.5)), "arrival minus due_at answered", "", "")
+		p99 := b.quantile(0.99)
+		add("burst lateness p99", ms(p99), "<= "+ms(e2eTargetBurstP99), fmt.Sprintf("%.2fx target", float64(p99)/float64(e2eTargetBurstP99)), verdict(p99 <= e2eTargetBurstP99))
+		add("burst lateness max", ms(b.quantile(1)), "", "", "")
+		if r.Statuses {
+			add("  statuses dropped", thousands(round(r.StatusesDropped)), "mailbox_status_dropped_total after the burst", "", "")
+		}
+	}
+	if p := r.Paced; p.Messages > 0 {
+		add("paced lateness p50", ms(p.quantile(0.5)), fmt.Sprintf("%s requeues at %s/s", thousands(int64(p.Messages)), thousands(int64(p.Rate))), "", "")
+		p99 := p.quantile(0.99)
+		add("paced lateness p99", ms(p99), "<= "+ms(e2eTargetPacedP99), fmt.Sprintf("%.2fx target", float64(p99)/float64(e2eTargetPacedP99)), verdict(p99 <= e2eTargetPacedP99))
+		add("paced lateness max", ms(p.quantile(1)), fmt.Sprintf("sends behind plan at most %s", ms(p.StoreBehind)), "", "")
+	}
+	if r.PeakRSSKiB > 0 {
+		add("mailbox serve peak RSS", fmt.Sprintf("%.1f MiB", float64(r.PeakRSSKiB)/1024), "after the burst", "", fmt.Sprintf("%d threads", r.Threads))
+	}
+	if r.PeakRSSEndKiB > 0 {
+		add("  peak RSS at the end", fmt.Sprintf("%.1f MiB", float64(r.PeakRSSEndKiB)/1024), "after the paced load", "", "")
+	}
+	return out
+}
+
+// writeE2ETables prints one table per end-to-end run, then, for a backend
+// run with statuses on and off, what statuses cost.
+func writeE2ETables(w io.Writer, results []*e2eResult) {
+	for _, r := range results {
+		fmt.Fprintf(w, "\ne2e: mailbox serve, %s, %s, max_inflight %d\n", r.Backend, statusesLabel(r.Statuses), r.Inflight)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "metric\tmeasured\ttarget\tratio\tresult")
+		for _, x := range e2eRows(r) {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", x.metric, x.value, x.target, x.ratio, x.verdict)
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(w, "CPU used by other processes, share of the machine: %.1f%%\n", 100*r.Other)
+		if r.Other > otherWarn {
+			fmt.Fprintf(w, "WARNING: other processes used %.0f%% of the CPU: these figures are not this run's alone\n", 100*r.Other)
+		}
+		for _, err := range r.Errs {
+			fmt.Fprintf(w, "FAILED: %v\n", err)
+		}
+	}
+	for _, on := range results {
+		for _, off := range results {
+			if on.Backend != off.Backend || !on.Statuses || off.Statuses || len(on.Errs) > 0 || len(off.Errs) > 0 || off.Burst.deliveryRate() <= 0 {
+				continue
+			}
+			cost := 1 - on.Burst.deliveryRate()/off.Burst.deliveryRate()
+			verdict := "MISS"
+			if cost <= e2eTargetStatusCost {
+				verdict = "PASS"
+			}
+			fmt.Fprintf(w, "\ne2e: %s: statuses cost %.1f%% of delivery (%s on, %s off; ingest %s on, %s off), target <= %.0f%%: %s\n",
+				on.Backend, 100*cost, perSecond(on.Burst.deliveryRate(), "msg"), perSecond(off.Burst.deliveryRate(), "msg"),
+				perSecond(on.Burst.ingestRate(), "req"), perSecond(off.Burst.ingestRate(), "req"), 100*e2eTargetStatusCost, verdict)
+		}
+	}
+}

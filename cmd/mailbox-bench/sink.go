@@ -19,26 +19,26 @@ type sink struct {
 
 	mu      sync.Mutex
 	calls   int
-	ids     map[string]bool
-	first   time.Time       // the first arrival
-	last    time.Time       // first arrival of the latest new message
-	late    []time.Duration // arrival minus due time, first arrivals only
-	badBody int             // bodies meant to carry a due time that did not
+	ids     map[string]time.Time // first arrival of each message
+	first   time.Time            // the first arrival
+	last    time.Time            // first arrival of the latest new message
+	late    []time.Duration      // arrival minus due time, first arrivals only
+	badBody int                  // bodies meant to carry a due time that did not
 }
 
 func startSink(dueInBody bool) (*sink, error) {
-	s := &sink{ids: map[string]bool{}}
+	s := &sink{ids: map[string]time.Time{}}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		at := time.Now()
 		body, _ := io.ReadAll(r.Body)
 		id := r.Header.Get(envelope.HeaderMessageID)
 		s.mu.Lock()
 		s.calls++
-		if !s.ids[id] {
+		if _, seen := s.ids[id]; !seen {
 			if len(s.ids) == 0 {
 				s.first = at
 			}
-			s.ids[id] = true
+			s.ids[id] = at
 			s.last = at
 			if dueInBody {
 				if due, err := time.Parse(time.RFC3339Nano, string(body)); err == nil {
@@ -70,6 +70,14 @@ func (s *sink) delivered() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.ids)
+}
+
+// arrival is when message id first arrived, if it did.
+func (s *sink) arrival(id string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.ids[id]
+	return at, ok
 }
 
 // snapshot returns the calls made and when the first and the latest new

@@ -50,6 +50,8 @@ func (h *handler) messageStatus(w http.ResponseWriter, r *http.Request, path str
 	defer cancel()
 	s, err := h.queue.Status(ctx, id)
 	switch {
+	case errors.Is(err, queue.ErrStatusesOff):
+		return writeError(w, http.StatusNotFound, "", fmt.Sprintf("no status for message %s: this mailbox records no statuses (statuses=false)", id))
 	case errors.Is(err, queue.ErrNoStatus):
 		return writeError(w, http.StatusNotFound, "", fmt.Sprintf("no status for message %s: unknown, or ended more than %s ago", id, h.retention))
 	case err != nil:

@@ -172,3 +172,22 @@ func TestStatusThatCannotBeStoredDoesNotFailTheRequeue(t *testing.T) {
 	}
 	poll.Until(t, 5*time.Second, "mailbox_status_dropped_total = 1", func() bool { return testutil.ToFloat64(dropped) == 1 })
 }
+
+// TestStatusesOff: on a queue without statuses a requeue is accepted and
+// records nothing, and GET /messages/<id> answers 404 saying why, not
+// that the message is unknown.
+func TestStatusesOff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *Options) { o.Queue = queue.WithoutStatuses(o.Queue) })
+	w := b.do(http.MethodPost, "/deadletter/fn", []byte("x"), http.Header{envelope.HeaderMessageID: {"m1"}})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("requeue answered %d %s", w.Code, w.Body)
+	}
+	if s, ok := b.queue.status("m1"); ok {
+		t.Fatalf("recorded %+v with statuses off", s)
+	}
+	m := wantError(t, b.do(http.MethodGet, "/messages/m1", nil, nil), http.StatusNotFound, "")
+	if msg := m["error"].(string); !strings.Contains(msg, "statuses=false") {
+		t.Fatalf("error %q does not say statuses are off", msg)
+	}
+}

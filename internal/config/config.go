@@ -68,6 +68,11 @@ type Config struct {
 	// ReplayRate is the most dead letters a bulk replay puts back:
 	// ReplayRate.N per ReplayRate.Per. Defaults to 50/s.
 	ReplayRate Rate
+	// Statuses is whether each message's status is recorded. Without them
+	// GET /messages/<id> and the waiting counts have nothing to read and
+	// the quotas on waiting messages, which count statuses, are off.
+	// Defaults to true.
+	Statuses bool
 	// StatusRetention is how long a message's status is kept after its
 	// last step (a waiting message's: after it is due); greater than
 	// zero. Defaults to 24h.
@@ -241,13 +246,16 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 
 	var c Config
 	failed := make(map[string]bool)
+	set := make(map[string]bool) // given, not left at the built-in default
 	for _, s := range settings {
 		value := s.Default
 		if v, ok := defaults[s.Name]; ok {
 			value = strings.TrimSpace(v)
+			set[s.Name] = true
 		}
 		if v, ok := s.lookup(lookup); ok {
 			value = v
+			set[s.Name] = true
 		}
 		if err := s.apply(&c, value); err != nil {
 			failed[s.Name] = true
@@ -269,6 +277,15 @@ func Load(lookup func(name string) (string, bool), defaults map[string]string) (
 	if !failed["max_waiting_per_function"] && !failed["max_waiting"] && c.MaxWaitingPerFunction > c.MaxWaiting {
 		errs = append(errs, fmt.Errorf("config: max_waiting_per_function: %d is greater than max_waiting %d",
 			c.MaxWaitingPerFunction, c.MaxWaiting))
+	}
+	if !failed["statuses"] && !c.Statuses {
+		// The quotas count the statuses' index: without statuses they
+		// cannot apply, and a quota asked for must not be silently off.
+		for _, name := range []string{"max_waiting", "max_waiting_bytes", "max_waiting_per_function"} {
+			if set[name] {
+				errs = append(errs, fmt.Errorf("config: %s: cannot apply with statuses false (the quotas count statuses): unset %s or set statuses true", name, name))
+			}
+		}
 	}
 	if !failed["min_retry_delay"] && !failed["max_delay"] && c.MinRetryDelay > c.MaxDelay {
 		errs = append(errs, fmt.Errorf("config: min_retry_delay: %s is greater than max_delay %s",

@@ -39,6 +39,7 @@ func builtin() Config {
 		MaxWaitingBytes:        1 << 30,
 		MaxWaitingPerFunction:  10000,
 		ReplayRate:             Rate{N: 50, Per: time.Second},
+		Statuses:               true,
 		StatusRetention:        24 * time.Hour,
 		MaxStatusesPerFunction: 100000,
 		NATSClusterID:          "faas-cluster",
@@ -236,6 +237,8 @@ func TestLoadValid(t *testing.T) {
 		{"replay_rate", "10/s", func(c *Config) { c.ReplayRate = Rate{10, time.Second} }},
 		{"replay_rate", "600/m", func(c *Config) { c.ReplayRate = Rate{600, time.Minute} }},
 		{"replay_rate", "1/h", func(c *Config) { c.ReplayRate = Rate{1, time.Hour} }},
+		{"statuses", "false", func(c *Config) { c.Statuses = false }},
+		{"statuses", "0", func(c *Config) { c.Statuses = false }},
 		{"status_retention", "1h", func(c *Config) { c.StatusRetention = time.Hour }},
 		{"max_statuses_per_function", "5000", func(c *Config) { c.MaxStatusesPerFunction = 5000 }},
 		{"nats_url", "nats://127.0.0.1:4222", func(c *Config) { c.NATSURL = "nats://127.0.0.1:4222" }},
@@ -792,7 +795,7 @@ func TestSettings(t *testing.T) {
 		"backend", "nats_url", "nats_credentials_file", "nats_cluster_id", "nats_client_id",
 		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
 		"dead_letter_limit", "max_waiting", "max_waiting_bytes", "max_waiting_per_function", "replay_rate",
-		"status_retention", "max_statuses_per_function", "channel_prefix", "gateway_url",
+		"statuses", "status_retention", "max_statuses_per_function", "channel_prefix", "gateway_url",
 		"basic_auth", "secret_mount_path", "auth_token_secret", "requeue_auth", "signature_window", "session_ttl",
 		"max_inflight", "upstream_timeout",
 		"default_max_retries", "default_delay", "max_retries_limit", "max_delay", "min_retry_delay",
@@ -855,6 +858,7 @@ func TestSettings(t *testing.T) {
 		"max_body_bytes": "1", "keep_credentials": "1", "listen": ":1",
 		"read_timeout": "1", "write_timeout": "1", "metrics_auth": "true",
 		"data_dir": "/d", "data_dir_reserve_bytes": "0", "log_level": "debug", "log_format": "text",
+		"statuses": "false",
 	}
 	for _, s := range settings {
 		v, ok := nonDefault[s.Name]
@@ -988,5 +992,30 @@ func TestLoadErrorIsJoin(t *testing.T) {
 	var target interface{ Unwrap() []error }
 	if !errors.As(err, &target) {
 		t.Errorf("error %T is not a joined error", err)
+	}
+}
+
+// TestStatusesOffRefusesQuotas: without statuses the quotas cannot count
+// anything, so one asked for is refused, naming it, instead of being
+// silently off; left at their defaults they are off without complaint.
+func TestStatusesOffRefusesQuotas(t *testing.T) {
+	t.Parallel()
+
+	c, err := Load(env("statuses", "false"), nil)
+	if err != nil || c.Statuses {
+		t.Fatalf("Load(statuses=false) = Statuses %v, %v; want false, nil", c.Statuses, err)
+	}
+	if c, err := Load(env("statuses", "true", "max_waiting", "50000"), nil); err != nil || !c.Statuses {
+		t.Fatalf("Load(statuses=true, max_waiting=50000) = Statuses %v, %v; want true, nil", c.Statuses, err)
+	}
+	for _, name := range []string{"max_waiting", "max_waiting_bytes", "max_waiting_per_function"} {
+		_, err := Load(env("statuses", "false", name, "2000000"), nil)
+		if err == nil || !strings.Contains(err.Error(), "config: "+name+":") || !strings.Contains(err.Error(), "statuses") {
+			t.Errorf("Load(statuses=false, %s set) = %v, want an error naming %s and statuses", name, err, name)
+		}
+		// A caller's default counts as set: mailbox serve's or a test's.
+		if _, err := Load(env("statuses", "false"), map[string]string{name: "2000000"}); err == nil {
+			t.Errorf("Load(statuses=false, default %s) = nil, want an error", name)
+		}
 	}
 }

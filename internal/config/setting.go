@@ -209,6 +209,14 @@ func settings() []Setting {
 			},
 		},
 		{
+			Name: "statuses", Default: "true", isBool: true,
+			Usage: "record each message's status (waiting, in flight, delivered, dead-lettered); false records none: GET /messages/<id> answers 404, mailbox_waiting and the web page's waiting counts are not shown, and the quotas max_waiting, max_waiting_bytes and max_waiting_per_function, which count statuses, do not apply (setting one is refused)",
+			apply: func(c *Config, v string) (err error) {
+				c.Statuses, err = parseBool(v)
+				return err
+			},
+		},
+		{
 			Name: "status_retention", Default: "24h",
 			Usage: "how long GET /messages/<id> still answers after a message's last step (for a waiting message, after it is due)",
 			apply: func(c *Config, v string) (err error) {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,6 +35,7 @@ import (
 	"github.com/openfaas/mailbox/internal/gatewaytest"
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/service"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 )
@@ -1039,6 +1041,37 @@ func TestMessageStatusFollowsTheMessage(t *testing.T) {
 		dead := b.waitStatus(t, bad.ID, "dead-lettered", func(a statusAnswer) bool { return a.Status == "dead-lettered" })
 		if dead.Reason != "max-retries" || dead.Retries != 2 || dead.LastStatus != http.StatusInternalServerError {
 			t.Fatalf("dead-lettered status %+v", dead)
+		}
+	})
+}
+
+// TestStatusesOffRecordsNothing: with statuses=false messages are
+// accepted and delivered as ever, no status reaches the broker (a
+// process with statuses on finds none, where the API would have
+// recorded "waiting" at once), and GET /messages/<id> says why it has
+// nothing.
+func TestStatusesOffRecordsNothing(t *testing.T) {
+	forEachBackendWith(t, map[string]string{"statuses": "false"}, func(t *testing.T, b *bundle) {
+		echo := b.deploy("echo", nil, nil)
+		b.startConnector(t)
+		ok := b.mustSchedule(t, "echo", []byte("x"), "X-Delay-Duration", "1s")
+		poll.Until(t, 20*time.Second, "the message delivered", func() bool { return echo.Len() == 1 })
+
+		if code, a := b.status(t, ok.ID); code != http.StatusNotFound || !strings.Contains(a.Error, "statuses=false") {
+			t.Fatalf("GET /messages/%s with statuses off answered %d %+v", ok.ID, code, a)
+		}
+		on := b.cfg
+		on.Statuses = true
+		q, err := service.OpenQueue(on, prometheus.NewRegistry(), quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close()
+		poll.Until(t, 10*time.Second, "queue connected", q.Connected)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if s, err := q.Status(ctx, ok.ID); !errors.Is(err, queue.ErrNoStatus) {
+			t.Fatalf("status of %s stored with statuses off: %+v, %v", ok.ID, s, err)
 		}
 	})
 }

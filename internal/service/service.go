@@ -60,7 +60,8 @@ func Registry() (*prometheus.Registry, error) {
 }
 
 // OpenQueue opens the configured backend. It does not wait for the broker:
-// the queue connects, and reconnects, in the background.
+// the queue connects, and reconnects, in the background. With statuses
+// off it records none and sets no quota (queue.WithoutStatuses).
 func OpenQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger) (queue.Queue, error) {
 	return openQueue(cfg, reg, logger, "api")
 }
@@ -87,11 +88,20 @@ func openQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 			MaxWaitingPerFunction: cfg.MaxWaitingPerFunction,
 		},
 	}
+	if !cfg.Statuses {
+		// The quotas count statuses (config.Load refuses one set with
+		// statuses off).
+		common.Quota = queue.Quota{}
+	}
+	var (
+		q   queue.Queue
+		err error
+	)
 	switch cfg.Backend {
 	case "stan":
-		return stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID, Role: role})
+		q, err = stan.Open(stan.Options{Options: common, ClusterID: cfg.NATSClusterID, ClientID: cfg.NATSClientID, Role: role})
 	case "jetstream":
-		return jetstream.Open(jetstream.Options{
+		q, err = jetstream.Open(jetstream.Options{
 			Options:             common,
 			Stream:              cfg.JetStreamStream,
 			Consumer:            cfg.JetStreamConsumer,
@@ -102,6 +112,13 @@ func openQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 	default:
 		return nil, fmt.Errorf("config: backend: %q is not supported", cfg.Backend)
 	}
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.Statuses {
+		return queue.WithoutStatuses(q), nil
+	}
+	return q, nil
 }
 
 // Defaults are the delivery settings of cfg.

@@ -19,6 +19,13 @@ type Store interface {
 	RecordStatus(ctx context.Context, s Status) error
 }
 
+// Keeper is implemented by a Store that may keep no statuses at all (the
+// statuses setting is false): a Recorder on a Store whose KeepsStatuses
+// is false records nothing and starts no goroutine.
+type Keeper interface {
+	KeepsStatuses() bool
+}
+
 // Recorder sizes: Shards statuses are written at once, each shard in the
 // order recorded, and at most Buffer wait in all; more are dropped.
 const (
@@ -39,6 +46,7 @@ type Recorder struct {
 	store   Store
 	dropped prometheus.Counter
 	log     *slog.Logger
+	off     bool // the store keeps no statuses: Record does nothing
 	shards  [Shards]shard
 }
 
@@ -59,6 +67,9 @@ func NewRecorder(store Store, reg prometheus.Registerer, log *slog.Logger) (*Rec
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Recorder{store: store, dropped: dropped, log: log}
+	if k, ok := store.(Keeper); ok && !k.KeepsStatuses() {
+		r.off = true
+	}
 	for i := range r.shards {
 		r.shards[i].pending = make(chan Status, Buffer/Shards)
 	}
@@ -67,6 +78,9 @@ func NewRecorder(store Store, reg prometheus.Registerer, log *slog.Logger) (*Rec
 
 // Record queues statuses to be stored; it never blocks.
 func (r *Recorder) Record(statuses ...Status) {
+	if r.off {
+		return
+	}
 	for _, s := range statuses {
 		h := fnv.New32a()
 		_, _ = h.Write([]byte(s.ID))

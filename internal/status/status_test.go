@@ -148,3 +148,35 @@ func TestRecorderNeverBlocksAndCountsDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// offStore keeps no statuses; it counts the writes it is asked for.
+type offStore struct{ calls int }
+
+func (o *offStore) RecordStatus(context.Context, Status) error { o.calls++; return nil }
+func (o *offStore) KeepsStatuses() bool                        { return false }
+
+// TestRecorderOnStoreWithoutStatusesDoesNothing: with statuses off
+// nothing is queued, written or counted as dropped, and no shard's
+// goroutine starts (Wait returns at once).
+func TestRecorderOnStoreWithoutStatusesDoesNothing(t *testing.T) {
+	store := &offStore{}
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(store, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 * Buffer {
+		r.Record(Status{ID: "m", State: Waiting, Retries: i})
+	}
+	if !r.idle() {
+		t.Fatal("a shard is running with statuses off")
+	}
+	r.Wait(context.Background())
+	dropped, err := DroppedCounter(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if store.calls != 0 || testutil.ToFloat64(dropped) != 0 {
+		t.Fatalf("%d writes, %v dropped; want none", store.calls, testutil.ToFloat64(dropped))
+	}
+}

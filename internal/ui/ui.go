@@ -42,6 +42,7 @@ import (
 	"github.com/openfaas/mailbox/internal/deadletter"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/names"
+	"github.com/openfaas/mailbox/internal/queue"
 )
 
 //go:embed assets
@@ -321,7 +322,10 @@ func (h *handler) overview(ctx context.Context, w http.ResponseWriter, r *http.R
 		p.Next = "?" + next.Encode()
 	}
 	waiting, err := h.o.Waiting(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, queue.ErrStatusesOff):
+		p.WaitingError = "this mailbox records no statuses (statuses=false)"
+	case err != nil:
 		p.WaitingError = "the queue cannot be read now"
 	}
 	for fn, n := range waiting {

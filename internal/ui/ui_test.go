@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -312,6 +313,13 @@ func TestPagesAndFailures(t *testing.T) {
 	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
 	if res.StatusCode != http.StatusOK || !strings.Contains(page, "Not available now") || !strings.Contains(page, "m1") {
 		t.Fatalf("waiting counts failing: %d\n%s", res.StatusCode, page)
+	}
+	// Without statuses there is nothing to count, and the page says so
+	// rather than that the queue is down.
+	b.waitingErr = fmt.Errorf("waiting: %w", queue.ErrStatusesOff)
+	res, page = b.do(t, http.MethodGet, "/ui/", nil, true)
+	if res.StatusCode != http.StatusOK || !strings.Contains(page, "records no statuses (statuses=false)") || !strings.Contains(page, "m1") {
+		t.Fatalf("waiting counts with statuses off: %d\n%s", res.StatusCode, page)
 	}
 }
 
