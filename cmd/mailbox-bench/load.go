@@ -38,10 +38,12 @@ func (l load) rate() float64 {
 
 // hammer calls op from workers goroutines, each again as soon as the last
 // call returns, for warmup and then window. Only calls that end inside the
-// window count. It fails when nothing succeeded.
+// window count, or the first success after it when none came inside. It
+// fails when nothing succeeded.
 func hammer(ctx context.Context, workers int, warmup, window time.Duration, op func(ctx context.Context) error) (load, error) {
 	var (
 		ok, failed atomic.Int64
+		lastOK     atomic.Int64 // UnixNano of the last success counted
 		errOnce    sync.Once
 		firstErr   error
 	)
@@ -53,7 +55,10 @@ func hammer(ctx context.Context, workers int, warmup, window time.Duration, op f
 			for ctx.Err() == nil {
 				err := op(ctx)
 				now := time.Now()
-				if now.After(to) {
+				// Past the window, a call still counts while none has
+				// succeeded: on a loaded machine one call may outlast a
+				// short window, and the rate is then over the time taken.
+				if now.After(to) && (ok.Load() > 0 || err != nil) {
 					return
 				}
 				if now.Before(from) {
@@ -65,10 +70,13 @@ func hammer(ctx context.Context, workers int, warmup, window time.Duration, op f
 					continue
 				}
 				ok.Add(1)
+				for last := lastOK.Load(); now.UnixNano() > last && !lastOK.CompareAndSwap(last, now.UnixNano()); last = lastOK.Load() {
+				}
 			}
 		})
 	}
 	wg.Wait()
+	window = max(window, time.Unix(0, lastOK.Load()).Sub(from))
 	l := load{OK: ok.Load(), Failed: failed.Load(), Window: window, FirstErr: firstErr}
 	if err := ctx.Err(); err != nil {
 		return l, err

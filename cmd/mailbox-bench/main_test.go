@@ -159,3 +159,25 @@ func checkSVG(t *testing.T, path, backend string) {
 		t.Fatalf("%s: root <%s>, want <svg> naming %s", path, root, backend)
 	}
 }
+
+// A call that outlasts the whole window, as on a loaded machine, still
+// gives a rate, over the time it took; an op that only fails is still an
+// error.
+func TestHammerOutlastedWindow(t *testing.T) {
+	slow := func(ctx context.Context) error {
+		select {
+		case <-time.After(20 * time.Millisecond):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	l, err := hammer(t.Context(), 2, 0, time.Millisecond, slow)
+	if err != nil || l.OK == 0 || l.Window < 20*time.Millisecond {
+		t.Errorf("hammer of a call slower than the window: %+v, %v; want a success over at least 20ms", l, err)
+	}
+	failing := func(context.Context) error { return errors.New("refused") }
+	if _, err := hammer(t.Context(), 2, 0, time.Millisecond, failing); err == nil {
+		t.Error("hammer of an op that only fails: no error")
+	}
+}
