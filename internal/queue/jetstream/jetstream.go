@@ -276,17 +276,20 @@ func (q *Queue) setUp(ctx context.Context) {
 			q.log.Info("JetStream streams ready", "stream", q.o.Stream, "dead_letter_stream", q.o.DeadLetterStream, "status_stream", q.o.StatusStream, "replicas", q.o.Replicas)
 			return
 		}
-		if tooFewPeers(err) {
+		if tooFewPeers(err) || errors.Is(err, context.DeadlineExceeded) {
 			if time.Now().Before(forming) {
 				// A fresh cluster's meta leader learns of its peers one
-				// by one: ask again soon, without alarming anybody.
+				// by one, and its first answers may be lost: ask again
+				// soon, without alarming anybody.
 				q.log.Debug("JetStream cluster still forming", "error", err)
 				if !sleep(ctx, 100*time.Millisecond) {
 					return
 				}
 				continue
 			}
-			err = fmt.Errorf("%w: the streams need %d JetStream servers up in the cluster (setting jetstream_replicas)", err, q.o.Replicas)
+			if tooFewPeers(err) {
+				err = fmt.Errorf("%w: the streams need %d JetStream servers up in the cluster (setting jetstream_replicas)", err, q.o.Replicas)
+			}
 		}
 		q.log.Warn("cannot set up JetStream streams, retrying", "error", err, "retry_in", backoff)
 		if !sleep(ctx, backoff) {
@@ -300,9 +303,20 @@ func (q *Queue) ensure(ctx context.Context) error {
 	if err := q.awaitAPI(ctx); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_, err := q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	// Each request is bounded on its own, and briefly: on a fresh
+	// cluster the answer to a creation is sometimes lost (seen in the
+	// bed, while the servers churn their route connections) though the
+	// stream was created, and asking again is answered at once.
+	create := func(cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+		rctx, cancel := context.WithTimeout(ctx, streamRequestTimeout)
+		defer cancel()
+		st, err := q.js.CreateOrUpdateStream(rctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+		return st, nil
+	}
+	_, err := create(jetstream.StreamConfig{
 		Name:     q.o.Stream,
 		Subjects: []string{q.scheduleSubject(">"), q.dueSubject(">"), q.legacyDueSubject()},
 		Storage:  jetstream.FileStorage,
@@ -320,18 +334,17 @@ func (q *Queue) ensure(ctx context.Context) error {
 		// broker's backstop, past which it refuses every write.
 	})
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", q.o.Stream, err)
+		return err
 	}
-	q.deadLetterStream, err = q.js.CreateOrUpdateStream(ctx, q.deadLetterStreamConfig())
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", q.o.DeadLetterStream, err)
+	if q.deadLetterStream, err = create(q.deadLetterStreamConfig()); err != nil {
+		return err
 	}
-	q.statusStream, err = q.js.CreateOrUpdateStream(ctx, q.statusStreamConfig())
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", q.o.StatusStream, err)
-	}
-	return nil
+	q.statusStream, err = create(q.statusStreamConfig())
+	return err
 }
+
+// streamRequestTimeout bounds one request to create or update a stream.
+const streamRequestTimeout = 3 * time.Second
 
 // awaitAPI asks for the account's JetStream information, each request
 // bounded by apiProbeTimeout, until the API answers, for up to 10 s. The
