@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -24,6 +25,8 @@ type Proxy struct {
 	dropping bool
 	dropped  []byte
 	conns    []net.Conn
+	// toClients counts the bytes forwarded from the server to clients.
+	toClients atomic.Int64
 }
 
 // StartProxy forwards to the host:port of natsURL until the test ends.
@@ -69,12 +72,13 @@ func (p *Proxy) forward(c net.Conn) {
 	p.mu.Lock()
 	p.conns = append(p.conns, c, s)
 	p.mu.Unlock()
-	go p.copy(s, c)
-	p.copy(c, s)
+	go p.copy(s, c, nil)
+	p.copy(c, s, &p.toClients)
 }
 
-// copy forwards from src to dst, holding what it read while stalled.
-func (p *Proxy) copy(dst, src net.Conn) {
+// copy forwards from src to dst, holding what it read while stalled,
+// and adds what it forwarded to count unless nil.
+func (p *Proxy) copy(dst, src net.Conn, count *atomic.Int64) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
@@ -92,6 +96,9 @@ func (p *Proxy) copy(dst, src net.Conn) {
 		if n > 0 && !dropping {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
+			}
+			if count != nil {
+				count.Add(int64(n))
 			}
 		}
 		if err != nil {
@@ -146,3 +153,7 @@ func (p *Proxy) Dropped(b []byte) bool {
 	defer p.mu.Unlock()
 	return bytes.Contains(p.dropped, b)
 }
+
+// ToClients is how many bytes the proxy has forwarded from the server to
+// its clients (what it dropped not counted).
+func (p *Proxy) ToClients() int64 { return p.toClients.Load() }

@@ -335,47 +335,117 @@ func TestNoStallAfterServerRestart(t *testing.T) {
 }
 
 // The status index's link loses what the server sends it, then breaks,
-// too briefly for the server to drop the client: the
-// index reads the channel again once reconnected and has the status at
-// once. Fault on the old code: the server counted the lost status as
-// sent and sent it again only after the subscription's ack wait (30 s),
-// so lookups answered the older status meanwhile.
+// too briefly for the server to drop the client: the index reads the
+// channel again once reconnected and has the status at once. Fault on
+// the code before d3e66bc: the server counted the lost status as sent
+// and sent it again only after the subscription's ack wait (30 s), so
+// lookups answered the older status meanwhile. The index's publish
+// timeout is a minute so that the marker's publish ack, when it is lost
+// too, cannot end the index's subscription within the bound either.
 func TestStatusIndexCatchesUpAfterReconnect(t *testing.T) {
 	t.Parallel()
-	srv := stanservertest.Start(t)
-	proxy := servertest.StartProxy(t, srv.URL())
-	index := openAs(t, proxy.URL(), "api", "")
-	producer := openRecovery(t, srv.URL(), "producer")
-	e := &envelope.Envelope{ID: "probe", Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now().Add(time.Hour)}
-	state := func() string {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s, err := index.Status(ctx, e.ID)
-		if err != nil {
-			return err.Error()
-		}
-		return s.State
-	}
-	record := func(st string) {
-		t.Helper()
-		if err := producer.RecordStatus(context.Background(), status.Of(e, st, time.Now())); err != nil {
+	b := setupIndexBehindProxy(t)
+	b.record(t, b.probe, status.Waiting)
+	poll.Until(t, 15*time.Second, "the index has the first status", func() bool { return b.state(b.probe.ID) == status.Waiting })
+
+	broken := b.loseThenBreak(t)
+	// Within the ack wait, by a margin a busy machine keeps.
+	poll.Until(t, 10*time.Second, "the index has the second status", func() bool { return b.state(b.probe.ID) == status.InFlight })
+	t.Logf("the index had the status sent into the broken connection %v after the break", time.Since(broken).Round(time.Millisecond))
+}
+
+// After a reconnect the status index reads only what came after the
+// last status it had before the link went down, not the whole channel
+// again, and keeps what it knew: with 1,000 statuses in the channel, the
+// server sends it less than a tenth of what the first replay took.
+// Fault on d3e66bc: every reconnect replayed the whole channel (on a
+// flapping link with a million statuses, lookups might never answer).
+func TestStatusIndexCatchUpReadsOnlyWhatWasLost(t *testing.T) {
+	t.Parallel()
+	b := setupIndexBehindProxy(t)
+	const n = 1000
+	for i := range n {
+		e := &envelope.Envelope{ID: fmt.Sprintf("earlier-%d", i), Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now().Add(time.Hour)}
+		if err := b.producer.RecordStatus(context.Background(), status.Of(e, status.Waiting, time.Now())); err != nil {
 			t.Fatal(err)
 		}
 	}
-	record(status.Waiting)
-	poll.Until(t, 15*time.Second, "the index has the first status", func() bool { return state() == status.Waiting })
+	b.record(t, b.probe, status.Waiting)
+	poll.Until(t, 15*time.Second, "the index has the first status", func() bool { return b.state(b.probe.ID) == status.Waiting })
+	replayed := b.proxy.ToClients()
 
-	proxy.Drop()
-	record(status.InFlight)
+	b.loseThenBreak(t)
+	sent := b.proxy.ToClients()
+	poll.Until(t, 15*time.Second, "the index has the second status", func() bool { return b.state(b.probe.ID) == status.InFlight })
+	caughtUp := b.proxy.ToClients() - sent
+	t.Logf("the first replay took %d bytes from the server, the catch-up after the reconnect %d", replayed, caughtUp)
+	if caughtUp > replayed/10 {
+		t.Errorf("the catch-up after the reconnect took %d bytes from the server, the replay of the whole channel %d: it read the channel again", caughtUp, replayed)
+	}
+	for _, id := range []string{"earlier-0", fmt.Sprintf("earlier-%d", n-1)} {
+		if got := b.state(id); got != status.Waiting {
+			t.Errorf("status of %s after the reconnect: %s, want %s", id, got, status.Waiting)
+		}
+	}
+}
+
+// indexBehindProxy is a process answering lookups (its status index)
+// through a servertest.Proxy, and a producer connected directly.
+type indexBehindProxy struct {
+	proxy           *servertest.Proxy
+	index, producer *stan.Queue
+	probe           *envelope.Envelope
+}
+
+func setupIndexBehindProxy(t *testing.T) *indexBehindProxy {
+	t.Helper()
+	srv := stanservertest.Start(t)
+	b := &indexBehindProxy{proxy: servertest.StartProxy(t, srv.URL()), probe: &envelope.Envelope{ID: "probe", Function: "fn", AcceptedAt: time.Now().UTC(), DueAt: time.Now().Add(time.Hour)}}
+	o := recoveryOptions(b.proxy.URL(), slog.New(slog.NewTextHandler(t.Output(), nil)))
+	o.PublishTimeout = time.Minute
+	index, err := stan.Open(stan.Options{Options: o, ClientID: "api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = index.Close() })
+	poll.Until(t, 10*time.Second, "the index's client connects", index.Connected)
+	b.index = index
+	b.producer = openRecovery(t, srv.URL(), "producer")
+	return b
+}
+
+// state is id's state in the index, or the error looking it up.
+func (b *indexBehindProxy) state(id string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := b.index.Status(ctx, id)
+	if err != nil {
+		return err.Error()
+	}
+	return s.State
+}
+
+func (b *indexBehindProxy) record(t *testing.T, e *envelope.Envelope, st string) {
+	t.Helper()
+	if err := b.producer.RecordStatus(context.Background(), status.Of(e, st, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loseThenBreak records the probe in flight while the index's link loses
+// every byte, waits for the server to have sent it into the link, then
+// breaks the link; it returns when it broke it.
+func (b *indexBehindProxy) loseThenBreak(t *testing.T) time.Time {
+	t.Helper()
+	b.proxy.Drop()
+	b.record(t, b.probe, status.InFlight)
 	poll.Until(t, 15*time.Second, "the server sends the index the second status, lost", func() bool {
-		return proxy.Dropped([]byte(`"status":"` + status.InFlight + `"`))
+		return b.proxy.Dropped([]byte(`"status":"` + status.InFlight + `"`))
 	})
-	proxy.Break()
+	b.proxy.Break()
 	broken := time.Now()
-	poll.Until(t, 15*time.Second, "the index reconnects", index.Connected)
-	// Within the ack wait, by a margin a busy machine keeps.
-	poll.Until(t, 10*time.Second, "the index has the second status", func() bool { return state() == status.InFlight })
-	t.Logf("the index had the status sent into the broken connection %v after the break", time.Since(broken).Round(time.Millisecond))
+	poll.Until(t, 15*time.Second, "the index reconnects", b.index.Connected)
+	return broken
 }
 
 // A NATS Streaming store that is reset (a server on --store memory

@@ -3,6 +3,7 @@ package stan
 import (
 	"bytes"
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nuid"
@@ -15,9 +16,10 @@ import (
 // NATS Streaming keeps no last value per subject, so statuses are events
 // on one channel, <prefix>.status, and a process that answers lookups
 // keeps its own index of it: it subscribes from the start of the channel
-// the first time Status is called (and again after each reconnect), and
-// keeps the latest status of each id in memory (a status.Index), at most
-// StatusIndexLimit of them. The same index counts the messages waiting or
+// the first time Status is called (and again on each new connection;
+// after a NATS reconnect under the same session, from where the link
+// went down), and keeps the latest status of each id in memory (a
+// status.Index), at most StatusIndexLimit of them. The same index counts the messages waiting or
 // in flight per function (Waiting). The connector calls neither, so it
 // keeps no index.
 
@@ -102,16 +104,25 @@ func (q *Queue) syncIndex(ctx context.Context) error {
 }
 
 // runIndex keeps the index subscribed, one connection after another,
-// until the queue closes.
+// until the queue closes. A new connection (a new streaming session)
+// reads the channel from the start; a NATS reconnect under the same
+// session reads it from where the link went down (indexGeneration).
 func (q *Queue) runIndex() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-q.closed; cancel() }()
+	var (
+		last *generation
+		from uint64 // the sequence to read from; 0: the start of the channel
+	)
 	for {
 		g, err := q.wait(ctx)
 		if err != nil {
 			return
 		}
-		q.indexGeneration(g)
+		if g != last {
+			last, from = g, 0
+		}
+		from = q.indexGeneration(g, from)
 		select {
 		case <-q.closed:
 			return
@@ -120,18 +131,42 @@ func (q *Queue) runIndex() {
 	}
 }
 
-// indexGeneration replays the channel into the index on g, publishes a
-// marker and marks the index synced once it reads the marker back, then
-// follows the channel until g is lost or reconnects. Replaying again
-// changes nothing already known: a status only replaces one it
-// supersedes, and an equal one is the same.
+// indexGeneration reads the channel into the index on g from sequence
+// from (0: from the start), publishes a marker and marks the index
+// synced once it reads the marker back, then follows the channel until
+// g is lost or its NATS connection reconnects. It returns the sequence
+// the next subscription on g reads from. Reading a status again changes
+// nothing already known: a status only replaces one it supersedes, and
+// an equal one is the same.
 //
-// A reconnect ends the generation's index too, whatever it is doing:
-// the server kept the subscription, but what it sent while the
-// connection was down is lost and comes again only after the ack wait,
-// so the index would miss those statuses meanwhile.
-func (q *Queue) indexGeneration(g *generation) {
+// A reconnect ends the subscription whatever it is doing: the server
+// kept it, but what it sent while the link was down is lost and would
+// come again only after the ack wait, so the index would miss those
+// statuses meanwhile. The next subscription starts just after the last
+// status this one received before the link went down, and keeps the
+// index: what a link loses is the tail of what the server sent on it
+// (TCP delivers in order or not at all), and the server sends one
+// subscription's statuses in sequence order, so everything lost comes
+// after that status and is read again. The mark counts only statuses
+// received while the NATS connection's reconnect count is the one read
+// before subscribing: nats.go counts a reconnect before it reads
+// anything on the new link, so a status the old subscription receives
+// after the reconnect (newer than the lost ones) never advances it,
+// whereas a mark taken when the disconnect is reported (an asynchronous
+// callback) could already have. A status received on the old link but
+// handled after the count changed is read again, which is harmless.
+func (q *Queue) indexGeneration(g *generation, from uint64) (next uint64) {
+	// In this order: a reconnect after the count was read closes the
+	// channel, so the subscription ends and its mark is not trusted.
 	reconnected := g.reconnects()
+	link := g.nc.Stats().Reconnects
+	var read atomic.Uint64 // the last sequence received on link; 0: none
+	next = from
+	defer func() {
+		if seq := read.Load(); seq > 0 {
+			next = seq + 1
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -140,7 +175,7 @@ func (q *Queue) indexGeneration(g *generation) {
 		case <-q.closed:
 		case <-ctx.Done():
 		case <-reconnected:
-			q.log.Info("NATS reconnected: reading the status channel again")
+			q.log.Info("NATS reconnected: reading the status channel from the last status read before the link went down", "from_seq", max(read.Load()+1, from))
 		}
 		cancel()
 	}()
@@ -152,7 +187,7 @@ func (q *Queue) indexGeneration(g *generation) {
 		}
 	}
 	token := append(append([]byte{}, syncMark...), nuid.Next()...)
-	// Replaying the channel again only adds to the index: when the store
+	// Reading the channel again only adds to the index: when the store
 	// was reset, what the index holds is gone, and it starts afresh.
 	if seen := q.statusMark.get(); seen.seq > 0 {
 		kept, err := q.holds(ctx, g, StatusChannel(q.o.Prefix), seen)
@@ -164,13 +199,25 @@ func (q *Queue) indexGeneration(g *generation) {
 			q.log.Warn("the status channel no longer holds the last status read (the NATS Streaming store was reset, or it expired): rebuilding the status index from the channel", "seq", seen.seq)
 			q.index.Reset()
 			q.statusMark.set(mark{})
+			next = 0
 		}
 	}
+	start := stango.DeliverAllAvailable()
+	if next > 0 {
+		start = stango.StartAtSequence(next)
+	}
+	began, first := time.Now(), next
+	var count atomic.Int64
 	sub, err := g.sc.Subscribe(StatusChannel(q.o.Prefix), func(m *stango.Msg) {
 		q.statusMark.set(mark{seq: m.Sequence, ts: m.Timestamp})
+		if g.nc.Stats().Reconnects == link && m.Sequence > read.Load() {
+			read.Store(m.Sequence)
+		}
+		n := count.Add(1)
 		if bytes.HasPrefix(m.Data, syncMark) {
 			if bytes.Equal(m.Data, token) {
 				q.index.SetSynced(true)
+				q.log.Info("status index synced", "from_seq", first, "read", n, "took", time.Since(began).Round(time.Millisecond).String())
 			}
 			return
 		}
@@ -180,7 +227,7 @@ func (q *Queue) indexGeneration(g *generation) {
 			return
 		}
 		q.index.Put(s, time.Now())
-	}, stango.DeliverAllAvailable(), stango.MaxInflight(indexWindow))
+	}, start, stango.MaxInflight(indexWindow))
 	if err != nil {
 		retry("subscribe to the status channel", err)
 		return
@@ -197,4 +244,5 @@ func (q *Queue) indexGeneration(g *generation) {
 		return
 	}
 	<-ctx.Done()
+	return
 }
