@@ -30,17 +30,19 @@ type row struct {
 	metric, value, target, ratio, verdict string
 }
 
+// verdict is a row's verdict on a target.
+func verdict(pass bool) string {
+	if pass {
+		return "PASS"
+	}
+	return "MISS"
+}
+
 // rows turns a backend's result into its table.
 func rows(r *result) []row {
 	var out []row
 	add := func(metric, value, target, ratio, verdict string) {
 		out = append(out, row{metric, value, target, ratio, verdict})
-	}
-	verdict := func(pass bool) string {
-		if pass {
-			return "PASS"
-		}
-		return "MISS"
 	}
 	if r.Raw.OK > 0 {
 		add("raw durable publish", perSecond(r.Raw.rate(), "msg"), "ceiling", "", "")
@@ -183,12 +185,6 @@ func e2eRows(r *e2eResult) []row {
 	var out []row
 	add := func(metric, value, target, ratio, verdict string) {
 		out = append(out, row{metric, value, target, ratio, verdict})
-	}
-	verdict := func(pass bool) string {
-		if pass {
-			return "PASS"
-		}
-		return "MISS"
 	}
 	if b := r.Burst; b.Messages > 0 && len(b.Late) > 0 {
 		load := fmt.Sprintf("%s requeues of burst, due %v later", thousands(int64(b.Messages)), b.Delay)

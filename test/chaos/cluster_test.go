@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/test/e2e/bed"
@@ -116,15 +115,11 @@ func injectCluster(ctx context.Context, b *bed.Bed, rec *record, fault string) e
 func streamLeader(ctx context.Context, b *bed.Bed) (int, error) {
 	var leader int
 	err := poll(ctx, clusterTimeout, "the mailbox stream's leader", func() error {
-		nc, err := nats.Connect(b.MailboxNATSURL(), nats.Timeout(5*time.Second))
+		nc, js, err := connectJetStream(b.MailboxNATSURL())
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		s, err := js.Stream(ctx, bed.Stream)
@@ -165,15 +160,11 @@ func clusterWhole(ctx context.Context, b *bed.Bed) error {
 // each have a leader and every other replica is online, current and
 // recently active.
 func replicasCurrent(ctx context.Context, b *bed.Bed) error {
-	nc, err := nats.Connect(b.MailboxNATSURL(), nats.Timeout(5*time.Second))
+	nc, js, err := connectJetStream(b.MailboxNATSURL())
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	check := func(what string, c *jetstream.ClusterInfo) error {

@@ -60,15 +60,11 @@ func (d *deadLetters) add(seq uint64, t time.Time, data []byte) error {
 }
 
 func (d *deadLetters) readJetStream(ctx context.Context) error {
-	nc, err := nats.Connect(d.url, nats.Timeout(10*time.Second))
+	nc, js, err := connectJetStream(d.url)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, d.prefix+"-deadletter") // the mailbox names it after its stream
@@ -138,4 +134,19 @@ func (d *deadLetters) readStan() error {
 	mu.Lock()
 	defer mu.Unlock()
 	return readErr
+}
+
+// connectJetStream connects to the NATS server at url, waiting up to 10 s,
+// for a fault or a check to read or change its streams.
+func connectJetStream(url string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url, nats.Timeout(10*time.Second))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/test/e2e/bed"
@@ -33,15 +32,11 @@ func storeLimitFault(ctx context.Context, t *testing.T, b *bed.Bed, rec *record)
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(bed.JetStreamURL, nats.Timeout(10*time.Second))
+	nc, js, err := connectJetStream(bed.JetStreamURL)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if _, err := js.CreateStream(cctx, jetstream.StreamConfig{Name: fillerStream, Subjects: []string{fillerStream}, Storage: jetstream.FileStorage}); err != nil {
