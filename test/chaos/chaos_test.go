@@ -365,6 +365,7 @@ const dupSlack = 2 * time.Second
 // result is what the verdict found.
 type result struct {
 	sent, accepted, refused, unanswered int
+	refusedBy                           map[string]int // by status and cause
 	delivered, deadLettered, both       int
 	dupMessages, dupCalls               int
 	dupUnanswered                       int // duplicates at no fault: a 2xx call's answer lost, the message retried
@@ -400,6 +401,10 @@ func verdict(rec *record, dead map[string]bool, faults []faultRun) result {
 			r.unanswered++
 		default:
 			r.refused++
+			if r.refusedBy == nil {
+				r.refusedBy = map[string]int{}
+			}
+			r.refusedBy[strings.TrimSpace(fmt.Sprintf("%d %s", m.status, m.cause))]++
 		}
 		r.calls += len(m.calls)
 		expected := m.sent.Add(m.delay)
@@ -526,6 +531,13 @@ func (r result) figures(sc scenario, s settings, start, loadEnd, settled time.Ti
 	fmt.Fprintf(&b, "### %s (%s, %s, %.0f requeues/s, upstream_timeout %s)\n\n", sc.name, form, time.Now().UTC().Format("2006-01-02"), s.rate, s.upstreamTimeout)
 	fmt.Fprintf(&b, "- load %s, %d requeues sent: %d accepted (202), %d refused, %d unanswered; %d not sent (%d unanswered at once)\n",
 		loadEnd.Sub(start).Round(time.Second), r.sent, r.accepted, r.refused, r.unanswered, skipped, maxInflight)
+	if len(r.refusedBy) > 0 {
+		var by []string
+		for _, k := range slices.Sorted(maps.Keys(r.refusedBy)) {
+			by = append(by, fmt.Sprintf("%s: %d", k, r.refusedBy[k]))
+		}
+		fmt.Fprintf(&b, "- refused, by answer and cause: %s\n", strings.Join(by, "; "))
+	}
 	fmt.Fprintf(&b, "- accepted: %d delivered (2xx), %d dead letters, %d both, lost %d; settled %s after the load stopped\n",
 		r.delivered, r.deadLettered, r.both, r.accepted-r.delivered-r.deadLettered, settled.Sub(loadEnd).Round(time.Second))
 	fmt.Fprintf(&b, "- %d calls, %d failed; delivered more than once: %d messages (%d extra calls), bound: %d in flight at a fault; %d more at no fault, retried after a 2xx call whose answer was lost; %d not accepted but delivered or dead letters\n",
