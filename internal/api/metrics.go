@@ -14,6 +14,7 @@ import (
 
 	"github.com/openfaas/mailbox/internal/names"
 	"github.com/openfaas/mailbox/internal/queue"
+	"github.com/openfaas/mailbox/internal/status"
 )
 
 // metrics are deliberately few. The function name comes from callers, so
@@ -53,7 +54,13 @@ func newMetrics(reg prometheus.Registerer, q queue.Queue, log *slog.Logger) (*me
 			[]string{"function"}, nil),
 	}
 	var registered []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.requests, m.received, m.bodyBytes, waiting} {
+	collectors := []prometheus.Collector{m.requests, m.received, m.bodyBytes}
+	// Without statuses there is nothing to count: no series at all, rather
+	// than one that looks like a broker outage at every scrape.
+	if k, ok := q.(status.Keeper); !ok || k.KeepsStatuses() {
+		collectors = append(collectors, waiting)
+	}
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			// Leave the registry as it was, so a caller that handles the
 			// error can retry on the same registry.

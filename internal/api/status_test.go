@@ -190,4 +190,13 @@ func TestStatusesOff(t *testing.T) {
 	if msg := m["error"].(string); !strings.Contains(msg, "statuses=false") {
 		t.Fatalf("error %q does not say statuses are off", msg)
 	}
+	families, err := b.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "mailbox_waiting" {
+			t.Error("mailbox_waiting exported with statuses off: it would look like an outage")
+		}
+	}
 }

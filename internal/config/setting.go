@@ -210,7 +210,7 @@ func settings() []Setting {
 		},
 		{
 			Name: "statuses", Default: "true", isBool: true,
-			Usage: "record each message's status (waiting, in flight, delivered, dead-lettered); false records none: GET /messages/<id> answers 404, mailbox_waiting and the web page's waiting counts are not shown, and the quotas max_waiting, max_waiting_bytes and max_waiting_per_function, which count statuses, do not apply (setting one is refused)",
+			Usage: "record each message's status (waiting, in flight, delivered, dead-lettered); false records none: GET /messages/<id> answers 404, mailbox_waiting and the web page's waiting counts are not shown, and the quotas max_waiting, max_waiting_bytes and max_waiting_per_function, which count statuses, are off, their defaults too (setting one is refused): only the broker's storage limit bounds what waits",
 			apply: func(c *Config, v string) (err error) {
 				c.Statuses, err = parseBool(v)
 				return err

@@ -116,6 +116,9 @@ func openQueue(cfg config.Config, reg prometheus.Registerer, logger *slog.Logger
 		return nil, err
 	}
 	if !cfg.Statuses {
+		if role == "api" {
+			logger.Warn("statuses=false: no quota bounds the messages waiting (max_waiting, max_waiting_bytes and max_waiting_per_function are off, the defaults too); only the broker's storage limit does")
+		}
 		return queue.WithoutStatuses(q), nil
 	}
 	return q, nil

@@ -70,6 +70,7 @@ var (
 		"upstream_timeout":  "30s",
 		"log_level":         "info",
 		"log_format":        "json",
+		"statuses":          "true",
 		// Dead letters, on either backend: the connector removes what is
 		// past them.
 		"dead_letter_max_age": "336h",
@@ -81,7 +82,7 @@ var (
 	sharedSettings = []string{"backend", "nats_url", "nats_cluster_id", "channel_prefix",
 		"jetstream_stream", "jetstream_consumer", "jetstream_replicas", "dead_letter_max_age",
 		"dead_letter_limit", "allow_functions", "allow_namespaces", "mailbox_function",
-		"gateway_url", "callback_allow_hosts", "upstream_timeout"}
+		"gateway_url", "callback_allow_hosts", "upstream_timeout", "statuses"}
 )
 
 func env(maps_ ...map[string]string) map[string]string {

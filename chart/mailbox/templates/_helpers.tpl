@@ -136,7 +136,9 @@ duplicate window is computed from it), the dead letters' retention and limit (bo
 apply them; on JetStream the age also sets the dead-letter stream's age
 limit), what the mailbox may target, where callbacks may go (gateway_url
 and callback_allow_hosts: the API refuses at requeue what the connector
-would refuse), and logging. Settings of the other backend, and empty allow
+would refuse), logging, and whether statuses are recorded (an API
+recording them beside a connector that does not would count delivered
+messages as waiting). Settings of the other backend, and empty allow
 lists, are left out.
 */}}
 {{- define "mailbox.sharedEnv" -}}
@@ -166,6 +168,7 @@ callback_allow_hosts: {{ join "," . | quote }}
 upstream_timeout: {{ .Values.connector.upstreamTimeout | toString | quote }}
 log_level: {{ .Values.logLevel | quote }}
 log_format: {{ .Values.logFormat | quote }}
+statuses: {{ .Values.statuses | toString | quote }}
 {{- end -}}
 
 {{/*
