@@ -15,9 +15,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openfaas/mailbox/internal/config"
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/metricstest"
 	"github.com/openfaas/mailbox/internal/poll"
+	"github.com/openfaas/mailbox/internal/queue"
 	"github.com/openfaas/mailbox/internal/queue/consume"
 	"github.com/openfaas/mailbox/internal/service"
 )
@@ -36,12 +38,7 @@ func liveListener(t *testing.T) (url string, calls *atomic.Int64) {
 // access to NATS could, bypassing the API and its checks.
 func (b *bundle) putOnQueue(t *testing.T, e *envelope.Envelope) {
 	t.Helper()
-	q, err := service.OpenQueue(b.cfg, prometheus.NewRegistry(), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	poll.Until(t, 10*time.Second, "queue connected", q.Connected)
+	q := sideQueue(t, b.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := q.Schedule(ctx, e); err != nil {
@@ -255,4 +252,17 @@ func TestCallbackToGatewayChecksTargets(t *testing.T) {
 			t.Errorf("calls: ok %d, other %d, mailbox %d; want ok 1, no other", ok.Len(), other.Len(), self.Len())
 		}
 	})
+}
+
+// sideQueue is a queue of the test's own on cfg's NATS, as anything with
+// access to NATS could open, connected, and closed when the test ends.
+func sideQueue(t *testing.T, cfg config.Config) queue.Queue {
+	t.Helper()
+	q, err := service.OpenQueue(cfg, prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	poll.Until(t, 10*time.Second, "queue connected", q.Connected)
+	return q
 }

@@ -1062,12 +1062,7 @@ func TestStatusesOffRecordsNothing(t *testing.T) {
 		}
 		on := b.cfg
 		on.Statuses = true
-		q, err := service.OpenQueue(on, prometheus.NewRegistry(), quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer q.Close()
-		poll.Until(t, 10*time.Second, "queue connected", q.Connected)
+		q := sideQueue(t, on)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if s, err := q.Status(ctx, ok.ID); !errors.Is(err, queue.ErrNoStatus) {
