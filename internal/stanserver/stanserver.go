@@ -4,6 +4,7 @@ package stanserver
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	stand "github.com/nats-io/nats-streaming-server/server"
@@ -140,6 +141,16 @@ func Start(o Options) (*Server, error) {
 	nopts.NoSigs = true
 
 	s, err := stand.RunServerWithOpts(sopts, nopts)
+	if err != nil && !o.Memory && strings.Contains(err.Error(), "unexpected EOF") {
+		// A crash or a full disk left a record cut short at the end of a
+		// file. It was never synced (file_sync is on), so never
+		// acknowledged: no message answered 202 is in it, and a cut
+		// subscription record at worst sends a message again. The
+		// server's remedy is one start that truncates it; it refuses two
+		// such starts in a row, and the next normal start clears that.
+		sopts.FileStoreOpts.TruncateUnexpectedEOF = true
+		s, err = stand.RunServerWithOpts(sopts, nopts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stanserver: start: %w", err)
 	}

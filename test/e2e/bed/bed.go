@@ -228,6 +228,10 @@ type component struct {
 	env   []string
 	args  []string
 	ready func(*proc.Process) error
+	// recover, when the start failed printing recoverOn, are the
+	// arguments of one more start, as its operator would run it.
+	recover   []string
+	recoverOn string
 }
 
 // component returns how the bed runs the component name, and false if
@@ -243,6 +247,17 @@ func (b *Bed) component(name string) (component, bool) {
 			args: []string{"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
 				"-st", "file", "--dir", filepath.Join(b.cfg.Dir, NATSStreaming)},
 			ready: logged("Streaming Server is ready"),
+			// A SIGKILL or a full disk can leave a record cut short at
+			// the end of a file, and the server then refuses to start
+			// ("Unexpected EOF"). The record was never synced, so never
+			// acknowledged: nothing answered 202 is in it (a cut
+			// subscription record at worst sends a message again). The
+			// server's own remedy is one start with
+			// --file_truncate_bad_eof, which refuses to run twice in a
+			// row; the start after it is normal again.
+			recover: []string{"-cid", "faas-cluster", "-a", "127.0.0.1", "-p", "4222",
+				"-st", "file", "--dir", filepath.Join(b.cfg.Dir, NATSStreaming), "--file_truncate_bad_eof"},
+			recoverOn: "ContinueOnUnexpectedEOF",
 		}, true
 	case NATSJetStream:
 		if b.cfg.Backend != JetStream || b.cfg.ClusterNodes > 0 {
@@ -403,7 +418,17 @@ func (b *Bed) Start(name string) error {
 	}
 	if err := c.ready(p); err != nil {
 		_ = p.Stop(5 * time.Second)
-		return fmt.Errorf("%s: %w\n%s", name, err, p.Output())
+		if c.recover == nil || !strings.Contains(p.Output(), c.recoverOn) {
+			return fmt.Errorf("%s: %w\n%s", name, err, p.Output())
+		}
+		_, _ = io.WriteString(b.cfg.Log, name+": bed: starting again with "+c.recover[len(c.recover)-1]+"\n")
+		if p, err = (proc.Options{Tee: tee}).Start(name, c.bin, c.env, c.recover...); err != nil {
+			return err
+		}
+		if err := c.ready(p); err != nil {
+			_ = p.Stop(5 * time.Second)
+			return fmt.Errorf("%s, started with %s: %w\n%s", name, c.recover[len(c.recover)-1], err, p.Output())
+		}
 	}
 	b.mu.Lock()
 	b.procs[name] = p
