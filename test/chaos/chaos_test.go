@@ -28,7 +28,7 @@
 // The short form runs with the README's test command. The long form is
 // by hand (see settings), for instance
 //
-//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run 'TestChaos/JetStream$' ./chaos/
+//	cd test && MAILBOX_CHAOS_DURATION=1h MAILBOX_CHAOS_RATE=200 go test -timeout 2h -run '^TestChaos$/^JetStream$' ./chaos/
 package chaos
 
 import (
