@@ -1,18 +1,17 @@
 package function
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/openfaas/mailbox/internal/envelope"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 	"github.com/openfaas/mailbox/internal/stanserver/stanservertest"
 )
@@ -95,7 +94,7 @@ func TestNewStartsWhileNATSIsDown(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 
-	var logs syncBuffer
+	var logs logtest.Buffer
 	h, closeFn, err := New([]string{"nats_url=nats://" + addr}, &logs)
 	if err != nil {
 		t.Fatalf("New = %v, want a handler while NATS is down", err)
@@ -113,22 +112,4 @@ func TestNewStartsWhileNATSIsDown(t *testing.T) {
 		t.Fatalf("POST /deadletter/fn answered %d, Retry-After %q, body %s; want 503 with Retry-After",
 			rec.Code, rec.Header().Get("Retry-After"), rec.Body)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/openfaas/mailbox/internal/gatewaytest"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 )
 
@@ -33,7 +34,7 @@ type cliMailbox struct {
 	url          string
 	alpha, beta  *gatewaytest.Recorder
 	dir          string // a temporary directory of the test's own
-	logs         *syncBuffer
+	logs         *logtest.Buffer
 	environToken []string // the CLI's environment: the URL and the token
 }
 
@@ -47,7 +48,7 @@ func serveWithToken(t *testing.T, backend string) *cliMailbox {
 		alpha: gatewaytest.Record(nil),
 		beta:  gatewaytest.Record(nil),
 		dir:   t.TempDir(),
-		logs:  &syncBuffer{},
+		logs:  &logtest.Buffer{},
 	}
 	gw.Deploy("alpha", m.alpha, nil)
 	gw.Deploy("beta", m.beta, nil)

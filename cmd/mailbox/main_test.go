@@ -6,7 +6,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,8 +26,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/gatewaytest"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 )
 
@@ -59,10 +60,10 @@ func startGateway(t *testing.T) *gatewaytest.Gateway {
 // child is a mailbox serve process running the test binary's main().
 type child struct {
 	cmd    *exec.Cmd
-	addr   string        // the API's address, read from the "mailbox serving" log line
-	exited chan struct{} // closed once the process has been waited for
-	err    error         // Wait's result, set before exited closes
-	log    *syncBuffer   // the child's stderr
+	addr   string          // the API's address, read from the "mailbox serving" log line
+	exited chan struct{}   // closed once the process has been waited for
+	err    error           // Wait's result, set before exited closes
+	log    *logtest.Buffer // the child's stderr
 	// natsURL is the embedded server's address.
 	natsURL string
 }
@@ -91,7 +92,7 @@ func startChild(t *testing.T, dataDir, gatewayURL, backend string, env ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, exited: make(chan struct{}), log: &syncBuffer{}}
+	c := &child{cmd: cmd, exited: make(chan struct{}), log: &logtest.Buffer{}}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +390,7 @@ func runRejected(t *testing.T, args, environ []string) (stderr string, err error
 	restoreLogging(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	var out syncBuffer
+	var out logtest.Buffer
 	err = run(ctx, args, environ, &out, nil)
 	return out.String(), err
 }
@@ -462,7 +463,7 @@ func TestRunServesFromEnvironmentUntilCancelled(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	addrs := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve"}, environ, &stderr, func(addr string) { addrs <- addr }) }()
@@ -516,22 +517,4 @@ func restoreLogging(t *testing.T) {
 		log.SetFlags(flags)
 		slog.SetLogLoggerLevel(level)
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -1,7 +1,6 @@
 package limit
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 )
 
@@ -30,33 +30,16 @@ const (
 type replica struct {
 	*Limiter
 	reg    *prometheus.Registry
-	logs   *logBuffer
+	logs   *logtest.Buffer
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run has returned
 	err    error
 	once   sync.Once
 }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) contains(s string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Contains(b.buf.String(), s)
-}
-
 func start(t testing.TB, url string, tweak ...func(*Options)) *replica {
 	t.Helper()
-	r := &replica{reg: prometheus.NewRegistry(), logs: &logBuffer{}, done: make(chan struct{})}
+	r := &replica{reg: prometheus.NewRegistry(), logs: &logtest.Buffer{}, done: make(chan struct{})}
 	o := Options{
 		URL: url, Prefix: "test", Heartbeat: hb, Hold: hold, Horizon: horizon,
 		DrainTimeout: 5 * time.Second, // a failing test leaks calls
@@ -338,7 +321,7 @@ func TestLeave(t *testing.T) {
 			})
 			want := map[string]string{"goodbye": "limit: replica left", "dies": "limit: replica silent: dropped"}[how]
 			for _, r := range []*replica{a, b} {
-				if !r.logs.contains(want) {
+				if !strings.Contains(r.logs.String(), want) {
 					t.Errorf("c was not dropped by %q", want)
 				}
 			}
@@ -663,7 +646,7 @@ func TestGoodbyeAfterDrain(t *testing.T) {
 	release()
 	release() // twice is harmless
 	poll.Until(t, wait, "b drops a", func() bool { return b.Replicas() == 1 })
-	if !b.logs.contains("limit: replica left") {
+	if !strings.Contains(b.logs.String(), "limit: replica left") {
 		t.Error("a left without a goodbye")
 	}
 }
