@@ -24,11 +24,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/internal/envelope"
 	"github.com/openfaas/mailbox/internal/gatewaytest"
+	"github.com/openfaas/mailbox/internal/jsserver/jsservertest"
 	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/poll"
 )
@@ -357,22 +357,7 @@ func testSIGTERMDrainsAndExitsCleanly(t *testing.T, backend string) {
 // consumerInfo describes the connectors' durable JetStream consumer.
 func consumerInfo(t *testing.T, natsURL string) *jetstream.ConsumerInfo {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := js.Consumer(ctx, "mailbox", "connector")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := c.Info(ctx)
+	info, err := jsservertest.ConsumerInfo(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -176,3 +176,24 @@ func freePort(t testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// ConsumerInfo describes the connectors' durable consumer, "connector" on
+// the stream "mailbox", as the server at natsURL knows it.
+func ConsumerInfo(natsURL string) (*jetstream.ConsumerInfo, error) {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, "mailbox", "connector")
+	if err != nil {
+		return nil, err
+	}
+	return c.Info(ctx)
+}

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/openfaas/mailbox/internal/envelope"
@@ -223,14 +222,7 @@ func (c *calls) first(id string, attempt int) time.Time {
 // consumerInfo asks the server about the shared durable consumer.
 func consumerInfo(t *testing.T, url string) *natsjs.ConsumerInfo {
 	t.Helper()
-	js := jsClient(t, url)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := js.Consumer(ctx, "mailbox", "connector")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := c.Info(ctx)
+	info, err := jsservertest.ConsumerInfo(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,25 +323,7 @@ func TestSlowCallNotHandedToAnotherConnector(t *testing.T) {
 }
 
 func consumerInfoOrNil(url string) *natsjs.ConsumerInfo {
-	nc, err := nats.Connect(url)
-	if err != nil {
-		return nil
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := js.Consumer(ctx, "mailbox", "connector")
-	if err != nil {
-		return nil
-	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return nil
-	}
+	info, _ := jsservertest.ConsumerInfo(url)
 	return info
 }
 
