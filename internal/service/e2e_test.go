@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openfaas/mailbox/internal/logtest"
 	"github.com/openfaas/mailbox/internal/metricstest"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -1125,4 +1126,26 @@ func TestUnreachableCallbackDoesNotPauseDeliveries(t *testing.T) {
 		b.mustSchedule(t, "ok", []byte("y"), "X-Delay-Duration", "0")
 		poll.Until(t, 10*time.Second, "the next message delivered", func() bool { return ok.Len() == 2 })
 	})
+}
+
+// With statuses off the API says at start that no quota bounds what
+// waits: the defaults go off too, without a setting of the operator's.
+func TestStatusesOffWarnsQuotasOff(t *testing.T) {
+	t.Parallel()
+	cfg, err := config.Load(func(k string) (string, bool) {
+		v, ok := map[string]string{"nats_url": "nats://127.0.0.1:1", "statuses": "false"}[k]
+		return v, ok
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logtest.Buffer{}
+	q, err := service.OpenQueue(cfg, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if l := logs.String(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, "max_waiting_per_function are off") {
+		t.Errorf("no warning that the quotas are off; logs:\n%s", l)
+	}
 }
